@@ -1,0 +1,293 @@
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+
+from hashes.errors import ImageError
+from moderation import selectors, services
+from moderation.forms import BanForm, FlagForm
+from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
+
+State = Upload.State
+
+
+def _image_url(kind: str, pk: int, *, thumb: bool) -> str:
+    url = reverse("protected-image", args=[kind, pk])
+    return f"{url}?size=thumb" if thumb else url
+
+
+def image_tag(kind: str, pk: int, *, alt: str) -> str:
+    return format_html(
+        '<a href="{}" target="_blank"><img src="{}" alt="{}" style="max-width:160px;max-height:160px"></a>',
+        _image_url(kind, pk, thumb=False), _image_url(kind, pk, thumb=True), alt,
+    )
+
+
+def distances_text(distances: dict[str, int]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in sorted(distances.items())) or "—"
+
+
+class StateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return Upload.State.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(state=self.value()) if self.value() else queryset
+
+
+class MatchInline(admin.TabularInline):
+    model = Match
+    fields = ("reference", "fingerprint", "rule", "distance_list", "frame")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.display(description="banned image")
+    def reference(self, match: Match) -> str:
+        if not match.fingerprint.reference_name:
+            return "pasted hash"
+        return image_tag("reference", match.fingerprint_id, alt="banned reference")
+
+    @admin.display(description="distances")
+    def distance_list(self, match: Match) -> str:
+        return distances_text(match.distances)
+
+
+@admin.register(Upload)
+class UploadAdmin(admin.ModelAdmin):
+    list_display = ("thumbnail", "path", "state", "matched", "size", "created_at", "decided_at")
+    list_display_links = ("path",)
+    list_filter = (StateFilter, "format")
+    search_fields = ("path", "sha256")
+    date_hierarchy = "created_at"
+    inlines = [MatchInline]
+    actions = ["confirm", "release", "flag"]
+    readonly_fields = (
+        "preview", "path", "state", "error_code", "error", "size", "sha256", "format",
+        "width", "height", "frame_count", "fingerprints", "quarantine_name", "attempts",
+        "created_at", "queued_at", "claimed_at", "decided_at", "reviewed_by", "reviewed_at",
+    )
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_review_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("moderation.review_upload")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return super().get_queryset(request).prefetch_related("matches")
+
+    @admin.display(description="image")
+    def thumbnail(self, upload: Upload) -> str:
+        if upload.state in (State.PENDING, State.PROCESSING, State.ERROR):
+            return "—"
+        return image_tag("upload", upload.pk, alt=upload.path)
+
+    @admin.display(description="image")
+    def preview(self, upload: Upload) -> str:
+        return self.thumbnail(upload)
+
+    @admin.display(description="matched")
+    def matched(self, upload: Upload) -> str:
+        return format_html_join(
+            ", ", "#{} ({})", ((m.fingerprint_id, m.rule) for m in upload.matches.all())
+        ) or "—"
+
+    @admin.action(description="Confirm quarantine", permissions=["review"])
+    def confirm(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(request, queryset, services.upload_confirm, "confirmed")
+
+    @admin.action(description="Release (put back where it was)", permissions=["review"])
+    def release(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(request, queryset, services.upload_release, "released")
+
+    @admin.action(description="Flag as banned", permissions=["review"])
+    def flag(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        form = FlagForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(request, "admin/moderation/upload/flag.html", {
+                **self.admin_site.each_context(request),
+                "title": "Flag uploads as banned",
+                "uploads": queryset,
+                "form": form,
+                "opts": self.model._meta,
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            })
+        self._each(
+            request, queryset,
+            lambda **kw: services.upload_flag(**kw, **form.cleaned_data), "flagged as banned",
+        )
+        return None
+
+    def _each(self, request: HttpRequest, queryset: QuerySet, act: object, done: str) -> None:
+        count = 0
+        for upload in queryset:
+            try:
+                act(upload_id=upload.pk, actor=request.user)
+                count += 1
+            except (services.ActionRefused, ImageError) as exc:
+                self.message_user(request, f"{upload.path}: {exc}", messages.WARNING)
+        if count:
+            self.message_user(request, f"{count} upload(s) {done}.", messages.SUCCESS)
+
+    # -- the review queue ----------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path("review/", self.admin_site.admin_view(self.review_view),
+                 name="moderation_upload_review"),
+            *super().get_urls(),
+        ]
+
+    def review_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_review_permission(request):
+            raise PermissionDenied
+        if request.method == "POST":
+            upload = get_object_or_404(Upload, pk=request.POST.get("upload"))
+            act = {"confirm": (self.confirm, "confirmed"), "release": (self.release, "released")}
+            decision = act.get(request.POST.get("decision", ""))
+            if decision is None:
+                self.message_user(request, "Unknown decision.", messages.ERROR)
+            else:
+                decision[0](request, Upload.objects.filter(pk=upload.pk))
+            return HttpResponseRedirect(reverse("admin:moderation_upload_review"))
+        queue = list(selectors.review_queue()[:50])
+        return TemplateResponse(request, "admin/moderation/upload/review.html", {
+            **self.admin_site.each_context(request),
+            "title": "Review queue",
+            "opts": self.model._meta,
+            "items": [
+                {
+                    "upload": upload,
+                    "image": image_tag("upload", upload.pk, alt="quarantined upload"),
+                    "matches": [
+                        {
+                            "match": match,
+                            "reference": image_tag("reference", match.fingerprint_id,
+                                                   alt="banned reference")
+                            if match.fingerprint.reference_name else None,
+                            "distances": distances_text(match.distances),
+                        }
+                        for match in upload.matches.all()
+                    ],
+                }
+                for upload in queue
+            ],
+            "waiting": selectors.review_queue().count(),
+        })
+
+
+@admin.register(BannedFingerprint)
+class BannedFingerprintAdmin(admin.ModelAdmin):
+    list_display = ("thumbnail", "__str__", "category", "source", "active", "pdq_quality",
+                    "added_by", "created_at")
+    list_filter = ("active", "category", "source")
+    search_fields = ("pdq", "phash", "dhash", "sha256", "reason")
+    list_select_related = ("added_by",)
+    actions = ["deactivate", "reactivate"]
+    fields = ("preview", "category", "reason", "active", "source", "source_upload",
+              "pdq", "pdq_quality", "phash", "dhash", "sha256", "frame", "algorithm_versions",
+              "added_by", "created_at", "updated_at")
+    readonly_fields = tuple(f for f in fields if f not in ("category", "reason"))
+
+    @admin.display(description="image")
+    def thumbnail(self, banned: BannedFingerprint) -> str:
+        if not banned.reference_name:
+            return "pasted hash"
+        return image_tag("reference", banned.pk, alt="banned reference")
+
+    @admin.display(description="image")
+    def preview(self, banned: BannedFingerprint) -> str:
+        return self.thumbnail(banned)
+
+    def add_view(self, request: HttpRequest, form_url: str = "",
+                 extra_context: dict | None = None) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = BanForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            common = {"category": data["category"], "reason": data["reason"],
+                      "actor": request.user}
+            try:
+                if data["image"]:
+                    rows = services.banned_add_image(data=data["image"].read(), **common)
+                else:
+                    rows = [services.banned_add_hashes(
+                        hashes=form.hashes(), pdq_quality=data["pdq_quality"], **common)]
+            except (ImageError, ValueError) as exc:
+                form.add_error(None, str(exc))
+            else:
+                ids = ", ".join(f"#{row.pk}" for row in rows)
+                self.message_user(request, f"Banned as {ids}; every worker uses it from the "
+                                  "next file on.", messages.SUCCESS)
+                return HttpResponseRedirect(reverse("admin:moderation_bannedfingerprint_changelist"))
+        return TemplateResponse(request, "admin/moderation/bannedfingerprint/ban.html", {
+            **self.admin_site.each_context(request),
+            "title": "Ban an image",
+            "form": form,
+            "opts": self.model._meta,
+        })
+
+    def save_model(self, request: HttpRequest, obj: BannedFingerprint, form: object,
+                   change: bool) -> None:
+        # Only category and reason are editable here; neither changes what matches.
+        obj.save(update_fields=["category", "reason", "updated_at"])
+
+    def delete_model(self, request: HttpRequest, obj: BannedFingerprint) -> None:
+        services.banned_delete(fingerprint_ids=[obj.pk], actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        services.banned_delete(
+            fingerprint_ids=list(queryset.values_list("pk", flat=True)), actor=request.user
+        )
+
+    @admin.action(description="Deactivate (stop matching)", permissions=["change"])
+    def deactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.banned_set_active(
+            fingerprint_ids=queryset.values_list("pk", flat=True), active=False,
+            actor=request.user,
+        )
+        self.message_user(request, f"{count} banned fingerprint(s) deactivated.")
+
+    @admin.action(description="Reactivate", permissions=["change"])
+    def reactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.banned_set_active(
+            fingerprint_ids=queryset.values_list("pk", flat=True), active=True,
+            actor=request.user,
+        )
+        self.message_user(request, f"{count} banned fingerprint(s) reactivated.")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "action", "actor", "upload", "fingerprint", "detail")
+    list_filter = ("action",)
+    list_select_related = ("actor", "upload", "fingerprint")
+    search_fields = ("detail", "upload__path")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

@@ -1,0 +1,159 @@
+"""Where files live, and moving them between the media tree and the protected stores.
+
+Paths in the database are relative to their store, so every machine may mount the
+stores wherever its settings say. Nothing here follows a symlink.
+"""
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from django.conf import settings
+
+
+class UnsafePath(Exception):
+    """A path that is a symlink, not a regular file, or outside its store."""
+
+
+def media_dir() -> Path:
+    return Path(settings.HASHGUARD_MEDIA_DIR)
+
+
+def quarantine_dir() -> Path:
+    return Path(settings.HASHGUARD_QUARANTINE_DIR)
+
+
+def reference_dir() -> Path:
+    return Path(settings.HASHGUARD_REFERENCE_DIR)
+
+
+def ensure_directories() -> None:
+    media_dir().mkdir(parents=True, exist_ok=True)
+    for protected in (quarantine_dir(), reference_dir()):
+        protected.mkdir(parents=True, exist_ok=True)
+        os.chmod(protected, 0o700)
+
+
+def relative_to_store(path: Path, store: Path) -> str:
+    """The path inside store, refusing anything that would lead out of it."""
+    absolute = Path(os.path.abspath(path))
+    root = Path(os.path.abspath(store))
+    if not absolute.is_relative_to(root) or absolute == root:
+        raise UnsafePath(f"{path} is not inside {store}")
+    return absolute.relative_to(root).as_posix()
+
+
+def in_store(relative: str, store: Path) -> Path:
+    """The absolute path of a stored relative path, checked to stay inside the store."""
+    candidate = Path(os.path.abspath(store / relative))
+    relative_to_store(candidate, store)
+    return candidate
+
+
+def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
+    """The file's bytes, refusing symlinks, non-regular files and files over max_bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(f"{path} is a symlink; hashguard never follows symlinks") from None
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafePath(f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            # Read one byte over the cap so the loader reports the file as too large.
+            return handle.read(max_bytes + 1)
+        return handle.read()
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_of_file(path: Path) -> tuple[str, int]:
+    """sha256 and size of a regular file, read in blocks, never following a symlink."""
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise UnsafePath(f"{path} is not a regular file")
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def move_file(source: Path, destination: Path, *, private: bool) -> None:
+    """Move a regular file, atomically where the two paths share a filesystem.
+
+    Across filesystems the file is copied to a temporary name beside the destination,
+    flushed to disk, renamed into place, and only then removed from the source, so a
+    crash leaves at worst a second copy, never none. Refuses to overwrite.
+    """
+    info = os.lstat(source)
+    if not stat.S_ISREG(info.st_mode):
+        raise UnsafePath(f"{source} is not a regular file")
+    destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
+    if os.path.lexists(destination):
+        raise FileExistsError(f"{destination} already exists")
+    if private:
+        os.chmod(source, 0o600)
+    try:
+        # link + unlink rather than rename: rename would silently replace a file that
+        # appeared at the destination in the meantime.
+        os.link(source, destination, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
+            raise
+        _copy_then_rename(source, destination, private=private)
+    os.unlink(source)
+    _fsync_directory(destination.parent)
+
+
+def _copy_then_rename(source: Path, destination: Path, *, private: bool) -> None:
+    temporary = destination.with_name(f".{destination.name}.partial")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600 if private else 0o644)
+    try:
+        with os.fdopen(fd, "wb") as target:
+            src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(src_fd, "rb") as origin:
+                shutil.copyfileobj(origin, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+        os.link(temporary, destination)
+    finally:
+        os.unlink(temporary)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file readable by the service user only, unless it is already there."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if os.path.lexists(path):
+        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(temporary)

@@ -1,0 +1,69 @@
+from django import forms
+from django.conf import settings
+
+from hashes.algorithms import parse_hash
+from moderation.models import Category
+
+
+class BanForm(forms.Form):
+    """Ban an image by uploading it, or by pasting its hashes."""
+
+    image = forms.FileField(
+        required=False,
+        help_text="The banned image. Its fingerprints are computed and it is kept, privately, "
+        "as the reference moderators see beside each match.",
+    )
+    pdq = forms.CharField(
+        label="PDQ hash", required=False, max_length=80,
+        help_text="64 hex characters, as shared by other platforms.",
+    )
+    pdq_quality = forms.IntegerField(
+        label="PDQ quality", required=False, min_value=0, max_value=100,
+        help_text="From the same source as the hash; 100 if not given.",
+    )
+    phash = forms.CharField(label="pHash", required=False, max_length=20,
+                            help_text="16 hex characters (imagehash's pHash).")
+    dhash = forms.CharField(label="dHash", required=False, max_length=20,
+                            help_text="16 hex characters (imagehash's dHash).")
+    category = forms.ChoiceField(choices=Category.choices, initial=Category.OTHER)
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
+
+    def clean_image(self) -> object:
+        image = self.cleaned_data.get("image")
+        if image and image.size > settings.HASHGUARD_MAX_BYTES:
+            raise forms.ValidationError("This file is larger than HASHGUARD_MAX_BYTES.")
+        return image
+
+    def _clean_hash(self, name: str) -> str:
+        text = self.cleaned_data.get(name, "").strip()
+        if not text:
+            return ""
+        try:
+            return parse_hash(name, text)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_pdq(self) -> str:
+        return self._clean_hash("pdq")
+
+    def clean_phash(self) -> str:
+        return self._clean_hash("phash")
+
+    def clean_dhash(self) -> str:
+        return self._clean_hash("dhash")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        has_image = bool(data.get("image"))
+        has_hash = any(data.get(name) for name in ("pdq", "phash", "dhash"))
+        if has_image == has_hash and not self.errors:
+            raise forms.ValidationError("Upload an image or paste hashes, not both or neither.")
+        return data
+
+    def hashes(self) -> dict[str, str]:
+        return {n: self.cleaned_data[n] for n in ("pdq", "phash", "dhash") if self.cleaned_data[n]}
+
+
+class FlagForm(forms.Form):
+    category = forms.ChoiceField(choices=Category.choices, initial=Category.OTHER)
+    reason = forms.CharField(required=False, max_length=500)

@@ -1,0 +1,88 @@
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+from moderation import files
+
+
+class Command(BaseCommand):
+    help = (
+        "Run hashguard on this machine: prepare the database, then start the admin, "
+        "the watcher and a worker, and stop them all on Ctrl-C."
+    )
+
+    def add_arguments(self, parser) -> None:  # noqa: ANN001
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                            help="Worker processes (default: one per core).")
+
+    def handle(self, *args, **options) -> None:
+        files.ensure_directories()
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        login = self._ensure_admin()
+        python = sys.executable
+        manage = str(settings.BASE_DIR / "manage.py")
+        address = f"{options['host']}:{options['port']}"
+        commands = {
+            "admin": [python, "-m", "gunicorn", "config.wsgi", "--bind", address,
+                      "--workers", "2", "--access-logfile", "-"],
+            "worker": [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
+                       "--concurrency", str(options["concurrency"])],
+            "watcher": [python, manage, "watch"],
+        }
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        children = {
+            name: subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
+            for name, command in commands.items()
+        }
+        self.stdout.write(
+            f"\nhashguard is running.\n"
+            f"  Admin:     http://{address}/admin/  {login}\n"
+            f"  Watching:  {files.media_dir()}  (drop images here)\n"
+            f"  Quarantine:{files.quarantine_dir()}\n"
+            f"Press Ctrl-C to stop.\n"
+        )
+        failed = None
+        while not stop.wait(0.5):
+            failed = next((n for n, c in children.items() if c.poll() is not None), None)
+            if failed:
+                break
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        if failed:
+            raise CommandError(
+                f"the {failed} stopped (exit code {children[failed].returncode}); "
+                "stopped everything else. See its messages above."
+            )
+        self.stdout.write("hashguard stopped.")
+
+    def _ensure_admin(self) -> str:
+        users = get_user_model().objects
+        if users.filter(is_superuser=True).exists():
+            return ("Log in with your admin account "
+                    "(forgot it? python manage.py changepassword USERNAME).")
+        password = secrets.token_urlsafe(12)
+        users.create_superuser("admin", email="", password=password)
+        return (f"Log in as admin / {password} (shown once; change it with "
+                "python manage.py changepassword admin).")

@@ -1,0 +1,194 @@
+from django.conf import settings
+from django.db import models
+
+from hashes.algorithms import Fingerprint
+
+
+class Category(models.TextChoices):
+    NUDITY = "nudity", "Nudity or sexual content"
+    VIOLENCE = "violence", "Violence or gore"
+    HATE = "hate", "Hate symbols"
+    SCAM = "scam", "Scam or spam"
+    IMPERSONATION = "impersonation", "Impersonation or stolen photo"
+    COPYRIGHT = "copyright", "Copyright"
+    OTHER = "other", "Other"
+
+
+class BannedFingerprint(models.Model):
+    """The fingerprints of one banned image (one row per distinct frame of an animation)."""
+
+    class Source(models.TextChoices):
+        IMAGE = "image", "Image upload"
+        HASH = "hash", "Pasted hash"
+        UPLOAD = "upload", "Flagged upload"
+
+    phash = models.CharField("pHash", max_length=16, blank=True, db_index=True)
+    dhash = models.CharField("dHash", max_length=16, blank=True, db_index=True)
+    pdq = models.CharField("PDQ", max_length=64, blank=True, db_index=True)
+    pdq_quality = models.PositiveSmallIntegerField("PDQ quality", null=True, blank=True)
+    # Which version of each algorithm computed the hashes, so they can be recomputed
+    # from the reference image when an algorithm changes.
+    algorithm_versions = models.JSONField(default=dict, blank=True)
+    # sha256 of the banned file: exact copies match whatever their fingerprints say.
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True, db_index=True)
+    frame = models.PositiveIntegerField(default=0)
+    # File name in HASHGUARD_REFERENCE_DIR; served to staff only, through a view.
+    reference_name = models.CharField(max_length=255, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices)
+    source_upload = models.ForeignKey(
+        "Upload", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    category = models.CharField(max_length=32, choices=Category.choices, default=Category.OTHER)
+    reason = models.TextField(blank=True)
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    active = models.BooleanField(default=True, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~models.Q(phash="", dhash="", pdq="", sha256=""),
+                name="banned_fingerprint_has_a_hash",
+            )
+        ]
+
+    def __str__(self) -> str:
+        label = self.pdq[:12] or self.phash or self.dhash or self.sha256[:12]
+        return f"#{self.pk} {self.get_category_display()} ({label}…)"
+
+    def fingerprint(self) -> Fingerprint:
+        hashes = {
+            name: value
+            for name, value in (("phash", self.phash), ("dhash", self.dhash), ("pdq", self.pdq))
+            if value
+        }
+        return Fingerprint(hashes=hashes, pdq_quality=self.pdq_quality if self.pdq else None)
+
+
+class BlocklistVersion(models.Model):
+    """One row whose generation goes up with every change to the banned fingerprints.
+
+    Each worker compares it with the generation its in-memory index was built from
+    before every image, so a change takes effect everywhere at the next file.
+    """
+
+    generation = models.BigIntegerField(default=0)
+
+
+class Upload(models.Model):
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        PROCESSING = "processing", "Processing"
+        CLEAN = "clean", "Clean"
+        QUARANTINED = "quarantined", "Quarantined (to review)"
+        CONFIRMED = "confirmed", "Quarantined (confirmed)"
+        RELEASED = "released", "Released"
+        ERROR = "error", "Error"
+
+    # Relative to HASHGUARD_MEDIA_DIR, so machines may mount the media tree anywhere.
+    path = models.CharField(max_length=1024)
+    size = models.BigIntegerField()
+    sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=State.PENDING, db_index=True
+    )
+    error_code = models.CharField(max_length=32, blank=True)
+    error = models.TextField(blank=True)
+    format = models.CharField(max_length=8, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    frame_count = models.PositiveIntegerField(null=True, blank=True)
+    # One {"hashes": {...}, "pdq_quality": n} per distinct frame.
+    fingerprints = models.JSONField(default=list, blank=True)
+    # Relative to HASHGUARD_QUARANTINE_DIR while the file is quarantined.
+    quarantine_name = models.CharField(max_length=1100, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["path", "sha256"], name="upload_once_per_content")
+        ]
+        permissions = [
+            ("review_upload", "Can confirm, release and flag uploads and see quarantined images"),
+        ]
+
+    def __str__(self) -> str:
+        return self.path
+
+    def frame_fingerprints(self) -> list[Fingerprint]:
+        return [
+            Fingerprint(hashes=item["hashes"], pdq_quality=item.get("pdq_quality"))
+            for item in self.fingerprints
+        ]
+
+
+class Match(models.Model):
+    upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="matches")
+    fingerprint = models.ForeignKey(
+        BannedFingerprint, on_delete=models.CASCADE, related_name="matches"
+    )
+    # Hamming distance per algorithm, for every algorithm both sides have.
+    distances = models.JSONField(default=dict)
+    # Which part of the match rule held, e.g. "pdq<=31" or "sha256".
+    rule = models.CharField(max_length=100)
+    frame = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["upload", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["upload", "fingerprint"], name="match_once")
+        ]
+        verbose_name_plural = "matches"
+
+    def __str__(self) -> str:
+        return f"{self.upload} ~ {self.fingerprint} ({self.rule})"
+
+
+class AuditEvent(models.Model):
+    class Action(models.TextChoices):
+        BAN_ADDED = "ban_added", "Banned fingerprint added"
+        BAN_DEACTIVATED = "ban_deactivated", "Banned fingerprint deactivated"
+        BAN_ACTIVATED = "ban_activated", "Banned fingerprint reactivated"
+        BAN_DELETED = "ban_deleted", "Banned fingerprint deleted"
+        UPLOAD_QUARANTINED = "upload_quarantined", "Upload quarantined"
+        UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"
+        UPLOAD_RELEASED = "upload_released", "Upload released"
+        UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"
+
+    action = models.CharField(max_length=32, choices=Action.choices)
+    # None when the pipeline acted on its own.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    upload = models.ForeignKey(
+        Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    fingerprint = models.ForeignKey(
+        BannedFingerprint, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="audit_events",
+    )
+    detail = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} by {self.actor or 'hashguard'}"

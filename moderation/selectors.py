@@ -1,0 +1,60 @@
+"""Reads: what the commands, the admin and the tests ask of the database."""
+
+from collections import Counter
+from collections.abc import Iterable
+
+from django.db.models import QuerySet
+
+from moderation.models import Match, Upload
+
+
+def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
+    uploads = Upload.objects.all().prefetch_related("matches")
+    states = list(states)
+    if states:
+        uploads = uploads.filter(state__in=states)
+    if ids is not None:
+        uploads = uploads.filter(pk__in=list(ids))
+    return uploads
+
+
+def upload_as_dict(upload: Upload) -> dict[str, object]:
+    return {
+        "id": upload.pk,
+        "path": upload.path,
+        "state": upload.state,
+        "size": upload.size,
+        "sha256": upload.sha256,
+        "format": upload.format,
+        "error_code": upload.error_code,
+        "error": upload.error,
+        "quarantine_name": upload.quarantine_name,
+        "created_at": upload.created_at.isoformat(),
+        "decided_at": upload.decided_at.isoformat() if upload.decided_at else None,
+        "matches": [
+            {"fingerprint": m.fingerprint_id, "rule": m.rule, "distances": m.distances,
+             "frame": m.frame}
+            for m in upload.matches.all()
+        ],
+    }
+
+
+def upload_state_counts(*, ids: Iterable[int]) -> Counter[str]:
+    states = Upload.objects.filter(pk__in=list(ids)).values_list("state", flat=True)
+    return Counter(states)
+
+
+def review_queue() -> QuerySet:
+    """Quarantined uploads no moderator has looked at yet, oldest first."""
+    return (
+        Upload.objects.filter(state=Upload.State.QUARANTINED)
+        .prefetch_related(
+            "matches",
+            "matches__fingerprint",
+        )
+        .order_by("decided_at", "id")
+    )
+
+
+def match_list_for_upload(*, upload: Upload) -> QuerySet:
+    return Match.objects.filter(upload=upload).select_related("fingerprint")

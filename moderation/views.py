@@ -1,0 +1,70 @@
+"""Images from the protected stores, shown to staff only.
+
+Files are never served as they are: the first frame is decoded and re-encoded as JPEG,
+so a hostile file (HTML named .jpg, say) cannot run in a moderator's browser.
+"""
+
+import io
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.http import require_GET
+
+from hashes.errors import ImageError
+from hashes.loading import load_image
+from moderation import files
+from moderation.models import BannedFingerprint, Upload
+
+THUMBNAIL_SIZE = (240, 240)
+FULL_SIZE = (1600, 1600)
+
+
+def _upload_file(request: HttpRequest, pk: int) -> Path:
+    upload = get_object_or_404(Upload, pk=pk)
+    if upload.quarantine_name:
+        if not request.user.has_perm("moderation.review_upload"):
+            raise PermissionDenied
+        return files.in_store(upload.quarantine_name, files.quarantine_dir())
+    if not request.user.has_perm("moderation.view_upload"):
+        raise PermissionDenied
+    return files.in_store(upload.path, files.media_dir())
+
+
+def _reference_file(request: HttpRequest, pk: int) -> Path:
+    if not request.user.has_perm("moderation.view_bannedfingerprint"):
+        raise PermissionDenied
+    banned = get_object_or_404(BannedFingerprint, pk=pk)
+    if not banned.reference_name:
+        raise Http404("This banned fingerprint was pasted as a hash; it has no image.")
+    return files.in_store(banned.reference_name, files.reference_dir())
+
+
+@require_GET
+@staff_member_required
+def protected_image(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
+    if kind == "upload":
+        path = _upload_file(request, pk)
+    elif kind == "reference":
+        path = _reference_file(request, pk)
+    else:
+        raise Http404
+    try:
+        data = files.read_regular_file(path, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        image = load_image(
+            data, max_bytes=settings.HASHGUARD_MAX_BYTES,
+            max_pixels=settings.HASHGUARD_MAX_PIXELS, max_frames=1,
+        ).frames[0]
+    except (OSError, files.UnsafePath, ImageError) as exc:
+        raise Http404(f"Cannot show this image: {exc}") from None
+    image.thumbnail(THUMBNAIL_SIZE if request.GET.get("size") == "thumb" else FULL_SIZE)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    response = HttpResponse(buffer.getvalue(), content_type="image/jpeg")
+    response["Cache-Control"] = "private, no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'"
+    return response
