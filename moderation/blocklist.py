@@ -1,6 +1,6 @@
 """Each worker's in-memory index of the active banned fingerprints.
 
-Before every image a worker reads one number, the blocklist generation; when it differs
+Before every image a worker reads one short value, the blocklist version; when it differs
 from the one its index was built from, the index is rebuilt. A fingerprint added or
 deactivated in the admin therefore takes effect in every worker at its next file.
 """
@@ -17,7 +17,7 @@ from moderation.models import BannedFingerprint, BlocklistVersion
 
 @dataclass(frozen=True)
 class Blocklist:
-    generation: int
+    version: str
     matcher: Matcher
     fingerprints: dict[int, Fingerprint]
     by_sha256: dict[str, list[int]]
@@ -39,14 +39,14 @@ def match_rule() -> MatchRule:
     return MatchRule.from_config(settings.HASHGUARD_MATCH_RULE or DEFAULT_RULE_CONFIG)
 
 
-def current_generation() -> int:
-    return BlocklistVersion.objects.values_list("generation", flat=True).first() or 0
+def current_version() -> str:
+    return BlocklistVersion.objects.values_list("token", flat=True).first() or ""
 
 
 def build_blocklist() -> Blocklist:
-    # Read the generation before the rows: a change committed in between makes the next
-    # check see a newer generation and rebuild, never miss it.
-    generation = current_generation()
+    # Read the version before the rows: a change committed in between makes the next
+    # check see a newer version and rebuild, never miss it.
+    version = current_version()
     matcher = Matcher(match_rule())
     fingerprints: dict[int, Fingerprint] = {}
     by_sha256: dict[str, list[int]] = {}
@@ -65,7 +65,7 @@ def build_blocklist() -> Blocklist:
         if sha256:
             by_sha256.setdefault(sha256, []).append(key)
             fingerprints.setdefault(key, Fingerprint(hashes={}, pdq_quality=None))
-    return Blocklist(generation, matcher, fingerprints, by_sha256)
+    return Blocklist(version, matcher, fingerprints, by_sha256)
 
 
 _lock = threading.Lock()
@@ -75,8 +75,8 @@ _current: Blocklist | None = None
 def current_blocklist() -> Blocklist:
     """This process's blocklist, rebuilt if the banned fingerprints changed since."""
     global _current
-    generation = current_generation()
+    version = current_version()
     with _lock:
-        if _current is None or _current.generation != generation:
+        if _current is None or _current.version != version:
             _current = build_blocklist()
         return _current

@@ -10,6 +10,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 
@@ -53,22 +54,26 @@ def in_store(relative: str, store: Path) -> Path:
     return candidate
 
 
-def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
-    """The file's bytes, refusing symlinks, non-regular files and files over max_bytes."""
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading, refusing symlinks, FIFOs and devices."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise UnsafePath(f"{path} is a symlink; hashguard never follows symlinks") from None
         raise
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            # Read one byte over the cap so the loader reports the file as too large.
-            return handle.read(max_bytes + 1)
-        return handle.read()
+    handle = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        handle.close()
+        raise UnsafePath(f"{path} is not a regular file")
+    return handle
+
+
+def read_regular_file(path: Path, *, max_bytes: int) -> bytes:
+    """The file's bytes, or its first max_bytes + 1 when it is larger, so the image
+    loader reports it as too large without reading all of it."""
+    with _open_regular(path) as handle:
+        return handle.read(max_bytes + 1)
 
 
 def sha256_of(data: bytes) -> str:
@@ -79,10 +84,7 @@ def sha256_of_file(path: Path) -> tuple[str, int]:
     """sha256 and size of a regular file, read in blocks, never following a symlink."""
     digest = hashlib.sha256()
     size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise UnsafePath(f"{path} is not a regular file")
+    with _open_regular(path) as handle:
         while block := handle.read(1 << 20):
             digest.update(block)
             size += len(block)

@@ -71,13 +71,19 @@ class BannedFingerprint(models.Model):
 
 
 class BlocklistVersion(models.Model):
-    """One row whose generation goes up with every change to the banned fingerprints.
+    """One row whose token is new after every change to the banned fingerprints.
 
-    Each worker compares it with the generation its in-memory index was built from
-    before every image, so a change takes effect everywhere at the next file.
+    Each worker compares it with the token its in-memory index was built from before
+    every image, so a change takes effect everywhere at the next file. A random token
+    rather than a counter, so that a database restored from a backup cannot bring back
+    a value some worker has already built an index for.
     """
 
-    generation = models.BigIntegerField(default=0)
+    token = models.CharField(max_length=32)
+    changed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"blocklist version {self.token}"
 
 
 class Upload(models.Model):

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import uuid
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
@@ -69,8 +70,7 @@ def _audit(
 
 def blocklist_bump() -> None:
     """Tell every worker that the banned fingerprints changed (call inside the change)."""
-    if not BlocklistVersion.objects.filter(pk=1).update(generation=F("generation") + 1):
-        BlocklistVersion.objects.update_or_create(pk=1, defaults={"generation": 1})
+    BlocklistVersion.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
 
 
 def _quarantine_name(upload: Upload) -> str:

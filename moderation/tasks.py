@@ -29,4 +29,6 @@ def process_upload(self, upload_id: int) -> None:  # noqa: ANN001
     except Exception as exc:
         # A fault in hashguard itself: record it rather than retry the same failure forever.
         logger.exception("upload %s could not be processed", upload_id)
-        services.upload_fail(upload_id=upload_id, code="internal", message=f"Internal error: {exc!r}")
+        services.upload_fail(
+            upload_id=upload_id, code="internal", message=f"Internal error: {exc!r}"
+        )

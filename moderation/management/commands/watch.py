@@ -40,4 +40,6 @@ class Command(BaseCommand):
         try:
             watcher.run()
         except ObserverDied as exc:
-            raise CommandError(f"{exc}; exiting so the service manager restarts the watcher")
+            raise CommandError(
+                f"{exc}; exiting so the service manager restarts the watcher"
+            ) from exc

@@ -1,0 +1,182 @@
+"""The whole pipeline, for real: a watcher process, a Celery worker process, a broker.
+
+With PostgreSQL and Redis as in production, and with the embedded default (SQLite and
+the file broker, no server at all), started the way the README starts it.
+"""
+
+import json
+import os
+import signal
+import socket
+import stat
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from moderation import selectors, services
+from moderation.models import Upload
+from tests.images import encode, photo
+from tests.moderation.processes import Stack, database_url, wait_for
+
+pytestmark = pytest.mark.pipeline
+
+REDIS_URL = os.environ.get("HASHGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DECIDED = {Upload.State.CLEAN, Upload.State.QUARANTINED, Upload.State.ERROR}
+
+
+def decided(path: str) -> Upload | None:
+    upload = Upload.objects.filter(path=path).order_by("-id").first()
+    return upload if upload and upload.state in DECIDED else None
+
+
+def wait_decided(*paths: str, timeout: float = 60) -> dict[str, Upload]:
+    wait_for(lambda: all(decided(p) for p in paths), timeout=timeout, what=f"{paths} decided")
+    return {path: decided(path) for path in paths}
+
+
+@pytest.fixture
+def redis_broker() -> str:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail(f"no Redis at {REDIS_URL}: the test command starts one (see bin/test)")
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+
+
+@pytest.fixture
+def stack(transactional_db, stores: Path, redis_broker: str) -> Stack:
+    stack = Stack(stores, database_url=database_url(), broker_url=redis_broker)
+    yield stack
+    stack.stop()
+
+
+def test_watcher_and_worker_quarantine_banned_images_and_keep_going(stack: Stack) -> None:
+    media = stack.data_dir / "media"
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
+    worker = stack.worker()
+    stack.watcher()
+
+    # A resized, recompressed copy of the banned image, copied in.
+    resized = photo("astronaut").resize((200, 200))
+    (media / "resized.jpg").write_bytes(encode(resized, "JPEG", quality=60))
+    # An unrelated image, written under a temporary name in a new subdirectory, renamed.
+    (media / "2026" / "11").mkdir(parents=True)
+    partial = media / "2026" / "11" / "coffee.png.part"
+    photo("coffee").save(partial, "PNG")
+    partial.rename(media / "2026" / "11" / "coffee.png")
+    # A corrupt file with an image name.
+    (media / "broken.jpg").write_bytes(encode(photo("rocket"), "JPEG")[:3000])
+    # A banned image written slowly, in pieces with pauses between them.
+    data = encode(photo("astronaut"), "JPEG", quality=90)
+    with open(media / "slow.jpg", "wb") as handle:
+        for start in range(0, len(data), len(data) // 4 + 1):
+            handle.write(data[start : start + len(data) // 4 + 1])
+            handle.flush()
+            time.sleep(0.3)
+
+    uploads = wait_decided("resized.jpg", "2026/11/coffee.png", "broken.jpg", "slow.jpg")
+    assert uploads["resized.jpg"].state == Upload.State.QUARANTINED, stack.logs()
+    assert uploads["slow.jpg"].state == Upload.State.QUARANTINED
+    assert uploads["2026/11/coffee.png"].state == Upload.State.CLEAN
+    assert uploads["broken.jpg"].state == Upload.State.ERROR
+    assert uploads["broken.jpg"].error_code == "corrupt"
+
+    # Quarantined files left the media tree and are private to the service user.
+    for path in ("resized.jpg", "slow.jpg"):
+        upload = uploads[path]
+        assert not (media / path).exists()
+        moved = stack.data_dir / "quarantine" / upload.quarantine_name
+        assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+    assert (media / "2026" / "11" / "coffee.png").exists()
+    queued = {u.path: u for u in selectors.review_queue()}
+    assert set(queued) == {"resized.jpg", "slow.jpg"}
+    match = queued["resized.jpg"].matches.get()
+    assert set(match.distances) == {"phash", "dhash", "pdq"}
+    assert match.distances["pdq"] <= 31
+
+    # A fingerprint added while the worker runs is used for the very next file.
+    services.banned_add_image(data=encode(photo("chelsea"), "JPEG"), category="scam")
+    photo("chelsea").resize((300, 250)).save(stack.data_dir / "chelsea.webp", "WEBP")
+    os.rename(stack.data_dir / "chelsea.webp", media / "chelsea.webp")  # mv from elsewhere
+    later = wait_decided("chelsea.webp")
+    assert later["chelsea.webp"].state == Upload.State.QUARANTINED, stack.logs()
+
+    # Each file was recorded once and fingerprinted once.
+    assert Upload.objects.count() == 5
+    assert set(Upload.objects.values_list("attempts", flat=True)) == {1}
+    assert worker.popen.poll() is None
+
+
+def test_uploads_wait_out_a_broker_outage(stack: Stack) -> None:
+    media = stack.data_dir / "media"
+    stack.env["CELERY_BROKER_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there
+    watcher = stack.watcher()
+    photo("coffee").save(media / "coffee.jpg", "JPEG")
+    upload = wait_for(
+        lambda: Upload.objects.filter(path="coffee.jpg", error_code="queue_unavailable").first(),
+        timeout=60, what="the outage to be recorded",
+    )
+    assert upload.state == Upload.State.PENDING
+    assert "task queue" in upload.error
+    assert watcher.popen.poll() is None, "the watcher must survive the outage"
+    watcher.stop()
+
+    stack.env["CELERY_BROKER_URL"] = REDIS_URL
+    stack.processes.clear()
+    stack.worker()
+    stack.watcher()
+    assert wait_decided("coffee.jpg")["coffee.jpg"].state == Upload.State.CLEAN
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
+    """SQLite and the file broker, started by the README's `embedded` command."""
+    stack = Stack(
+        tmp_path, database_url=f"sqlite:///{tmp_path / 'hashguard.sqlite3'}",
+        broker_url="filesystem://",
+    )
+    stack.env.pop("CELERY_BROKER_URL")
+    stack.env.pop("DATABASE_URL")
+    stack.env["DJANGO_SECRET_KEY"] = ""
+    port = free_port()
+    try:
+        app = stack.start("embedded", "manage.py", "embedded", "--port", str(port),
+                          "--concurrency", "1")
+        app.wait_for_log("Press Ctrl-C to stop", timeout=120)
+        assert "Log in as admin / " in app.log()
+        app.wait_for_log("ready.")
+        app.wait_for_log("watching")
+
+        banned = tmp_path / "banned.jpg"
+        photo("astronaut").save(banned, "JPEG")
+        result = stack.manage("ban", str(banned), "--category", "nudity")
+        assert result.returncode == 0, result.stderr
+        media = tmp_path / "media"
+        photo("astronaut").resize((256, 256)).save(media / "copy.png", "PNG")
+        photo("coffee").save(media / "coffee.jpg", "JPEG")
+
+        def states() -> dict[str, str] | None:
+            listed = stack.manage("uploads", "--json")
+            rows = {row["path"]: row["state"] for row in json.loads(listed.stdout)}
+            return rows if len(rows) == 2 and set(rows.values()) <= DECIDED else None
+
+        assert wait_for(states, timeout=60, what="both uploads decided") == {
+            "copy.png": "quarantined", "coffee.jpg": "clean",
+        }, stack.logs()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/") as response:
+            assert response.status == 200
+        assert app.stop(signal.SIGINT) == 0, app.log()
+        assert "hashguard stopped." in app.log()
+    finally:
+        stack.stop()

@@ -1,0 +1,295 @@
+import os
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from hashes.algorithms import fingerprint_frames
+from hashes.loading import load_image
+from moderation import files, services
+from moderation.blocklist import current_blocklist
+from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
+from tests.images import encode, photo
+
+State = Upload.State
+pytestmark = pytest.mark.django_db
+
+
+def encoded(name: str, fmt: str = "JPEG", size: tuple[int, int] | None = None, **kw) -> bytes:
+    image = photo(name)
+    return encode(image.resize(size) if size else image, fmt, **kw)
+
+
+def drop(media: Path, relative: str, data: bytes) -> Upload:
+    """Put a file in the media tree and run it through the pipeline, as a worker would."""
+    path = media / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    upload, _ = services.upload_register(path=path)
+    return services.upload_process(upload_id=upload.pk)
+
+
+@pytest.fixture
+def media(stores: Path) -> Path:
+    return stores / "media"
+
+
+@pytest.fixture
+def moderator():
+    return get_user_model().objects.create_superuser("mod", password="x")
+
+
+@pytest.fixture
+def banned_astronaut() -> list[BannedFingerprint]:
+    return services.banned_add_image(data=encoded("astronaut"), category="nudity", reason="r")
+
+
+def test_register_records_each_path_and_content_once(media: Path) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    first, created = services.upload_register(path=path)
+    again, created_again = services.upload_register(path=path)
+    assert created and not created_again and first.pk == again.pk
+    assert first.path == "a.jpg" and first.state == State.PENDING and first.size > 0
+
+    path.write_bytes(encoded("chelsea"))
+    changed, created = services.upload_register(path=path)
+    assert created and changed.pk != first.pk
+
+
+def test_register_refuses_symlinks_and_paths_outside_the_media_tree(
+    media: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(encoded("coffee"))
+    (media / "link.jpg").symlink_to(outside)
+    with pytest.raises(files.UnsafePath):
+        services.upload_register(path=media / "link.jpg")
+    with pytest.raises(files.UnsafePath):
+        services.upload_register(path=outside)
+    assert not Upload.objects.exists()
+
+
+def test_resized_copy_is_quarantined_with_its_distances(media: Path, banned_astronaut) -> None:
+    upload = drop(media, "profile/me.png", encoded("astronaut", "PNG", size=(180, 180)))
+    assert upload.state == State.QUARANTINED
+    assert not (media / "profile" / "me.png").exists()
+    moved = files.quarantine_dir() / upload.quarantine_name
+    assert moved.read_bytes() == encoded("astronaut", "PNG", size=(180, 180))
+    assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+    match = upload.matches.get()
+    assert match.fingerprint == banned_astronaut[0]
+    assert match.distances["pdq"] <= 31 and set(match.distances) == {"pdq", "phash", "dhash"}
+    assert AuditEvent.objects.filter(action="upload_quarantined", upload=upload).exists()
+
+
+def test_unrelated_image_is_clean_and_stays_put(media: Path, banned_astronaut) -> None:
+    upload = drop(media, "coffee.jpg", encoded("coffee"))
+    assert upload.state == State.CLEAN
+    assert (media / "coffee.jpg").exists()
+    assert upload.format == "JPEG" and upload.fingerprints[0]["hashes"]["pdq"]
+
+
+def test_exact_copy_matches_by_sha256_even_without_fingerprints(media: Path) -> None:
+    data = encoded("rocket")
+    services.banned_add_image(data=data)
+    BannedFingerprint.objects.update(phash="", dhash="", pdq="")  # as if hashes were unusable
+    services.blocklist_bump()
+    upload = drop(media, "rocket.jpg", data)
+    assert upload.state == State.QUARANTINED
+    assert upload.matches.get().rule == "sha256"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "too_small"),
+        (b"<html><script>alert(1)</script></html>", "unsupported_format"),
+        (encode(photo("rocket"), "JPEG")[:2000], "corrupt"),
+        (encode(photo("rocket"), "ICO"), "unsupported_format"),
+    ],
+)
+def test_bad_files_are_recorded_as_errors(media: Path, data: bytes, code: str) -> None:
+    upload = drop(media, "bad.jpg", data)
+    assert upload.state == State.ERROR
+    assert upload.error_code == code, upload.error
+    assert upload.error
+
+
+def test_missing_and_changed_files_are_recorded_as_errors(media: Path) -> None:
+    path = media / "gone.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    path.unlink()
+    assert services.upload_process(upload_id=upload.pk).error_code == "missing"
+
+    path = media / "changed.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    path.write_bytes(encoded("chelsea"))
+    assert services.upload_process(upload_id=upload.pk).error_code == "changed"
+
+
+def test_a_file_swapped_for_a_symlink_is_not_followed(media: Path, tmp_path: Path) -> None:
+    path = media / "swap.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    path.unlink()
+    target = tmp_path / "private.jpg"
+    target.write_bytes(encoded("coffee"))
+    path.symlink_to(target)
+    assert services.upload_process(upload_id=upload.pk).error_code == "unsafe_path"
+
+
+def test_processing_twice_does_nothing_the_second_time(media: Path, banned_astronaut) -> None:
+    upload = drop(media, "a.jpg", encoded("astronaut"))
+    again = services.upload_process(upload_id=upload.pk)
+    assert again.state == State.QUARANTINED and again.attempts == 1
+    assert Match.objects.filter(upload=upload).count() == 1
+
+
+def test_an_interrupted_quarantine_is_finished_on_retry(media: Path, banned_astronaut) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("astronaut"))
+    upload, _ = services.upload_register(path=path)
+    # A worker moved the file and died before it could record the decision.
+    files.move_file(path, files.quarantine_dir() / f"{upload.pk}/a.jpg", private=True)
+    Upload.objects.filter(pk=upload.pk).update(
+        state=State.PROCESSING, claimed_at=timezone.now() - timedelta(hours=2)
+    )
+    services.uploads_requeue_stale(older_than=timedelta(minutes=10))
+    assert Upload.objects.get(pk=upload.pk).state == State.PENDING
+    assert services.upload_process(upload_id=upload.pk).state == State.QUARANTINED
+
+
+def test_release_puts_the_file_back_and_the_same_match_lets_it_through(
+    media: Path, banned_astronaut, moderator
+) -> None:
+    data = encoded("astronaut", size=(300, 300))
+    upload = drop(media, "me.jpg", data)
+    services.upload_release(upload_id=upload.pk, actor=moderator)
+    assert (media / "me.jpg").read_bytes() == data
+    upload.refresh_from_db()
+    assert upload.state == State.RELEASED and upload.reviewed_by == moderator
+    # The watcher sees the file come back: same path and content, nothing new recorded.
+    assert services.upload_register(path=media / "me.jpg") == (upload, False)
+    # The same content uploaded again elsewhere is not quarantined for that match.
+    assert drop(media, "again.jpg", data).state == State.CLEAN
+    # Other content matching the same banned image still is.
+    assert drop(media, "other.jpg", encoded("astronaut", quality=50)).state == State.QUARANTINED
+
+
+def test_release_refuses_to_overwrite(media: Path, banned_astronaut, moderator) -> None:
+    upload = drop(media, "me.jpg", encoded("astronaut"))
+    (media / "me.jpg").write_bytes(b"someone else's file")
+    with pytest.raises(services.ActionRefused, match="already exists|now exists"):
+        services.upload_release(upload_id=upload.pk, actor=moderator)
+    assert Upload.objects.get(pk=upload.pk).state == State.QUARANTINED
+    assert (files.quarantine_dir() / upload.quarantine_name).exists()
+
+
+def test_confirm_keeps_it_quarantined(media: Path, banned_astronaut, moderator) -> None:
+    upload = drop(media, "me.jpg", encoded("astronaut"))
+    confirmed = services.upload_confirm(upload_id=upload.pk, actor=moderator)
+    assert confirmed.state == State.CONFIRMED
+    assert (files.quarantine_dir() / upload.quarantine_name).exists()
+    with pytest.raises(services.ActionRefused):
+        services.upload_confirm(upload_id=upload.pk, actor=moderator)
+
+
+def test_flag_bans_a_clean_upload_and_catches_its_copies(media: Path, moderator) -> None:
+    upload = drop(media, "cat.jpg", encoded("chelsea"))
+    assert upload.state == State.CLEAN
+    flagged = services.upload_flag(
+        upload_id=upload.pk, actor=moderator, category="scam", reason="stolen photo"
+    )
+    assert flagged.state == State.CONFIRMED
+    assert not (media / "cat.jpg").exists()
+    banned = BannedFingerprint.objects.get()
+    assert banned.source == "upload" and banned.source_upload == upload
+    assert banned.added_by == moderator and banned.reason == "stolen photo"
+    assert (files.reference_dir() / banned.reference_name).exists()
+    copy = drop(media, "cat2.webp", encoded("chelsea", "WEBP", size=(200, 150)))
+    assert copy.state == State.QUARANTINED
+
+
+def test_pasted_pdq_hash_bans_matching_images(media: Path) -> None:
+    fingerprint = fingerprint_frames(load_image(encoded("coffee")))[0]
+    services.banned_add_hashes(
+        hashes={"pdq": fingerprint.hashes["pdq"].upper()}, pdq_quality=90, category="scam"
+    )
+    assert drop(media, "coffee.png", encoded("coffee", "PNG")).state == State.QUARANTINED
+    assert drop(media, "rocket.jpg", encoded("rocket")).state == State.CLEAN
+
+
+def test_malformed_pasted_hash_is_refused() -> None:
+    with pytest.raises(ValueError):
+        services.banned_add_hashes(hashes={"pdq": "xyz"})
+    with pytest.raises(ValueError):
+        services.banned_add_hashes(hashes={"pdq": "  "})
+    assert not BannedFingerprint.objects.exists()
+
+
+def test_blocklist_changes_reach_the_worker_cache(media: Path, moderator) -> None:
+    assert len(current_blocklist().matcher) == 0
+    rows = services.banned_add_image(data=encoded("astronaut"))
+    assert len(current_blocklist().matcher) == 1
+    services.banned_set_active(fingerprint_ids=[r.pk for r in rows], active=False,
+                               actor=moderator)
+    assert len(current_blocklist().matcher) == 0
+    assert drop(media, "a.jpg", encoded("astronaut")).state == State.CLEAN
+    services.banned_set_active(fingerprint_ids=[r.pk for r in rows], active=True,
+                               actor=moderator)
+    assert drop(media, "b.jpg", encoded("astronaut", "PNG")).state == State.QUARANTINED
+
+
+def test_banning_the_same_image_twice_returns_the_first_ban(stores: Path) -> None:
+    first = services.banned_add_image(data=encoded("astronaut"))
+    second = services.banned_add_image(data=encoded("astronaut"))
+    assert [r.pk for r in first] == [r.pk for r in second]
+
+
+def test_delete_removes_unused_reference_images(
+    stores: Path, moderator, django_capture_on_commit_callbacks
+) -> None:
+    rows = services.banned_add_image(data=encoded("astronaut"))
+    reference = files.reference_dir() / rows[0].reference_name
+    assert stat.S_IMODE(reference.stat().st_mode) == 0o600
+    with django_capture_on_commit_callbacks(execute=True):
+        services.banned_delete(fingerprint_ids=[r.pk for r in rows], actor=moderator)
+    assert not reference.exists()
+    assert not BannedFingerprint.objects.exists()
+    assert AuditEvent.objects.filter(action="ban_deleted").count() == len(rows)
+
+
+def test_requeue_finds_stalled_uploads(media: Path) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    long_ago = timezone.now() - timedelta(hours=1)
+    Upload.objects.filter(pk=upload.pk).update(state=State.PROCESSING, claimed_at=long_ago)
+    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 1
+    upload.refresh_from_db()
+    assert upload.state == State.PENDING and upload.queued_at is not None
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+def test_move_across_filesystems_copies_then_removes(tmp_path: Path) -> None:
+    source = tmp_path / "a.jpg"
+    source.write_bytes(b"image bytes")
+    target_dir = Path("/dev/shm") / f"hashguard-test-{os.getpid()}"
+    if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("/dev/shm is on the same filesystem here")
+    try:
+        files.move_file(source, target_dir / "a.jpg", private=True)
+        moved = target_dir / "a.jpg"
+        assert moved.read_bytes() == b"image bytes" and not source.exists()
+        assert stat.S_IMODE(moved.stat().st_mode) == 0o600
+        assert list(target_dir.iterdir()) == [moved]  # no partial file left behind
+    finally:
+        for leftover in target_dir.glob("*"):
+            leftover.unlink()
+        target_dir.rmdir()
