@@ -95,8 +95,10 @@ def move_file(source: Path, destination: Path, *, private: bool) -> None:
     """Move a regular file, atomically where the two paths share a filesystem.
 
     Across filesystems the file is copied to a temporary name beside the destination,
-    flushed to disk, renamed into place, and only then removed from the source, so a
-    crash leaves at worst a second copy, never none. Refuses to overwrite.
+    flushed to disk, linked into place, and only then removed from the source, so a
+    crash leaves at worst a second copy, never none. A private move leaves the file
+    readable by the service user only; a file owned by another user is copied for that,
+    since its mode cannot be changed. Never overwrites.
     """
     info = os.lstat(source)
     if not stat.S_ISREG(info.st_mode):
@@ -104,25 +106,29 @@ def move_file(source: Path, destination: Path, *, private: bool) -> None:
     destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
     if os.path.lexists(destination):
         raise FileExistsError(f"{destination} already exists")
-    if private:
-        os.chmod(source, 0o600)
-    try:
-        # link + unlink rather than rename: rename would silently replace a file that
-        # appeared at the destination in the meantime.
-        os.link(source, destination, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
-            raise
-        _copy_then_rename(source, destination, private=private)
+    if private and info.st_uid != os.geteuid():
+        _copy_then_link(source, destination, mode=0o600)
+    else:
+        if private:
+            os.chmod(source, 0o600)
+        try:
+            # link + unlink rather than rename: rename would silently replace a file
+            # that appeared at the destination in the meantime.
+            os.link(source, destination, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            _copy_then_link(source, destination, mode=stat.S_IMODE(os.lstat(source).st_mode))
     os.unlink(source)
     _fsync_directory(destination.parent)
 
 
-def _copy_then_rename(source: Path, destination: Path, *, private: bool) -> None:
-    temporary = destination.with_name(f".{destination.name}.partial")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    fd = os.open(temporary, flags, 0o600 if private else 0o644)
+def _copy_then_link(source: Path, destination: Path, *, mode: int) -> None:
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    fd = os.open(temporary, flags, 0o600)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as target:
             src_fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
             with os.fdopen(src_fd, "rb") as origin:

@@ -113,6 +113,8 @@ class Upload(models.Model):
     fingerprints = models.JSONField(default=list, blank=True)
     # Relative to HASHGUARD_QUARANTINE_DIR while the file is quarantined.
     quarantine_name = models.CharField(max_length=1100, blank=True)
+    # The file's permission bits before quarantine made it private, restored on release.
+    file_mode = models.PositiveIntegerField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)

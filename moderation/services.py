@@ -2,6 +2,7 @@
 
 import logging
 import os
+import stat
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -207,6 +208,8 @@ def _process_claimed(upload: Upload) -> Upload:
     with transaction.atomic():
         upload.state = State.QUARANTINED
         upload.quarantine_name = _quarantine_name(upload)
+        if not already_moved:
+            upload.file_mode = stat.S_IMODE(os.lstat(source).st_mode)
         upload.save()
         Match.objects.bulk_create(
             Match(
@@ -296,6 +299,8 @@ def upload_release(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
             raise ActionRefused(
                 f"The quarantined file {source} is missing; nothing was released."
             ) from None
+        if upload.file_mode is not None:
+            os.chmod(destination, upload.file_mode)
     return upload
 
 
@@ -323,6 +328,7 @@ def upload_flag(
         )
         upload.state = State.CONFIRMED
         upload.quarantine_name = _quarantine_name(upload)
+        upload.file_mode = stat.S_IMODE(os.lstat(source).st_mode)
         upload.reviewed_by = actor
         upload.reviewed_at = timezone.now()
         upload.save()

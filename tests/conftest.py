@@ -1,6 +1,13 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Before Django reads its settings: keep the test session's own state out of ./var, and
+# queue to Celery's in-process broker (tests that need a real one start it themselves).
+os.environ.setdefault("HASHGUARD_DATA_DIR", tempfile.mkdtemp(prefix="hashguard-tests-"))
+os.environ.setdefault("CELERY_BROKER_URL", "memory://")
 
 
 @pytest.fixture

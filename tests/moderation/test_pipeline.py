@@ -134,6 +134,20 @@ def test_uploads_wait_out_a_broker_outage(stack: Stack) -> None:
     assert wait_decided("coffee.jpg")["coffee.jpg"].state == Upload.State.CLEAN
 
 
+def test_scan_waits_until_a_backlog_is_decided(stack: Stack) -> None:
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"))
+    backlog = stack.data_dir / "media" / "backlog"
+    backlog.mkdir()
+    for name in ("coffee", "rocket", "chelsea"):
+        photo(name).save(backlog / f"{name}.jpg", "JPEG")
+    photo("astronaut").resize((320, 320)).save(backlog / "astronaut.png", "PNG")
+    stack.worker()
+    result = stack.manage("scan", str(backlog), "--timeout", "90")
+    assert result.returncode == 0, result.stderr + stack.logs()
+    assert "4 files: 3 clean, 1 quarantined" in result.stdout
+    assert "deciding" in result.stderr  # the progress bar
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

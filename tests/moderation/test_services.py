@@ -169,9 +169,14 @@ def test_release_puts_the_file_back_and_the_same_match_lets_it_through(
     media: Path, banned_astronaut, moderator
 ) -> None:
     data = encoded("astronaut", size=(300, 300))
-    upload = drop(media, "me.jpg", data)
+    (media / "me.jpg").write_bytes(data)
+    os.chmod(media / "me.jpg", 0o644)
+    upload, _ = services.upload_register(path=media / "me.jpg")
+    upload = services.upload_process(upload_id=upload.pk)
+    assert stat.S_IMODE(os.stat(files.quarantine_dir() / upload.quarantine_name).st_mode) == 0o600
     services.upload_release(upload_id=upload.pk, actor=moderator)
     assert (media / "me.jpg").read_bytes() == data
+    assert stat.S_IMODE(os.stat(media / "me.jpg").st_mode) == 0o644
     upload.refresh_from_db()
     assert upload.state == State.RELEASED and upload.reviewed_by == moderator
     # The watcher sees the file come back: same path and content, nothing new recorded.

@@ -1,0 +1,59 @@
+import json
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from moderation import services
+from moderation.models import BannedFingerprint, Upload
+from tests.images import photo, save
+
+pytestmark = pytest.mark.django_db
+
+
+def test_ban_adds_each_image_and_reports_failures(stores: Path, capsys) -> None:
+    good = save(photo("astronaut"), stores / "good.jpg", "JPEG")
+    bad = stores / "bad.jpg"
+    bad.write_text("<html></html>")
+    with pytest.raises(CommandError, match="1 of 3 files were not banned"):
+        call_command("ban", str(good), str(bad), str(save(photo("rocket"), stores / "r.png", "PNG")),
+                     "--category", "scam", "--reason", "seen in a scam")
+    out, err = capsys.readouterr()
+    assert "good.jpg: banned as #" in out
+    assert "bad.jpg: not banned:" in err and "JPEG" in err
+    assert BannedFingerprint.objects.count() == 2
+    assert set(BannedFingerprint.objects.values_list("category", flat=True)) == {"scam"}
+
+
+def test_uploads_lists_by_state_as_json(stores: Path, capsys) -> None:
+    services.banned_add_image(data=(save(photo("astronaut"), stores / "b.jpg", "JPEG")).read_bytes())
+    for name, image in (("a.jpg", "astronaut"), ("c.jpg", "coffee")):
+        path = save(photo(image), stores / "media" / name, "JPEG", quality=70)
+        upload, _ = services.upload_register(path=path)
+        services.upload_process(upload_id=upload.pk)
+    call_command("uploads", "--json", "--state", "quarantined")
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["path"], r["state"]) for r in rows] == [("a.jpg", "quarantined")]
+    assert rows[0]["matches"][0]["distances"]["pdq"] <= 31
+    call_command("uploads")
+    out = capsys.readouterr().out
+    assert "clean" in out and "c.jpg" in out and "banned #" in out
+
+
+def test_scan_records_a_backlog_without_waiting(stores: Path, capsys) -> None:
+    backlog = stores / "media" / "old"
+    backlog.mkdir()
+    for index, name in enumerate(("coffee", "rocket", "chelsea")):
+        save(photo(name), backlog / f"{index}.jpg", "JPEG")
+    (backlog / "readme.txt").write_text("skip me")
+    call_command("scan", str(backlog), "--no-wait")
+    assert "3 files: 3 pending" in capsys.readouterr().out
+    assert sorted(Upload.objects.values_list("path", flat=True)) == [
+        "old/0.jpg", "old/1.jpg", "old/2.jpg"
+    ]
+
+
+def test_scan_refuses_directories_outside_the_media_tree(stores: Path) -> None:
+    with pytest.raises(CommandError, match="outside the media directory"):
+        call_command("scan", str(stores))
