@@ -1,0 +1,144 @@
+"""How fast images are decided: per-image cost in a worker, and drop-to-decision end to end.
+
+    .venv/bin/python -m benchmarks.bench_pipeline [--images DIR] [--redis URL]
+
+Part 1 times what a worker does per image (decode, three fingerprints, match against a
+blocklist of --blocklist entries) beside the classic tutorial's cost (decode + dHash
+only), in the same run. Part 2 starts a real watcher and worker (the embedded default,
+or PostgreSQL + Redis when --redis and DATABASE_URL are given), drops images into the
+media directory one at a time and then all at once, and reports how long each took to
+be decided. Figures only; nothing is asserted.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "corpus")
+    parser.add_argument("--blocklist", type=int, default=100_000)
+    parser.add_argument("--redis", help="a Redis URL: run part 2 on Redis, not the file broker")
+    parser.add_argument("--concurrency", type=int, default=2)
+    args = parser.parse_args()
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".png"})
+    if not images:
+        parser.error(f"no .jpg or .png images in {args.images}")
+
+    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-"))
+    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
+    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
+    if args.redis:
+        os.environ["CELERY_BROKER_URL"] = args.redis
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    import django
+
+    django.setup()
+    try:
+        per_image(images, args.blocklist)
+        end_to_end(images, data_dir, args)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def per_image(images: list[Path], blocklist_size: int) -> None:
+    import imagehash
+    from PIL import Image
+
+    from hashes.algorithms import Fingerprint, fingerprint_frames
+    from hashes.loading import load_image
+    from hashes.matching import DEFAULT_RULE_CONFIG, Matcher, MatchRule
+
+    rng = random.Random(1)
+    matcher = Matcher(MatchRule.from_config(DEFAULT_RULE_CONFIG))
+    for key in range(blocklist_size):
+        matcher.add(key, Fingerprint(
+            hashes={"phash": f"{rng.getrandbits(64):016x}", "dhash": f"{rng.getrandbits(64):016x}",
+                    "pdq": f"{rng.getrandbits(256):064x}"},
+            pdq_quality=100,
+        ))
+    blobs = [path.read_bytes() for path in images]
+
+    def hashguard(data: bytes) -> None:
+        for frame in fingerprint_frames(load_image(data)):
+            matcher.match(frame)
+
+    def classic(data: bytes) -> None:
+        import io
+
+        with Image.open(io.BytesIO(data)) as image:
+            imagehash.dhash(image)
+
+    timings = {}
+    for name, work in (("classic dHash only", classic), ("hashguard worker", hashguard)):
+        start = time.perf_counter()
+        for data in blobs:
+            work(data)
+        timings[name] = (time.perf_counter() - start) / len(blobs)
+    print(f"Per image, {len(blobs)} images from {images[0].parent}, "
+          f"blocklist of {blocklist_size:,} fingerprints:")
+    for name, seconds in timings.items():
+        print(f"  {name:<20} {seconds * 1000:8.1f} ms/image  {1 / seconds:7.1f} images/s")
+    ratio = timings["hashguard worker"] / timings["classic dHash only"]
+    print(f"  hashguard costs {ratio:.1f}x the classic dHash per image (three algorithms, "
+          "safe decoding, matching)")
+
+
+def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> None:
+    from django.core.management import call_command
+
+    from moderation import services
+    from moderation.models import Upload
+    from tests.moderation.processes import Stack, database_url
+
+    call_command("migrate", verbosity=0)
+    services.banned_add_image(data=images[0].read_bytes())
+    stack = Stack(data_dir, database_url=database_url(),
+                  broker_url=args.redis or "filesystem://",
+                  HASHGUARD_STABLE_SECONDS="1.0", HASHGUARD_LOG_LEVEL="INFO")
+    media = data_dir / "media"
+    media.mkdir(exist_ok=True)
+    undecided = [Upload.State.PENDING, Upload.State.PROCESSING]
+    try:
+        stack.worker(concurrency=args.concurrency)
+        stack.watcher()
+        latencies = []
+        for index, path in enumerate(images[:10]):
+            start = time.perf_counter()
+            shutil.copy(path, media / f"one-{index}{path.suffix}")
+            while not Upload.objects.filter(path=f"one-{index}{path.suffix}").exclude(
+                state__in=undecided
+            ).exists():
+                time.sleep(0.01)
+            latencies.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for index, path in enumerate(images):
+            shutil.copy(path, media / f"burst-{index}{path.suffix}")
+        while Upload.objects.filter(path__startswith="burst-").exclude(
+            state__in=undecided
+        ).count() < len(images):
+            time.sleep(0.05)
+        burst = time.perf_counter() - start
+    finally:
+        stack.stop()
+    broker = "Redis" if args.redis else "the file broker"
+    print(f"\nEnd to end ({broker}, {args.concurrency} worker processes, "
+          "HASHGUARD_STABLE_SECONDS=1.0):")
+    print(f"  one file at a time: median {statistics.median(latencies):.2f} s from write to "
+          f"decision (min {min(latencies):.2f}, max {max(latencies):.2f}); of that, 1.0 s is "
+          "the wait for the file to stop changing")
+    print(f"  {len(images)} files at once: all decided in {burst:.2f} s, "
+          f"{len(images) / burst:.1f} files/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Perceptual hashes of an image, and the Hamming distances between them.
+
+Three algorithms, each stored as lowercase hex:
+
+- ``phash`` and ``dhash`` (64 bits) from ImageHash, written exactly as
+  ``str(imagehash.ImageHash)`` writes them, so values agree with anything else built on
+  ImageHash.
+- ``pdq`` (256 bits, Meta's PDQ) in the hex format of Meta's reference implementation, so
+  that PDQ hashes pasted from ThreatExchange or other PDQ tools compare directly with ours.
+  The reference ``Hash256`` holds bit ``k`` as bit ``k % 16`` of the 16-bit word
+  ``w[k // 16]`` and prints the words ``w[15]`` first, each as 4 hex digits: the first hex
+  digit holds bits 255..252. ``pdqhash.compute`` returns the bits already reversed (element
+  ``i`` is bit ``255 - i``), so packing its vector most significant bit first gives that
+  string; ThreatExchange's own Python hasher converts it the same way. PDQ is computed on
+  the full-resolution frame, as ThreatExchange's Python hasher does: downscaling to 512 px
+  first, as the C++ command-line tool does, moved some corpus hashes by over 50 bits.
+
+Each algorithm has a version: bump it whenever the computation changes (resampling,
+preprocessing, library upgrade that alters output) so stored values can be recomputed.
+"""
+
+from dataclasses import dataclass
+
+import imagehash
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from hashes.loading import LoadedImage
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    version: int
+    bits: int
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    algorithm.name: algorithm
+    for algorithm in (
+        Algorithm(name="phash", version=1, bits=64),
+        Algorithm(name="dhash", version=1, bits=64),
+        Algorithm(name="pdq", version=1, bits=256),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    hashes: dict[str, str]
+    pdq_quality: int | None = None
+
+    def distance(self, other: "Fingerprint") -> dict[str, int]:
+        """Hamming distance for each algorithm that both fingerprints have."""
+        return {
+            name: hamming(code, other.hashes[name])
+            for name, code in self.hashes.items()
+            if name in other.hashes
+        }
+
+
+def fingerprint_image(image: Image.Image) -> Fingerprint:
+    """Hash one RGB frame, as ``load_image`` produces, with every algorithm."""
+    if image.mode != "RGB":
+        raise ValueError(
+            f"fingerprint_image needs an RGB image, not {image.mode}: load files with "
+            "hashes.loading.load_image, which converts and flattens them."
+        )
+    bits, quality = pdqhash.compute(np.asarray(image))
+    return Fingerprint(
+        hashes={
+            "phash": str(imagehash.phash(image, hash_size=8)),
+            "dhash": str(imagehash.dhash(image, hash_size=8)),
+            "pdq": np.packbits(bits.astype(np.uint8)).tobytes().hex(),
+        },
+        pdq_quality=int(quality),
+    )
+
+
+def fingerprint_frames(loaded: LoadedImage) -> list[Fingerprint]:
+    """One fingerprint per frame, first frame first, leaving out repeats of earlier ones."""
+    fingerprints: list[Fingerprint] = []
+    seen: set[tuple[tuple[str, str], ...]] = set()
+    for frame in loaded.frames:
+        fingerprint = fingerprint_image(frame)
+        identity = tuple(sorted(fingerprint.hashes.items()))
+        if identity not in seen:
+            seen.add(identity)
+            fingerprints.append(fingerprint)
+    return fingerprints
+
+
+def hamming(a_hex: str, b_hex: str) -> int:
+    """Number of differing bits between two hex hashes of the same length."""
+    if len(a_hex) != len(b_hex):
+        raise ValueError(
+            f"Cannot compare hashes of different lengths ({len(a_hex)} and {len(b_hex)} hex "
+            "digits): they come from different algorithms."
+        )
+    return (int(a_hex, 16) ^ int(b_hex, 16)).bit_count()
+
+
+def parse_hash(algorithm: str, text: str) -> str:
+    """Normalise a pasted hash to lowercase hex, or raise ValueError saying what is wrong."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(
+            f"Unknown hash algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}."
+        )
+    digits = ALGORITHMS[algorithm].bits // 4
+    code = "".join(text.split()).lower()
+    if not code:
+        raise ValueError(f"The {algorithm} hash is empty; paste its {digits} hex digits.")
+    bad = sorted({char for char in code if char not in "0123456789abcdef"})
+    if bad:
+        raise ValueError(
+            f"The {algorithm} hash contains {''.join(bad)!r}, which are not hex digits; "
+            f"a {algorithm} hash is {digits} characters of 0-9 and a-f."
+        )
+    if len(code) != digits:
+        raise ValueError(
+            f"The {algorithm} hash has {len(code)} hex digits but a {algorithm} hash has "
+            f"exactly {digits}; check it was copied whole and is for the right algorithm."
+        )
+    return code
+
+
+def algorithm_versions() -> dict[str, int]:
+    """The current version of each algorithm, to store beside the hashes it produced."""
+    return {name: algorithm.version for name, algorithm in ALGORITHMS.items()}

@@ -1,0 +1,150 @@
+import random
+
+import pytest
+
+from hashes.index import HammingIndex
+
+
+def random_code(rng: random.Random, bits: int) -> int:
+    return rng.getrandbits(bits)
+
+
+def near(rng: random.Random, code: int, bits: int, flips: int) -> int:
+    for position in rng.sample(range(bits), flips):
+        code ^= 1 << position
+    return code
+
+
+def to_hex(code: int, bits: int) -> str:
+    return f"{code:0{bits // 4}x}"
+
+
+def brute_force(entries: dict[int, int], query: int, max_distance: int) -> list[tuple[int, int]]:
+    found = [(key, (code ^ query).bit_count()) for key, code in entries.items()]
+    return sorted(
+        ((key, distance) for key, distance in found if distance <= max_distance),
+        key=lambda item: (item[1], item[0]),
+    )
+
+
+def clustered_codes(rng: random.Random, bits: int, count: int) -> list[int]:
+    """Codes in tight clusters, so that small radii find something, plus random ones."""
+    centres = [random_code(rng, bits) for _ in range(20)]
+    return [
+        near(rng, rng.choice(centres), bits, rng.randrange(bits // 8))
+        if rng.random() < 0.7
+        else random_code(rng, bits)
+        for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize("bits", [64, 256])
+def test_query_agrees_with_brute_force_through_adds_removes_and_replacements(bits):
+    rng = random.Random(bits)
+    index = HammingIndex(bits)
+    entries: dict[int, int] = {}
+    # More than the initial capacity, so the index has to grow.
+    for key, code in enumerate(clustered_codes(rng, bits, 3000)):
+        stored_key = key * 7 - 5000  # negative and sparse keys too
+        index.add(stored_key, to_hex(code, bits))
+        entries[stored_key] = code
+
+    def check() -> None:
+        assert len(index) == len(entries)
+        queries = [
+            near(rng, code, bits, rng.randrange(8))
+            for code in rng.sample(list(entries.values()), 15)
+        ]
+        queries += [random_code(rng, bits) for _ in range(5)]
+        for query in queries:
+            for radius in (0, 3, bits // 8, bits // 4, bits // 2):
+                expected = brute_force(entries, query, radius)
+                assert index.query(to_hex(query, bits), radius) == expected
+
+    check()
+    for key in rng.sample(list(entries), 1200):
+        index.remove(key)
+        del entries[key]
+    check()
+    for key in rng.sample(list(entries), 300):  # replace existing keys
+        entries[key] = random_code(rng, bits)
+        index.add(key, to_hex(entries[key], bits))
+    for key in range(10**9, 10**9 + 500):  # and add new ones into the freed rows
+        entries[key] = near(rng, rng.choice(list(entries.values())), bits, 2)
+        index.add(key, to_hex(entries[key], bits))
+    check()
+
+
+def test_empty_index_finds_nothing():
+    index = HammingIndex(256)
+
+    assert index.query("0" * 64, 256) == []
+    assert len(index) == 0
+    assert 1 not in index
+
+
+def test_distance_zero_finds_exact_copies_only():
+    index = HammingIndex(64)
+    index.add(1, "00000000000000ff")
+    index.add(2, "00000000000000fe")
+    index.add(3, "00000000000000ff")
+
+    assert index.query("00000000000000ff", 0) == [(1, 0), (3, 0)]
+
+
+def test_max_distance_of_all_bits_returns_everything_nearest_first():
+    index = HammingIndex(64)
+    index.add(10, "f" * 16)
+    index.add(5, "0" * 16)
+    index.add(7, "0" * 15 + "3")
+
+    assert index.query("0" * 16, 64) == [(5, 0), (7, 2), (10, 64)]
+
+
+def test_ties_are_ordered_by_key():
+    index = HammingIndex(64)
+    for key in (9, 3, 6):
+        index.add(key, "0" * 15 + "1")
+
+    assert index.query("0" * 16, 1) == [(3, 1), (6, 1), (9, 1)]
+
+
+def test_add_replaces_and_remove_forgets():
+    index = HammingIndex(64)
+    index.add(1, "0" * 16)
+    index.add(1, "f" * 16)
+
+    assert len(index) == 1
+    assert index.query("f" * 16, 0) == [(1, 0)]
+    assert index.query("0" * 16, 0) == []
+
+    index.remove(1)
+    index.remove(1)
+    index.remove(42)
+
+    assert len(index) == 0
+    assert 1 not in index
+    assert index.query("f" * 16, 64) == []
+
+
+def test_multiples_of_64_bits_other_than_64_and_256_work():
+    index = HammingIndex(128)
+    index.add(1, "f" * 32)
+
+    assert index.query("0" * 32, 128) == [(1, 128)]
+
+
+@pytest.mark.parametrize("bits", [0, 32, 100, -64])
+def test_bits_must_be_a_positive_multiple_of_64(bits):
+    with pytest.raises(ValueError, match="multiple of 64"):
+        HammingIndex(bits)
+
+
+@pytest.mark.parametrize("code", ["0" * 15, "0" * 64, "z" * 16, "00 " * 16])
+def test_codes_of_the_wrong_size_or_not_hex_are_rejected(code):
+    index = HammingIndex(64)
+
+    with pytest.raises(ValueError):
+        index.add(1, code)
+    with pytest.raises(ValueError):
+        index.query(code, 3)
