@@ -61,11 +61,17 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
     rng = random.Random(1)
     matcher = Matcher(MatchRule.from_config(DEFAULT_RULE_CONFIG))
     for key in range(blocklist_size):
-        matcher.add(key, Fingerprint(
-            hashes={"phash": f"{rng.getrandbits(64):016x}", "dhash": f"{rng.getrandbits(64):016x}",
-                    "pdq": f"{rng.getrandbits(256):064x}"},
-            pdq_quality=100,
-        ))
+        matcher.add(
+            key,
+            Fingerprint(
+                hashes={
+                    "phash": f"{rng.getrandbits(64):016x}",
+                    "dhash": f"{rng.getrandbits(64):016x}",
+                    "pdq": f"{rng.getrandbits(256):064x}",
+                },
+                pdq_quality=100,
+            ),
+        )
     blobs = [path.read_bytes() for path in images]
 
     def hashguard(data: bytes) -> None:
@@ -84,13 +90,17 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
         for data in blobs:
             work(data)
         timings[name] = (time.perf_counter() - start) / len(blobs)
-    print(f"Per image, {len(blobs)} images from {images[0].parent}, "
-          f"blocklist of {blocklist_size:,} fingerprints:")
+    print(
+        f"Per image, {len(blobs)} images from {images[0].parent}, "
+        f"blocklist of {blocklist_size:,} fingerprints:"
+    )
     for name, seconds in timings.items():
         print(f"  {name:<20} {seconds * 1000:8.1f} ms/image  {1 / seconds:7.1f} images/s")
     ratio = timings["hashguard worker"] / timings["classic dHash only"]
-    print(f"  hashguard costs {ratio:.1f}x the classic dHash per image (three algorithms, "
-          "safe decoding, matching)")
+    print(
+        f"  hashguard costs {ratio:.1f}x the classic dHash per image (three algorithms, "
+        "safe decoding, matching)"
+    )
 
 
 def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> None:
@@ -102,9 +112,13 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
 
     call_command("migrate", verbosity=0)
     services.banned_add_image(data=images[0].read_bytes())
-    stack = Stack(data_dir, database_url=database_url(),
-                  broker_url=args.redis or "filesystem://",
-                  HASHGUARD_STABLE_SECONDS="1.0", HASHGUARD_LOG_LEVEL="INFO")
+    stack = Stack(
+        data_dir,
+        database_url=database_url(),
+        broker_url=args.redis or "filesystem://",
+        HASHGUARD_STABLE_SECONDS="1.0",
+        HASHGUARD_LOG_LEVEL="INFO",
+    )
     media = data_dir / "media"
     media.mkdir(exist_ok=True)
     undecided = [Upload.State.PENDING, Upload.State.PROCESSING]
@@ -115,9 +129,11 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
         for index, path in enumerate(images[:10]):
             start = time.perf_counter()
             shutil.copy(path, media / f"one-{index}{path.suffix}")
-            while not Upload.objects.filter(path=f"one-{index}{path.suffix}").exclude(
-                state__in=undecided
-            ).exists():
+            while (
+                not Upload.objects.filter(path=f"one-{index}{path.suffix}")
+                .exclude(state__in=undecided)
+                .exists()
+            ):
                 time.sleep(0.01)
             latencies.append(time.perf_counter() - start)
         start = time.perf_counter()
@@ -131,13 +147,19 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
     finally:
         stack.stop()
     broker = "Redis" if args.redis else "the file broker"
-    print(f"\nEnd to end ({broker}, {args.concurrency} worker processes, "
-          "HASHGUARD_STABLE_SECONDS=1.0):")
-    print(f"  one file at a time: median {statistics.median(latencies):.2f} s from write to "
-          f"decision (min {min(latencies):.2f}, max {max(latencies):.2f}); of that, 1.0 s is "
-          "the wait for the file to stop changing")
-    print(f"  {len(images)} files at once: all decided in {burst:.2f} s, "
-          f"{len(images) / burst:.1f} files/s")
+    print(
+        f"\nEnd to end ({broker}, {args.concurrency} worker processes, "
+        "HASHGUARD_STABLE_SECONDS=1.0):"
+    )
+    print(
+        f"  one file at a time: median {statistics.median(latencies):.2f} s from write to "
+        f"decision (min {min(latencies):.2f}, max {max(latencies):.2f}); of that, 1.0 s is "
+        "the wait for the file to stop changing"
+    )
+    print(
+        f"  {len(images)} files at once: all decided in {burst:.2f} s, "
+        f"{len(images) / burst:.1f} files/s"
+    )
 
 
 if __name__ == "__main__":

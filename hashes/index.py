@@ -78,8 +78,7 @@ class HammingIndex:
         # Checked on the decoded bytes, because fromhex skips spaces.
         if len(raw) * 8 != self.bits:
             raise ValueError(
-                f"Expected a {self.bits}-bit hash of {self.bits // 4} hex digits, "
-                f"got {code_hex!r}."
+                f"Expected a {self.bits}-bit hash of {self.bits // 4} hex digits, got {code_hex!r}."
             )
         return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 

@@ -2,14 +2,13 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from hashes.errors import ImageError
-from moderation import selectors, services
-from moderation.forms import BanForm, FlagForm
+from moderation import files, selectors, services
+from moderation.forms import BanForm, FlagForm, ReviewDecisionForm
 from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
 
 State = Upload.State
@@ -20,10 +19,11 @@ def _image_url(kind: str, pk: int, *, thumb: bool) -> str:
     return f"{url}?size=thumb" if thumb else url
 
 
-def image_tag(kind: str, pk: int, *, alt: str) -> str:
+def image_tag(kind: str, pk: int, *, alt: str, size: int = 160) -> str:
     return format_html(
-        '<a href="{}" target="_blank"><img src="{}" alt="{}" style="max-width:160px;max-height:160px"></a>',
-        _image_url(kind, pk, thumb=False), _image_url(kind, pk, thumb=True), alt,
+        '<a href="{}" target="_blank" rel="noopener"><img src="{}" alt="{}" '
+        'style="max-width:{}px;max-height:{}px"></a>',
+        _image_url(kind, pk, thumb=False), _image_url(kind, pk, thumb=True), alt, size, size,
     )
 
 
@@ -51,6 +51,10 @@ class MatchInline(admin.TabularInline):
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        # The matches are part of the upload: why it was quarantined.
+        return request.user.has_perm("moderation.view_upload")
 
     @admin.display(description="banned image")
     def reference(self, match: Match) -> str:
@@ -142,7 +146,7 @@ class UploadAdmin(admin.ModelAdmin):
             try:
                 act(upload_id=upload.pk, actor=request.user)
                 count += 1
-            except (services.ActionRefused, ImageError) as exc:
+            except (services.ActionRefused, ImageError, files.UnsafePath) as exc:
                 self.message_user(request, f"{upload.path}: {exc}", messages.WARNING)
         if count:
             self.message_user(request, f"{count} upload(s) {done}.", messages.SUCCESS)
@@ -160,13 +164,13 @@ class UploadAdmin(admin.ModelAdmin):
         if not self.has_review_permission(request):
             raise PermissionDenied
         if request.method == "POST":
-            upload = get_object_or_404(Upload, pk=request.POST.get("upload"))
-            act = {"confirm": (self.confirm, "confirmed"), "release": (self.release, "released")}
-            decision = act.get(request.POST.get("decision", ""))
-            if decision is None:
-                self.message_user(request, "Unknown decision.", messages.ERROR)
+            form = ReviewDecisionForm(request.POST)
+            if form.is_valid():
+                act = self.confirm if form.cleaned_data["decision"] == "confirm" else self.release
+                act(request, Upload.objects.filter(pk=form.cleaned_data["upload"].pk))
             else:
-                decision[0](request, Upload.objects.filter(pk=upload.pk))
+                self.message_user(request, "Choose Confirm or Release for an upload in the "
+                                  "queue.", messages.ERROR)
             return HttpResponseRedirect(reverse("admin:moderation_upload_review"))
         queue = list(selectors.review_queue()[:50])
         return TemplateResponse(request, "admin/moderation/upload/review.html", {
@@ -176,12 +180,13 @@ class UploadAdmin(admin.ModelAdmin):
             "items": [
                 {
                     "upload": upload,
-                    "image": image_tag("upload", upload.pk, alt="quarantined upload"),
+                    "image": image_tag("upload", upload.pk, alt="quarantined upload",
+                                       size=240),
                     "matches": [
                         {
                             "match": match,
                             "reference": image_tag("reference", match.fingerprint_id,
-                                                   alt="banned reference")
+                                                   alt="banned reference", size=240)
                             if match.fingerprint.reference_name else None,
                             "distances": distances_text(match.distances),
                         }
@@ -233,7 +238,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
                     rows = [services.banned_add_hashes(
                         hashes=form.hashes(), pdq_quality=data["pdq_quality"], **common)]
             except (ImageError, ValueError) as exc:
-                form.add_error(None, str(exc))
+                form.add_error("image" if data["image"] else None, str(exc))
             else:
                 ids = ", ".join(f"#{row.pk}" for row in rows)
                 self.message_user(request, f"Banned as {ids}; every worker uses it from the "

@@ -55,7 +55,8 @@ def build_blocklist() -> Blocklist:
     )
     for key, phash, dhash, pdq, pdq_quality, sha256 in rows.iterator(chunk_size=10_000):
         hashes = {
-            name: value for name, value in (("phash", phash), ("dhash", dhash), ("pdq", pdq))
+            name: value
+            for name, value in (("phash", phash), ("dhash", dhash), ("pdq", pdq))
             if value
         }
         if hashes:

@@ -2,7 +2,7 @@ from django import forms
 from django.conf import settings
 
 from hashes.algorithms import parse_hash
-from moderation.models import Category
+from moderation.models import Category, Upload
 
 
 class BanForm(forms.Form):
@@ -67,3 +67,8 @@ class BanForm(forms.Form):
 class FlagForm(forms.Form):
     category = forms.ChoiceField(choices=Category.choices, initial=Category.OTHER)
     reason = forms.CharField(required=False, max_length=500)
+
+
+class ReviewDecisionForm(forms.Form):
+    upload = forms.ModelChoiceField(queryset=Upload.objects.all())
+    decision = forms.ChoiceField(choices=[("confirm", "Confirm quarantine"), ("release", "Release")])

@@ -41,7 +41,10 @@ class BannedFingerprint(models.Model):
     category = models.CharField(max_length=32, choices=Category.choices, default=Category.OTHER)
     reason = models.TextField(blank=True)
     added_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     active = models.BooleanField(default=True, db_index=True)
@@ -121,7 +124,10 @@ class Upload(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     reviewed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
@@ -159,9 +165,7 @@ class Match(models.Model):
 
     class Meta:
         ordering = ["upload", "id"]
-        constraints = [
-            models.UniqueConstraint(fields=["upload", "fingerprint"], name="match_once")
-        ]
+        constraints = [models.UniqueConstraint(fields=["upload", "fingerprint"], name="match_once")]
         verbose_name_plural = "matches"
 
     def __str__(self) -> str:
@@ -182,14 +186,20 @@ class AuditEvent(models.Model):
     action = models.CharField(max_length=32, choices=Action.choices)
     # None when the pipeline acted on its own.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     upload = models.ForeignKey(
         Upload, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
     )
     fingerprint = models.ForeignKey(
-        BannedFingerprint, null=True, blank=True, on_delete=models.SET_NULL,
+        BannedFingerprint,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="audit_events",
     )
     detail = models.TextField(blank=True)

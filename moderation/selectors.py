@@ -32,8 +32,12 @@ def upload_as_dict(upload: Upload) -> dict[str, object]:
         "created_at": upload.created_at.isoformat(),
         "decided_at": upload.decided_at.isoformat() if upload.decided_at else None,
         "matches": [
-            {"fingerprint": m.fingerprint_id, "rule": m.rule, "distances": m.distances,
-             "frame": m.frame}
+            {
+                "fingerprint": m.fingerprint_id,
+                "rule": m.rule,
+                "distances": m.distances,
+                "frame": m.frame,
+            }
             for m in upload.matches.all()
         ],
     }

@@ -129,9 +129,7 @@ def _send_to_worker(upload_id: int) -> None:
 def uploads_requeue_stale(*, older_than: timedelta) -> int:
     """Queue again what a lost message, a dead worker or a broker outage left undecided."""
     cutoff = timezone.now() - older_than
-    Upload.objects.filter(state=State.PROCESSING, claimed_at__lt=cutoff).update(
-        state=State.PENDING
-    )
+    Upload.objects.filter(state=State.PROCESSING, claimed_at__lt=cutoff).update(state=State.PENDING)
     stale = Upload.objects.filter(state=State.PENDING).filter(
         Q(queued_at__isnull=True) | Q(queued_at__lt=cutoff) | Q(error_code="queue_unavailable")
     )
@@ -182,7 +180,8 @@ def _process_claimed(upload: Upload) -> Upload:
         return _fail(upload, "unsafe_path", str(exc))
     if files.sha256_of(data) != upload.sha256:
         return _fail(
-            upload, "changed",
+            upload,
+            "changed",
             "The file changed after it was recorded; its new content is a new upload.",
         )
     try:
@@ -213,8 +212,11 @@ def _process_claimed(upload: Upload) -> Upload:
         upload.save()
         Match.objects.bulk_create(
             Match(
-                upload=upload, fingerprint_id=key, distances=match.distances,
-                rule=match.rule, frame=frame,
+                upload=upload,
+                fingerprint_id=key,
+                distances=match.distances,
+                rule=match.rule,
+                frame=frame,
             )
             for key, (frame, match) in found.items()
         )
@@ -305,7 +307,10 @@ def upload_release(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
 
 
 def upload_flag(
-    *, upload_id: int, actor: AbstractBaseUser, category: str = Category.OTHER,
+    *,
+    upload_id: int,
+    actor: AbstractBaseUser,
+    category: str = Category.OTHER,
     reason: str = "",
 ) -> Upload:
     """Ban an upload that was let through: add its fingerprints and quarantine it."""
@@ -323,8 +328,12 @@ def upload_flag(
         except FileNotFoundError:
             raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
         banned = banned_add_image(
-            data=data, category=category, reason=reason, actor=actor,
-            source=BannedFingerprint.Source.UPLOAD, source_upload=upload,
+            data=data,
+            category=category,
+            reason=reason,
+            actor=actor,
+            source=BannedFingerprint.Source.UPLOAD,
+            source_upload=upload,
         )
         upload.state = State.CONFIRMED
         upload.quarantine_name = _quarantine_name(upload)
@@ -335,7 +344,8 @@ def upload_flag(
         frames = upload.frame_fingerprints()
         for row in banned:
             Match.objects.get_or_create(
-                upload=upload, fingerprint=row,
+                upload=upload,
+                fingerprint=row,
                 defaults={
                     "distances": frames[0].distance(row.fingerprint()) if frames else {},
                     "rule": "flagged by moderator",
@@ -373,8 +383,9 @@ def banned_add_image(
         if existing:
             inactive = [row for row in existing if not row.active]
             if inactive:
-                banned_set_active(fingerprint_ids=[r.pk for r in inactive], active=True,
-                                  actor=actor)
+                banned_set_active(
+                    fingerprint_ids=[r.pk for r in inactive], active=True, actor=actor
+                )
                 for row in inactive:
                     row.active = True
             return existing
@@ -382,10 +393,16 @@ def banned_add_image(
         files.write_private(files.reference_dir() / reference_name, data)
         rows = [
             BannedFingerprint.objects.create(
-                **_hash_fields(frame), sha256=sha256, frame=index,
-                reference_name=reference_name, algorithm_versions=algorithm_versions(),
-                source=source, source_upload=source_upload, category=category,
-                reason=reason, added_by=actor,
+                **_hash_fields(frame),
+                sha256=sha256,
+                frame=index,
+                reference_name=reference_name,
+                algorithm_versions=algorithm_versions(),
+                source=source,
+                source_upload=source_upload,
+                category=category,
+                reason=reason,
+                added_by=actor,
             )
             for index, frame in enumerate(frames)
         ]
@@ -424,7 +441,9 @@ def banned_add_hashes(
         row = BannedFingerprint.objects.create(
             **_hash_fields(Fingerprint(hashes=parsed, pdq_quality=pdq_quality)),
             algorithm_versions={name: ALGORITHMS[name].version for name in parsed},
-            source=BannedFingerprint.Source.HASH, category=category, reason=reason,
+            source=BannedFingerprint.Source.HASH,
+            category=category,
+            reason=reason,
             added_by=actor,
         )
         _audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)

@@ -18,14 +18,16 @@ def process_upload(self, upload_id: int) -> None:  # noqa: ANN001
         services.upload_process(upload_id=upload_id)
     except TRANSIENT_ERRORS as exc:
         if self.request.retries >= MAX_RETRIES:
-            logger.exception("upload %s failed %s times; recording the error", upload_id,
-                             MAX_RETRIES + 1)
+            logger.exception(
+                "upload %s failed %s times; recording the error", upload_id, MAX_RETRIES + 1
+            )
             services.upload_fail(
-                upload_id=upload_id, code="internal",
+                upload_id=upload_id,
+                code="internal",
                 message=f"Failed after {MAX_RETRIES + 1} attempts: {exc}",
             )
             return
-        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+        raise self.retry(exc=exc, countdown=min(60, 2**self.request.retries)) from exc
     except Exception as exc:
         # A fault in hashguard itself: record it rather than retry the same failure forever.
         logger.exception("upload %s could not be processed", upload_id)

@@ -40,7 +40,11 @@ class Process:
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
         self.popen = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -93,14 +97,28 @@ class Stack:
 
     def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, timeout=timeout,
-            capture_output=True, text=True,
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
         )
 
     def worker(self, concurrency: int = 1) -> Process:
         process = self.start(
-            "worker", "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-            "--concurrency", str(concurrency), "--without-heartbeat", "--without-mingle",
+            "worker",
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            str(concurrency),
+            "--without-heartbeat",
+            "--without-mingle",
             "--without-gossip",
         )
         process.wait_for_log("ready.")

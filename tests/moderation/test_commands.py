@@ -17,8 +17,16 @@ def test_ban_adds_each_image_and_reports_failures(stores: Path, capsys) -> None:
     bad = stores / "bad.jpg"
     bad.write_text("<html></html>")
     with pytest.raises(CommandError, match="1 of 3 files were not banned"):
-        call_command("ban", str(good), str(bad), str(save(photo("rocket"), stores / "r.png", "PNG")),
-                     "--category", "scam", "--reason", "seen in a scam")
+        call_command(
+            "ban",
+            str(good),
+            str(bad),
+            str(save(photo("rocket"), stores / "r.png", "PNG")),
+            "--category",
+            "scam",
+            "--reason",
+            "seen in a scam",
+        )
     out, err = capsys.readouterr()
     assert "good.jpg: banned as #" in out
     assert "bad.jpg: not banned:" in err and "JPEG" in err
@@ -27,7 +35,9 @@ def test_ban_adds_each_image_and_reports_failures(stores: Path, capsys) -> None:
 
 
 def test_uploads_lists_by_state_as_json(stores: Path, capsys) -> None:
-    services.banned_add_image(data=(save(photo("astronaut"), stores / "b.jpg", "JPEG")).read_bytes())
+    services.banned_add_image(
+        data=(save(photo("astronaut"), stores / "b.jpg", "JPEG")).read_bytes()
+    )
     for name, image in (("a.jpg", "astronaut"), ("c.jpg", "coffee")):
         path = save(photo(image), stores / "media" / name, "JPEG", quality=70)
         upload, _ = services.upload_register(path=path)
@@ -50,7 +60,9 @@ def test_scan_records_a_backlog_without_waiting(stores: Path, capsys) -> None:
     call_command("scan", str(backlog), "--no-wait")
     assert "3 files: 3 pending" in capsys.readouterr().out
     assert sorted(Upload.objects.values_list("path", flat=True)) == [
-        "old/0.jpg", "old/1.jpg", "old/2.jpg"
+        "old/0.jpg",
+        "old/1.jpg",
+        "old/2.jpg",
     ]
 
 

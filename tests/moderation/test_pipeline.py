@@ -120,7 +120,8 @@ def test_uploads_wait_out_a_broker_outage(stack: Stack) -> None:
     photo("coffee").save(media / "coffee.jpg", "JPEG")
     upload = wait_for(
         lambda: Upload.objects.filter(path="coffee.jpg", error_code="queue_unavailable").first(),
-        timeout=60, what="the outage to be recorded",
+        timeout=60,
+        what="the outage to be recorded",
     )
     assert upload.state == Upload.State.PENDING
     assert "task queue" in upload.error
@@ -157,7 +158,8 @@ def free_port() -> int:
 def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
     """SQLite and the file broker, started by the README's `embedded` command."""
     stack = Stack(
-        tmp_path, database_url=f"sqlite:///{tmp_path / 'hashguard.sqlite3'}",
+        tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'hashguard.sqlite3'}",
         broker_url="filesystem://",
     )
     stack.env.pop("CELERY_BROKER_URL")
@@ -165,8 +167,9 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
     stack.env["DJANGO_SECRET_KEY"] = ""
     port = free_port()
     try:
-        app = stack.start("embedded", "manage.py", "embedded", "--port", str(port),
-                          "--concurrency", "1")
+        app = stack.start(
+            "embedded", "manage.py", "embedded", "--port", str(port), "--concurrency", "1"
+        )
         app.wait_for_log("Press Ctrl-C to stop", timeout=120)
         assert "Log in as admin / " in app.log()
         app.wait_for_log("ready.")
@@ -186,7 +189,8 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
             return rows if len(rows) == 2 and set(rows.values()) <= DECIDED else None
 
         assert wait_for(states, timeout=60, what="both uploads decided") == {
-            "copy.png": "quarantined", "coffee.jpg": "clean",
+            "copy.png": "quarantined",
+            "coffee.jpg": "clean",
         }, stack.logs()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/") as response:
             assert response.status == 200

@@ -43,8 +43,12 @@ class Running:
     def __init__(self, media: Path, **options: float) -> None:
         self.stop = threading.Event()
         self.watcher = MediaWatcher(
-            media, stop=self.stop, suffixes=image_suffixes(), stable_seconds=0.3,
-            tick_seconds=0.05, **options,
+            media,
+            stop=self.stop,
+            suffixes=image_suffixes(),
+            stable_seconds=0.3,
+            tick_seconds=0.05,
+            **options,
         )
         self.errors: list[BaseException] = []
         self.thread = threading.Thread(target=self._run)
@@ -92,7 +96,11 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
         save(photo("rocket"), media / ".hidden.jpg", "JPEG")
         (media / "link.jpg").symlink_to(outside.with_name("whatever.jpg"))
         expected = {
-            "existing.jpg", "copied.jpg", "renamed.png", "moved-in.webp", "batch/in-dir.jpg",
+            "existing.jpg",
+            "copied.jpg",
+            "renamed.png",
+            "moved-in.webp",
+            "batch/in-dir.jpg",
             "new/deep/nested.jpg",
         }
         wait_for(lambda: recorded() >= expected, timeout=20, what="all files recorded")
@@ -132,8 +140,9 @@ def test_a_restart_does_not_record_files_again(stores: Path) -> None:
 def test_a_scan_finds_files_no_event_announced(stores: Path) -> None:
     media = stores / "media"
     save(photo("rocket"), media / "late.jpg", "JPEG")
-    watcher = MediaWatcher(media, stop=threading.Event(), suffixes=image_suffixes(),
-                           stable_seconds=0.2)
+    watcher = MediaWatcher(
+        media, stop=threading.Event(), suffixes=image_suffixes(), stable_seconds=0.2
+    )
     assert watcher.scan(media) == 1
     watcher.settle()  # first sight: size and mtime noted
     time.sleep(0.3)

@@ -13,7 +13,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("files", nargs="+", type=Path, help="Image files to ban.")
         parser.add_argument(
-            "--category", choices=Category.values, default=Category.OTHER,
+            "--category",
+            choices=Category.values,
+            default=Category.OTHER,
             help="Why these images are banned (default: other).",
         )
         parser.add_argument("--reason", default="", help="A note for other moderators.")

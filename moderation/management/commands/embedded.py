@@ -23,8 +23,12 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
-        parser.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
-                            help="Worker processes (default: one per core).")
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=os.cpu_count() or 1,
+            help="Worker processes (default: one per core).",
+        )
 
     def handle(self, *args, **options) -> None:
         files.ensure_directories()
@@ -35,10 +39,30 @@ class Command(BaseCommand):
         manage = str(settings.BASE_DIR / "manage.py")
         address = f"{options['host']}:{options['port']}"
         commands = {
-            "admin": [python, "-m", "gunicorn", "config.wsgi", "--bind", address,
-                      "--workers", "2", "--access-logfile", "-"],
-            "worker": [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO",
-                       "--concurrency", str(options["concurrency"])],
+            "admin": [
+                python,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "--bind",
+                address,
+                "--workers",
+                "2",
+                "--access-logfile",
+                "-",
+            ],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "config",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(options["concurrency"]),
+            ],
             "watcher": [python, manage, "watch"],
         }
         stop = threading.Event()
@@ -80,9 +104,13 @@ class Command(BaseCommand):
     def _ensure_admin(self) -> str:
         users = get_user_model().objects
         if users.filter(is_superuser=True).exists():
-            return ("Log in with your admin account "
-                    "(forgot it? python manage.py changepassword USERNAME).")
+            return (
+                "Log in with your admin account "
+                "(forgot it? python manage.py changepassword USERNAME)."
+            )
         password = secrets.token_urlsafe(12)
         users.create_superuser("admin", email="", password=password)
-        return (f"Log in as admin / {password} (shown once; change it with "
-                "python manage.py changepassword admin).")
+        return (
+            f"Log in as admin / {password} (shown once; change it with "
+            "python manage.py changepassword admin)."
+        )

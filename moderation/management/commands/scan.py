@@ -23,7 +23,9 @@ class Command(BaseCommand):
             "--no-wait", action="store_true", help="Queue the files and return at once."
         )
         parser.add_argument(
-            "--timeout", type=float, default=0,
+            "--timeout",
+            type=float,
+            default=0,
             help="Give up waiting after this many seconds (default: wait as long as it takes).",
         )
 
@@ -40,7 +42,9 @@ class Command(BaseCommand):
         ids = []
         for path, _ in tqdm(
             list(iter_candidates(directory, root, image_suffixes())),
-            desc="recording", unit="file", disable=None,
+            desc="recording",
+            unit="file",
+            disable=None,
         ):
             try:
                 upload, _ = services.upload_register(path=path)

@@ -11,7 +11,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument(
-            "--state", action="append", choices=Upload.State.values, default=[],
+            "--state",
+            action="append",
+            choices=Upload.State.values,
+            default=[],
             help="Only uploads in this state (repeat for several).",
         )
         parser.add_argument("--limit", type=int, default=0, help="At most this many (newest).")

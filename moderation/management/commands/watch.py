@@ -13,7 +13,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:  # noqa: ANN001
         parser.add_argument(
-            "--polling", action="store_true",
+            "--polling",
+            action="store_true",
             help="Poll instead of using inotify; needed on network filesystems such as NFS.",
         )
 
