@@ -243,7 +243,9 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
                 ids = ", ".join(f"#{row.pk}" for row in rows)
                 self.message_user(request, f"Banned as {ids}; every worker uses it from the "
                                   "next file on.", messages.SUCCESS)
-                return HttpResponseRedirect(reverse("admin:moderation_bannedfingerprint_changelist"))
+                return HttpResponseRedirect(
+                    reverse("admin:moderation_bannedfingerprint_changelist")
+                )
         return TemplateResponse(request, "admin/moderation/bannedfingerprint/ban.html", {
             **self.admin_site.each_context(request),
             "title": "Ban an image",

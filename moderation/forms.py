@@ -71,4 +71,6 @@ class FlagForm(forms.Form):
 
 class ReviewDecisionForm(forms.Form):
     upload = forms.ModelChoiceField(queryset=Upload.objects.all())
-    decision = forms.ChoiceField(choices=[("confirm", "Confirm quarantine"), ("release", "Release")])
+    decision = forms.ChoiceField(
+        choices=[("confirm", "Confirm quarantine"), ("release", "Release")]
+    )

@@ -1,9 +1,13 @@
 """Real worker, watcher and embedded-mode processes for the pipeline tests."""
 
+import fcntl
 import os
+import pty
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -103,6 +107,33 @@ class Stack:
             timeout=timeout,
             capture_output=True,
             text=True,
+        )
+
+    def manage_in_terminal(self, *args: str, timeout: float = 120) -> tuple[int, str]:
+        """Run a command with a terminal for its stderr, as a person at a shell would."""
+        controller, terminal = pty.openpty()
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=terminal,
+            stderr=terminal,
+        )
+        os.close(terminal)
+        output = bytearray()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal closed: the command has exited
+                break
+            if not chunk:
+                break
+            output += chunk
+        os.close(controller)
+        return process.wait(timeout=max(1, deadline - time.monotonic())), output.decode(
+            errors="replace"
         )
 
     def worker(self, concurrency: int = 1) -> Process:

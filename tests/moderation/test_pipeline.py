@@ -143,10 +143,10 @@ def test_scan_waits_until_a_backlog_is_decided(stack: Stack) -> None:
         photo(name).save(backlog / f"{name}.jpg", "JPEG")
     photo("astronaut").resize((320, 320)).save(backlog / "astronaut.png", "PNG")
     stack.worker()
-    result = stack.manage("scan", str(backlog), "--timeout", "90")
-    assert result.returncode == 0, result.stderr + stack.logs()
-    assert "4 files: 3 clean, 1 quarantined" in result.stdout
-    assert "deciding" in result.stderr  # the progress bar
+    code, output = stack.manage_in_terminal("scan", str(backlog), "--timeout", "90")
+    assert code == 0, output + stack.logs()
+    assert "4 files: 3 clean, 1 quarantined" in output
+    assert "deciding: 100%" in output  # the progress bar
 
 
 def free_port() -> int:
