@@ -1,3 +1,5 @@
+from collections.abc import Sequence
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -107,6 +109,28 @@ class UploadAdmin(admin.ModelAdmin):
     @admin.display(description="image")
     def preview(self, upload: Upload) -> str:
         return self.thumbnail(upload)
+
+    @admin.display(description="image")
+    def thumbnail_unless_quarantined(self, upload: Upload) -> str:
+        return "quarantined" if upload.quarantine_name else self.thumbnail(upload)
+
+    def _images_for(self, request: HttpRequest, names: Sequence[str]) -> list[str]:
+        """Without the review permission quarantined images are refused: show no image."""
+        if self.has_review_permission(request):
+            return list(names)
+        return [
+            "thumbnail_unless_quarantined" if name in ("thumbnail", "preview") else name
+            for name in names
+        ]
+
+    def get_list_display(self, request: HttpRequest) -> list[str]:
+        return self._images_for(request, super().get_list_display(request))
+
+    def get_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[str]:
+        return self._images_for(request, super().get_fields(request, obj))
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[str]:
+        return self._images_for(request, super().get_readonly_fields(request, obj))
 
     @admin.display(description="matched")
     def matched(self, upload: Upload) -> str:

@@ -491,3 +491,40 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | N
             path = files.in_store(name, files.reference_dir())
             transaction.on_commit(lambda path=path: path.unlink(missing_ok=True))
     return len(rows)
+
+
+def banned_rehash() -> tuple[int, int]:
+    """Recompute, from their reference images, fingerprints an older algorithm made.
+
+    Returns (rows recomputed, rows left as they are because they were pasted as hashes
+    and have no image to recompute from).
+    """
+    current = algorithm_versions()
+    stale = [
+        row
+        for row in BannedFingerprint.objects.all().iterator()
+        if any(
+            row.algorithm_versions.get(name, version) != version
+            for name, version in current.items()
+        )
+    ]
+    by_reference: dict[str, list[BannedFingerprint]] = {}
+    for row in stale:
+        if row.reference_name:
+            by_reference.setdefault(row.reference_name, []).append(row)
+    recomputed = 0
+    for name, rows in by_reference.items():
+        data = files.read_regular_file(
+            files.in_store(name, files.reference_dir()), max_bytes=settings.HASHGUARD_MAX_BYTES
+        )
+        frames = fingerprint_frames(_load(data))
+        with transaction.atomic():
+            for row in rows:
+                if row.frame < len(frames):
+                    for field, value in _hash_fields(frames[row.frame]).items():
+                        setattr(row, field, value)
+                row.algorithm_versions = current
+                row.save()
+                recomputed += 1
+            blocklist_bump()
+    return recomputed, len(stale) - recomputed

@@ -15,9 +15,10 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, close_old_connections, connections
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from moderation import files, services
@@ -120,6 +121,7 @@ class MediaWatcher:
         self._scan_requests: list[Path] = []
         # path -> (size, mtime_ns) of files already recorded, so rescans skip them.
         self._recorded: dict[Path, tuple[int, int]] = {}
+        self.observer: BaseObserver | None = None
 
     # -- called from the observer thread ------------------------------------------------
 
@@ -135,7 +137,7 @@ class MediaWatcher:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
-        observer = PollingObserver() if self.polling else Observer()
+        self.observer = observer = PollingObserver() if self.polling else Observer()
         observer.schedule(_Nominator(self), str(self.root), recursive=True)
         observer.start()
         logger.info("watching %s", self.root)
@@ -159,6 +161,7 @@ class MediaWatcher:
         finally:
             observer.stop()
             observer.join(timeout=10)
+            connections.close_all()
             logger.info("stopped watching %s", self.root)
 
     def load_recorded(self) -> None:

@@ -3,11 +3,11 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
-from django.core.management.base import CommandError
+from django.core.management.base import CommandError, SystemCheckError
 
 from moderation import services
 from moderation.models import BannedFingerprint, Upload
-from tests.images import photo, save
+from tests.images import encode, photo, save
 
 pytestmark = pytest.mark.django_db
 
@@ -69,3 +69,24 @@ def test_scan_records_a_backlog_without_waiting(stores: Path, capsys) -> None:
 def test_scan_refuses_directories_outside_the_media_tree(stores: Path) -> None:
     with pytest.raises(CommandError, match="outside the media directory"):
         call_command("scan", str(stores))
+
+
+def test_rehash_recomputes_fingerprints_of_an_older_algorithm(stores: Path, capsys) -> None:
+    rows = services.banned_add_image(data=encode(photo("rocket"), "JPEG"))
+    pasted = services.banned_add_hashes(hashes={"phash": "0123456789abcdef"})
+    original = rows[0].pdq
+    BannedFingerprint.objects.update(pdq="0" * 64, algorithm_versions={"pdq": 0})
+    call_command("rehash")
+    assert "1 banned fingerprints recomputed" in capsys.readouterr().out
+    rows[0].refresh_from_db()
+    pasted.refresh_from_db()
+    assert rows[0].pdq == original and rows[0].algorithm_versions["pdq"] == 1
+    assert pasted.pdq == "0" * 64  # nothing to recompute it from
+    call_command("rehash")
+    assert "0 banned fingerprints recomputed" in capsys.readouterr().out
+
+
+def test_a_bad_match_rule_stops_every_command(settings) -> None:
+    settings.HASHGUARD_MATCH_RULE = {"groups": [{"pdqx": 3}]}
+    with pytest.raises(SystemCheckError, match="hashguard.E001"):
+        call_command("check")

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from moderation.models import Upload
-from moderation.watcher import MediaWatcher, image_suffixes, is_candidate
+from moderation.watcher import MediaWatcher, ObserverDied, image_suffixes, is_candidate
 from tests.images import encode, photo, save
 from tests.moderation.processes import wait_for
 
@@ -149,6 +149,18 @@ def test_a_scan_finds_files_no_event_announced(stores: Path) -> None:
     watcher.settle()  # unchanged since: recorded
     assert recorded() == {"late.jpg"}
     assert watcher.scan(media) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_watcher_stops_with_an_error_when_its_observer_dies(stores: Path) -> None:
+    running = Running(stores / "media")
+    running.thread.start()
+    watcher = running.watcher
+    wait_for(lambda: watcher.observer and watcher.observer.is_alive(), timeout=5)
+    watcher.observer.stop()
+    running.thread.join(timeout=10)
+    assert not running.thread.is_alive(), "the watcher went on without its observer"
+    assert [type(error) for error in running.errors] == [ObserverDied]
 
 
 def test_watch_refuses_a_missing_media_directory(settings, tmp_path: Path) -> None:
