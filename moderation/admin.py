@@ -25,7 +25,11 @@ def image_tag(kind: str, pk: int, *, alt: str, size: int = 160) -> str:
     return format_html(
         '<a href="{}" target="_blank" rel="noopener"><img src="{}" alt="{}" '
         'style="max-width:{}px;max-height:{}px"></a>',
-        _image_url(kind, pk, thumb=False), _image_url(kind, pk, thumb=True), alt, size, size,
+        _image_url(kind, pk, thumb=False),
+        _image_url(kind, pk, thumb=True),
+        alt,
+        size,
+        size,
     )
 
 
@@ -79,9 +83,26 @@ class UploadAdmin(admin.ModelAdmin):
     inlines = [MatchInline]
     actions = ["confirm", "release", "flag"]
     readonly_fields = (
-        "preview", "path", "state", "error_code", "error", "size", "sha256", "format",
-        "width", "height", "frame_count", "fingerprints", "quarantine_name", "attempts",
-        "created_at", "queued_at", "claimed_at", "decided_at", "reviewed_by", "reviewed_at",
+        "preview",
+        "path",
+        "state",
+        "error_code",
+        "error",
+        "size",
+        "sha256",
+        "format",
+        "width",
+        "height",
+        "frame_count",
+        "fingerprints",
+        "quarantine_name",
+        "attempts",
+        "created_at",
+        "queued_at",
+        "claimed_at",
+        "decided_at",
+        "reviewed_by",
+        "reviewed_at",
     )
     fields = readonly_fields
 
@@ -134,9 +155,12 @@ class UploadAdmin(admin.ModelAdmin):
 
     @admin.display(description="matched")
     def matched(self, upload: Upload) -> str:
-        return format_html_join(
-            ", ", "#{} ({})", ((m.fingerprint_id, m.rule) for m in upload.matches.all())
-        ) or "—"
+        return (
+            format_html_join(
+                ", ", "#{} ({})", ((m.fingerprint_id, m.rule) for m in upload.matches.all())
+            )
+            or "—"
+        )
 
     @admin.action(description="Confirm quarantine", permissions=["review"])
     def confirm(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -150,17 +174,23 @@ class UploadAdmin(admin.ModelAdmin):
     def flag(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         form = FlagForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
-            return TemplateResponse(request, "admin/moderation/upload/flag.html", {
-                **self.admin_site.each_context(request),
-                "title": "Flag uploads as banned",
-                "uploads": queryset,
-                "form": form,
-                "opts": self.model._meta,
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
-            })
+            return TemplateResponse(
+                request,
+                "admin/moderation/upload/flag.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Flag uploads as banned",
+                    "uploads": queryset,
+                    "form": form,
+                    "opts": self.model._meta,
+                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
         self._each(
-            request, queryset,
-            lambda **kw: services.upload_flag(**kw, **form.cleaned_data), "flagged as banned",
+            request,
+            queryset,
+            lambda **kw: services.upload_flag(**kw, **form.cleaned_data),
+            "flagged as banned",
         )
         return None
 
@@ -179,8 +209,11 @@ class UploadAdmin(admin.ModelAdmin):
 
     def get_urls(self) -> list[URLPattern]:
         return [
-            path("review/", self.admin_site.admin_view(self.review_view),
-                 name="moderation_upload_review"),
+            path(
+                "review/",
+                self.admin_site.admin_view(self.review_view),
+                name="moderation_upload_review",
+            ),
             *super().get_urls(),
         ]
 
@@ -193,47 +226,79 @@ class UploadAdmin(admin.ModelAdmin):
                 act = self.confirm if form.cleaned_data["decision"] == "confirm" else self.release
                 act(request, Upload.objects.filter(pk=form.cleaned_data["upload"].pk))
             else:
-                self.message_user(request, "Choose Confirm or Release for an upload in the "
-                                  "queue.", messages.ERROR)
+                self.message_user(
+                    request, "Choose Confirm or Release for an upload in the queue.", messages.ERROR
+                )
             return HttpResponseRedirect(reverse("admin:moderation_upload_review"))
         queue = list(selectors.review_queue()[:50])
-        return TemplateResponse(request, "admin/moderation/upload/review.html", {
-            **self.admin_site.each_context(request),
-            "title": "Review queue",
-            "opts": self.model._meta,
-            "items": [
-                {
-                    "upload": upload,
-                    "image": image_tag("upload", upload.pk, alt="quarantined upload",
-                                       size=240),
-                    "matches": [
-                        {
-                            "match": match,
-                            "reference": image_tag("reference", match.fingerprint_id,
-                                                   alt="banned reference", size=240)
-                            if match.fingerprint.reference_name else None,
-                            "distances": distances_text(match.distances),
-                        }
-                        for match in upload.matches.all()
-                    ],
-                }
-                for upload in queue
-            ],
-            "waiting": selectors.review_queue().count(),
-        })
+        return TemplateResponse(
+            request,
+            "admin/moderation/upload/review.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Review queue",
+                "opts": self.model._meta,
+                "items": [
+                    {
+                        "upload": upload,
+                        "image": image_tag("upload", upload.pk, alt="quarantined upload", size=240),
+                        "matches": [
+                            {
+                                "match": match,
+                                "reference": image_tag(
+                                    "reference",
+                                    match.fingerprint_id,
+                                    alt="banned reference",
+                                    size=240,
+                                )
+                                if match.fingerprint.reference_name
+                                else None,
+                                "distances": distances_text(match.distances),
+                            }
+                            for match in upload.matches.all()
+                        ],
+                    }
+                    for upload in queue
+                ],
+                "waiting": selectors.review_queue().count(),
+            },
+        )
 
 
 @admin.register(BannedFingerprint)
 class BannedFingerprintAdmin(admin.ModelAdmin):
-    list_display = ("thumbnail", "__str__", "category", "source", "active", "pdq_quality",
-                    "added_by", "created_at")
+    list_display = (
+        "thumbnail",
+        "__str__",
+        "category",
+        "source",
+        "active",
+        "pdq_quality",
+        "added_by",
+        "created_at",
+    )
     list_filter = ("active", "category", "source")
     search_fields = ("pdq", "phash", "dhash", "sha256", "reason")
     list_select_related = ("added_by",)
     actions = ["deactivate", "reactivate"]
-    fields = ("preview", "category", "reason", "active", "source", "source_upload",
-              "pdq", "pdq_quality", "phash", "dhash", "sha256", "frame", "algorithm_versions",
-              "added_by", "created_at", "updated_at")
+    fields = (
+        "preview",
+        "category",
+        "reason",
+        "active",
+        "source",
+        "source_upload",
+        "pdq",
+        "pdq_quality",
+        "phash",
+        "dhash",
+        "sha256",
+        "frame",
+        "algorithm_versions",
+        "added_by",
+        "created_at",
+        "updated_at",
+    )
     readonly_fields = tuple(f for f in fields if f not in ("category", "reason"))
 
     @admin.display(description="image")
@@ -246,39 +311,50 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
     def preview(self, banned: BannedFingerprint) -> str:
         return self.thumbnail(banned)
 
-    def add_view(self, request: HttpRequest, form_url: str = "",
-                 extra_context: dict | None = None) -> HttpResponse:
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
         form = BanForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            common = {"category": data["category"], "reason": data["reason"],
-                      "actor": request.user}
+            common = {"category": data["category"], "reason": data["reason"], "actor": request.user}
             try:
                 if data["image"]:
                     rows = services.banned_add_image(data=data["image"].read(), **common)
                 else:
-                    rows = [services.banned_add_hashes(
-                        hashes=form.hashes(), pdq_quality=data["pdq_quality"], **common)]
+                    rows = [
+                        services.banned_add_hashes(
+                            hashes=form.hashes(), pdq_quality=data["pdq_quality"], **common
+                        )
+                    ]
             except (ImageError, ValueError) as exc:
                 form.add_error("image" if data["image"] else None, str(exc))
             else:
                 ids = ", ".join(f"#{row.pk}" for row in rows)
-                self.message_user(request, f"Banned as {ids}; every worker uses it from the "
-                                  "next file on.", messages.SUCCESS)
+                self.message_user(
+                    request,
+                    f"Banned as {ids}; every worker uses it from the next file on.",
+                    messages.SUCCESS,
+                )
                 return HttpResponseRedirect(
                     reverse("admin:moderation_bannedfingerprint_changelist")
                 )
-        return TemplateResponse(request, "admin/moderation/bannedfingerprint/ban.html", {
-            **self.admin_site.each_context(request),
-            "title": "Ban an image",
-            "form": form,
-            "opts": self.model._meta,
-        })
+        return TemplateResponse(
+            request,
+            "admin/moderation/bannedfingerprint/ban.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Ban an image",
+                "form": form,
+                "opts": self.model._meta,
+            },
+        )
 
-    def save_model(self, request: HttpRequest, obj: BannedFingerprint, form: object,
-                   change: bool) -> None:
+    def save_model(
+        self, request: HttpRequest, obj: BannedFingerprint, form: object, change: bool
+    ) -> None:
         # Only category and reason are editable here; neither changes what matches.
         obj.save(update_fields=["category", "reason", "updated_at"])
 
@@ -293,7 +369,8 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
     @admin.action(description="Deactivate (stop matching)", permissions=["change"])
     def deactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = services.banned_set_active(
-            fingerprint_ids=queryset.values_list("pk", flat=True), active=False,
+            fingerprint_ids=queryset.values_list("pk", flat=True),
+            active=False,
             actor=request.user,
         )
         self.message_user(request, f"{count} banned fingerprint(s) deactivated.")
@@ -301,7 +378,8 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
     @admin.action(description="Reactivate", permissions=["change"])
     def reactivate(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = services.banned_set_active(
-            fingerprint_ids=queryset.values_list("pk", flat=True), active=True,
+            fingerprint_ids=queryset.values_list("pk", flat=True),
+            active=True,
             actor=request.user,
         )
         self.message_user(request, f"{count} banned fingerprint(s) reactivated.")

@@ -14,17 +14,30 @@ class BanForm(forms.Form):
         "as the reference moderators see beside each match.",
     )
     pdq = forms.CharField(
-        label="PDQ hash", required=False, max_length=80,
+        label="PDQ hash",
+        required=False,
+        max_length=80,
         help_text="64 hex characters, as shared by other platforms.",
     )
     pdq_quality = forms.IntegerField(
-        label="PDQ quality", required=False, min_value=0, max_value=100,
+        label="PDQ quality",
+        required=False,
+        min_value=0,
+        max_value=100,
         help_text="From the same source as the hash; 100 if not given.",
     )
-    phash = forms.CharField(label="pHash", required=False, max_length=20,
-                            help_text="16 hex characters (imagehash's pHash).")
-    dhash = forms.CharField(label="dHash", required=False, max_length=20,
-                            help_text="16 hex characters (imagehash's dHash).")
+    phash = forms.CharField(
+        label="pHash",
+        required=False,
+        max_length=20,
+        help_text="16 hex characters (imagehash's pHash).",
+    )
+    dhash = forms.CharField(
+        label="dHash",
+        required=False,
+        max_length=20,
+        help_text="16 hex characters (imagehash's dHash).",
+    )
     category = forms.ChoiceField(choices=Category.choices, initial=Category.OTHER)
     reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False)
 

@@ -55,8 +55,10 @@ def protected_image(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     try:
         data = files.read_regular_file(path, max_bytes=settings.HASHGUARD_MAX_BYTES)
         image = load_image(
-            data, max_bytes=settings.HASHGUARD_MAX_BYTES,
-            max_pixels=settings.HASHGUARD_MAX_PIXELS, max_frames=1,
+            data,
+            max_bytes=settings.HASHGUARD_MAX_BYTES,
+            max_pixels=settings.HASHGUARD_MAX_PIXELS,
+            max_frames=1,
         ).frames[0]
     except (OSError, files.UnsafePath, ImageError) as exc:
         raise Http404(f"Cannot show this image: {exc}") from None

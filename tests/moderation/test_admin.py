@@ -1,0 +1,667 @@
+"""The admin as a moderator uses it: over HTTP, with a real database and real files.
+
+Quarantined uploads are made the way the pipeline makes them, by calling the services a
+worker calls; in these tests the on-commit hook that would queue a Celery task never fires.
+"""
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import Permission, User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.utils.html import escape
+from PIL import Image
+from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
+
+from hashes.algorithms import fingerprint_frames
+from hashes.loading import load_image
+from moderation import blocklist, services
+from moderation.models import AuditEvent, BannedFingerprint, Category, Match, Upload
+from tests.images import encode
+from tests.images import photo as fixture_photo
+
+pytestmark = pytest.mark.django_db
+
+BAN_URL = "/admin/moderation/bannedfingerprint/add/"
+BANNED_LIST_URL = "/admin/moderation/bannedfingerprint/"
+UPLOAD_LIST_URL = "/admin/moderation/upload/"
+REVIEW_URL = "/admin/moderation/upload/review/"
+
+MODERATOR_PERMISSIONS = (
+    "view_upload",
+    "review_upload",
+    "view_match",
+    "view_auditevent",
+    "view_bannedfingerprint",
+    "add_bannedfingerprint",
+    "change_bannedfingerprint",
+    "delete_bannedfingerprint",
+)
+PASSWORD = "correct horse battery"
+PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+
+
+# --- images -------------------------------------------------------------------------
+
+
+def photo(name: str, image_format: str = "JPEG") -> bytes:
+    options = {"quality": 90} if image_format == "JPEG" else {}
+    return encode(fixture_photo(name), image_format, **options)
+
+
+def re_upload(name: str) -> bytes:
+    """The banned photo as it comes back: smaller and recompressed, so not the same bytes."""
+    image = fixture_photo(name)
+    return encode(image.resize((image.width * 3 // 4, image.height * 3 // 4)), "JPEG", quality=75)
+
+
+def animation(*names: str) -> bytes:
+    frames = [fixture_photo(name).resize((240, 180)) for name in names]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
+
+
+# --- fixtures and helpers -------------------------------------------------------------
+
+
+def make_user(username: str, *codenames: str, staff: bool = True) -> User:
+    user = User.objects.create_user(username, password=PASSWORD, is_staff=staff)
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="moderation", codename__in=codenames)
+    )
+    return user
+
+
+@pytest.fixture
+def moderator() -> User:
+    return make_user("moderator", *MODERATOR_PERMISSIONS)
+
+
+@pytest.fixture
+def moderator_client(moderator: User) -> Client:
+    client = Client()
+    client.force_login(moderator)
+    return client
+
+
+def client_for(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def blocklist_version() -> str:
+    """Changes whenever the banned fingerprints change, telling every worker to reload."""
+    return blocklist.current_version()
+
+
+def add_upload(stores: Path, name: str, data: bytes) -> Upload:
+    """Drop a file into the media tree and run it through the pipeline, as a worker would."""
+    path = stores / "media" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    upload, created = services.upload_register(path=path)
+    assert created
+    services.upload_process(upload_id=upload.pk)
+    upload.refresh_from_db()
+    return upload
+
+
+def quarantined_upload(stores: Path) -> Upload:
+    """users/7/holiday.jpg: a smaller copy of the banned astronaut photo, quarantined."""
+    services.banned_add_image(data=photo("astronaut"), category=Category.SCAM, reason="Known scam")
+    upload = add_upload(stores, "users/7/holiday.jpg", re_upload("astronaut"))
+    assert upload.state == Upload.State.QUARANTINED
+    return upload
+
+
+def image_url(kind: str, pk: int, *, thumb: bool = False) -> str:
+    return f"/files/{kind}/{pk}/" + ("?size=thumb" if thumb else "")
+
+
+def run_action(client: Client, url: str, action: str, ids: list[int], **extra: object):
+    data = {"action": action, ACTION_CHECKBOX_NAME: ids, "index": 0, **extra}
+    return client.post(url, data, follow=True)
+
+
+def distances_shown(match: Match) -> str:
+    """Distances as a moderator reads them: each algorithm with its Hamming distance."""
+    return ", ".join(f"{name} {value}" for name, value in sorted(match.distances.items()))
+
+
+def decode_jpeg(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    assert image.format == "JPEG"
+    return image
+
+
+# --- banning ----------------------------------------------------------------------------
+
+
+def test_ban_an_image_by_uploading_it(stores, moderator, moderator_client):
+    data = photo("astronaut")
+    before = blocklist_version()
+
+    response = moderator_client.post(
+        BAN_URL,
+        {
+            "image": SimpleUploadedFile("banned.jpg", data, "image/jpeg"),
+            "category": Category.SCAM,
+            "reason": "Known scam",
+        },
+        follow=True,
+    )
+
+    assertRedirects(response, BANNED_LIST_URL)
+    row = BannedFingerprint.objects.get()
+    assertContains(response, f"Banned as #{row.pk}; every worker uses it")
+    expected = fingerprint_frames(load_image(data))[0]
+    assert row.fingerprint() == expected
+    assert (row.source, row.category, row.reason) == ("image", "scam", "Known scam")
+    assert row.added_by == moderator and row.active
+    reference = stores / "references" / row.reference_name
+    assert reference.read_bytes() == data
+    assert stat.S_IMODE(os.stat(reference).st_mode) == 0o600
+    assert blocklist_version() != before
+    event = AuditEvent.objects.get(action=AuditEvent.Action.BAN_ADDED)
+    assert (event.actor, event.fingerprint, event.detail) == (moderator, row, "Known scam")
+    # The changelist shows the reference through the protected view, never a file URL.
+    assertContains(response, image_url("reference", row.pk, thumb=True))
+
+
+def test_banning_an_animation_adds_one_row_per_distinct_frame(stores, moderator_client):
+    response = moderator_client.post(
+        BAN_URL,
+        {
+            "image": SimpleUploadedFile("banned.gif", animation("chelsea", "coffee"), "image/gif"),
+            "category": Category.OTHER,
+        },
+        follow=True,
+    )
+
+    rows = list(BannedFingerprint.objects.order_by("frame"))
+    assert [row.frame for row in rows] == [0, 1]
+    assert len({row.reference_name for row in rows}) == 1
+    assertContains(response, f"Banned as #{rows[0].pk}, #{rows[1].pk};")
+
+
+def test_banning_a_corrupt_file_shows_the_error_on_the_form(stores, moderator_client):
+    before = blocklist_version()
+
+    response = moderator_client.post(
+        BAN_URL,
+        {
+            "image": SimpleUploadedFile("broken.jpg", b"\xff\xd8\xff\xe0" + b"garbage" * 100),
+            "category": Category.OTHER,
+        },
+    )
+
+    assert response.status_code == 200
+    assertContains(response, "The image header is damaged")
+    assert not BannedFingerprint.objects.exists()
+    assert not list((stores / "references").iterdir())
+    assert blocklist_version() == before
+
+
+def test_ban_a_pasted_pdq_hash(stores, moderator, moderator_client):
+    before = blocklist_version()
+    pasted = " ".join(PDQ.upper()[i : i + 16] for i in range(0, 64, 16))
+
+    response = moderator_client.post(
+        BAN_URL,
+        {
+            "pdq": pasted,
+            "category": Category.HATE,
+            "reason": "Shared by a partner",
+        },
+        follow=True,
+    )
+
+    assertRedirects(response, BANNED_LIST_URL)
+    row = BannedFingerprint.objects.get()
+    assert (row.pdq, row.pdq_quality, row.phash, row.dhash) == (PDQ, 100, "", "")
+    assert (row.source, row.reference_name, row.added_by) == ("hash", "", moderator)
+    assert blocklist_version() != before
+    assertContains(response, "pasted hash")
+    assert AuditEvent.objects.filter(action="ban_added", fingerprint=row).exists()
+
+
+@pytest.mark.parametrize(
+    "pasted, message",
+    [
+        ("z" * 64, "which are not hex digits"),
+        (PDQ[:60], "has 60 hex digits but a pdq hash has exactly 64"),
+    ],
+)
+def test_a_malformed_hash_is_rejected_with_a_message(stores, moderator_client, pasted, message):
+    response = moderator_client.post(BAN_URL, {"pdq": pasted, "category": Category.OTHER})
+
+    assert response.status_code == 200
+    assertContains(response, message)
+    assert not BannedFingerprint.objects.exists()
+
+
+def test_an_image_and_a_hash_together_are_refused(stores, moderator_client):
+    response = moderator_client.post(
+        BAN_URL,
+        {
+            "image": SimpleUploadedFile("banned.jpg", photo("astronaut"), "image/jpeg"),
+            "pdq": PDQ,
+            "category": Category.OTHER,
+        },
+    )
+
+    assertContains(response, "Upload an image or paste hashes, not both or neither.")
+    assert not BannedFingerprint.objects.exists()
+    assert not list((stores / "references").iterdir())
+
+
+def test_the_ban_form_needs_an_image_or_a_hash(stores, moderator_client):
+    response = moderator_client.post(BAN_URL, {"category": Category.OTHER})
+
+    assertContains(response, "Upload an image or paste hashes, not both or neither.")
+
+
+def test_deactivate_and_reactivate_change_the_blocklist_version_and_change_what_matches(
+    stores, moderator_client
+):
+    [row] = services.banned_add_image(data=photo("astronaut"))
+    before = blocklist_version()
+
+    response = run_action(moderator_client, BANNED_LIST_URL, "deactivate", [row.pk])
+
+    assertContains(response, "1 banned fingerprint(s) deactivated.")
+    row.refresh_from_db()
+    assert not row.active
+    deactivated = blocklist_version()
+    assert deactivated != before
+    assert add_upload(stores, "a.jpg", re_upload("astronaut")).state == Upload.State.CLEAN
+
+    response = run_action(moderator_client, BANNED_LIST_URL, "reactivate", [row.pk])
+
+    assertContains(response, "1 banned fingerprint(s) reactivated.")
+    row.refresh_from_db()
+    assert row.active
+    assert blocklist_version() not in (before, deactivated)
+    assert add_upload(stores, "b.jpg", re_upload("astronaut")).state == Upload.State.QUARANTINED
+    assert list(
+        AuditEvent.objects.filter(fingerprint=row).order_by("id").values_list("action", flat=True)
+    ) == ["ban_added", "ban_deactivated", "ban_activated"]
+
+
+def test_delete_removes_the_row_and_then_the_reference_once_unused(
+    stores, moderator_client, django_capture_on_commit_callbacks
+):
+    first, second = services.banned_add_image(data=animation("chelsea", "coffee"))
+    reference = stores / "references" / first.reference_name
+    before = blocklist_version()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = moderator_client.post(
+            f"/admin/moderation/bannedfingerprint/{first.pk}/delete/",
+            {"post": "yes"},
+            follow=True,
+        )
+
+    assertRedirects(response, BANNED_LIST_URL)
+    assert list(BannedFingerprint.objects.all()) == [second]
+    assert reference.exists(), "the other frame still uses the reference image"
+    assert blocklist_version() != before
+
+    with django_capture_on_commit_callbacks(execute=True):
+        moderator_client.post(
+            f"/admin/moderation/bannedfingerprint/{second.pk}/delete/", {"post": "yes"}
+        )
+
+    assert not BannedFingerprint.objects.exists()
+    assert not reference.exists()
+    assert AuditEvent.objects.filter(action="ban_deleted").count() == 2
+
+
+def test_bulk_delete_removes_the_rows_and_their_references(
+    stores, moderator_client, django_capture_on_commit_callbacks
+):
+    rows = [services.banned_add_image(data=photo(name))[0] for name in ("astronaut", "chelsea")]
+    kept = services.banned_add_image(data=photo("coffee"))[0]
+    ids = [row.pk for row in rows]
+    before = blocklist_version()
+
+    confirmation = run_action(moderator_client, BANNED_LIST_URL, "delete_selected", ids)
+    assertContains(confirmation, "Are you sure you want to delete the selected banned")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = moderator_client.post(
+            BANNED_LIST_URL,
+            {
+                "action": "delete_selected",
+                ACTION_CHECKBOX_NAME: ids,
+                "post": "yes",
+            },
+            follow=True,
+        )
+
+    assertContains(response, "Successfully deleted 2 banned fingerprints.")
+    assert list(BannedFingerprint.objects.all()) == [kept]
+    assert sorted(p.name for p in (stores / "references").iterdir()) == [kept.reference_name]
+    assert blocklist_version() != before
+
+
+def test_editing_a_ban_changes_only_its_category_and_reason(stores, moderator_client):
+    [row] = services.banned_add_image(data=photo("astronaut"))
+    before = blocklist_version()
+
+    response = moderator_client.post(
+        f"/admin/moderation/bannedfingerprint/{row.pk}/change/",
+        {
+            "category": Category.VIOLENCE,
+            "reason": "Reclassified",
+            "pdq": "0" * 64,
+        },
+        follow=True,
+    )
+
+    assertRedirects(response, BANNED_LIST_URL)
+    pdq = row.pdq
+    row.refresh_from_db()
+    assert (row.category, row.reason, row.pdq) == ("violence", "Reclassified", pdq)
+    assert blocklist_version() == before
+
+
+# --- uploads and the review queue ---------------------------------------------------------
+
+
+def test_uploads_changelist_shows_protected_thumbnails_and_filters_by_state(
+    stores, moderator_client
+):
+    quarantined = quarantined_upload(stores)
+    clean = add_upload(stores, "users/8/cat.png", photo("coffee", "PNG"))
+    assert clean.state == Upload.State.CLEAN
+
+    response = moderator_client.get(UPLOAD_LIST_URL)
+
+    assertContains(response, image_url("upload", quarantined.pk, thumb=True))
+    assertContains(response, image_url("upload", clean.pk, thumb=True))
+    assertContains(response, "Review queue")
+    assertNotContains(response, str(stores))
+
+    response = moderator_client.get(UPLOAD_LIST_URL, {"state": "quarantined"})
+
+    assertContains(response, quarantined.path)
+    assertNotContains(response, clean.path)
+
+    thumbnail = moderator_client.get(image_url("upload", clean.pk, thumb=True))
+    assert thumbnail.status_code == 200
+    assert max(decode_jpeg(thumbnail.content).size) <= 240
+
+
+def test_an_upload_page_shows_its_matches_to_anyone_who_may_view_uploads(stores):
+    upload = quarantined_upload(stores)
+    match = upload.matches.get()
+    viewer = client_for(make_user("viewer", "view_upload", "view_bannedfingerprint"))
+
+    response = viewer.get(f"/admin/moderation/upload/{upload.pk}/change/")
+
+    assertContains(response, image_url("reference", match.fingerprint_id, thumb=True))
+    assertContains(response, escape(match.rule))
+    assertContains(response, distances_shown(match))
+
+
+def test_review_queue_shows_the_upload_beside_the_banned_image_with_distances(
+    stores, moderator_client
+):
+    upload = quarantined_upload(stores)
+    match = Match.objects.select_related("fingerprint").get(upload=upload)
+    # The distances the moderator sees are the real ones between the two images.
+    uploaded = fingerprint_frames(load_image(re_upload("astronaut")))[0]
+    assert match.distances == uploaded.distance(match.fingerprint.fingerprint())
+    assert 0 < match.distances["pdq"] <= 31
+
+    response = moderator_client.get(REVIEW_URL)
+
+    assertContains(response, "1 quarantined upload waiting for review")
+    assertContains(response, upload.path)
+    assertContains(response, image_url("upload", upload.pk, thumb=True))
+    assertContains(response, image_url("reference", match.fingerprint_id, thumb=True))
+    assertContains(response, distances_shown(match))
+    assertContains(response, escape(match.rule))
+    assertContains(response, "Known scam")
+    for url in (image_url("upload", upload.pk), image_url("reference", match.fingerprint_id)):
+        assert moderator_client.get(url)["Content-Type"] == "image/jpeg"
+
+
+def test_review_queue_still_shows_an_upload_whose_ban_was_deleted(stores, moderator_client):
+    upload = quarantined_upload(stores)
+    services.banned_delete(fingerprint_ids=[upload.matches.get().fingerprint_id], actor=None)
+
+    response = moderator_client.get(REVIEW_URL)
+
+    assertContains(response, upload.path)
+    assertContains(response, image_url("upload", upload.pk, thumb=True))
+    assertContains(response, "The banned fingerprint this upload matched has been deleted")
+    assertContains(response, 'value="release"')
+
+
+def test_confirm_keeps_the_file_in_quarantine(stores, moderator, moderator_client):
+    upload = quarantined_upload(stores)
+
+    response = moderator_client.post(
+        REVIEW_URL, {"upload": upload.pk, "decision": "confirm"}, follow=True
+    )
+
+    assertRedirects(response, REVIEW_URL)
+    assertContains(response, "1 upload(s) confirmed.")
+    assertContains(response, "Nothing to review.")
+    upload.refresh_from_db()
+    assert (upload.state, upload.reviewed_by) == (Upload.State.CONFIRMED, moderator)
+    assert (stores / "quarantine" / upload.quarantine_name).read_bytes() == re_upload("astronaut")
+    assert not (stores / "media" / upload.path).exists()
+    assert AuditEvent.objects.filter(action="upload_confirmed", actor=moderator).exists()
+
+
+def test_release_puts_the_file_back_at_its_original_path(stores, moderator, moderator_client):
+    upload = quarantined_upload(stores)
+    quarantined = stores / "quarantine" / upload.quarantine_name
+
+    response = moderator_client.post(
+        REVIEW_URL, {"upload": upload.pk, "decision": "release"}, follow=True
+    )
+
+    assertContains(response, "1 upload(s) released.")
+    upload.refresh_from_db()
+    assert (upload.state, upload.reviewed_by) == (Upload.State.RELEASED, moderator)
+    assert (stores / "media" / "users/7/holiday.jpg").read_bytes() == re_upload("astronaut")
+    assert not quarantined.exists()
+    assert AuditEvent.objects.filter(action="upload_released", actor=moderator).exists()
+
+
+def test_release_refused_when_a_file_took_the_original_path(stores, moderator_client):
+    upload = quarantined_upload(stores)
+    (stores / "media" / upload.path).write_bytes(b"someone else's file")
+
+    response = moderator_client.post(
+        REVIEW_URL, {"upload": upload.pk, "decision": "release"}, follow=True
+    )
+
+    assertContains(response, "move it away, then release again.")
+    upload.refresh_from_db()
+    assert upload.state == Upload.State.QUARANTINED
+    assert (stores / "quarantine" / upload.quarantine_name).exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"upload": "nope", "decision": "confirm"},
+        {"decision": "confirm"},
+        {"upload": "{pk}", "decision": "delete"},
+    ],
+)
+def test_review_queue_rejects_malformed_decisions(stores, moderator_client, data):
+    upload = quarantined_upload(stores)
+
+    response = moderator_client.post(
+        REVIEW_URL,
+        {key: value.format(pk=upload.pk) for key, value in data.items()},
+        follow=True,
+    )
+
+    assertRedirects(response, REVIEW_URL)
+    assertContains(response, "Choose Confirm or Release for an upload in the queue.")
+    upload.refresh_from_db()
+    assert upload.state == Upload.State.QUARANTINED
+
+
+def test_confirm_and_release_actions_on_the_changelist(stores, moderator_client):
+    upload = quarantined_upload(stores)
+    clean = add_upload(stores, "users/8/cat.jpg", photo("coffee"))
+
+    response = run_action(moderator_client, UPLOAD_LIST_URL, "release", [clean.pk])
+
+    assertContains(response, "Only a quarantined upload can be released.")
+    clean.refresh_from_db()
+    assert clean.state == Upload.State.CLEAN
+
+    response = run_action(moderator_client, UPLOAD_LIST_URL, "confirm", [upload.pk])
+
+    assertContains(response, "1 upload(s) confirmed.")
+    upload.refresh_from_db()
+    assert upload.state == Upload.State.CONFIRMED
+
+
+def test_flag_as_banned_asks_for_a_category_then_bans_and_quarantines(
+    stores, moderator, moderator_client
+):
+    upload = add_upload(stores, "users/9/poster.jpg", photo("rocket"))
+    assert upload.state == Upload.State.CLEAN
+    before = blocklist_version()
+
+    form = run_action(moderator_client, UPLOAD_LIST_URL, "flag", [upload.pk])
+
+    assertContains(form, "Flag uploads as banned")
+    assertContains(form, upload.path)
+    assertContains(form, 'name="category"')
+    assert Upload.objects.get(pk=upload.pk).state == Upload.State.CLEAN
+
+    response = moderator_client.post(
+        UPLOAD_LIST_URL,
+        {
+            "action": "flag",
+            ACTION_CHECKBOX_NAME: [upload.pk],
+            "apply": "Flag as banned",
+            "category": Category.HATE,
+            "reason": "Hate symbol on the poster",
+        },
+        follow=True,
+    )
+
+    assertContains(response, "1 upload(s) flagged as banned.")
+    upload.refresh_from_db()
+    assert (upload.state, upload.reviewed_by) == (Upload.State.CONFIRMED, moderator)
+    row = BannedFingerprint.objects.get()
+    assert (row.source, row.source_upload, row.category, row.reason) == (
+        "upload",
+        upload,
+        "hate",
+        "Hate symbol on the poster",
+    )
+    assert row.fingerprint() == upload.frame_fingerprints()[0]
+    assert (stores / "quarantine" / upload.quarantine_name).read_bytes() == photo("rocket")
+    assert not (stores / "media" / upload.path).exists()
+    assert blocklist_version() != before
+    # The next copy of it is caught.
+    assert add_upload(stores, "users/10/copy.jpg", re_upload("rocket")).state == "quarantined"
+
+
+def test_flag_form_with_a_bad_category_is_shown_again(stores, moderator_client):
+    upload = add_upload(stores, "users/9/poster.jpg", photo("rocket"))
+
+    response = moderator_client.post(
+        UPLOAD_LIST_URL,
+        {
+            "action": "flag",
+            ACTION_CHECKBOX_NAME: [upload.pk],
+            "apply": "Flag as banned",
+            "category": "not-a-category",
+        },
+        follow=True,
+    )
+
+    assertContains(response, "Select a valid choice.")
+    assert not BannedFingerprint.objects.exists()
+    assert Upload.objects.get(pk=upload.pk).state == Upload.State.CLEAN
+
+
+# --- permissions ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        UPLOAD_LIST_URL,
+        REVIEW_URL,
+        BAN_URL,
+        BANNED_LIST_URL,
+        "/files/upload/1/",
+        "/files/reference/1/",
+    ],
+)
+def test_anonymous_visitors_are_sent_to_the_login_page(client, url):
+    response = client.get(url)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/?next=")
+
+
+def test_non_staff_users_are_refused_even_with_permissions(stores):
+    upload = add_upload(stores, "users/8/cat.jpg", photo("coffee"))
+    client = client_for(make_user("customer", *MODERATOR_PERMISSIONS, staff=False))
+
+    for url in (UPLOAD_LIST_URL, REVIEW_URL, image_url("upload", upload.pk)):
+        response = client.get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith("/admin/login/"), url
+    response = client.post(REVIEW_URL, {"upload": upload.pk, "decision": "confirm"})
+    assert response.status_code == 302
+
+
+def test_staff_without_review_permission_cannot_review(stores):
+    upload = quarantined_upload(stores)
+    clean = add_upload(stores, "users/8/cat.jpg", photo("coffee"))
+    viewer = client_for(make_user("viewer", "view_upload", "view_bannedfingerprint"))
+
+    assert viewer.get(REVIEW_URL).status_code == 403
+    assert viewer.post(REVIEW_URL, {"upload": upload.pk, "decision": "release"}).status_code == 403
+
+    changelist = viewer.get(UPLOAD_LIST_URL)
+    assert changelist.status_code == 200
+    assertNotContains(changelist, "Review queue")
+    assertNotContains(changelist, image_url("upload", upload.pk, thumb=True))
+    assertContains(changelist, image_url("upload", clean.pk, thumb=True))
+    page = viewer.get(f"/admin/moderation/upload/{upload.pk}/change/")
+    assertNotContains(page, image_url("upload", upload.pk, thumb=True))
+    assertContains(page, upload.path)
+    action_form = changelist.context["action_form"]
+    assert action_form is None or not {
+        value for value, _ in action_form.fields["action"].choices
+    } & {"confirm", "release", "flag"}
+
+    for action in ("confirm", "release", "flag"):
+        response = run_action(
+            viewer,
+            UPLOAD_LIST_URL,
+            action,
+            [upload.pk, clean.pk],
+            apply="Flag as banned",
+            category=Category.OTHER,
+        )
+        assert response.status_code == 200
+    assert Upload.objects.get(pk=upload.pk).state == Upload.State.QUARANTINED
+    assert Upload.objects.get(pk=clean.pk).state == Upload.State.CLEAN
+    assert not BannedFingerprint.objects.filter(source="upload").exists()
+
+    assert viewer.get(image_url("upload", upload.pk)).status_code == 403
+    assert viewer.get(image_url("upload", clean.pk))["Content-Type"] == "image/jpeg"
