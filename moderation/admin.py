@@ -64,6 +64,8 @@ class MatchInline(admin.TabularInline):
 
     @admin.display(description="banned image")
     def reference(self, match: Match) -> str:
+        if match.fingerprint is None:
+            return "banned fingerprint deleted since"
         if not match.fingerprint.reference_name:
             return "pasted hash"
         return image_tag("reference", match.fingerprint_id, alt="banned reference")
@@ -251,7 +253,7 @@ class UploadAdmin(admin.ModelAdmin):
                                     alt="banned reference",
                                     size=240,
                                 )
-                                if match.fingerprint.reference_name
+                                if match.fingerprint and match.fingerprint.reference_name
                                 else None,
                                 "distances": distances_text(match.distances),
                             }

@@ -153,8 +153,10 @@ class Upload(models.Model):
 
 class Match(models.Model):
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="matches")
+    # Kept, with its distances and rule, when the banned fingerprint is deleted: it is the
+    # record of why the upload was quarantined.
     fingerprint = models.ForeignKey(
-        BannedFingerprint, on_delete=models.CASCADE, related_name="matches"
+        BannedFingerprint, null=True, on_delete=models.SET_NULL, related_name="matches"
     )
     # Hamming distance per algorithm, for every algorithm both sides have.
     distances = models.JSONField(default=dict)

@@ -352,9 +352,14 @@ def upload_flag(
                 },
             )
         _audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
-        files.move_file(
-            source, files.in_store(upload.quarantine_name, files.quarantine_dir()), private=True
-        )
+        try:
+            files.move_file(
+                source,
+                files.in_store(upload.quarantine_name, files.quarantine_dir()),
+                private=True,
+            )
+        except (FileExistsError, files.UnsafePath) as exc:
+            raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload
 
 

@@ -435,13 +435,17 @@ def test_review_queue_shows_the_upload_beside_the_banned_image_with_distances(
 
 def test_review_queue_still_shows_an_upload_whose_ban_was_deleted(stores, moderator_client):
     upload = quarantined_upload(stores)
-    services.banned_delete(fingerprint_ids=[upload.matches.get().fingerprint_id], actor=None)
+    match = upload.matches.get()
+    services.banned_delete(fingerprint_ids=[match.fingerprint_id], actor=None)
 
     response = moderator_client.get(REVIEW_URL)
 
     assertContains(response, upload.path)
     assertContains(response, image_url("upload", upload.pk, thumb=True))
-    assertContains(response, "The banned fingerprint this upload matched has been deleted")
+    assertContains(response, "The banned fingerprint it matched has been deleted since")
+    # Why it was quarantined is kept: the rule and the distances.
+    assertContains(response, escape(match.rule))
+    assertContains(response, distances_shown(match))
     assertContains(response, 'value="release"')
 
 
