@@ -1,6 +1,7 @@
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -72,13 +73,18 @@ class Command(BaseCommand):
             name: subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
             for name, command in commands.items()
         }
+        # The banner comes once the admin answers, so the children's start-up messages
+        # do not scroll it away.
+        self._wait_for_port(options["host"], options["port"], stop, children)
         self.stdout.write(
             f"\nhashguard is running.\n"
-            f"  Admin:     http://{address}/admin/  {login}\n"
-            f"  Watching:  {files.media_dir()}  (drop images here)\n"
-            f"  Quarantine:{files.quarantine_dir()}\n"
+            f"  Admin:      http://{address}/admin/\n"
+            f"  Login:      {login}\n"
+            f"  Watching:   {files.media_dir()}  (drop images here)\n"
+            f"  Quarantine: {files.quarantine_dir()}\n"
             f"Press Ctrl-C to stop.\n"
         )
+        self.stdout.flush()
         failed = None
         while not stop.wait(0.5):
             failed = next((n for n, c in children.items() if c.poll() is not None), None)
@@ -100,6 +106,21 @@ class Command(BaseCommand):
                 "stopped everything else. See its messages above."
             )
         self.stdout.write("hashguard stopped.")
+
+    @staticmethod
+    def _wait_for_port(
+        host: str, port: int, stop: threading.Event, children: dict[str, subprocess.Popen]
+    ) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not stop.is_set():
+            if any(child.poll() is not None for child in children.values()):
+                return
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                time.sleep(1)  # let the worker and the watcher finish their own start
+                return
+            except OSError:
+                time.sleep(0.2)
 
     def _ensure_admin(self) -> str:
         users = get_user_model().objects
