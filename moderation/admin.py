@@ -37,6 +37,19 @@ def distances_text(distances: dict[str, int]) -> str:
     return ", ".join(f"{name} {value}" for name, value in sorted(distances.items())) or "—"
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """Rows only the pipeline writes: moderators look, and act through services."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
 class StateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
@@ -76,7 +89,7 @@ class MatchInline(admin.TabularInline):
 
 
 @admin.register(Upload)
-class UploadAdmin(admin.ModelAdmin):
+class UploadAdmin(RecordAdmin):
     list_display = ("thumbnail", "path", "state", "matched", "size", "created_at", "decided_at")
     list_display_links = ("path",)
     list_filter = (StateFilter, "format")
@@ -107,15 +120,6 @@ class UploadAdmin(admin.ModelAdmin):
         "reviewed_at",
     )
     fields = readonly_fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
     def has_review_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("moderation.review_upload")
@@ -388,17 +392,8 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(RecordAdmin):
     list_display = ("created_at", "action", "actor", "upload", "fingerprint", "detail")
     list_filter = ("action",)
     list_select_related = ("actor", "upload", "fingerprint")
     search_fields = ("detail", "upload__path")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
