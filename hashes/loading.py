@@ -27,6 +27,10 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_FRAMES = 32
 MIN_SIDE = 8
+# Decoding an animation up to its last sampled frame may cost this many times max_pixels.
+DECODE_BUDGET = 4
+# Frames after the first are kept at most this many pixels on their longer side.
+LATER_FRAME_SIDE = 1024
 
 _ALLOWED_NAMES = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 _WHITE = (255, 255, 255, 255)
@@ -141,13 +145,18 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
     image_format = "JPEG" if image.format == "MPO" else image.format
     try:
         frame_count = 1 if image_format == "JPEG" else getattr(image, "n_frames", 1)
-        if width * height * frame_count > max_pixels * max_frames:
+        indices = _sample(frame_count, max_frames)
+        # Frames decode in sequence, so reaching the last sampled frame decodes every
+        # frame before it: bound that work, not just the size of one frame.
+        decoded = width * height * (indices[-1] + 1)
+        if decoded > DECODE_BUDGET * max_pixels:
             raise DecompressionBomb(
-                f"The animation has {frame_count:,} frames of {width}x{height} pixels, "
-                f"{width * height * frame_count:,} pixels to decode in all, over the limit of "
-                f"{max_pixels * max_frames:,}. Upload a shorter or smaller version."
+                f"The animation has {frame_count:,} frames of {width}x{height} pixels; "
+                f"checking it means decoding {decoded:,} pixels, over the limit of "
+                f"{DECODE_BUDGET * max_pixels:,}. Upload a shorter or smaller version."
             )
-        frames = [_frame(image, index, max_pixels) for index in _sample(frame_count, max_frames)]
+        frames = [_frame(image, indices[0], max_pixels)]
+        frames += [_shrunk(_frame(image, index, max_pixels)) for index in indices[1:]]
     except DecompressionBomb:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -174,6 +183,14 @@ def _frame(image: Image.Image, index: int, max_pixels: int) -> Image.Image:
     _check_pixels(image.size, max_pixels)
     image.load()
     return _to_rgb(ImageOps.exif_transpose(image))
+
+
+def _shrunk(frame: Image.Image) -> Image.Image:
+    # Later frames are kept small so that a long animation of large frames cannot hold
+    # gigabytes; perceptual hashes of a frame this size barely differ from full size.
+    if max(frame.size) > LATER_FRAME_SIDE:
+        frame.thumbnail((LATER_FRAME_SIDE, LATER_FRAME_SIDE), Image.Resampling.LANCZOS)
+    return frame
 
 
 def _to_rgb(frame: Image.Image) -> Image.Image:

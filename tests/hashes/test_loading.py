@@ -194,6 +194,25 @@ def test_long_animation_is_sampled_evenly_from_the_first_frame_to_the_last():
     ]
 
 
+def test_only_the_frames_up_to_the_last_sampled_one_count_towards_the_budget():
+    # 16x16 frames: the whole animation is over 4 x 256 pixels, its first frame is not.
+    assert len(COLOURS) * 16 * 16 > 4 * 256
+    loaded = load_image(animation(), max_pixels=256, max_frames=1)
+
+    assert loaded.frame_count == len(COLOURS)
+    assert [frame.getpixel((8, 8)) for frame in loaded.frames] == COLOURS[:1]
+
+
+def test_later_frames_of_a_large_animation_are_kept_small():
+    big = [photo("rocket").resize((2400, 1600)), photo("coffee").resize((2400, 1600))]
+    data = encode(big[0], "GIF", save_all=True, append_images=big[1:])
+
+    loaded = load_image(data)
+
+    assert loaded.frames[0].size == (2400, 1600)
+    assert max(loaded.frames[1].size) == 1024
+
+
 def test_max_frames_one_keeps_the_first_frame():
     loaded = load_image(animation(), max_frames=1)
 
