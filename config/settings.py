@@ -104,8 +104,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
-# Largest image the admin's ban form accepts, in bytes.
-DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# Files sent to the admin's ban form are spooled to disk past this size; the size limit
+# itself is HASHGUARD_MAX_BYTES.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_PERMISSIONS = 0o600
 
@@ -129,7 +129,10 @@ HASHGUARD_MATCH_RULE = env_json("HASHGUARD_MATCH_RULE", None)
 HASHGUARD_STABLE_SECONDS = env_float("HASHGUARD_STABLE_SECONDS", 1.0)
 # The watcher walks the whole media tree this often, for events the kernel dropped.
 HASHGUARD_RESCAN_SECONDS = env_float("HASHGUARD_RESCAN_SECONDS", 300.0)
-# An upload still undecided this long after it was queued is queued again.
+# A worker gives up on one file after this many seconds, recording a timeout.
+HASHGUARD_TASK_TIME_LIMIT = env_int("HASHGUARD_TASK_TIME_LIMIT", 300)
+# An upload still undecided this long after it was queued is queued again (when nothing
+# else was decided meanwhile); it must exceed HASHGUARD_TASK_TIME_LIMIT.
 HASHGUARD_REQUEUE_SECONDS = env_float("HASHGUARD_REQUEUE_SECONDS", 600.0)
 # Limits on what the workers will decode.
 HASHGUARD_MAX_BYTES = env_int("HASHGUARD_MAX_BYTES", 100 * 1024 * 1024)
@@ -165,6 +168,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SOFT_TIME_LIMIT = HASHGUARD_TASK_TIME_LIMIT
+CELERY_TASK_TIME_LIMIT = HASHGUARD_TASK_TIME_LIMIT + 30
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -96,7 +96,7 @@ class UploadAdmin(RecordAdmin):
     search_fields = ("path", "sha256")
     date_hierarchy = "created_at"
     inlines = [MatchInline]
-    actions = ["confirm", "release", "flag"]
+    actions = ["confirm", "release", "flag", "retry"]
     readonly_fields = (
         "preview",
         "path",
@@ -175,6 +175,10 @@ class UploadAdmin(RecordAdmin):
     @admin.action(description="Release (put back where it was)", permissions=["review"])
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, services.upload_release, "released")
+
+    @admin.action(description="Check again (uploads in error)", permissions=["review"])
+    def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(request, queryset, services.upload_retry, "queued to be checked again")
 
     @admin.action(description="Flag as banned", permissions=["review"])
     def flag(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

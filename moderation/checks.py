@@ -18,3 +18,18 @@ def match_rule_check(**kwargs: object) -> list[CheckMessage]:
             )
         ]
     return []
+
+
+@register()
+def requeue_after_time_limit_check(**kwargs: object) -> list[CheckMessage]:
+    """A task still running must not look stalled and be handed to a second worker."""
+    if settings.HASHGUARD_REQUEUE_SECONDS <= settings.CELERY_TASK_TIME_LIMIT:
+        return [
+            Error(
+                f"HASHGUARD_REQUEUE_SECONDS ({settings.HASHGUARD_REQUEUE_SECONDS:g}) must be "
+                f"longer than a task may run ({settings.CELERY_TASK_TIME_LIMIT} s).",
+                hint="Raise HASHGUARD_REQUEUE_SECONDS or lower HASHGUARD_TASK_TIME_LIMIT.",
+                id="hashguard.E002",
+            )
+        ]
+    return []

@@ -94,23 +94,23 @@ def sha256_of_file(path: Path) -> tuple[str, int]:
 def move_file(source: Path, destination: Path, *, private: bool) -> None:
     """Move a regular file, atomically where the two paths share a filesystem.
 
-    Across filesystems the file is copied to a temporary name beside the destination,
-    flushed to disk, linked into place, and only then removed from the source, so a
-    crash leaves at worst a second copy, never none. A private move leaves the file
-    readable by the service user only; a file owned by another user is copied for that,
-    since its mode cannot be changed. Never overwrites.
+    The file is linked at the destination, or across filesystems copied to a temporary
+    name beside it, flushed and linked, and only then removed from the source: a crash
+    leaves at worst the same file in both places, which a second call finishes moving.
+    A private move leaves the file readable by the service user only; a file owned by
+    another user is copied for that, since its mode cannot be changed. Never overwrites
+    a different file.
     """
     info = os.lstat(source)
     if not stat.S_ISREG(info.st_mode):
         raise UnsafePath(f"{source} is not a regular file")
     destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
     if os.path.lexists(destination):
-        raise FileExistsError(f"{destination} already exists")
-    if private and info.st_uid != os.geteuid():
+        if not _same_file(source, info, destination):
+            raise FileExistsError(f"{destination} already exists")
+    elif private and info.st_uid != os.geteuid():
         _copy_then_link(source, destination, mode=0o600)
     else:
-        if private:
-            os.chmod(source, 0o600)
         try:
             # link + unlink rather than rename: rename would silently replace a file
             # that appeared at the destination in the meantime.
@@ -118,9 +118,37 @@ def move_file(source: Path, destination: Path, *, private: bool) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
                 raise
-            _copy_then_link(source, destination, mode=stat.S_IMODE(os.lstat(source).st_mode))
-    os.unlink(source)
+            mode = 0o600 if private else stat.S_IMODE(info.st_mode)
+            _copy_then_link(source, destination, mode=mode)
+        else:
+            if private:
+                _chmod(destination, 0o600)
+    try:
+        os.unlink(source)
+    except OSError:
+        os.unlink(destination)  # leave the file where it was rather than in two places
+        raise
     _fsync_directory(destination.parent)
+
+
+def _same_file(source: Path, info: os.stat_result, destination: Path) -> bool:
+    """Whether destination already is source: linked, or copied whole, by an earlier move."""
+    other = os.lstat(destination)
+    if os.path.samestat(info, other):
+        return True
+    return (
+        stat.S_ISREG(other.st_mode)
+        and other.st_size == info.st_size
+        and sha256_of_file(source) == sha256_of_file(destination)
+    )
+
+
+def _chmod(path: Path, mode: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _copy_then_link(source: Path, destination: Path, *, mode: int) -> None:

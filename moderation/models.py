@@ -116,8 +116,11 @@ class Upload(models.Model):
     fingerprints = models.JSONField(default=list, blank=True)
     # Relative to HASHGUARD_QUARANTINE_DIR while the file is quarantined.
     quarantine_name = models.CharField(max_length=1100, blank=True)
-    # The file's permission bits before quarantine made it private, restored on release.
+    # The file as the watcher found it: its permission bits, restored on release, and
+    # its mtime and inode, so that a restarted watcher knows it without reading it again.
     file_mode = models.PositiveIntegerField(null=True, blank=True)
+    mtime_ns = models.BigIntegerField(null=True, blank=True)
+    inode = models.BigIntegerField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
@@ -184,6 +187,7 @@ class AuditEvent(models.Model):
         UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"
         UPLOAD_RELEASED = "upload_released", "Upload released"
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"
+        UPLOAD_RETRIED = "upload_retried", "Upload checked again"
 
     action = models.CharField(max_length=32, choices=Action.choices)
     # None when the pipeline acted on its own.

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 
 from django.db.models import QuerySet
 
-from moderation.models import Match, Upload
+from moderation.models import Upload
 
 
 def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
@@ -58,7 +58,3 @@ def review_queue() -> QuerySet:
         )
         .order_by("decided_at", "id")
     )
-
-
-def match_list_for_upload(*, upload: Upload) -> QuerySet:
-    return Match.objects.filter(upload=upload).select_related("fingerprint")

@@ -5,13 +5,14 @@ import os
 import stat
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from hashes.algorithms import (
@@ -84,22 +85,68 @@ def _quarantine_name(upload: Upload) -> str:
 def upload_register(*, path: Path) -> tuple[Upload, bool]:
     """Record a file in the media tree once per path and content, and queue it.
 
-    Returns the upload and whether it is new. Raises files.UnsafePath for symlinks,
-    non-regular files and paths outside the media tree, and OSError if the file is gone.
+    Returns the upload and whether it is new. A file hashguard must not or cannot read
+    (a symlink, a device, no permission, over HASHGUARD_MAX_BYTES) is recorded at once
+    as an error with the reason. Raises files.UnsafePath for paths outside the media tree
+    or that the database cannot store, and FileNotFoundError if the file is gone.
     """
     relative = files.relative_to_store(path, files.media_dir())
-    sha256, size = files.sha256_of_file(path)
-    existing = Upload.objects.filter(path=relative, sha256=sha256).first()
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        raise files.UnsafePath(
+            f"{path!r}: the file name is not valid UTF-8; rename it to check it"
+        ) from None
+    if len(relative) > Upload._meta.get_field("path").max_length:
+        raise files.UnsafePath(f"{relative[:80]}...: the path is too long to record")
+    info = os.lstat(path)
+    fields = {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "inode": info.st_ino,
+        "file_mode": stat.S_IMODE(info.st_mode),
+    }
+    problem = _unreadable(path, info)
+    if problem is None:
+        try:
+            fields["sha256"], fields["size"] = files.sha256_of_file(path)
+        except PermissionError as exc:
+            problem = ("unreadable", f"hashguard may not read this file ({exc.strerror}).")
+        except files.UnsafePath as exc:
+            problem = ("unsafe_path", str(exc))
+    if problem is not None:
+        fields.update(
+            sha256="",
+            state=State.ERROR,
+            error_code=problem[0],
+            error=problem[1],
+            decided_at=timezone.now(),
+        )
+    existing = Upload.objects.filter(path=relative, sha256=fields.get("sha256", "")).first()
     if existing:
         return existing, False
     try:
         with transaction.atomic():
-            upload = Upload.objects.create(path=relative, sha256=sha256, size=size)
-            upload_enqueue(upload_id=upload.pk)
+            upload = Upload.objects.create(path=relative, **fields)
+            if upload.state == State.PENDING:
+                upload_enqueue(upload_id=upload.pk)
     except IntegrityError:
         # Another watcher pass recorded the same file between the check and the insert.
-        return Upload.objects.get(path=relative, sha256=sha256), False
+        return Upload.objects.get(path=relative, sha256=fields.get("sha256", "")), False
     return upload, True
+
+
+def _unreadable(path: Path, info: os.stat_result) -> tuple[str, str] | None:
+    if stat.S_ISLNK(info.st_mode):
+        return "unsafe_path", "This is a symlink; hashguard never follows symlinks."
+    if not stat.S_ISREG(info.st_mode):
+        return "unsafe_path", "This is not a regular file."
+    if info.st_size > settings.HASHGUARD_MAX_BYTES:
+        return "file_too_large", (
+            f"The file is {info.st_size:,} bytes, over HASHGUARD_MAX_BYTES "
+            f"({settings.HASHGUARD_MAX_BYTES:,}); it was not checked."
+        )
+    return None
 
 
 def upload_enqueue(*, upload_id: int) -> None:
@@ -107,7 +154,7 @@ def upload_enqueue(*, upload_id: int) -> None:
     transaction.on_commit(lambda: _send_to_worker(upload_id))
 
 
-def _send_to_worker(upload_id: int) -> None:
+def _send_to_worker(upload_id: int) -> bool:
     from moderation.tasks import process_upload
 
     now = timezone.now()
@@ -120,23 +167,63 @@ def _send_to_worker(upload_id: int) -> None:
             error_code="queue_unavailable",
             error=f"Could not reach the task queue ({exc}); it will be queued again.",
         )
-        return
+        return False
     Upload.objects.filter(pk=upload_id, state=State.PENDING).update(
         queued_at=now, error_code="", error=""
     )
+    return True
+
+
+# A file that stopped a worker this often (out of memory, a decoder crash) is not retried.
+MAX_ATTEMPTS = 3
+REQUEUE_BATCH = 1000
 
 
 def uploads_requeue_stale(*, older_than: timedelta) -> int:
-    """Queue again what a lost message, a dead worker or a broker outage left undecided."""
+    """Queue again what a lost message, a dead worker or a broker outage left undecided.
+
+    Uploads queued long ago are only queued again when no upload at all was decided
+    since: while workers make progress, their messages are still waiting in the queue.
+    """
     cutoff = timezone.now() - older_than
-    Upload.objects.filter(state=State.PROCESSING, claimed_at__lt=cutoff).update(state=State.PENDING)
-    stale = Upload.objects.filter(state=State.PENDING).filter(
-        Q(queued_at__isnull=True) | Q(queued_at__lt=cutoff) | Q(error_code="queue_unavailable")
+    stalled = Upload.objects.filter(state=State.PROCESSING, claimed_at__lt=cutoff)
+    stalled.filter(attempts__gte=MAX_ATTEMPTS).update(
+        state=State.ERROR,
+        error_code="worker_died",
+        error=(
+            f"Checking this file stopped a worker {MAX_ATTEMPTS} times (out of memory or "
+            "a crash while decoding); it will not be tried again."
+        ),
+        decided_at=timezone.now(),
     )
-    ids = list(stale.values_list("pk", flat=True)[:10_000])
-    for upload_id in ids:
-        _send_to_worker(upload_id)
-    return len(ids)
+    stalled.update(state=State.PENDING)
+    waiting = Q(queued_at__isnull=True) | Q(error_code="queue_unavailable")
+    if not Upload.objects.filter(decided_at__gte=cutoff).exists():
+        waiting |= Q(queued_at__lt=cutoff)
+    ids = Upload.objects.filter(state=State.PENDING).filter(waiting).values_list("pk", flat=True)
+    sent = 0
+    for upload_id in ids[:REQUEUE_BATCH]:
+        if not _send_to_worker(upload_id):
+            break  # the queue is down: the next pass tries again
+        sent += 1
+    return sent
+
+
+def upload_retry(*, upload_id: int, actor: AbstractBaseUser | None) -> Upload:
+    """Check an upload that ended in an error again, e.g. after a fault was fixed."""
+    with transaction.atomic():
+        errored = Upload.objects.filter(pk=upload_id, state=State.ERROR).exclude(sha256="")
+        if not errored.update(
+            state=State.PENDING, error_code="", error="", decided_at=None, attempts=0
+        ):
+            raise ActionRefused(
+                "Only an upload in error whose file could be read can be checked again; "
+                "a file that could not be read is recorded anew once it changes."
+            )
+        upload = Upload.objects.get(pk=upload_id)
+        _audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload)
+        upload_enqueue(upload_id=upload_id)
+    return upload
 
 
 def upload_fail(*, upload_id: int, code: str, message: str) -> None:
@@ -148,23 +235,28 @@ def upload_fail(*, upload_id: int, code: str, message: str) -> None:
 def upload_process(*, upload_id: int) -> Upload | None:
     """Fingerprint one upload, match it, and quarantine it or record it as clean.
 
-    Claims the upload first, so a second delivery of the same task does nothing.
-    Bad files end in the error state with a reason; database and filesystem faults are
-    raised for the task to retry, with the claim given back.
+    Claims the upload first, so a second delivery of the same task does nothing, and
+    writes the decision only if the claim still holds, so a worker that was presumed
+    dead cannot overwrite the decision of the one that took over. Bad files end in the
+    error state with a reason; database and filesystem faults are raised for the task to
+    retry, with the claim given back.
     """
+    claimed_at = timezone.now()
     claimed = Upload.objects.filter(pk=upload_id, state=State.PENDING).update(
-        state=State.PROCESSING, claimed_at=timezone.now(), attempts=F("attempts") + 1
+        state=State.PROCESSING, claimed_at=claimed_at, attempts=F("attempts") + 1
     )
     if not claimed:
         return Upload.objects.filter(pk=upload_id).first()
+    claim = Upload.objects.filter(pk=upload_id, state=State.PROCESSING, claimed_at=claimed_at)
     try:
-        return _process_claimed(Upload.objects.get(pk=upload_id))
+        _process_claimed(Upload.objects.get(pk=upload_id), claim)
     except Exception:
-        Upload.objects.filter(pk=upload_id, state=State.PROCESSING).update(state=State.PENDING)
+        claim.update(state=State.PENDING)
         raise
+    return Upload.objects.get(pk=upload_id)
 
 
-def _process_claimed(upload: Upload) -> Upload:
+def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     source = files.in_store(upload.path, files.media_dir())
     quarantined = files.in_store(_quarantine_name(upload), files.quarantine_dir())
     already_moved = False
@@ -172,44 +264,54 @@ def _process_claimed(upload: Upload) -> Upload:
         data = files.read_regular_file(source, max_bytes=settings.HASHGUARD_MAX_BYTES)
     except FileNotFoundError:
         if not os.path.lexists(quarantined):
-            return _fail(upload, "missing", "The file was removed before it could be checked.")
+            _decide_error(claim, "missing", "The file was removed before it could be checked.")
+            return
         # An earlier attempt moved it but did not get to record that.
         data = files.read_regular_file(quarantined, max_bytes=settings.HASHGUARD_MAX_BYTES)
         already_moved = True
     except files.UnsafePath as exc:
-        return _fail(upload, "unsafe_path", str(exc))
+        _decide_error(claim, "unsafe_path", str(exc))
+        return
     if files.sha256_of(data) != upload.sha256:
-        return _fail(
-            upload,
+        _decide_error(
+            claim,
             "changed",
             "The file changed after it was recorded; its new content is a new upload.",
         )
+        return
+    blocklist = current_blocklist()
+    decision: dict[str, object] = {"decided_at": timezone.now(), "error_code": "", "error": ""}
     try:
         loaded = _load(data)
     except ImageError as exc:
-        return _fail(upload, exc.code, str(exc))
-    frames = fingerprint_frames(loaded)
-    upload.format = loaded.format
-    upload.width, upload.height = loaded.width, loaded.height
-    upload.frame_count = loaded.frame_count
-    upload.fingerprints = [
-        {"hashes": frame.hashes, "pdq_quality": frame.pdq_quality} for frame in frames
-    ]
-    found = current_blocklist().match(frames, upload.sha256)
+        if upload.sha256 not in blocklist.by_sha256:
+            _decide_error(claim, exc.code, str(exc))
+            return
+        frames = []  # an exact copy of a banned file is caught even if it cannot be decoded
+    else:
+        frames = fingerprint_frames(loaded)
+        decision.update(
+            format=loaded.format,
+            width=loaded.width,
+            height=loaded.height,
+            frame_count=loaded.frame_count,
+            fingerprints=[{"hashes": f.hashes, "pdq_quality": f.pdq_quality} for f in frames],
+        )
+    found = blocklist.match(frames, upload.sha256)
     released = _released_keys(upload, found)
     found = {key: hit for key, hit in found.items() if key not in released}
-    upload.decided_at = timezone.now()
-    upload.error_code = upload.error = ""
-    if not found:
-        upload.state = State.CLEAN
-        upload.save()
-        return upload
     with transaction.atomic():
-        upload.state = State.QUARANTINED
-        upload.quarantine_name = _quarantine_name(upload)
-        if not already_moved:
-            upload.file_mode = stat.S_IMODE(os.lstat(source).st_mode)
-        upload.save()
+        if not found:
+            if claim.update(state=State.CLEAN, **decision) and already_moved:
+                # The ban that quarantined it is gone: put the file back.
+                files.move_file(quarantined, source, private=False)
+                if upload.file_mode is not None:
+                    os.chmod(source, upload.file_mode)
+            return
+        if not claim.update(
+            state=State.QUARANTINED, quarantine_name=_quarantine_name(upload), **decision
+        ):
+            return
         Match.objects.bulk_create(
             Match(
                 upload=upload,
@@ -223,7 +325,10 @@ def _process_claimed(upload: Upload) -> Upload:
         _audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
         if not already_moved:
             files.move_file(source, quarantined, private=True)
-    return upload
+
+
+def _decide_error(claim: QuerySet, code: str, message: str) -> None:
+    claim.update(state=State.ERROR, error_code=code, error=message, decided_at=timezone.now())
 
 
 def _released_keys(upload: Upload, found: Mapping[int, object]) -> set[int]:
@@ -246,15 +351,6 @@ def _describe(found: Mapping[int, tuple[int, object]]) -> str:
         where = f" (frame {frame})" if frame else ""
         parts.append(f"banned #{key} by {match.rule}{where}: {distances}")
     return "; ".join(parts)
-
-
-def _fail(upload: Upload, code: str, message: str) -> Upload:
-    upload.state = State.ERROR
-    upload.error_code = code
-    upload.error = message
-    upload.decided_at = timezone.now()
-    upload.save()
-    return upload
 
 
 # --- uploads: moderator actions -------------------------------------------------------
@@ -314,21 +410,25 @@ def upload_flag(
     reason: str = "",
 ) -> Upload:
     """Ban an upload that was let through: add its fingerprints and quarantine it."""
+    flaggable = [State.CLEAN, State.RELEASED]
+    upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
+    if upload is None:
+        raise ActionRefused("Only a clean or released upload can be flagged as banned.")
+    source = files.in_store(upload.path, files.media_dir())
+    try:
+        data = files.read_regular_file(source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+    except FileNotFoundError:
+        raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
+    # Decoded before the transaction: on SQLite a transaction holds the write lock.
+    image = _BanImage.read(data)
+    if image.sha256 != upload.sha256:
+        raise ActionRefused(f"{upload.path} has changed since it was checked; nothing was done.")
     with transaction.atomic():
-        upload = (
-            Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=[State.CLEAN, State.RELEASED])
-            .first()
-        )
-        if upload is None:
+        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+        if upload is None or upload.state not in flaggable:
             raise ActionRefused("Only a clean or released upload can be flagged as banned.")
-        source = files.in_store(upload.path, files.media_dir())
-        try:
-            data = files.read_regular_file(source, max_bytes=settings.HASHGUARD_MAX_BYTES)
-        except FileNotFoundError:
-            raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
-        banned = banned_add_image(
-            data=data,
+        banned = _ban_image(
+            image,
             category=category,
             reason=reason,
             actor=actor,
@@ -341,13 +441,12 @@ def upload_flag(
         upload.reviewed_by = actor
         upload.reviewed_at = timezone.now()
         upload.save()
-        frames = upload.frame_fingerprints()
         for row in banned:
             Match.objects.get_or_create(
                 upload=upload,
                 fingerprint=row,
                 defaults={
-                    "distances": frames[0].distance(row.fingerprint()) if frames else {},
+                    "distances": image.frames[0].distance(row.fingerprint()),
                     "rule": "flagged by moderator",
                 },
             )
@@ -366,54 +465,80 @@ def upload_flag(
 # --- banned fingerprints --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _BanImage:
+    data: bytes
+    sha256: str
+    format: str
+    frames: list[Fingerprint]
+
+    @classmethod
+    def read(cls, data: bytes) -> "_BanImage":
+        loaded = _load(data)
+        return cls(data, files.sha256_of(data), loaded.format, fingerprint_frames(loaded))
+
+
 def banned_add_image(
     *,
     data: bytes,
     category: str = Category.OTHER,
     reason: str = "",
     actor: AbstractBaseUser | None = None,
-    source: str = BannedFingerprint.Source.IMAGE,
-    source_upload: Upload | None = None,
 ) -> list[BannedFingerprint]:
     """Ban an image: one row per distinct frame, the image kept as the reference.
 
     Banning the same file again reactivates and returns the rows it made before.
     Raises hashes.errors.ImageError for files that are not usable images.
     """
-    loaded = _load(data)
-    frames = fingerprint_frames(loaded)
-    sha256 = files.sha256_of(data)
+    image = _BanImage.read(data)
     with transaction.atomic():
-        existing = list(BannedFingerprint.objects.filter(sha256=sha256).order_by("frame"))
-        if existing:
-            inactive = [row for row in existing if not row.active]
-            if inactive:
-                banned_set_active(
-                    fingerprint_ids=[r.pk for r in inactive], active=True, actor=actor
-                )
-                for row in inactive:
-                    row.active = True
-            return existing
-        reference_name = f"{sha256}.{loaded.format.lower()}"
-        files.write_private(files.reference_dir() / reference_name, data)
-        rows = [
-            BannedFingerprint.objects.create(
-                **_hash_fields(frame),
-                sha256=sha256,
-                frame=index,
-                reference_name=reference_name,
-                algorithm_versions=algorithm_versions(),
-                source=source,
-                source_upload=source_upload,
-                category=category,
-                reason=reason,
-                added_by=actor,
-            )
-            for index, frame in enumerate(frames)
-        ]
-        for row in rows:
-            _audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
-        blocklist_bump()
+        return _ban_image(
+            image,
+            category=category,
+            reason=reason,
+            actor=actor,
+            source=BannedFingerprint.Source.IMAGE,
+            source_upload=None,
+        )
+
+
+def _ban_image(
+    image: _BanImage,
+    *,
+    category: str,
+    reason: str,
+    actor: AbstractBaseUser | None,
+    source: str,
+    source_upload: Upload | None,
+) -> list[BannedFingerprint]:
+    existing = list(BannedFingerprint.objects.filter(sha256=image.sha256).order_by("frame"))
+    if existing:
+        inactive = [row for row in existing if not row.active]
+        if inactive:
+            banned_set_active(fingerprint_ids=[r.pk for r in inactive], active=True, actor=actor)
+            for row in inactive:
+                row.active = True
+        return existing
+    reference_name = f"{image.sha256}.{image.format.lower()}"
+    files.write_private(files.reference_dir() / reference_name, image.data)
+    rows = [
+        BannedFingerprint.objects.create(
+            **_hash_fields(frame),
+            sha256=image.sha256,
+            frame=index,
+            reference_name=reference_name,
+            algorithm_versions=algorithm_versions(),
+            source=source,
+            source_upload=source_upload,
+            category=category,
+            reason=reason,
+            added_by=actor,
+        )
+        for index, frame in enumerate(image.frames)
+    ]
+    for row in rows:
+        _audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
+    blocklist_bump()
     return rows
 
 

@@ -21,7 +21,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from moderation import files, services
+from moderation import services
 from moderation.models import Upload
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ def is_candidate(path: Path, root: Path, suffixes: frozenset[str]) -> bool:
     return Path(name).suffix in suffixes
 
 
+def _signature(info: os.stat_result) -> tuple[int, int, int]:
+    return (info.st_size, info.st_mtime_ns, info.st_ino)
+
+
 def image_suffixes() -> frozenset[str]:
     return frozenset(suffix.lower() for suffix in settings.HASHGUARD_IMAGE_SUFFIXES)
 
@@ -54,7 +58,8 @@ def image_suffixes() -> frozenset[str]:
 def iter_candidates(
     directory: Path, root: Path, suffixes: frozenset[str]
 ) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every candidate regular file under directory, never following symlinks."""
+    """Every candidate file under directory, never following symlinks (a symlink with an
+    image name is a candidate: it is recorded as an error, not read)."""
     stack = [directory]
     while stack:
         current = stack.pop()
@@ -69,7 +74,7 @@ def iter_candidates(
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False):
+                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
                     path = Path(entry.path)
                     if is_candidate(path, root, suffixes):
                         yield path, entry.stat(follow_symlinks=False)
@@ -119,8 +124,8 @@ class MediaWatcher:
         # path -> (size, mtime_ns, monotonic time the signature last changed)
         self._pending: dict[Path, tuple[int, int, float]] = {}
         self._scan_requests: list[Path] = []
-        # path -> (size, mtime_ns) of files already recorded, so rescans skip them.
-        self._recorded: dict[Path, tuple[int, int]] = {}
+        # path -> (size, mtime_ns, inode) of files already recorded, so rescans skip them.
+        self._recorded: dict[Path, tuple[int | None, int | None, int | None]] = {}
         self.observer: BaseObserver | None = None
 
     # -- called from the observer thread ------------------------------------------------
@@ -145,7 +150,7 @@ class MediaWatcher:
             self.load_recorded()
             self.scan(self.root)
             next_rescan = time.monotonic() + self.rescan_seconds
-            next_requeue = time.monotonic() + min(30.0, self.requeue_seconds)
+            next_requeue = time.monotonic()  # at once: what waited while no watcher ran
             while not self.stop.is_set():
                 if not observer.is_alive():
                     raise ObserverDied(f"the filesystem observer for {self.root} stopped")
@@ -167,21 +172,15 @@ class MediaWatcher:
     def load_recorded(self) -> None:
         """Remember files recorded before this start, so the first scan skips them."""
         close_old_connections()
-        rows = Upload.objects.values_list("path", "size", "created_at").order_by("created_at")
-        for relative, size, created_at in rows.iterator(chunk_size=10_000):
-            path = self.root / relative
-            try:
-                info = os.lstat(path)
-            except OSError:
-                continue
-            if info.st_size == size and info.st_mtime <= created_at.timestamp():
-                self._recorded[path] = (info.st_size, info.st_mtime_ns)
+        rows = Upload.objects.values_list("path", "size", "mtime_ns", "inode")
+        for relative, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
+            self._recorded[self.root / relative] = (size, mtime_ns, inode)
 
     def scan(self, directory: Path) -> int:
         """Nominate every candidate file under directory not yet recorded as it is now."""
         count = 0
         for path, info in iter_candidates(directory, self.root, self.suffixes):
-            if self._recorded.get(path) != (info.st_size, info.st_mtime_ns):
+            if self._recorded.get(path) != _signature(info):
                 with self._lock:
                     self._pending.setdefault(path, (-1, -1, time.monotonic()))
                 count += 1
@@ -202,7 +201,7 @@ class MediaWatcher:
             except OSError:
                 self._drop(path)
                 continue
-            if not stat.S_ISREG(info.st_mode):
+            if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
                 self._drop(path)
                 continue
             if (info.st_size, info.st_mtime_ns) != (size, mtime_ns):
@@ -219,18 +218,21 @@ class MediaWatcher:
         close_old_connections()
         try:
             upload, created = services.upload_register(path=path)
-        except (OSError, files.UnsafePath) as exc:
-            logger.warning("skipped %s: %s", path, exc)
-            self._drop(path)
+        except FileNotFoundError:
+            self._drop(path)  # gone again before it could be recorded
             return
         except DatabaseError as exc:
             # Keep it pending: the next tick tries again once the database is back.
             logger.error("could not record %s, will retry: %s", path, exc)
             return
+        except Exception as exc:
+            # Nothing about one file may stop the watcher; skip it until it changes.
+            logger.warning("skipped %s: %s", path, exc)
+        else:
+            if created:
+                logger.info("recorded upload %s: %s (%s)", upload.pk, upload.path, upload.state)
         self._drop(path)
-        self._recorded[path] = (info.st_size, info.st_mtime_ns)
-        if created:
-            logger.info("recorded upload %s: %s", upload.pk, upload.path)
+        self._recorded[path] = _signature(info)
 
     def requeue(self) -> None:
         close_old_connections()

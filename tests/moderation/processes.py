@@ -88,7 +88,6 @@ class Stack:
             "DJANGO_SECRET_KEY": "pipeline-tests",
             "HASHGUARD_STABLE_SECONDS": "0.5",
             "HASHGUARD_RESCAN_SECONDS": "3",
-            "HASHGUARD_REQUEUE_SECONDS": "2",
             "PYTHONUNBUFFERED": "1",
             **extra,
         }

@@ -60,17 +60,38 @@ def test_register_records_each_path_and_content_once(media: Path) -> None:
     assert created and changed.pk != first.pk
 
 
-def test_register_refuses_symlinks_and_paths_outside_the_media_tree(
+def test_register_refuses_paths_outside_the_media_tree_or_unstorable(
     media: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(encoded("coffee"))
-    (media / "link.jpg").symlink_to(outside)
-    with pytest.raises(files.UnsafePath):
-        services.upload_register(path=media / "link.jpg")
     with pytest.raises(files.UnsafePath):
         services.upload_register(path=outside)
+    odd = media / os.fsdecode(b"caf\xe9.jpg")
+    odd.write_bytes(encoded("coffee"))
+    with pytest.raises(files.UnsafePath, match="UTF-8"):
+        services.upload_register(path=odd)
     assert not Upload.objects.exists()
+
+
+def test_files_hashguard_must_not_read_are_recorded_as_errors(
+    media: Path, tmp_path: Path, settings
+) -> None:
+    outside = tmp_path / "secret.jpg"
+    outside.write_bytes(encoded("coffee"))
+    (media / "link.jpg").symlink_to(outside)
+    os.mkfifo(media / "pipe.jpg")
+    (media / "huge.jpg").write_bytes(encoded("rocket"))
+    settings.HASHGUARD_MAX_BYTES = 1000
+    for name, code in (
+        ("link.jpg", "unsafe_path"),
+        ("pipe.jpg", "unsafe_path"),
+        ("huge.jpg", "file_too_large"),
+    ):
+        upload, created = services.upload_register(path=media / name)
+        assert created and upload.state == State.ERROR and upload.error_code == code, name
+        assert upload.error and upload.decided_at
+        assert services.upload_register(path=media / name) == (upload, False)
 
 
 def test_resized_copy_is_quarantined_with_its_distances(media: Path, banned_astronaut) -> None:
@@ -163,6 +184,66 @@ def test_an_interrupted_quarantine_is_finished_on_retry(media: Path, banned_astr
     services.uploads_requeue_stale(older_than=timedelta(minutes=10))
     assert Upload.objects.get(pk=upload.pk).state == State.PENDING
     assert services.upload_process(upload_id=upload.pk).state == State.QUARANTINED
+
+
+def test_a_move_cut_short_after_the_link_is_finished_on_retry(
+    media: Path, banned_astronaut
+) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("astronaut"))
+    upload, _ = services.upload_register(path=path)
+    # A worker linked the file into quarantine and died before removing it from media.
+    destination = files.quarantine_dir() / f"{upload.pk}/a.jpg"
+    destination.parent.mkdir()
+    os.link(path, destination)
+    assert services.upload_process(upload_id=upload.pk).state == State.QUARANTINED
+    assert not path.exists() and destination.exists()
+
+
+def test_a_file_moved_by_a_lost_attempt_goes_back_if_its_ban_is_gone(
+    media: Path, banned_astronaut, moderator
+) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("astronaut"))
+    os.chmod(path, 0o644)
+    upload, _ = services.upload_register(path=path)
+    files.move_file(path, files.quarantine_dir() / f"{upload.pk}/a.jpg", private=True)
+    services.banned_set_active(
+        fingerprint_ids=[r.pk for r in banned_astronaut], active=False, actor=moderator
+    )
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.state == State.CLEAN
+    assert path.exists() and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not (files.quarantine_dir() / f"{upload.pk}/a.jpg").exists()
+
+
+def test_a_worker_presumed_dead_cannot_overwrite_the_decision_of_its_successor(
+    media: Path, banned_astronaut
+) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("astronaut"))
+    upload, _ = services.upload_register(path=path)
+    stuck_since = timezone.now() - timedelta(hours=1)
+    Upload.objects.filter(pk=upload.pk).update(state=State.PROCESSING, claimed_at=stuck_since)
+    services.uploads_requeue_stale(older_than=timedelta(minutes=10))
+    successor = services.upload_process(upload_id=upload.pk)
+    assert successor.state == State.QUARANTINED
+    # The first worker wakes up and finishes under its old claim: nothing changes.
+    old_claim = Upload.objects.filter(pk=upload.pk, state=State.PROCESSING, claimed_at=stuck_since)
+    services._process_claimed(Upload.objects.get(pk=upload.pk), old_claim)
+    assert Upload.objects.get(pk=upload.pk).state == State.QUARANTINED
+    assert (files.quarantine_dir() / successor.quarantine_name).exists()
+    assert Match.objects.filter(upload=upload).count() == 1
+
+
+def test_an_exact_copy_is_caught_even_when_it_cannot_be_decoded(media: Path, settings) -> None:
+    data = encoded("rocket")
+    services.banned_add_image(data=data)
+    settings.HASHGUARD_MAX_PIXELS = 100  # limits lowered after the ban
+    upload = drop(media, "copy.jpg", data)
+    assert upload.state == State.QUARANTINED
+    assert upload.matches.get().rule == "sha256"
+    assert drop(media, "other.jpg", encoded("coffee")).error_code == "decompression_bomb"
 
 
 def test_release_puts_the_file_back_and_the_same_match_lets_it_through(
@@ -277,6 +358,47 @@ def test_requeue_finds_stalled_uploads(media: Path) -> None:
     assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 1
     upload.refresh_from_db()
     assert upload.state == State.PENDING and upload.queued_at is not None
+
+
+def test_a_file_that_keeps_killing_workers_is_given_up(media: Path) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    Upload.objects.filter(pk=upload.pk).update(
+        state=State.PROCESSING,
+        claimed_at=timezone.now() - timedelta(hours=1),
+        attempts=services.MAX_ATTEMPTS,
+    )
+    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 0
+    upload.refresh_from_db()
+    assert upload.state == State.ERROR and upload.error_code == "worker_died"
+
+
+def test_requeue_leaves_a_backlog_alone_while_workers_make_progress(media: Path) -> None:
+    uploads = []
+    for name in ("a", "b"):
+        (media / f"{name}.jpg").write_bytes(encoded("coffee", quality=50 if name == "a" else 90))
+        uploads.append(services.upload_register(path=media / f"{name}.jpg")[0])
+    long_ago = timezone.now() - timedelta(hours=1)
+    Upload.objects.filter(pk=uploads[0].pk).update(queued_at=long_ago)
+    Upload.objects.filter(pk=uploads[1].pk).update(
+        state=State.CLEAN, queued_at=long_ago, decided_at=timezone.now()
+    )
+    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 0
+    Upload.objects.filter(pk=uploads[1].pk).update(decided_at=long_ago)
+    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 1
+
+
+def test_retry_checks_an_upload_in_error_again(media: Path, moderator) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    services.upload_fail(upload_id=upload.pk, code="internal", message="database was down")
+    upload = services.upload_retry(upload_id=upload.pk, actor=moderator)
+    assert upload.state == State.PENDING and not upload.error
+    assert services.upload_process(upload_id=upload.pk).state == State.CLEAN
+    with pytest.raises(services.ActionRefused):
+        services.upload_retry(upload_id=upload.pk, actor=moderator)
 
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")

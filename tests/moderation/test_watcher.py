@@ -94,7 +94,8 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
         save(photo("rocket"), media / "new" / "deep" / "nested.jpg", "JPEG", quality=50)
         (media / "notes.txt").write_text("not an image")
         save(photo("rocket"), media / ".hidden.jpg", "JPEG")
-        (media / "link.jpg").symlink_to(outside.with_name("whatever.jpg"))
+        (media / "link.jpg").symlink_to(outside)
+        save(photo("chelsea"), media / os.fsdecode(b"caf\xe9.jpg"), "JPEG")  # not UTF-8
         expected = {
             "existing.jpg",
             "copied.jpg",
@@ -102,12 +103,15 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
             "moved-in.webp",
             "batch/in-dir.jpg",
             "new/deep/nested.jpg",
+            "link.jpg",
         }
         wait_for(lambda: recorded() >= expected, timeout=20, what="all files recorded")
         time.sleep(0.5)
     assert recorded() == expected
-    assert set(Upload.objects.values_list("state", flat=True)) == {Upload.State.PENDING}
-    assert Upload.objects.filter(queued_at__isnull=False).count() == len(expected)
+    states = dict(Upload.objects.values_list("path", "state"))
+    assert states.pop("link.jpg") == Upload.State.ERROR  # recorded, never followed
+    assert set(states.values()) == {Upload.State.PENDING}
+    assert Upload.objects.filter(queued_at__isnull=False).count() == len(states)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -134,6 +138,22 @@ def test_a_restart_does_not_record_files_again(stores: Path) -> None:
     with Running(media) as watcher:
         assert watcher.scan(media) == 0
     assert Upload.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_file_replaced_while_no_watcher_ran_is_recorded_again(stores: Path) -> None:
+    media = stores / "media"
+    path = save(photo("coffee"), media / "a.bmp", "BMP")
+    with Running(media):
+        wait_for(lambda: recorded() == {"a.bmp"}, timeout=10)
+    # Same size, older mtime kept (as cp -p or rsync -a do): only the inode tells.
+    before = path.stat()
+    replacement = save(photo("coffee").transpose(0), media / ".incoming", "BMP")
+    assert replacement.stat().st_size == before.st_size
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.rename(replacement, path)
+    with Running(media):
+        wait_for(lambda: Upload.objects.count() == 2, timeout=10, what="the replacement")
 
 
 @pytest.mark.django_db(transaction=True)
