@@ -35,7 +35,11 @@ def _upload_file(request: HttpRequest, pk: int) -> Path:
 
 
 def _reference_file(request: HttpRequest, pk: int) -> Path:
-    if not request.user.has_perm("moderation.view_bannedfingerprint"):
+    # Reviewers see the banned image beside each match even without the blocklist's pages.
+    if not (
+        request.user.has_perm("moderation.view_bannedfingerprint")
+        or request.user.has_perm("moderation.review_upload")
+    ):
         raise PermissionDenied
     banned = get_object_or_404(BannedFingerprint, pk=pk)
     if not banned.reference_name:

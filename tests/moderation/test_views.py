@@ -39,12 +39,15 @@ def test_images_need_the_permission_for_their_kind(stores):
     nothing = client_for(make_user("nothing"))
     uploads_only = client_for(make_user("uploads", "view_upload"))
     references_only = client_for(make_user("references", "view_bannedfingerprint"))
+    reviewer = client_for(make_user("reviewer", "review_upload"))
 
     assert nothing.get(image_url("upload", clean.pk)).status_code == 403
     assert nothing.get(image_url("reference", reference)).status_code == 403
     assert uploads_only.get(image_url("reference", reference)).status_code == 403
     assert references_only.get(image_url("upload", clean.pk)).status_code == 403
     assert references_only.get(image_url("reference", reference)).status_code == 200
+    assert reviewer.get(image_url("reference", reference)).status_code == 200
+    assert reviewer.get(image_url("upload", upload.pk)).status_code == 200
 
 
 def test_images_are_reencoded_as_jpeg_with_protective_headers(stores, moderator_client):
