@@ -4,143 +4,41 @@ Quarantined uploads are made the way the pipeline makes them, by calling the ser
 worker calls; in these tests the on-commit hook that would queue a Celery task never fires.
 """
 
-import io
 import os
 import stat
-from pathlib import Path
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.contrib.auth.models import Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 from django.utils.html import escape
-from PIL import Image
 from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
 
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
-from moderation import blocklist, services
+from moderation import services
 from moderation.models import AuditEvent, BannedFingerprint, Category, Match, Upload
-from tests.images import encode
-from tests.images import photo as fixture_photo
+from tests.moderation.support import (
+    BAN_URL,
+    BANNED_LIST_URL,
+    MODERATOR_PERMISSIONS,
+    PDQ,
+    REVIEW_URL,
+    UPLOAD_LIST_URL,
+    add_upload,
+    animation,
+    blocklist_version,
+    client_for,
+    decode_jpeg,
+    distances_shown,
+    image_url,
+    make_user,
+    photo,
+    quarantined_upload,
+    re_upload,
+    run_action,
+)
 
 pytestmark = pytest.mark.django_db
-
-BAN_URL = "/admin/moderation/bannedfingerprint/add/"
-BANNED_LIST_URL = "/admin/moderation/bannedfingerprint/"
-UPLOAD_LIST_URL = "/admin/moderation/upload/"
-REVIEW_URL = "/admin/moderation/upload/review/"
-
-MODERATOR_PERMISSIONS = (
-    "view_upload",
-    "review_upload",
-    "view_match",
-    "view_auditevent",
-    "view_bannedfingerprint",
-    "add_bannedfingerprint",
-    "change_bannedfingerprint",
-    "delete_bannedfingerprint",
-)
-PASSWORD = "correct horse battery"
-PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
-
-
-# --- images -------------------------------------------------------------------------
-
-
-def photo(name: str, image_format: str = "JPEG") -> bytes:
-    options = {"quality": 90} if image_format == "JPEG" else {}
-    return encode(fixture_photo(name), image_format, **options)
-
-
-def re_upload(name: str) -> bytes:
-    """The banned photo as it comes back: smaller and recompressed, so not the same bytes."""
-    image = fixture_photo(name)
-    return encode(image.resize((image.width * 3 // 4, image.height * 3 // 4)), "JPEG", quality=75)
-
-
-def animation(*names: str) -> bytes:
-    frames = [fixture_photo(name).resize((240, 180)) for name in names]
-    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
-
-
-# --- fixtures and helpers -------------------------------------------------------------
-
-
-def make_user(username: str, *codenames: str, staff: bool = True) -> User:
-    user = User.objects.create_user(username, password=PASSWORD, is_staff=staff)
-    user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="moderation", codename__in=codenames)
-    )
-    return user
-
-
-@pytest.fixture
-def moderator() -> User:
-    return make_user("moderator", *MODERATOR_PERMISSIONS)
-
-
-@pytest.fixture
-def moderator_client(moderator: User) -> Client:
-    client = Client()
-    client.force_login(moderator)
-    return client
-
-
-def client_for(user: User) -> Client:
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def blocklist_version() -> str:
-    """Changes whenever the banned fingerprints change, telling every worker to reload."""
-    return blocklist.current_version()
-
-
-def add_upload(stores: Path, name: str, data: bytes) -> Upload:
-    """Drop a file into the media tree and run it through the pipeline, as a worker would."""
-    path = stores / "media" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    upload, created = services.upload_register(path=path)
-    assert created
-    services.upload_process(upload_id=upload.pk)
-    upload.refresh_from_db()
-    return upload
-
-
-def quarantined_upload(stores: Path) -> Upload:
-    """users/7/holiday.jpg: a smaller copy of the banned astronaut photo, quarantined."""
-    services.banned_add_image(data=photo("astronaut"), category=Category.SCAM, reason="Known scam")
-    upload = add_upload(stores, "users/7/holiday.jpg", re_upload("astronaut"))
-    assert upload.state == Upload.State.QUARANTINED
-    return upload
-
-
-def image_url(kind: str, pk: int, *, thumb: bool = False) -> str:
-    return f"/files/{kind}/{pk}/" + ("?size=thumb" if thumb else "")
-
-
-def run_action(client: Client, url: str, action: str, ids: list[int], **extra: object):
-    data = {"action": action, ACTION_CHECKBOX_NAME: ids, "index": 0, **extra}
-    return client.post(url, data, follow=True)
-
-
-def distances_shown(match: Match) -> str:
-    """Distances as a moderator reads them: each algorithm with its Hamming distance."""
-    return ", ".join(f"{name} {value}" for name, value in sorted(match.distances.items()))
-
-
-def decode_jpeg(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
-    image.load()
-    assert image.format == "JPEG"
-    return image
-
-
-# --- banning ----------------------------------------------------------------------------
 
 
 def test_ban_an_image_by_uploading_it(stores, moderator, moderator_client):
@@ -447,6 +345,27 @@ def test_review_queue_still_shows_an_upload_whose_ban_was_deleted(stores, modera
     assertContains(response, escape(match.rule))
     assertContains(response, distances_shown(match))
     assertContains(response, 'value="release"')
+
+
+def test_check_again_retries_an_upload_that_failed_for_a_passing_reason(
+    stores, moderator, moderator_client
+):
+    failed = add_upload(stores, "users/3/a.jpg", photo("coffee"))
+    services.banned_add_image(data=photo("coffee"))  # banned while the upload was failing
+    Upload.objects.filter(pk=failed.pk).update(
+        state=Upload.State.ERROR, error_code="internal", error="database was down"
+    )
+    (stores / "media" / "users" / "3" / "link.jpg").symlink_to(stores / "elsewhere.jpg")
+    link, _ = services.upload_register(path=stores / "media" / "users" / "3" / "link.jpg")
+
+    response = run_action(moderator_client, UPLOAD_LIST_URL, "retry", [failed.pk, link.pk])
+
+    assertContains(response, "1 upload(s) queued to be checked again.")
+    assertContains(response, "users/3/link.jpg: Only an upload in error whose file could be read")
+    failed.refresh_from_db()
+    assert failed.state == Upload.State.PENDING and not failed.error
+    assert AuditEvent.objects.filter(action="upload_retried", upload=failed).exists()
+    assert services.upload_process(upload_id=failed.pk).state == Upload.State.QUARANTINED
 
 
 def test_confirm_keeps_the_file_in_quarantine(stores, moderator, moderator_client):

@@ -9,7 +9,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from config.celery import app as celery_app
 from moderation.models import BannedFingerprint, Upload
-from tests.moderation.test_admin import (
+from tests.moderation.support import (
     MODERATOR_PERMISSIONS,
     PASSWORD,
     add_upload,

@@ -3,14 +3,12 @@
 import os
 
 import pytest
-from django.test import Client
 from pytest_django.asserts import assertNotContains
 
 from moderation import services
 from moderation.models import Upload
 from tests.images import photo as fixture_photo
-from tests.moderation.test_admin import (
-    MODERATOR_PERMISSIONS,
+from tests.moderation.support import (
     PDQ,
     UPLOAD_LIST_URL,
     add_upload,
@@ -25,11 +23,6 @@ from tests.moderation.test_admin import (
 pytestmark = pytest.mark.django_db
 
 HOSTILE = b"<html><body><script>alert(document.cookie)</script></body></html>"
-
-
-@pytest.fixture
-def moderator_client() -> Client:
-    return client_for(make_user("moderator", *MODERATOR_PERMISSIONS))
 
 
 def test_images_need_the_permission_for_their_kind(stores):
