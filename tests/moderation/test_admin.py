@@ -361,7 +361,7 @@ def test_check_again_retries_an_upload_that_failed_for_a_passing_reason(
     response = run_action(moderator_client, UPLOAD_LIST_URL, "retry", [failed.pk, link.pk])
 
     assertContains(response, "1 upload(s) queued to be checked again.")
-    assertContains(response, "users/3/link.jpg: Only an upload in error whose file could be read")
+    assertContains(response, "/3/link.jpg: Only an upload in error whose file could be read")
     failed.refresh_from_db()
     assert failed.state == Upload.State.PENDING and not failed.error
     assert AuditEvent.objects.filter(action="upload_retried", upload=failed).exists()
