@@ -125,6 +125,8 @@ HASHGUARD_QUARANTINE_DIR = env_path("HASHGUARD_QUARANTINE_DIR", DATA_DIR / "quar
 HASHGUARD_REFERENCE_DIR = env_path("HASHGUARD_REFERENCE_DIR", DATA_DIR / "references")
 # How the fingerprints of an upload and a banned image must agree; see hashes/matching.py.
 HASHGUARD_MATCH_RULE = env_json("HASHGUARD_MATCH_RULE", None)
+# The views, turns and local-feature stage of matching; see hashes/detect.py.
+HASHGUARD_DETECT = env_json("HASHGUARD_DETECT", None)
 # A file counts as written once its size and mtime have not changed for this long.
 HASHGUARD_STABLE_SECONDS = env_float("HASHGUARD_STABLE_SECONDS", 1.0)
 # The watcher walks the whole media tree this often, for events the kernel dropped.

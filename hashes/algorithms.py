@@ -80,15 +80,20 @@ def fingerprint_image(image: Image.Image) -> Fingerprint:
 
 def fingerprint_frames(loaded: LoadedImage) -> list[Fingerprint]:
     """One fingerprint per frame, first frame first, leaving out repeats of earlier ones."""
-    fingerprints: list[Fingerprint] = []
+    return [fingerprint for _, fingerprint in distinct_frames(loaded)]
+
+
+def distinct_frames(loaded: LoadedImage) -> list[tuple[Image.Image, Fingerprint]]:
+    """Each frame with its fingerprint, first frame first, leaving out repeats."""
+    found: list[tuple[Image.Image, Fingerprint]] = []
     seen: set[tuple[tuple[str, str], ...]] = set()
     for frame in loaded.frames:
         fingerprint = fingerprint_image(frame)
         identity = tuple(sorted(fingerprint.hashes.items()))
         if identity not in seen:
             seen.add(identity)
-            fingerprints.append(fingerprint)
-    return fingerprints
+            found.append((frame, fingerprint))
+    return found
 
 
 def hamming(a_hex: str, b_hex: str) -> int:

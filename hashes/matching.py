@@ -125,6 +125,9 @@ class Matcher:
             for index in self._indexes.values():
                 index.remove(key)
 
+    def fingerprint(self, key: int) -> Fingerprint | None:
+        return self._fingerprints.get(key)
+
     def match(self, fingerprint: Fingerprint) -> list[Match]:
         """Every banned fingerprint the rule matches, best first.
 

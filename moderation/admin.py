@@ -63,7 +63,7 @@ class StateFilter(admin.SimpleListFilter):
 
 class MatchInline(admin.TabularInline):
     model = Match
-    fields = ("reference", "fingerprint", "rule", "distance_list", "frame")
+    fields = ("reference", "fingerprint", "stage", "rule", "variant", "distance_list", "frame")
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -163,7 +163,9 @@ class UploadAdmin(RecordAdmin):
     def matched(self, upload: Upload) -> str:
         return (
             format_html_join(
-                ", ", "#{} ({})", ((m.fingerprint_id, m.rule) for m in upload.matches.all())
+                ", ",
+                "#{} ({})",
+                ((m.fingerprint_id, m.variant or m.rule) for m in upload.matches.all()),
             )
             or "—"
         )
@@ -283,7 +285,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         "category",
         "source",
         "active",
-        "pdq_quality",
+        "matching",
         "added_by",
         "created_at",
     )
@@ -298,6 +300,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         "active",
         "source",
         "source_upload",
+        "matching",
         "pdq",
         "pdq_quality",
         "phash",
@@ -316,6 +319,14 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         if not banned.reference_name:
             return "pasted hash"
         return image_tag("reference", banned.pk, alt="banned reference")
+
+    @admin.display(description="matches")
+    def matching(self, banned: BannedFingerprint) -> str:
+        if services.banned_low_detail(rows=[banned]):
+            return "exact copies only (too plain to match edited copies)"
+        if banned.features:
+            return "edited copies (hashes and local features)"
+        return "edited copies (hashes only)"
 
     @admin.display(description="image")
     def preview(self, banned: BannedFingerprint) -> str:
@@ -348,6 +359,8 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
                     f"Banned as {ids}; every worker uses it from the next file on.",
                     messages.SUCCESS,
                 )
+                for row in services.banned_low_detail(rows=rows):
+                    self.message_user(request, services.low_detail_message(row), messages.WARNING)
                 return HttpResponseRedirect(
                     reverse("admin:moderation_bannedfingerprint_changelist")
                 )

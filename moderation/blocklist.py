@@ -1,42 +1,87 @@
-"""Each worker's in-memory index of the active banned fingerprints.
+"""Each worker's in-memory detector over the active banned fingerprints.
 
 Before every image a worker reads one short value, the blocklist version; when it differs
-from the one its index was built from, the index is rebuilt. A fingerprint added or
+from the one its detector was built from, the detector is rebuilt. A fingerprint added or
 deactivated in the admin therefore takes effect in every worker at its next file.
+
+The detector keeps hashes and colour signatures in memory; the ORB features of the few
+candidates the second stage verifies are read from the database when needed, and kept in
+a small cache that lives as long as this version of the blocklist.
 """
 
 import threading
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
+import numpy as np
 from django.conf import settings
 
 from hashes.algorithms import Fingerprint
-from hashes.matching import DEFAULT_RULE_CONFIG, Match, Matcher, MatchRule
+from hashes.detect import (
+    COLOUR_BINS,
+    DEFAULT_DETECT_CONFIG,
+    BannedPicture,
+    DetectConfig,
+    Detection,
+    Detector,
+    Probe,
+)
+from hashes.local import LocalFeatures
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
 from moderation.models import BannedFingerprint, BlocklistVersion
+
+_CACHED_FEATURES = 2048
+
+
+@dataclass
+class _FeatureCache:
+    entries: OrderedDict[int, LocalFeatures | None] = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def load(self, keys: Iterable[int]) -> dict[int, LocalFeatures]:
+        keys = list(keys)
+        with self.lock:
+            missing = [key for key in keys if key not in self.entries]
+        if missing:
+            rows = BannedFingerprint.objects.filter(pk__in=missing).values_list("id", "features")
+            stored = {key: bytes(data) if data else None for key, data in rows}
+            with self.lock:
+                for key in missing:
+                    data = stored.get(key)
+                    self.entries[key] = LocalFeatures.from_bytes(data) if data else None
+                while len(self.entries) > _CACHED_FEATURES:
+                    self.entries.popitem(last=False)
+        with self.lock:
+            found = {key: self.entries.get(key) for key in keys}
+        return {key: value for key, value in found.items() if value is not None}
 
 
 @dataclass(frozen=True)
 class Blocklist:
     version: str
-    matcher: Matcher
+    detector: Detector
     fingerprints: dict[int, Fingerprint]
     by_sha256: dict[str, list[int]]
 
-    def match(self, frames: list[Fingerprint], sha256: str) -> dict[int, tuple[int, Match]]:
-        """The best match per banned fingerprint, as {key: (frame, match)}."""
-        found: dict[int, tuple[int, Match]] = {}
+    def match(self, probes: list[Probe], sha256: str) -> dict[int, Detection]:
+        """The best detection per banned fingerprint, exact copies first."""
+        found: dict[int, Detection] = {}
         for key in self.by_sha256.get(sha256, []):
-            distances = frames[0].distance(self.fingerprints[key]) if frames else {}
-            found[key] = (0, Match(key=key, distances=distances, rule="sha256"))
-        for frame, fingerprint in enumerate(frames):
-            for match in self.matcher.match(fingerprint):
-                if match.key not in found:
-                    found[match.key] = (frame, match)
+            banned = self.fingerprints[key]
+            distances = probes[0].fingerprint.distance(banned) if probes else {}
+            found[key] = Detection(key, "sha256", "sha256", distances, "the same file")
+        for key, detection in self.detector.detect(probes).items():
+            found.setdefault(key, detection)
         return found
 
 
 def match_rule() -> MatchRule:
     return MatchRule.from_config(settings.HASHGUARD_MATCH_RULE or DEFAULT_RULE_CONFIG)
+
+
+def detect_config() -> DetectConfig:
+    return DetectConfig.from_config(settings.HASHGUARD_DETECT or DEFAULT_DETECT_CONFIG)
 
 
 def current_version() -> str:
@@ -47,26 +92,32 @@ def build_blocklist() -> Blocklist:
     # Read the version before the rows: a change committed in between makes the next
     # check see a newer version and rebuild, never miss it.
     version = current_version()
-    matcher = Matcher(match_rule())
+    detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
     fingerprints: dict[int, Fingerprint] = {}
+    pictures: dict[int, BannedPicture] = {}
     by_sha256: dict[str, list[int]] = {}
     rows = BannedFingerprint.objects.filter(active=True).values_list(
-        "id", "phash", "dhash", "pdq", "pdq_quality", "sha256"
+        "id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "colours"
     )
-    for key, phash, dhash, pdq, pdq_quality, sha256 in rows.iterator(chunk_size=10_000):
+    for key, phash, dhash, pdq, pdq_quality, sha256, colours in rows.iterator(chunk_size=10_000):
         hashes = {
             name: value
             for name, value in (("phash", phash), ("dhash", dhash), ("pdq", pdq))
             if value
         }
+        fingerprint = Fingerprint(hashes=hashes, pdq_quality=pdq_quality if pdq else None)
+        fingerprints[key] = fingerprint
         if hashes:
-            fingerprint = Fingerprint(hashes=hashes, pdq_quality=pdq_quality if pdq else None)
-            matcher.add(key, fingerprint)
-            fingerprints[key] = fingerprint
+            signature = (
+                np.frombuffer(bytes(colours), dtype=np.float16)
+                if colours and len(colours) == 2 * COLOUR_BINS**3
+                else None
+            )
+            pictures[key] = BannedPicture(fingerprint, signature)
         if sha256:
             by_sha256.setdefault(sha256, []).append(key)
-            fingerprints.setdefault(key, Fingerprint(hashes={}, pdq_quality=None))
-    return Blocklist(version, matcher, fingerprints, by_sha256)
+    detector.add_all(pictures)
+    return Blocklist(version, detector, fingerprints, by_sha256)
 
 
 _lock = threading.Lock()

@@ -21,6 +21,24 @@ def match_rule_check(**kwargs: object) -> list[CheckMessage]:
 
 
 @register()
+def detect_config_check(**kwargs: object) -> list[CheckMessage]:
+    """Refuse to start with HASHGUARD_DETECT settings the workers could not use."""
+    from moderation.blocklist import detect_config
+
+    try:
+        detect_config()
+    except (ValueError, TypeError, AttributeError) as exc:
+        return [
+            Error(
+                f"HASHGUARD_DETECT is not usable: {exc}",
+                hint=f"Fix or unset it; the current value is {settings.HASHGUARD_DETECT!r}.",
+                id="hashguard.E003",
+            )
+        ]
+    return []
+
+
+@register()
 def requeue_after_time_limit_check(**kwargs: object) -> list[CheckMessage]:
     """A task still running must not look stalled and be handed to a second worker."""
     if settings.HASHGUARD_REQUEUE_SECONDS <= settings.CELERY_TASK_TIME_LIMIT:

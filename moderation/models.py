@@ -34,6 +34,10 @@ class BannedFingerprint(models.Model):
     frame = models.PositiveIntegerField(default=0)
     # File name in HASHGUARD_REFERENCE_DIR; served to staff only, through a view.
     reference_name = models.CharField(max_length=255, blank=True)
+    # From the reference frame, for the second stage (hashes/detect.py): a colour signature
+    # to pick candidates by and ORB keypoints to verify them. Empty for pasted hashes.
+    colours = models.BinaryField(null=True, blank=True, editable=False)
+    features = models.BinaryField(null=True, blank=True, editable=False)
     source = models.CharField(max_length=16, choices=Source.choices)
     source_upload = models.ForeignKey(
         "Upload", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -165,6 +169,10 @@ class Match(models.Model):
     distances = models.JSONField(default=dict)
     # Which part of the match rule held, e.g. "pdq<=31" or "sha256".
     rule = models.CharField(max_length=100)
+    # Which stage found it ("sha256", "hash" or "local features") and how the upload shows
+    # the banned picture, e.g. "mirrored" or "as one panel of a collage (25% of the upload)".
+    stage = models.CharField(max_length=32, blank=True)
+    variant = models.CharField(max_length=255, blank=True)
     frame = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
 

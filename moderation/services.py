@@ -19,13 +19,14 @@ from hashes.algorithms import (
     ALGORITHMS,
     Fingerprint,
     algorithm_versions,
-    fingerprint_frames,
+    distinct_frames,
     parse_hash,
 )
+from hashes.detect import Detection, is_low_detail, probe, reference_features
 from hashes.errors import ImageError
 from hashes.loading import LoadedImage, load_image
 from moderation import files
-from moderation.blocklist import current_blocklist
+from moderation.blocklist import current_blocklist, match_rule
 from moderation.models import (
     AuditEvent,
     BannedFingerprint,
@@ -287,9 +288,15 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
         if upload.sha256 not in blocklist.by_sha256:
             _decide_error(claim, exc.code, str(exc))
             return
-        frames = []  # an exact copy of a banned file is caught even if it cannot be decoded
+        probes = []  # an exact copy of a banned file is caught even if it cannot be decoded
     else:
-        frames = fingerprint_frames(loaded)
+        distinct = distinct_frames(loaded)
+        frames = [fingerprint for _, fingerprint in distinct]
+        # Views and local features for the first frame; later frames are checked whole.
+        probes = [
+            probe(frame, fingerprint, regions=index == 0)
+            for index, (frame, fingerprint) in enumerate(distinct)
+        ]
         decision.update(
             format=loaded.format,
             width=loaded.width,
@@ -297,7 +304,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
             frame_count=loaded.frame_count,
             fingerprints=[{"hashes": f.hashes, "pdq_quality": f.pdq_quality} for f in frames],
         )
-    found = blocklist.match(frames, upload.sha256)
+    found = blocklist.match(probes, upload.sha256)
     released = _released_keys(upload, found)
     found = {key: hit for key, hit in found.items() if key not in released}
     with transaction.atomic():
@@ -316,11 +323,13 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
             Match(
                 upload=upload,
                 fingerprint_id=key,
-                distances=match.distances,
-                rule=match.rule,
-                frame=frame,
+                distances=detection.distances,
+                rule=detection.rule,
+                stage=detection.stage,
+                variant=detection.variant[:255],
+                frame=detection.frame,
             )
-            for key, (frame, match) in found.items()
+            for key, detection in found.items()
         )
         _audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
         if not already_moved:
@@ -344,12 +353,15 @@ def _released_keys(upload: Upload, found: Mapping[int, object]) -> set[int]:
     )
 
 
-def _describe(found: Mapping[int, tuple[int, object]]) -> str:
+def _describe(found: Mapping[int, Detection]) -> str:
     parts = []
-    for key, (frame, match) in found.items():
-        distances = ", ".join(f"{name} {value}" for name, value in match.distances.items())
-        where = f" (frame {frame})" if frame else ""
-        parts.append(f"banned #{key} by {match.rule}{where}: {distances}")
+    for key, detection in found.items():
+        distances = ", ".join(f"{name} {value}" for name, value in detection.distances.items())
+        where = f" (frame {detection.frame})" if detection.frame else ""
+        parts.append(
+            f"banned #{key} by {detection.stage} ({detection.rule}){where}, "
+            f"{detection.variant}: {distances}"
+        )
     return "; ".join(parts)
 
 
@@ -446,8 +458,9 @@ def upload_flag(
                 upload=upload,
                 fingerprint=row,
                 defaults={
-                    "distances": image.frames[0].distance(row.fingerprint()),
+                    "distances": image.frames[0].fingerprint.distance(row.fingerprint()),
                     "rule": "flagged by moderator",
+                    "stage": "moderator",
                 },
             )
         _audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
@@ -466,16 +479,55 @@ def upload_flag(
 
 
 @dataclass(frozen=True)
+class _BanFrame:
+    fingerprint: Fingerprint
+    colours: bytes
+    features: bytes
+
+    @classmethod
+    def of(cls, loaded: LoadedImage) -> "list[_BanFrame]":
+        frames = []
+        for frame, fingerprint in distinct_frames(loaded):
+            features, colours = reference_features(frame)
+            frames.append(cls(fingerprint, colours.tobytes(), features.to_bytes()))
+        return frames
+
+    def fields(self) -> dict[str, object]:
+        return {
+            **_hash_fields(self.fingerprint),
+            "colours": self.colours,
+            "features": self.features,
+        }
+
+
+@dataclass(frozen=True)
 class _BanImage:
     data: bytes
     sha256: str
     format: str
-    frames: list[Fingerprint]
+    frames: list[_BanFrame]
 
     @classmethod
     def read(cls, data: bytes) -> "_BanImage":
         loaded = _load(data)
-        return cls(data, files.sha256_of(data), loaded.format, fingerprint_frames(loaded))
+        return cls(data, files.sha256_of(data), loaded.format, _BanFrame.of(loaded))
+
+
+def banned_low_detail(*, rows: Iterable[BannedFingerprint]) -> list[BannedFingerprint]:
+    """The rows too plain to match fuzzily: only exact copies of their file are caught."""
+    minimum = match_rule().pdq_min_quality
+    return [row for row in rows if is_low_detail(row.fingerprint(), minimum)]
+
+
+def low_detail_message(row: BannedFingerprint) -> str:
+    """Why a ban catches exact copies only, for the moderator who made it."""
+    quality = f"PDQ quality {row.pdq_quality}" if row.pdq_quality is not None else "its hashes"
+    return (
+        f"#{row.pk} is too plain to match edited copies ({quality}, below "
+        f"{match_rule().pdq_min_quality}): a flat colour, gradient or near-blank image hashes "
+        "like every other smooth image, so matching it approximately would quarantine "
+        "innocent uploads. Only exact copies of this file will be caught."
+    )
 
 
 def banned_add_image(
@@ -523,7 +575,7 @@ def _ban_image(
     files.write_private(files.reference_dir() / reference_name, image.data)
     rows = [
         BannedFingerprint.objects.create(
-            **_hash_fields(frame),
+            **frame.fields(),
             sha256=image.sha256,
             frame=index,
             reference_name=reference_name,
@@ -567,9 +619,17 @@ def banned_add_hashes(
         pdq_quality = None
     elif pdq_quality is None:
         pdq_quality = 100
+    fingerprint = Fingerprint(hashes=parsed, pdq_quality=pdq_quality)
+    if is_low_detail(fingerprint, match_rule().pdq_min_quality):
+        raise ValueError(
+            "These hashes are of a plain picture (a flat colour, gradient or near-blank image: "
+            "almost all bits are the same, or the PDQ quality is too low). They would match "
+            "every other smooth image, so they cannot be banned as hashes; ban the image file "
+            "instead to catch exact copies of it."
+        )
     with transaction.atomic():
         row = BannedFingerprint.objects.create(
-            **_hash_fields(Fingerprint(hashes=parsed, pdq_quality=pdq_quality)),
+            **_hash_fields(fingerprint),
             algorithm_versions={name: ALGORITHMS[name].version for name in parsed},
             source=BannedFingerprint.Source.HASH,
             category=category,
@@ -624,7 +684,8 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | N
 
 
 def banned_rehash() -> tuple[int, int]:
-    """Recompute, from their reference images, fingerprints an older algorithm made.
+    """Recompute, from their reference images, fingerprints an older algorithm made,
+    and the second stage's colours and features where they are missing.
 
     Returns (rows recomputed, rows left as they are because they were pasted as hashes
     and have no image to recompute from).
@@ -637,6 +698,7 @@ def banned_rehash() -> tuple[int, int]:
             row.algorithm_versions.get(name, version) != version
             for name, version in current.items()
         )
+        or (row.reference_name and (row.features is None or row.colours is None))
     ]
     by_reference: dict[str, list[BannedFingerprint]] = {}
     for row in stale:
@@ -647,11 +709,11 @@ def banned_rehash() -> tuple[int, int]:
         data = files.read_regular_file(
             files.in_store(name, files.reference_dir()), max_bytes=settings.HASHGUARD_MAX_BYTES
         )
-        frames = fingerprint_frames(_load(data))
+        frames = _BanFrame.of(_load(data))
         with transaction.atomic():
             for row in rows:
                 if row.frame < len(frames):
-                    for field, value in _hash_fields(frames[row.frame]).items():
+                    for field, value in frames[row.frame].fields().items():
                         setattr(row, field, value)
                 row.algorithm_versions = current
                 row.save()

@@ -320,11 +320,11 @@ def test_malformed_pasted_hash_is_refused() -> None:
 
 
 def test_blocklist_changes_reach_the_worker_cache(media: Path, moderator) -> None:
-    assert len(current_blocklist().matcher) == 0
+    assert len(current_blocklist().detector) == 0
     rows = services.banned_add_image(data=encoded("astronaut"))
-    assert len(current_blocklist().matcher) == 1
+    assert len(current_blocklist().detector) == 1
     services.banned_set_active(fingerprint_ids=[r.pk for r in rows], active=False, actor=moderator)
-    assert len(current_blocklist().matcher) == 0
+    assert len(current_blocklist().detector) == 0
     assert drop(media, "a.jpg", encoded("astronaut")).state == State.CLEAN
     services.banned_set_active(fingerprint_ids=[r.pk for r in rows], active=True, actor=moderator)
     assert drop(media, "b.jpg", encoded("astronaut", "PNG")).state == State.QUARANTINED

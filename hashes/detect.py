@@ -1,0 +1,370 @@
+"""Finding banned pictures in an upload, however it was edited: the matcher the workers use.
+
+Two stages, each explaining what it found:
+
+1. **Hashes.** The upload's fingerprint is compared with every banned one under the match
+   rule (``hashes/matching.py``), then again turned each of the seven other ways a picture
+   can be mirrored or rotated by quarter turns, then for each ``view`` (the upload with
+   borders, letterbox or caption bars cut away, each panel of a collage or window) by PDQ
+   alone at ``region_pdq``. This is exact search over the whole blocklist.
+2. **Local features.** Crops, small rotations, stretched and embedded copies move every
+   hash too far. For those, the banned pictures whose colours are nearest the upload's
+   (and those of each view), and those the hash stage found near but not within the rule,
+   are candidates, and ORB keypoints with a RANSAC-fitted geometry decide
+   (``hashes/local.py``). A candidate without stored features (a pasted hash) can only
+   match in the first stage.
+
+A banned picture too plain to hash reliably (``is_low_detail``) is never matched fuzzily:
+its hashes sit near those of every other smooth image. The moderation services refuse
+such bans for fuzzy matching and keep only the exact SHA-256.
+"""
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import imagehash
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from hashes.algorithms import ALGORITHMS, Fingerprint
+from hashes.local import (
+    QUERY_FEATURES,
+    LocalFeatures,
+    Verification,
+    local_features,
+    verify,
+)
+from hashes.matching import Matcher, MatchRule
+from hashes.views import View, cut, views, working_copy
+
+HASH_SIDE = 256
+QUERY_FEATURE_SIDE = 1024
+COLOUR_BINS = 4
+
+# (name, how to describe the upload, the PIL transpose that undoes it). The order is
+# pdqhash.compute_dihedral's: hash of the picture as is, turned 90, 180, 270 degrees
+# anticlockwise, flipped top to bottom, left to right, transposed, transversed.
+TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = (
+    ("as_is", "as is", None),
+    ("turned_right", "turned 90° clockwise", Image.Transpose.ROTATE_90),
+    ("turned_180", "turned 180°", Image.Transpose.ROTATE_180),
+    ("turned_left", "turned 90° anticlockwise", Image.Transpose.ROTATE_270),
+    ("flipped", "flipped upside down", Image.Transpose.FLIP_TOP_BOTTOM),
+    ("mirrored", "mirrored", Image.Transpose.FLIP_LEFT_RIGHT),
+    ("transposed", "mirrored and turned 90°", Image.Transpose.TRANSPOSE),
+    ("transversed", "mirrored and turned 270°", Image.Transpose.TRANSVERSE),
+)
+
+VIEW_LABELS = {
+    "trim": "with its border or letterbox bars cut away",
+    "trim_caption": "with a caption bar cut away",
+    "panel": "as one panel of a collage or screenshot",
+}
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    """The second-stage and view settings; see ``DEFAULT_DETECT_CONFIG`` for defaults."""
+
+    region_pdq: int = 31
+    near_pdq: int = 90
+    near_phash: int = 16
+    colour_candidates: int = 4
+    max_candidates: int = 16
+    local_features: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> "DetectConfig":
+        if not isinstance(config, Mapping):
+            raise ValueError(f"Detection settings must be a JSON object, not {config!r}.")
+        unknown = set(config) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"Unknown detection settings {sorted(unknown)}; expected some of "
+                f"{', '.join(cls.__dataclass_fields__)}."
+            )
+        result = cls(**config)  # type: ignore[arg-type]
+        for name in ("region_pdq", "near_pdq"):
+            value = getattr(result, name)
+            if type(value) is not int or not 0 <= value <= 256:
+                raise ValueError(f"{name} must be a whole number from 0 to 256, not {value!r}.")
+        for name in ("near_phash", "colour_candidates", "max_candidates"):
+            value = getattr(result, name)
+            if type(value) is not int or not 0 <= value <= 64:
+                raise ValueError(f"{name} must be a whole number from 0 to 64, not {value!r}.")
+        if type(result.local_features) is not bool:
+            raise ValueError("local_features must be true or false.")
+        return result
+
+
+DEFAULT_DETECT_CONFIG: dict[str, object] = {
+    "region_pdq": 31,
+    "near_pdq": 90,
+    "near_phash": 16,
+    "colour_candidates": 4,
+    "max_candidates": 16,
+    "local_features": True,
+}
+
+
+@dataclass
+class Probe:
+    """One frame of an upload, with everything the stages compare, computed once."""
+
+    fingerprint: Fingerprint
+    turns: list[tuple[str, Fingerprint]]
+    regions: list[tuple[View, Fingerprint, np.ndarray]]
+    colours: np.ndarray
+    image: Image.Image
+    _features: dict[str, LocalFeatures] = field(default_factory=dict)
+
+    def features(self, view: View | None = None) -> LocalFeatures:
+        name = view.name if view else ""
+        if name not in self._features:
+            picture = cut(self.image, view) if view else self.image
+            self._features[name] = local_features(picture, QUERY_FEATURES, side=QUERY_FEATURE_SIDE)
+        return self._features[name]
+
+
+@dataclass(frozen=True)
+class Detection:
+    key: int
+    stage: str  # "hash" or "local features"
+    rule: str
+    distances: dict[str, int]
+    variant: str  # how the upload shows the banned picture, in words
+    frame: int = 0
+
+
+@dataclass(frozen=True)
+class BannedPicture:
+    """What ``Detector`` keeps in memory for one banned frame."""
+
+    fingerprint: Fingerprint
+    colours: np.ndarray | None = None  # None: no reference image, hash stage only
+
+
+def colour_signature(image: Image.Image) -> np.ndarray:
+    """A unit vector of the picture's colour mix, little changed by crops and rotations."""
+    small = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+    bins = (small // (256 // COLOUR_BINS)).reshape(-1, 3).astype(np.int32)
+    codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
+    counts = np.bincount(codes, minlength=COLOUR_BINS**3).astype(np.float32)
+    vector = np.sqrt(counts / counts.sum())
+    return (vector / np.linalg.norm(vector)).astype(np.float16)
+
+
+def _hash_small(image: Image.Image) -> tuple[dict[str, str], int]:
+    bits, quality = pdqhash.compute(np.asarray(image))
+    return (
+        {
+            "phash": str(imagehash.phash(image)),
+            "dhash": str(imagehash.dhash(image)),
+            "pdq": _pdq_hex(bits),
+        },
+        int(quality),
+    )
+
+
+def _pdq_hex(bits: np.ndarray) -> str:
+    return np.packbits(bits.astype(np.uint8)).tobytes().hex()
+
+
+def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True) -> Probe:
+    """Everything the detector compares for one RGB frame whose fingerprint is given."""
+    work = working_copy(frame)
+    small = working_copy(work, HASH_SIDE)
+    dihedral, quality = pdqhash.compute_dihedral(np.asarray(small))
+    turns = []
+    for (name, _, undo), bits in zip(TURNS, dihedral, strict=True):
+        if undo is None:
+            continue
+        turned = small.transpose(undo)
+        turns.append(
+            (
+                name,
+                Fingerprint(
+                    hashes={
+                        "phash": str(imagehash.phash(turned)),
+                        "dhash": str(imagehash.dhash(turned)),
+                        "pdq": _pdq_hex(bits),
+                    },
+                    pdq_quality=int(quality),
+                ),
+            )
+        )
+    found = []
+    if regions:
+        for view in views(work):
+            part = working_copy(cut(work, view), HASH_SIDE)
+            hashes, part_quality = _hash_small(part)
+            found.append(
+                (view, Fingerprint(hashes, pdq_quality=part_quality), colour_signature(part))
+            )
+    return Probe(
+        fingerprint=fingerprint,
+        turns=turns,
+        regions=found,
+        colours=colour_signature(small),
+        image=working_copy(frame, QUERY_FEATURE_SIDE),
+    )
+
+
+def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:
+    """The local features and colour signature to store for a banned frame."""
+    return local_features(frame), colour_signature(working_copy(frame, HASH_SIDE))
+
+
+def is_low_detail(fingerprint: Fingerprint, pdq_min_quality: int) -> bool:
+    """Whether a banned fingerprint is too plain to match anything but exact copies.
+
+    PDQ's quality measures the gradient detail the hash was computed from; below
+    ``pdq_min_quality`` Meta's guidance is not to trust the hash. A fingerprint without a
+    PDQ quality (pasted hashes) is judged by its bits: a flat picture's pHash and dHash are
+    almost all zeros, its PDQ all zeros, where a picture with detail sets about half.
+    """
+    if fingerprint.pdq_quality is not None and "pdq" in fingerprint.hashes:
+        return fingerprint.pdq_quality < pdq_min_quality
+    for name, code in fingerprint.hashes.items():
+        bits = ALGORITHMS[name].bits
+        ones = int(code, 16).bit_count()
+        if ones < bits // 8 or ones > bits - bits // 8:
+            return True
+    return False
+
+
+class Detector:
+    """The banned pictures, searched by both stages."""
+
+    def __init__(
+        self,
+        rule: MatchRule,
+        config: DetectConfig | None = None,
+        load_features: Callable[[Iterable[int]], Mapping[int, LocalFeatures]] | None = None,
+    ) -> None:
+        self.rule = rule
+        self.config = config or DetectConfig()
+        self.matcher = Matcher(rule)
+        self._region = Matcher(MatchRule(groups=({"pdq": self.config.region_pdq},)))
+        self._near = Matcher(
+            MatchRule(
+                groups=({"pdq": self.config.near_pdq}, {"phash": self.config.near_phash}),
+                pdq_min_quality=rule.pdq_min_quality,
+            )
+        )
+        self._load_features = load_features
+        self._keys: list[int] = []
+        self._colours = np.zeros((0, COLOUR_BINS**3), np.float16)
+        self._row: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.matcher)
+
+    def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
+        """Ban many pictures at once (a rebuild); fuzzy matching skips plain ones."""
+        keys, colours = [], []
+        for key, picture in pictures.items():
+            if is_low_detail(picture.fingerprint, self.rule.pdq_min_quality):
+                continue
+            for matcher in (self.matcher, self._region, self._near):
+                matcher.add(key, picture.fingerprint)
+            if picture.colours is not None:
+                keys.append(key)
+                colours.append(picture.colours)
+        start = len(self._keys)
+        self._keys.extend(keys)
+        self._row.update({key: start + offset for offset, key in enumerate(keys)})
+        if colours:
+            self._colours = np.vstack([self._colours, np.stack(colours)])
+
+    def detect(self, probes: list[Probe]) -> dict[int, Detection]:
+        """The best detection per banned key over the frames in ``probes`` (first first)."""
+        found: dict[int, Detection] = {}
+        for frame, item in enumerate(probes):
+            for detection in self._hash_stage(item, frame):
+                found.setdefault(detection.key, detection)
+        if self.config.local_features and self._load_features and probes:
+            for detection in self._local_stage(probes[0], set(found)):
+                found.setdefault(detection.key, detection)
+        return found
+
+    def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:
+        found = [
+            Detection(match.key, "hash", match.rule, match.distances, "as is", frame)
+            for match in self.matcher.match(item.fingerprint)
+        ]
+        for name, turned in item.turns:
+            for match in self.matcher.match(turned):
+                found.append(
+                    Detection(
+                        match.key, "hash", match.rule, match.distances, _turn_label(name), frame
+                    )
+                )
+        for view, fingerprint, _ in item.regions:
+            for match in self._region.match(fingerprint):
+                found.append(
+                    Detection(
+                        match.key, "hash", match.rule, match.distances, _view_label(view), frame
+                    )
+                )
+        return found
+
+    def _local_stage(self, item: Probe, decided: set[int]) -> list[Detection]:
+        # Candidates in order of promise: near hash misses, then nearest colours of the
+        # whole upload and of each view.
+        candidates: dict[int, View | None] = {}
+        for fingerprint in (item.fingerprint, *(turned for _, turned in item.turns)):
+            for match in self._near.match(fingerprint):
+                candidates.setdefault(match.key, None)
+        for key in self._nearest_colours(item.colours):
+            candidates.setdefault(key, None)
+        for view, _, colours in item.regions:
+            for key in self._nearest_colours(colours):
+                candidates.setdefault(key, view)
+        ordered = [key for key in candidates if key not in decided and key in self._row]
+        ordered = ordered[: self.config.max_candidates]
+        if not ordered:
+            return []
+        stored = self._load_features(ordered)  # type: ignore[misc]
+        found = []
+        for key in ordered:
+            banned = stored.get(key)
+            if banned is None:
+                continue
+            view = candidates[key]
+            result = verify(banned, item.features())
+            if result is None and view is not None:
+                result = verify(banned, item.features(view))
+            if result is not None:
+                found.append(self._local_detection(key, item, result))
+        return found
+
+    def _local_detection(self, key: int, item: Probe, result: Verification) -> Detection:
+        banned = self.matcher.fingerprint(key)
+        distances = item.fingerprint.distance(banned) if banned else {}
+        return Detection(
+            key,
+            "local features",
+            f"ORB+RANSAC >= {result.inliers} points",
+            distances,
+            result.describe(),
+        )
+
+    def _nearest_colours(self, colours: np.ndarray) -> list[int]:
+        count = self.config.colour_candidates
+        if not count or not len(self._keys):
+            return []
+        scores = self._colours.astype(np.float32) @ colours.astype(np.float32)
+        best = np.argpartition(-scores, min(count, len(scores) - 1))[:count]
+        return [self._keys[row] for row in best[np.argsort(-scores[best])]]
+
+
+def _turn_label(name: str) -> str:
+    return next(label for turn, label, _ in TURNS if turn == name)
+
+
+def _view_label(view: View) -> str:
+    kind = "panel" if view.name.startswith("panel") else view.name
+    left, top, right, bottom = view.box
+    return f"{VIEW_LABELS[kind]} ({(right - left) * (bottom - top):.0%} of the upload)"

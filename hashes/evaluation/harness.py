@@ -1,0 +1,337 @@
+"""Measure how well hashguard catches edited copies of banned images, beside baselines.
+
+``evaluate`` bans every image in one folder, makes each edit of ``CATALOGUE`` from each of
+them and asks the product's own detector (the code path the workers use) whether the edited
+file is banned. Innocent images from another folder, as they are and with edits of their
+own, must match nothing. In the same run three baselines answer the same files:
+
+- ``dhash_exact``: dHash equality, the classic tutorial's dictionary lookup;
+- ``phash_10``: ImageHash pHash within 10 bits;
+- ``pdq_31``: PDQ within 31 bits, Meta's recommended threshold.
+
+The baselines read the file as those tools do: the first frame, no EXIF orientation.
+``write_report`` turns the result into Markdown and PNG plots.
+"""
+
+import io
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pdqhash
+from PIL import Image
+
+from hashes.algorithms import ALGORITHMS, Fingerprint, fingerprint_frames
+from hashes.detect import (
+    BannedPicture,
+    DetectConfig,
+    Detector,
+    is_low_detail,
+    probe,
+    reference_features,
+)
+from hashes.errors import ImageError
+from hashes.evaluation.edits import CATALOGUE, Edit, encode
+from hashes.loading import load_image
+from hashes.local import LocalFeatures
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+
+BASELINES = ("dhash_exact", "phash_10", "pdq_31")
+SYSTEMS = ("hashguard", *BASELINES)
+_OTHERS = 24  # innocent images kept in memory to fill collages and animations
+
+
+@dataclass
+class Sample:
+    """One edited file's outcome."""
+
+    source: str
+    edit: str
+    banned: bool  # made from a banned image
+    hits: dict[str, bool]  # per system: matched its own source (banned) or anything (innocent)
+    wrong: dict[str, int]  # per system: how many other banned images it matched
+    seconds: dict[str, float]
+    distances: dict[str, int]  # canonical distances to its source, banned samples only
+    explanation: str = ""
+    refused: bool = False  # its banned source is too plain for fuzzy matching
+
+
+@dataclass
+class Evaluation:
+    banned: list[str]
+    innocent: list[str]
+    skipped: list[tuple[str, str]]
+    samples: list[Sample] = field(default_factory=list)
+    # Every innocent original against every banned image, per algorithm.
+    innocent_distances: dict[str, list[int]] = field(default_factory=dict)
+    edits: tuple[Edit, ...] = CATALOGUE
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[Sample]:
+        """Edits of banned images that fuzzy matching is for (low-detail bans left out)."""
+        return [sample for sample in self.samples if sample.banned and not sample.refused]
+
+    @property
+    def innocent_samples(self) -> list[Sample]:
+        return [sample for sample in self.samples if not sample.banned]
+
+    def comparisons(self) -> int:
+        """Innocent files times banned images: the pairs that could have matched wrongly."""
+        return len(self.innocent_samples) * len(self.banned)
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Regular files under ``folder``, in a stable order; non-images fail later, recorded."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of images.")
+    return sorted(
+        path
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink() and not path.name.startswith(".")
+    )
+
+
+class _Baselines:
+    """The three baseline matchers over the banned images, hashed as those tools do."""
+
+    def __init__(self) -> None:
+        self.dhash: list[int] = []
+        self.phash: list[int] = []
+        self.pdq: list[np.ndarray] = []
+
+    @staticmethod
+    def hashes(data: bytes) -> tuple[int, int, np.ndarray]:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB")
+        bits, _ = pdqhash.compute(np.asarray(rgb))
+        return (
+            int(str(imagehash.dhash(rgb)), 16),
+            int(str(imagehash.phash(rgb)), 16),
+            bits.astype(bool),
+        )
+
+    def add(self, data: bytes) -> None:
+        dhash, phash, pdq = self.hashes(data)
+        self.dhash.append(dhash)
+        self.phash.append(phash)
+        self.pdq.append(pdq)
+
+    def match(self, data: bytes) -> tuple[dict[str, set[int]], dict[str, float]]:
+        found: dict[str, set[int]] = {}
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        dhash, phash, pdq = self.hashes(data)
+        hashing = time.perf_counter() - start
+        start = time.perf_counter()
+        found["dhash_exact"] = {i for i, code in enumerate(self.dhash) if code == dhash}
+        seconds["dhash_exact"] = hashing + time.perf_counter() - start
+        start = time.perf_counter()
+        found["phash_10"] = {
+            i for i, code in enumerate(self.phash) if (code ^ phash).bit_count() <= 10
+        }
+        seconds["phash_10"] = hashing + time.perf_counter() - start
+        start = time.perf_counter()
+        distances = (np.stack(self.pdq) != pdq).sum(axis=1) if self.pdq else np.array([])
+        found["pdq_31"] = {int(i) for i in np.flatnonzero(distances <= 31)}
+        seconds["pdq_31"] = hashing + time.perf_counter() - start
+        return found, seconds
+
+
+class Harness:
+    """The product detector and the baselines, loaded with one folder's banned images."""
+
+    def __init__(
+        self,
+        rule: MatchRule | None = None,
+        config: DetectConfig | None = None,
+    ) -> None:
+        self.rule = rule or MatchRule.from_config(DEFAULT_RULE_CONFIG)
+        self.config = config or DetectConfig()
+        self.features: dict[int, LocalFeatures] = {}
+        self.fingerprints: dict[int, Fingerprint] = {}
+        self.pictures: dict[int, BannedPicture] = {}
+        self.baselines = _Baselines()
+        self.detector = Detector(self.rule, self.config, self._load)
+
+    def _load(self, keys: Iterable[int]) -> dict[int, LocalFeatures]:
+        return {key: self.features[key] for key in keys if key in self.features}
+
+    def ban(self, key: int, data: bytes) -> bool:
+        """Ban an image as the product does; True if it is refused for fuzzy matching."""
+        loaded = load_image(data)
+        fingerprint = fingerprint_frames(loaded)[0]
+        features, colours = reference_features(loaded.frames[0])
+        self.fingerprints[key] = fingerprint
+        self.features[key] = features
+        self.pictures[key] = BannedPicture(fingerprint, colours)
+        self.baselines.add(data)
+        return is_low_detail(fingerprint, self.rule.pdq_min_quality)
+
+    def ready(self) -> None:
+        self.detector.add_all(self.pictures)
+
+    def check(self, data: bytes) -> tuple[dict[str, set[int]], dict[str, float], str, dict]:
+        """Which banned keys each system finds in ``data``, and its time."""
+        start = time.perf_counter()
+        try:
+            loaded = load_image(data)
+        except ImageError:
+            product: set[int] = set()
+            explanation, fingerprint = "unreadable", None
+        else:
+            frames = fingerprint_frames(loaded)
+            probes = [
+                probe(frame, fingerprint, regions=index == 0)
+                for index, (frame, fingerprint) in enumerate(
+                    zip(loaded.frames, frames, strict=False)
+                )
+            ]
+            found = self.detector.detect(probes)
+            product = set(found)
+            explanation = "; ".join(
+                f"{d.stage}: {d.variant}" for d in sorted(found.values(), key=lambda d: d.key)
+            )
+            fingerprint = frames[0]
+        seconds = {"hashguard": time.perf_counter() - start}
+        matches, baseline_seconds = self.baselines.match(data)
+        matches["hashguard"] = product
+        seconds.update(baseline_seconds)
+        return matches, seconds, explanation, {"fingerprint": fingerprint}
+
+
+def _read(path: Path) -> tuple[bytes, Image.Image] | None:
+    try:
+        data = path.read_bytes()
+        loaded = load_image(data)
+    except (ImageError, OSError):
+        return None
+    return data, loaded.frames[0]
+
+
+def evaluate(
+    banned_dir: Path,
+    innocent_dir: Path,
+    *,
+    edits: Sequence[Edit] = CATALOGUE,
+    innocent_edits: int = 2,
+    limit_banned: int | None = None,
+    limit_innocent: int | None = None,
+    seed: int = 1,
+    harness: Harness | None = None,
+    progress: Callable[[int], object] | None = None,
+    total: Callable[[int], object] | None = None,
+) -> Evaluation:
+    """Run every edit on every banned image and ``innocent_edits`` on each innocent one.
+
+    ``progress`` is called with 1 after each checked file and ``total`` once with their
+    number, for a progress bar.
+    """
+    harness = harness or Harness()
+    if not 0 <= innocent_edits <= len(edits):
+        raise ValueError(f"innocent_edits must be from 0 to {len(edits)}, not {innocent_edits}.")
+    banned_paths = image_files(banned_dir)[:limit_banned]
+    innocent_paths = image_files(innocent_dir)[:limit_innocent]
+    result = Evaluation(banned=[], innocent=[], skipped=[], edits=tuple(edits))
+    banned_images: list[Image.Image] = []
+    for path in banned_paths:
+        read = _read(path)
+        if read is None:
+            result.skipped.append((str(path), "not a readable image"))
+            continue
+        if harness.ban(len(result.banned), read[0]):
+            result.refused.append(path.name)
+        result.banned.append(path.name)
+        banned_images.append(read[1])
+    if not result.banned:
+        raise ValueError(f"No readable images in {banned_dir}: nothing to ban.")
+    harness.ready()
+    innocent = [path for path in innocent_paths if path.resolve() not in set(banned_paths)]
+    others = []
+    for path in innocent[:_OTHERS]:
+        read = _read(path)
+        if read is not None:
+            small = read[1].copy()
+            small.thumbnail((640, 640))
+            others.append(small)
+    if total:
+        total(len(result.banned) * len(edits) + len(innocent) * (1 + innocent_edits))
+    rng = random.Random(seed)
+    for key, (name, image) in enumerate(zip(result.banned, banned_images, strict=True)):
+        source = harness.fingerprints[key]
+        for edit in edits:
+            data = edit.apply(image, random.Random(f"{seed}:{name}:{edit.name}"), others)
+            sample = _sample(harness, data, name, edit.name, key, source)
+            sample.refused = name in result.refused
+            result.samples.append(sample)
+            if progress:
+                progress(1)
+    distances: dict[str, list[int]] = {name: [] for name in ALGORITHMS}
+    for path in innocent:
+        read = _read(path)
+        if read is None:
+            result.skipped.append((str(path), "not a readable image"))
+            if progress:
+                progress(1 + innocent_edits)
+            continue
+        data, image = read
+        result.innocent.append(path.name)
+        chosen = rng.sample(list(edits), min(innocent_edits, len(edits)))
+        for edit_name, edited in [("original", encode(image))] + [
+            (edit.name, edit.apply(image, random.Random(f"{seed}:{path.name}:{edit.name}"), others))
+            for edit in chosen
+        ]:
+            sample = _sample(harness, edited, path.name, edit_name, None, None)
+            result.samples.append(sample)
+            if edit_name == "original" and sample.explanation != "unreadable":
+                fingerprint = fingerprint_frames(load_image(edited))[0]
+                for banned in harness.fingerprints.values():
+                    for algorithm, distance in fingerprint.distance(banned).items():
+                        distances[algorithm].append(distance)
+            if progress:
+                progress(1)
+    result.innocent_distances = distances
+    return result
+
+
+def _sample(
+    harness: Harness,
+    data: bytes,
+    name: str,
+    edit: str,
+    key: int | None,
+    source: Fingerprint | None,
+) -> Sample:
+    matches, seconds, explanation, extra = harness.check(data)
+    if key is None:
+        hits = {system: bool(found) for system, found in matches.items()}
+        wrong = {system: len(found) for system, found in matches.items()}
+    else:
+        hits = {system: key in found for system, found in matches.items()}
+        wrong = {system: len(found - {key}) for system, found in matches.items()}
+    fingerprint = extra["fingerprint"]
+    distances = fingerprint.distance(source) if source and fingerprint else {}
+    return Sample(
+        source=name,
+        edit=edit,
+        banned=key is not None,
+        hits=hits,
+        wrong=wrong,
+        seconds=seconds,
+        distances=distances,
+        explanation=explanation,
+    )
+
+
+def recall(samples: Iterable[Sample], system: str) -> float:
+    chosen = [sample.hits[system] for sample in samples]
+    return sum(chosen) / len(chosen) if chosen else float("nan")
+
+
+def median_ms(samples: Iterable[Sample], system: str) -> float:
+    return statistics.median(sample.seconds[system] for sample in samples) * 1000

@@ -1,0 +1,157 @@
+"""Local features: proof that an upload shows a banned picture, found point by point.
+
+A perceptual hash summarises the whole picture, so it drifts when the picture is cropped,
+turned a few degrees or pasted into a larger one. ORB keypoints do not: each describes a
+small patch. ``verify`` matches the banned picture's keypoints to the upload's and asks
+RANSAC for one affine transform that carries many of them onto the upload. Two different
+pictures share a few look-alike patches by chance, but not a dozen that agree on a single
+geometry, spread over a good part of the banned picture.
+
+This runs only on candidates the hash stage found nearby, never on the whole blocklist.
+"""
+
+import io
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+FEATURE_SIDE = 640
+REFERENCE_FEATURES = 500
+QUERY_FEATURES = 1500
+# Evidence needed, calibrated with the evaluation harness (see hashes/matching.py).
+MIN_INLIERS = 15
+MIN_INLIER_SHARE = 0.7
+MIN_COVERAGE = 0.2
+_RATIO = 0.8
+_REPROJECTION = 0.006  # of the upload's longer side
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    points: np.ndarray  # (n, 2) float32, pixels of a copy FEATURE_SIDE on its longer side
+    descriptors: np.ndarray  # (n, 32) uint8, ORB
+    size: tuple[int, int]
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            points=self.points.astype(np.float32),
+            descriptors=self.descriptors,
+            size=np.array(self.size),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LocalFeatures":
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            size = stored["size"]
+            return cls(stored["points"], stored["descriptors"], (int(size[0]), int(size[1])))
+
+
+@dataclass(frozen=True)
+class Verification:
+    inliers: int
+    matches: int
+    coverage: float  # share of the banned picture spanned by the agreeing points
+    rotation: float  # degrees
+    scale: float  # banned picture's size in the upload, relative to the upload
+    box: tuple[float, float, float, float]  # where it lies in the upload, as fractions
+
+    def describe(self) -> str:
+        left, top, right, bottom = self.box
+        area = max(0.0, min(right, 1) - max(left, 0)) * max(0.0, min(bottom, 1) - max(top, 0))
+        return (
+            f"{self.inliers} matching points ({self.coverage:.0%} of the banned image), "
+            f"turned {self.rotation:+.1f}°, filling {area:.0%} of the upload"
+        )
+
+
+def local_features(
+    image: Image.Image, count: int = REFERENCE_FEATURES, side: int = FEATURE_SIDE
+) -> LocalFeatures:
+    """ORB keypoints of ``image`` (any mode), on a copy at most ``side`` pixels across.
+
+    Smooth pictures give few corners at ORB's usual contrast threshold, so a picture that
+    yields under a fifth of ``count`` is searched again at a low one.
+    """
+    grey = image.convert("L")
+    scale = side / max(grey.size)
+    if scale < 1:
+        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+        grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    pixels = np.asarray(grey)
+    for threshold in (20, 5):
+        orb = cv2.ORB_create(
+            nfeatures=count, scaleFactor=1.2, nlevels=8, edgeThreshold=15, fastThreshold=threshold
+        )
+        keypoints, descriptors = orb.detectAndCompute(pixels, None)
+        if descriptors is not None and len(descriptors) >= count // 5:
+            break
+    if descriptors is None:
+        return LocalFeatures(
+            np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), (grey.width, grey.height)
+        )
+    points = np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32)
+    return LocalFeatures(points, descriptors, (grey.width, grey.height))
+
+
+def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
+    """How ``upload`` shows ``banned``, or None when the points do not agree enough."""
+    if len(banned.descriptors) < MIN_INLIERS or len(upload.descriptors) < MIN_INLIERS:
+        return None
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(banned.descriptors, upload.descriptors, k=2)
+    good = [
+        pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < _RATIO * pair[1].distance
+    ]
+    if len(good) < MIN_INLIERS:
+        return None
+    source = banned.points[[match.queryIdx for match in good]]
+    target = upload.points[[match.trainIdx for match in good]]
+    transform, mask = cv2.estimateAffine2D(
+        source,
+        target,
+        method=cv2.RANSAC,
+        ransacReprojThreshold=max(2.0, _REPROJECTION * max(upload.size)),
+        maxIters=2000,
+        confidence=0.995,
+    )
+    if transform is None:
+        return None
+    inliers = int(mask.sum())
+    if inliers < MIN_INLIERS or inliers < MIN_INLIER_SHARE * len(good):
+        return None
+    linear = transform[:, :2]
+    if np.linalg.det(linear) <= 0:
+        return None  # a mirror image: the hash stage's turned variants cover those
+    stretch = np.linalg.svd(linear, compute_uv=False)
+    if stretch[1] <= 0 or stretch[0] / stretch[1] > 2.5:
+        return None
+    points = source[mask.ravel().astype(bool)]
+    coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
+    if coverage < MIN_COVERAGE:
+        return None
+    corners = np.array(
+        [[0, 0], [banned.size[0], 0], [banned.size[0], banned.size[1]], [0, banned.size[1]]],
+        dtype=np.float64,
+    )
+    placed = corners @ linear.T + transform[:, 2]
+    width, height = upload.size
+    box = (
+        float(placed[:, 0].min() / width),
+        float(placed[:, 1].min() / height),
+        float(placed[:, 0].max() / width),
+        float(placed[:, 1].max() / height),
+    )
+    return Verification(
+        inliers=inliers,
+        matches=len(good),
+        coverage=float(coverage),
+        rotation=math.degrees(math.atan2(linear[1, 0], linear[0, 0])),
+        scale=float(math.sqrt(abs(np.linalg.det(linear))) * max(banned.size) / max(upload.size)),
+        box=box,
+    )

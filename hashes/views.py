@@ -1,0 +1,198 @@
+"""The parts of a picture worth hashing on their own, found without knowing what is banned.
+
+An edited re-upload often holds the banned picture inside something else: a border or
+letterbox bars, a caption bar, an app window, a collage. Hashing the whole file hashes that
+frame too. ``views`` finds the rectangles that may be the picture itself:
+
+- ``trim``: uniform borders and letterbox bars cut away from each side, and
+  ``trim_caption`` the same through caption bars (uniform margins around lines of text);
+- ``panel``: rectangles split off by seams, straight edges that cross a whole panel from
+  side to side (the joins of a collage) or by runs of background colour, recursively.
+
+All of it runs on a small working copy (``WORK_SIDE`` pixels on the longer side); boxes
+are returned as fractions of the frame so they can be cut from any size of it.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+WORK_SIDE = 512
+# A border row or column: this share of its pixels within _TOLERANCE of the border colour.
+_BORDER_SHARE = 0.97
+_CAPTION_SHARE = 0.25
+_TOLERANCE = 14
+# A seam: a step of at least _STEP grey levels between neighbouring pixels along this share
+# of the panel's length, and much more often than on the lines around it.
+_STEP = 14
+_SEAM_SHARE = 0.6
+# Panels smaller than this share of the frame on either side are left out.
+_MIN_PANEL = 0.22
+_MAX_VIEWS = 12
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    box: tuple[float, float, float, float]  # left, top, right, bottom as fractions
+
+
+def working_copy(frame: Image.Image, side: int = WORK_SIDE) -> Image.Image:
+    """``frame`` scaled down so that its longer side is at most ``side`` pixels."""
+    if max(frame.size) <= side:
+        return frame
+    small = frame.copy()
+    small.draft("RGB", (side, side))
+    small.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return small
+
+
+def views(image: Image.Image) -> list[View]:
+    """Sub-rectangles of ``image`` (an RGB working copy) that may be a picture of their own."""
+    pixels = np.asarray(image, dtype=np.int16)
+    height, width = pixels.shape[:2]
+    found: list[View] = []
+    for name, share in (("trim", _BORDER_SHARE), ("trim_caption", _CAPTION_SHARE)):
+        box = _trim(pixels, share)
+        if box != (0, 0, width, height):
+            _add(found, View(name, _fraction(box, width, height)))
+    grey = pixels.mean(axis=2)
+    boxes: list[tuple[int, int, int, int]] = []
+    _split(grey, pixels, (0, 0, width, height), depth=0, out=boxes)
+    for index, box in enumerate(boxes):
+        if box != (0, 0, width, height):
+            _add(found, View(f"panel_{index + 1}", _fraction(box, width, height)))
+    return found[:_MAX_VIEWS]
+
+
+def cut(image: Image.Image, view: View) -> Image.Image:
+    """The part of ``image``, at any size, that ``view`` names."""
+    left, top, right, bottom = view.box
+    return image.crop(
+        (
+            round(left * image.width),
+            round(top * image.height),
+            round(right * image.width),
+            round(bottom * image.height),
+        )
+    )
+
+
+def _fraction(box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, ...]:
+    left, top, right, bottom = box
+    return (left / width, top / height, right / width, bottom / height)
+
+
+def _add(found: list[View], view: View) -> None:
+    if all(_iou(view.box, other.box) < 0.97 for other in found):
+        found.append(view)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _trim(pixels: np.ndarray, share: float) -> tuple[int, int, int, int]:
+    """The box left after cutting rows and columns mostly of each edge's own colour."""
+    height, width = pixels.shape[:2]
+    top, bottom, left, right = 0, height, 0, width
+    # Trim the sides in turn until none moves, so that a bar on one side does not stop a
+    # border on another from being seen.
+    for _ in range(3):
+        before = (top, bottom, left, right)
+        area = pixels[top:bottom, left:right]
+        top += _uniform_run(area, share)
+        bottom -= _uniform_run(area[::-1], share)
+        area = pixels[top:bottom, left:right].transpose(1, 0, 2)
+        left += _uniform_run(area, share)
+        right -= _uniform_run(area[::-1], share)
+        if (top, bottom, left, right) == before:
+            break
+        if bottom - top < height * _MIN_PANEL or right - left < width * _MIN_PANEL:
+            return 0, 0, width, height
+    return left, top, right, bottom
+
+
+def _uniform_run(rows: np.ndarray, share: float) -> int:
+    """How many leading rows are mostly the colour of the first row."""
+    if len(rows) < 2 or rows.shape[1] == 0:
+        return 0
+    # No border or bar is wider than the picture it frames.
+    rows = rows[: len(rows) // 2]
+    colour = np.median(rows[0], axis=0)
+    close = (np.abs(rows - colour).max(axis=2) <= _TOLERANCE).mean(axis=1)
+    if close[0] < _BORDER_SHARE:
+        return 0
+    if share >= _BORDER_SHARE:
+        run = len(close) if (close >= share).all() else int(np.argmin(close >= share))
+    else:
+        # A caption bar: text lines are far less uniform than its margins, so the run goes
+        # on through them and ends at the last uniform margin row before the picture.
+        end = len(close) if (close >= share).all() else int(np.argmin(close >= share))
+        margins = np.flatnonzero(close[:end] >= _BORDER_SHARE)
+        run = int(margins[-1]) + 1 if margins.size else 0
+    return run if run >= max(2, round(len(rows) * 0.015)) else 0
+
+
+def _split(
+    grey: np.ndarray,
+    pixels: np.ndarray,
+    box: tuple[int, int, int, int],
+    depth: int,
+    out: list[tuple[int, int, int, int]],
+) -> None:
+    left, top, right, bottom = box
+    full_height, full_width = grey.shape
+    if depth > 0:
+        out.append(box)
+    if depth >= 2:
+        return
+    area = grey[top:bottom, left:right]
+    for axis in (1, 0):
+        seams = _seams(area, axis)
+        if not seams:
+            continue
+        length = right - left if axis == 1 else bottom - top
+        edges = [0, *seams, length]
+        for start, end in zip(edges, edges[1:], strict=False):
+            limit = (full_width if axis == 1 else full_height) * _MIN_PANEL
+            if end - start < limit:
+                continue
+            part = (
+                (left + start, top, left + end, bottom)
+                if axis == 1
+                else (left, top + start, right, top + end)
+            )
+            _split(grey, pixels, part, depth + 1, out)
+
+
+def _seams(area: np.ndarray, axis: int) -> list[int]:
+    """Offsets along ``axis`` (1: columns, 0: rows) where a straight edge crosses ``area``."""
+    if axis == 0:
+        area = area.T
+    height, width = area.shape
+    if width < 16 or height < 16:
+        return []
+    steps = np.abs(np.diff(area, axis=1)) >= _STEP
+    share = steps.mean(axis=0)
+    margin = max(3, round(width * 0.1))
+    seams: list[int] = []
+    for x in np.argsort(share)[::-1]:
+        if share[x] < _SEAM_SHARE:
+            break
+        if x < margin or x >= width - margin:
+            continue
+        around = np.concatenate([share[max(0, x - 12) : max(0, x - 2)], share[x + 3 : x + 13]])
+        if around.size and share[x] < 2.5 * np.median(around) + 0.1:
+            continue
+        if all(abs(int(x) + 1 - seam) > width * 0.05 for seam in seams):
+            seams.append(int(x) + 1)
+        if len(seams) >= 3:
+            break
+    return sorted(seams)
