@@ -41,6 +41,7 @@ from hashes.views import View, cut, views, working_copy
 HASH_SIDE = 256
 QUERY_FEATURE_SIDE = 1024
 COLOUR_BINS = 4
+_VIEWS_VERIFIED = 2
 
 # (name, how to describe the upload, the PIL transpose that undoes it). The order is
 # pdqhash.compute_dihedral's: hash of the picture as is, turned 90, 180, 270 degrees
@@ -313,15 +314,15 @@ class Detector:
     def _local_stage(self, item: Probe, decided: set[int]) -> list[Detection]:
         # Candidates in order of promise: near hash misses, then nearest colours of the
         # whole upload and of each view.
-        candidates: dict[int, View | None] = {}
+        candidates: dict[int, list[View]] = {}
         for fingerprint in (item.fingerprint, *(turned for _, turned in item.turns)):
             for match in self._near.match(fingerprint):
-                candidates.setdefault(match.key, None)
+                candidates.setdefault(match.key, [])
         for key in self._nearest_colours(item.colours):
-            candidates.setdefault(key, None)
+            candidates.setdefault(key, [])
         for view, _, colours in item.regions:
             for key in self._nearest_colours(colours):
-                candidates.setdefault(key, view)
+                candidates.setdefault(key, []).append(view)
         ordered = [key for key in candidates if key not in decided and key in self._row]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
@@ -332,10 +333,14 @@ class Detector:
             banned = stored.get(key)
             if banned is None:
                 continue
-            view = candidates[key]
+            # The whole upload first; then the views whose colours nominated it, where a
+            # small copy among other pictures has more of its own keypoints.
             result = verify(banned, item.features())
-            if result is None and view is not None:
+            for view in candidates[key][:_VIEWS_VERIFIED]:
+                if result is not None:
+                    break
                 result = verify(banned, item.features(view))
+                result = result.within(view.box) if result else None
             if result is not None:
                 found.append(self._local_detection(key, item, result))
         return found

@@ -10,6 +10,7 @@ geometry, spread over a good part of the banned picture.
 This runs only on candidates the hash stage found nearby, never on the whole blocklist.
 """
 
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -60,6 +61,19 @@ class Verification:
     rotation: float  # degrees
     scale: float  # banned picture's size in the upload, relative to the upload
     box: tuple[float, float, float, float]  # where it lies in the upload, as fractions
+
+    def within(self, box: tuple[float, float, float, float]) -> "Verification":
+        """The same result with its box placed in the picture that ``box`` was cut from."""
+        left, top, right, bottom = box
+        width, height = right - left, bottom - top
+        inner = self.box
+        placed = (
+            left + inner[0] * width,
+            top + inner[1] * height,
+            left + inner[2] * width,
+            top + inner[3] * height,
+        )
+        return dataclasses.replace(self, box=placed)
 
     def describe(self) -> str:
         left, top, right, bottom = self.box

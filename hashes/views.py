@@ -62,6 +62,10 @@ def views(image: Image.Image) -> list[View]:
     _split(grey, pixels, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
         if box != (0, 0, width, height):
+            # A collage's gutters are borders of the panels beside them.
+            left, top, right, bottom = box
+            inner = _trim(pixels[top:bottom, left:right], _BORDER_SHARE)
+            box = (left + inner[0], top + inner[1], left + inner[2], top + inner[3])
             _add(found, View(f"panel_{index + 1}", _fraction(box, width, height)))
     return found[:_MAX_VIEWS]
 

@@ -11,12 +11,14 @@ import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils.html import escape
+from PIL import Image
 from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
 
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
 from moderation import services
 from moderation.models import AuditEvent, BannedFingerprint, Category, Match, Upload
+from tests.images import encode
 from tests.moderation.support import (
     BAN_URL,
     BANNED_LIST_URL,
@@ -588,3 +590,28 @@ def test_staff_without_review_permission_cannot_review(stores):
 
     assert viewer.get(image_url("upload", upload.pk)).status_code == 403
     assert viewer.get(image_url("upload", clean.pk))["Content-Type"] == "image/jpeg"
+
+
+def test_banning_a_plain_image_warns_that_only_exact_copies_are_caught(stores, moderator_client):
+    flat = encode(Image.new("RGB", (300, 200), (200, 200, 190)), "PNG")
+    response = moderator_client.post(
+        BAN_URL,
+        {"image": SimpleUploadedFile("flat.png", flat, "image/png"), "category": Category.OTHER},
+        follow=True,
+    )
+    row = BannedFingerprint.objects.get()
+    assertContains(response, f"Banned as #{row.pk}")
+    assertContains(response, "too plain to match edited copies")
+    assertContains(response, "exact copies only")
+
+
+def test_review_queue_says_how_an_edited_copy_shows_the_banned_image(stores, moderator_client):
+    services.banned_add_image(data=photo("astronaut"))
+    mirrored = decode_jpeg(photo("astronaut")).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    upload = add_upload(stores, "mirrored.jpg", encode(mirrored, "JPEG"))
+    assert upload.state == Upload.State.QUARANTINED
+
+    response = moderator_client.get(REVIEW_URL)
+
+    assertContains(response, '<span class="match-stage">hash</span>', html=False)
+    assertContains(response, '<span class="match-variant">mirrored</span>', html=False)

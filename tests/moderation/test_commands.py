@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError, SystemCheckError
+from PIL import Image
 
 from moderation import services
 from moderation.models import BannedFingerprint, Upload
@@ -90,3 +91,29 @@ def test_a_bad_match_rule_stops_every_command(settings) -> None:
     settings.HASHGUARD_MATCH_RULE = {"groups": [{"pdqx": 3}]}
     with pytest.raises(SystemCheckError, match="hashguard.E001"):
         call_command("check")
+
+
+def test_ban_warns_that_a_plain_image_catches_exact_copies_only(stores: Path, capsys) -> None:
+    flat = save(Image.new("RGB", (300, 200), (40, 90, 160)), stores / "flat.png", "PNG")
+    call_command("ban", str(flat))
+    out, err = capsys.readouterr()
+    assert "flat.png: banned as #" in out
+    assert "too plain to match edited copies" in err and "Only exact copies" in err
+
+
+def test_evaluate_writes_a_report_for_two_folders(tmp_path: Path, capsys) -> None:
+    banned, innocent = tmp_path / "banned", tmp_path / "innocent"
+    for folder, names in ((banned, ["astronaut"]), (innocent, ["coffee", "chelsea"])):
+        folder.mkdir()
+        for name in names:
+            save(photo(name), folder / f"{name}.jpg", "JPEG")
+    call_command(
+        "evaluate", str(banned), str(innocent), "--out", str(tmp_path / "report"),
+        "--edits", "mirror,crop_side_20", "--innocent-edits", "1",
+    )  # fmt: skip
+    out, _ = capsys.readouterr()
+    assert "hashguard: recall 100.0%, false positives 0" in out
+    assert "dHash exact (tutorial): recall 0.0%" in out
+    assert (tmp_path / "report" / "report.md").exists()
+    with pytest.raises(CommandError, match="Unknown edits"):
+        call_command("evaluate", str(banned), str(innocent), "--edits", "sepia")

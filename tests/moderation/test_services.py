@@ -1,3 +1,4 @@
+import io
 import os
 import stat
 from datetime import timedelta
@@ -6,6 +7,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from PIL import Image, ImageOps
 
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
@@ -418,3 +420,58 @@ def test_move_across_filesystems_copies_then_removes(tmp_path: Path) -> None:
         for leftover in target_dir.glob("*"):
             leftover.unlink()
         target_dir.rmdir()
+
+
+def _gradient() -> bytes:
+    image = ImageOps.colorize(Image.linear_gradient("L").resize((400, 300)), "navy", "white")
+    return encode(image, "PNG")
+
+
+def test_edited_copies_are_quarantined_with_the_stage_and_variant_that_found_them(
+    media: Path, banned_astronaut
+) -> None:
+    astronaut = photo("astronaut")
+    cropped = astronaut.crop((0, 0, astronaut.width, round(astronaut.height * 0.8)))
+    framed = ImageOps.expand(astronaut, border=40, fill="white")
+    cases = {
+        "mirrored.jpg": (astronaut.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "hash", "mirrored"),
+        "framed.jpg": (framed, "hash", "border"),
+        "cropped.jpg": (cropped, "local features", "matching points"),
+    }
+    for name, (image, stage, variant) in cases.items():
+        upload = drop(media, name, encode(image, "JPEG"))
+        assert upload.state == State.QUARANTINED, name
+        match = Match.objects.get(upload=upload)
+        assert match.stage == stage and variant in match.variant, (name, match.variant)
+        event = AuditEvent.objects.filter(upload=upload).last()
+        assert stage in event.detail and variant in event.detail
+
+
+def test_a_plain_image_is_banned_for_exact_copies_only(media: Path) -> None:
+    data = _gradient()
+    rows = services.banned_add_image(data=data)
+    assert services.banned_low_detail(rows=rows) == rows
+    assert "Only exact copies of this file will be caught" in services.low_detail_message(rows[0])
+    # Its recompressed copy, and every other smooth image, pass; the same file is caught.
+    assert drop(media, "copy.jpg", encode(Image.open(io.BytesIO(data)), "JPEG")).state == (
+        State.CLEAN
+    )
+    upload = drop(media, "same.png", data)
+    assert upload.state == State.QUARANTINED
+    assert Match.objects.get(upload=upload).stage == "sha256"
+
+
+def test_pasted_hashes_of_a_plain_picture_are_refused() -> None:
+    with pytest.raises(ValueError, match="plain picture"):
+        services.banned_add_hashes(hashes={"dhash": "0000000000000000"})
+    assert not BannedFingerprint.objects.exists()
+
+
+def test_rehash_adds_the_second_stage_to_bans_made_without_it(media: Path) -> None:
+    rows = services.banned_add_image(data=encoded("astronaut"))
+    BannedFingerprint.objects.update(features=None, colours=None)
+    assert services.banned_rehash() == (1, 0)
+    row = BannedFingerprint.objects.get(pk=rows[0].pk)
+    assert row.features and row.colours
+    cropped = photo("astronaut").crop((80, 0, 512, 512))
+    assert drop(media, "crop.jpg", encode(cropped, "JPEG")).state == State.QUARANTINED

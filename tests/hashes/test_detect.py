@@ -1,0 +1,127 @@
+import random
+
+import pytest
+from PIL import Image, ImageOps
+
+from hashes.algorithms import Fingerprint, distinct_frames
+from hashes.detect import (
+    BannedPicture,
+    DetectConfig,
+    Detector,
+    is_low_detail,
+    probe,
+    reference_features,
+)
+from hashes.evaluation.edits import EDITS
+from hashes.loading import load_image
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+from tests.images import PHOTOS, encode, photo
+
+RULE = MatchRule.from_config(DEFAULT_RULE_CONFIG)
+
+
+def _detector(*names: str, config: DetectConfig | None = None) -> Detector:
+    features = {}
+    pictures = {}
+    for key, name in enumerate(names):
+        frame, fingerprint = distinct_frames(load_image(encode(photo(name), "JPEG")))[0]
+        features[key], colours = reference_features(frame)
+        pictures[key] = BannedPicture(fingerprint, colours)
+    detector = Detector(RULE, config, lambda keys: {k: features[k] for k in keys})
+    detector.add_all(pictures)
+    return detector
+
+
+def _detect(detector: Detector, data: bytes) -> dict:
+    probes = [
+        probe(frame, fingerprint, regions=index == 0)
+        for index, (frame, fingerprint) in enumerate(distinct_frames(load_image(data)))
+    ]
+    return detector.detect(probes)
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    return _detector("astronaut", "coffee", "rocket")
+
+
+@pytest.mark.parametrize(
+    ("edit", "stage", "variant"),
+    [
+        ("mirror", "hash", "mirrored"),
+        ("rotate_90", "hash", "turned 90°"),
+        ("flip", "hash", "flipped upside down"),
+        ("exif_orientation", "hash", "as is"),
+        ("border", "hash", "border or letterbox"),
+        ("caption_bar", "hash", ""),
+        ("animated_gif", "hash", "as is"),
+        ("crop_side_20", "local features", "matching points"),
+        ("rotate_5", "local features", "turned"),
+        ("screenshot", "", ""),
+        ("collage_2x2", "", ""),
+    ],
+)
+def test_edited_copies_are_found_and_explained(
+    detector: Detector, edit: str, stage: str, variant: str
+) -> None:
+    others = [photo("chelsea"), photo("motorcycle_left")]
+    data = EDITS[edit].apply(photo("astronaut"), random.Random(3), others)
+    found = _detect(detector, data)
+    assert list(found) == [0], found
+    assert stage in found[0].stage and variant in found[0].variant
+
+
+def test_distinct_photos_and_their_edits_match_nothing(detector: Detector) -> None:
+    innocent = [name for name in PHOTOS if name not in ("astronaut", "coffee", "rocket")]
+    for name in innocent:
+        for edit in ("original", "mirror", "crop_side_20", "border", "collage_2x2"):
+            data = EDITS[edit].apply(photo(name), random.Random(1), [photo("chelsea")])
+            assert _detect(detector, data) == {}, (name, edit)
+
+
+def test_local_features_can_be_switched_off() -> None:
+    detector = _detector("astronaut", config=DetectConfig(local_features=False))
+    data = EDITS["crop_side_20"].apply(photo("astronaut"), random.Random(3), [])
+    assert _detect(detector, data) == {}
+
+
+def _gradient() -> Image.Image:
+    return ImageOps.colorize(
+        Image.linear_gradient("L").resize((400, 300)), (40, 40, 90), (200, 210, 255)
+    )
+
+
+def test_a_plain_banned_picture_is_never_matched_fuzzily() -> None:
+    gradient = _gradient()
+    frame, fingerprint = distinct_frames(load_image(encode(gradient, "PNG")))[0]
+    assert is_low_detail(fingerprint, RULE.pdq_min_quality)
+    features, colours = reference_features(frame)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: BannedPicture(fingerprint, colours)})
+    # Another smooth image, and the gradient itself recompressed: neither is matched.
+    other = ImageOps.colorize(Image.radial_gradient("L").resize((400, 300)), "navy", "white")
+    assert _detect(detector, encode(other, "JPEG")) == {}
+    assert _detect(detector, encode(gradient, "JPEG", quality=60)) == {}
+
+
+@pytest.mark.parametrize(
+    ("hashes", "plain"),
+    [
+        ({"dhash": "0000000000000000"}, True),
+        ({"phash": "8000000000000000"}, True),
+        ({"pdq": "0" * 64}, True),
+        ({"phash": "c2924c5532bddfc8"}, False),
+        ({"dhash": "cd8dd91d897293a7", "phash": "c2924c5532bddfc8"}, False),
+    ],
+)
+def test_pasted_hashes_of_plain_pictures_are_recognised(hashes: dict, plain: bool) -> None:
+    assert is_low_detail(Fingerprint(hashes), 50) is plain
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{"region_pdq": 300}, {"near_phash": -1}, {"local_features": "yes"}, {"radius": 3}, [1]],
+)
+def test_bad_detection_settings_are_refused(config: object) -> None:
+    with pytest.raises(ValueError):
+        DetectConfig.from_config(config)  # type: ignore[arg-type]

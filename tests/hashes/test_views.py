@@ -1,0 +1,59 @@
+import pytest
+from PIL import Image, ImageDraw, ImageOps
+
+from hashes.views import cut, views, working_copy
+from tests.images import photo
+
+
+def _boxes(image: Image.Image) -> dict[str, tuple[float, ...]]:
+    return {view.name: view.box for view in views(working_copy(image))}
+
+
+def _near(box: tuple[float, ...], expected: tuple[float, ...], slack: float = 0.02) -> bool:
+    return all(abs(a - b) <= slack for a, b in zip(box, expected, strict=True))
+
+
+def test_a_plain_photo_has_no_views() -> None:
+    assert _boxes(photo("astronaut")) == {}
+
+
+@pytest.mark.parametrize("colour", ["white", "black", (200, 30, 60)])
+def test_a_uniform_border_is_trimmed(colour: object) -> None:
+    framed = ImageOps.expand(photo("chelsea"), border=30, fill=colour)
+    inner = (30 / framed.width, 30 / framed.height, 1 - 30 / framed.width, 1 - 30 / framed.height)
+    assert _near(_boxes(framed)["trim"], inner)
+
+
+def test_letterbox_bars_are_trimmed() -> None:
+    image = photo("coffee")
+    canvas = Image.new("RGB", (image.width * 2, image.height), "black")
+    canvas.paste(image, (image.width // 2, 0))
+    assert _near(_boxes(canvas)["trim"], (0.25, 0, 0.75, 1))
+
+
+def test_a_caption_bar_with_text_is_cut_away() -> None:
+    image = photo("rocket")
+    bar = image.height // 6
+    canvas = Image.new("RGB", (image.width, image.height + bar), "white")
+    canvas.paste(image, (0, bar))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((20, bar // 4), "look who is back", fill="black", font_size=bar // 2)
+    boxes = _boxes(canvas)
+    assert _near(boxes["trim_caption"], (0, bar / canvas.height, 1, 1))
+
+
+def test_each_tile_of_a_collage_is_a_view() -> None:
+    names = ["astronaut", "chelsea", "coffee", "rocket"]
+    tiles = [photo(name).resize((240, 180)) for name in names]
+    canvas = Image.new("RGB", (480, 360))
+    for index, tile in enumerate(tiles):
+        canvas.paste(tile, ((index % 2) * 240, (index // 2) * 180))
+    boxes = list(_boxes(canvas).values())
+    for quadrant in [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)]:
+        assert any(_near(box, quadrant) for box in boxes), quadrant
+
+
+def test_cut_takes_the_same_part_at_any_size() -> None:
+    image = ImageOps.expand(photo("coffee"), border=40, fill="white")
+    view = next(v for v in views(working_copy(image)) if v.name == "trim")
+    assert abs(cut(image, view).width - photo("coffee").width) <= 8
