@@ -14,6 +14,7 @@ The baselines read the file as those tools do: the first frame, no EXIF orientat
 """
 
 import io
+import multiprocessing
 import random
 import statistics
 import time
@@ -36,7 +37,7 @@ from hashes.detect import (
     reference_features,
 )
 from hashes.errors import ImageError
-from hashes.evaluation.edits import CATALOGUE, Edit, encode
+from hashes.evaluation.edits import CATALOGUE, Edit
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
@@ -58,6 +59,7 @@ class Sample:
     seconds: dict[str, float]
     distances: dict[str, int]  # canonical distances to its source, banned samples only
     explanation: str = ""
+    fingerprint: Fingerprint | None = None  # of the file's first frame
     refused: bool = False  # its banned source is too plain for fuzzy matching
 
 
@@ -214,6 +216,24 @@ def _read(path: Path) -> tuple[bytes, Image.Image] | None:
     return data, loaded.frames[0]
 
 
+@dataclass
+class _Run:
+    """What every check needs; worker processes inherit it when they are forked."""
+
+    harness: Harness
+    banned: list[str]
+    banned_images: list[Image.Image]
+    refused: list[str]
+    innocent: list[Path]
+    others: list[Image.Image]
+    edits: Sequence[Edit]
+    innocent_edits: int
+    seed: int
+
+
+_run: _Run | None = None
+
+
 def evaluate(
     banned_dir: Path,
     innocent_dir: Path,
@@ -223,15 +243,17 @@ def evaluate(
     limit_banned: int | None = None,
     limit_innocent: int | None = None,
     seed: int = 1,
+    jobs: int = 1,
     harness: Harness | None = None,
     progress: Callable[[int], object] | None = None,
     total: Callable[[int], object] | None = None,
 ) -> Evaluation:
     """Run every edit on every banned image and ``innocent_edits`` on each innocent one.
 
-    ``progress`` is called with 1 after each checked file and ``total`` once with their
-    number, for a progress bar.
+    ``jobs`` processes share the checks. ``progress`` is called with the number of files
+    checked as they finish, and ``total`` once with their number, for a progress bar.
     """
+    global _run
     harness = harness or Harness()
     if not 0 <= innocent_edits <= len(edits):
         raise ValueError(f"innocent_edits must be from 0 to {len(edits)}, not {innocent_edits}.")
@@ -251,7 +273,8 @@ def evaluate(
     if not result.banned:
         raise ValueError(f"No readable images in {banned_dir}: nothing to ban.")
     harness.ready()
-    innocent = [path for path in innocent_paths if path.resolve() not in set(banned_paths)]
+    banned_set = {path.resolve() for path in banned_paths}
+    innocent = [path for path in innocent_paths if path.resolve() not in banned_set]
     others = []
     for path in innocent[:_OTHERS]:
         read = _read(path)
@@ -259,44 +282,85 @@ def evaluate(
             small = read[1].copy()
             small.thumbnail((640, 640))
             others.append(small)
+    _run = _Run(
+        harness, result.banned, banned_images, result.refused, innocent, others, edits,
+        innocent_edits, seed,
+    )  # fmt: skip
+    tasks = [("banned", key) for key in range(len(result.banned))]
+    tasks += [("innocent", index) for index in range(len(innocent))]
     if total:
         total(len(result.banned) * len(edits) + len(innocent) * (1 + innocent_edits))
-    rng = random.Random(seed)
-    for key, (name, image) in enumerate(zip(result.banned, banned_images, strict=True)):
-        source = harness.fingerprints[key]
-        for edit in edits:
-            data = edit.apply(image, random.Random(f"{seed}:{name}:{edit.name}"), others)
-            sample = _sample(harness, data, name, edit.name, key, source)
-            sample.refused = name in result.refused
-            result.samples.append(sample)
-            if progress:
-                progress(1)
     distances: dict[str, list[int]] = {name: [] for name in ALGORITHMS}
-    for path in innocent:
-        read = _read(path)
-        if read is None:
-            result.skipped.append((str(path), "not a readable image"))
-            if progress:
-                progress(1 + innocent_edits)
-            continue
-        data, image = read
-        result.innocent.append(path.name)
-        chosen = rng.sample(list(edits), min(innocent_edits, len(edits)))
-        for edit_name, edited in [("original", encode(image))] + [
-            (edit.name, edit.apply(image, random.Random(f"{seed}:{path.name}:{edit.name}"), others))
-            for edit in chosen
-        ]:
-            sample = _sample(harness, edited, path.name, edit_name, None, None)
-            result.samples.append(sample)
-            if edit_name == "original" and sample.explanation != "unreadable":
-                fingerprint = fingerprint_frames(load_image(edited))[0]
-                for banned in harness.fingerprints.values():
-                    for algorithm, distance in fingerprint.distance(banned).items():
-                        distances[algorithm].append(distance)
-            if progress:
-                progress(1)
+    try:
+        if jobs > 1:
+            context = multiprocessing.get_context("fork")
+            with context.Pool(jobs) as pool:
+                outcomes = pool.imap(_check_task, tasks)
+                _collect(outcomes, tasks, result, distances, progress)
+        else:
+            _collect(map(_check_task, tasks), tasks, result, distances, progress)
+    finally:
+        _run = None
     result.innocent_distances = distances
     return result
+
+
+def _collect(
+    outcomes: Iterable[tuple[list[Sample], dict[str, list[int]], str]],
+    tasks: list[tuple[str, int]],
+    result: Evaluation,
+    distances: dict[str, list[int]],
+    progress: Callable[[int], object] | None,
+) -> None:
+    assert _run is not None
+    for (kind, index), (samples, found, skipped) in zip(tasks, outcomes, strict=True):
+        result.samples.extend(samples)
+        for name, values in found.items():
+            distances[name].extend(values)
+        if kind == "innocent":
+            if skipped:
+                result.skipped.append((str(_run.innocent[index]), skipped))
+            else:
+                result.innocent.append(_run.innocent[index].name)
+        if progress:
+            progress(len(_run.edits) if kind == "banned" else 1 + _run.innocent_edits)
+
+
+def _check_task(task: tuple[str, int]) -> tuple[list[Sample], dict[str, list[int]], str]:
+    """Check the files made from one image: (samples, innocent distances, skip reason)."""
+    run = _run
+    assert run is not None
+    kind, index = task
+    samples: list[Sample] = []
+    distances: dict[str, list[int]] = {name: [] for name in ALGORITHMS}
+    if kind == "banned":
+        name, image = run.banned[index], run.banned_images[index]
+        source = run.harness.fingerprints[index]
+        for edit in run.edits:
+            data = edit.apply(image, random.Random(f"{run.seed}:{name}:{edit.name}"), run.others)
+            sample = _sample(run.harness, data, name, edit.name, index, source)
+            sample.refused = name in run.refused
+            samples.append(sample)
+        return samples, distances, ""
+    path = run.innocent[index]
+    read = _read(path)
+    if read is None:
+        return samples, distances, "not a readable image"
+    data, image = read
+    rng = random.Random(f"{run.seed}:{path.name}")
+    chosen = rng.sample(list(run.edits), run.innocent_edits)
+    files = [("original", data)]
+    for edit in chosen:
+        edit_rng = random.Random(f"{run.seed}:{path.name}:{edit.name}")
+        files.append((edit.name, edit.apply(image, edit_rng, run.others)))
+    for edit_name, edited in files:
+        sample = _sample(run.harness, edited, path.name, edit_name, None, None)
+        samples.append(sample)
+        if edit_name == "original" and sample.fingerprint is not None:
+            for banned in run.harness.fingerprints.values():
+                for algorithm, distance in sample.fingerprint.distance(banned).items():
+                    distances[algorithm].append(distance)
+    return samples, distances, ""
 
 
 def _sample(
@@ -325,6 +389,7 @@ def _sample(
         seconds=seconds,
         distances=distances,
         explanation=explanation,
+        fingerprint=fingerprint,
     )
 
 

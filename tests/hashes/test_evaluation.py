@@ -49,9 +49,16 @@ def test_the_harness_reports_recall_false_positives_and_baselines(tmp_path: Path
     edits = [EDITS[name] for name in ("jpeg_q40", "mirror", "crop_side_20", "collage_2x2")]
     steps = []
     result = evaluate(
-        banned, innocent, edits=edits, innocent_edits=1, progress=steps.append, total=steps.append
+        banned,
+        innocent,
+        edits=edits,
+        innocent_edits=1,
+        jobs=2,
+        progress=steps.append,
+        total=steps.append,
     )
-    assert steps[0] == 2 * 4 + 4 * 2  # announced total: the text file counts until skipped
+    # The announced total, then the files checked: the text file counts until skipped.
+    assert steps[0] == 2 * 4 + 4 * 2 and sum(steps[1:]) == steps[0]
     assert len(result.banned) == 2 and len(result.innocent) == 3
     assert [path for path, _ in result.skipped] == [str(innocent / "notes.txt")]
 

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -38,6 +39,12 @@ class Command(BaseCommand):
         parser.add_argument("--limit-banned", type=int, default=None)
         parser.add_argument("--limit-innocent", type=int, default=None)
         parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=os.cpu_count() or 1,
+            help="Processes to check files in (default: one per CPU).",
+        )
 
     def handle(self, *args, **options) -> None:
         names = [name.strip() for name in options["edits"].split(",") if name.strip()]
@@ -56,6 +63,7 @@ class Command(BaseCommand):
                     limit_banned=options["limit_banned"],
                     limit_innocent=options["limit_innocent"],
                     seed=options["seed"],
+                    jobs=max(1, options["jobs"]),
                     harness=harness,
                     progress=bar.update,
                     total=lambda count: bar.reset(total=count),
