@@ -69,6 +69,7 @@ def summary(result: Evaluation) -> dict:
         },
         "wrong_banned_matches": sum(s.wrong["hashguard"] for s in scored),
         "median_ms": {system: median_ms(result.samples, system) for system in SYSTEMS},
+        "distances": _distance_stats(result),
         "targets_met": all(
             entry["recall"]["hashguard"] >= entry["target"]
             for entry in edits
@@ -76,6 +77,22 @@ def summary(result: Evaluation) -> dict:
         )
         and false_positives["hashguard"] == 0,
     }
+
+
+def _distance_stats(result: Evaluation) -> dict:
+    """Percentiles per algorithm: edited copies vs their source, innocent vs banned."""
+    stats = {}
+    for name in ALGORITHMS:
+        same = np.array([s.distances[name] for s in result.scored if name in s.distances])
+        different = np.array(result.innocent_distances.get(name, []))
+        stats[name] = {
+            "same_p50": float(np.percentile(same, 50)) if same.size else None,
+            "same_p90": float(np.percentile(same, 90)) if same.size else None,
+            "different_min": int(different.min()) if different.size else None,
+            "different_p01": float(np.percentile(different, 0.1)) if different.size else None,
+            "different_p50": float(np.percentile(different, 50)) if different.size else None,
+        }
+    return stats
 
 
 def _tier(result: Evaluation, name: str) -> str:
@@ -170,12 +187,22 @@ def _markdown(figures: dict) -> str:
         "",
         "![Recall per edit](recall.png)",
         "",
-        "![Distances](distances.png)",
+        "## Distances",
         "",
-        "Distances are between whole-file fingerprints: an edited banned file and its source "
-        "(same picture), and each innocent image and each banned one (different pictures).",
+        "Between whole-file fingerprints: each edited banned file and its source (same "
+        "picture), and each innocent image and each banned one (different pictures).",
         "",
+        "| Algorithm | same: median | same: 90th pct | different: min | different: 0.1th pct "
+        "| different: median |",
+        "|---|---|---|---|---|---|",
     ]
+    for name, row in figures["distances"].items():
+        cells = [row[key] for key in ("same_p50", "same_p90", "different_min", "different_p01")]
+        cells.append(row["different_p50"])
+        lines.append(
+            f"| {name} | " + " | ".join("n/a" if v is None else f"{v:g}" for v in cells) + " |"
+        )
+    lines += ["", "![Distances](distances.png)", ""]
     if figures["skipped"]:
         lines += ["## Skipped files", ""]
         lines += [f"- {path}: {reason}" for path, reason in figures["skipped"]]
