@@ -256,7 +256,7 @@ class Detector:
         )
         self._load_features = load_features
         self._keys: list[int] = []
-        self._colours = np.zeros((0, COLOUR_BINS**3), np.float16)
+        self._colours = np.zeros((0, COLOUR_BINS**3), np.float32)
         self._row: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -277,7 +277,8 @@ class Detector:
         self._keys.extend(keys)
         self._row.update({key: start + offset for offset, key in enumerate(keys)})
         if colours:
-            self._colours = np.vstack([self._colours, np.stack(colours)])
+            added = np.stack(colours).astype(np.float32)
+            self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
 
     def detect(self, probes: list[Probe]) -> dict[int, Detection]:
         """The best detection per banned key over the frames in ``probes`` (first first)."""
@@ -318,10 +319,12 @@ class Detector:
         for fingerprint in (item.fingerprint, *(turned for _, turned in item.turns)):
             for match in self._near.match(fingerprint):
                 candidates.setdefault(match.key, [])
-        for key in self._nearest_colours(item.colours):
+        signatures = [item.colours, *(colours for _, _, colours in item.regions)]
+        nearest = self._nearest_colours(signatures)
+        for key in nearest[0]:
             candidates.setdefault(key, [])
-        for view, _, colours in item.regions:
-            for key in self._nearest_colours(colours):
+        for (view, _, _), keys in zip(item.regions, nearest[1:], strict=True):
+            for key in keys:
                 candidates.setdefault(key, []).append(view)
         ordered = [key for key in candidates if key not in decided and key in self._row]
         ordered = ordered[: self.config.max_candidates]
@@ -356,13 +359,18 @@ class Detector:
             result.describe(),
         )
 
-    def _nearest_colours(self, colours: np.ndarray) -> list[int]:
-        count = self.config.colour_candidates
-        if not count or not len(self._keys):
-            return []
-        scores = self._colours.astype(np.float32) @ colours.astype(np.float32)
-        best = np.argpartition(-scores, min(count, len(scores) - 1))[:count]
-        return [self._keys[row] for row in best[np.argsort(-scores[best])]]
+    def _nearest_colours(self, signatures: list[np.ndarray]) -> list[list[int]]:
+        """For each colour signature, the keys of the nearest banned ones, nearest first."""
+        count = min(self.config.colour_candidates, len(self._keys))
+        if not count:
+            return [[] for _ in signatures]
+        # One pass over the matrix for all the signatures of an upload.
+        scores = self._colours @ np.stack(signatures).astype(np.float32).T
+        found = []
+        for column in scores.T:
+            best = np.argpartition(-column, count - 1)[:count]
+            found.append([self._keys[row] for row in best[np.argsort(-column[best])]])
+        return found
 
 
 def _turn_label(name: str) -> str:

@@ -197,7 +197,8 @@ class Harness:
             found = self.detector.detect(probes)
             product = set(found)
             explanation = "; ".join(
-                f"{d.stage}: {d.variant}" for d in sorted(found.values(), key=lambda d: d.key)
+                f"#{d.key} by {d.stage} ({d.rule}), {d.variant}"
+                for d in sorted(found.values(), key=lambda d: d.key)
             )
             fingerprint = frames[0]
         seconds = {"hashguard": time.perf_counter() - start}
@@ -276,7 +277,8 @@ def evaluate(
     banned_set = {path.resolve() for path in banned_paths}
     innocent = [path for path in innocent_paths if path.resolve() not in banned_set]
     others = []
-    for path in innocent[:_OTHERS]:
+    # Fillers for collages and animations, spread over the whole innocent folder.
+    for path in random.Random(seed).sample(innocent, min(_OTHERS, len(innocent))):
         read = _read(path)
         if read is not None:
             small = read[1].copy()

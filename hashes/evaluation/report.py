@@ -68,6 +68,11 @@ def summary(result: Evaluation) -> dict:
             system: _rate(count, comparisons) for system, count in false_positives.items()
         },
         "wrong_banned_matches": sum(s.wrong["hashguard"] for s in scored),
+        "false_positive_files": [
+            {"file": s.source, "edit": s.edit, "matched": _named(result, s.explanation)}
+            for s in innocent
+            if s.hits["hashguard"]
+        ],
         "median_ms": {system: median_ms(result.samples, system) for system in SYSTEMS},
         "distances": _distance_stats(result),
         "targets_met": all(
@@ -93,6 +98,13 @@ def _distance_stats(result: Evaluation) -> dict:
             "different_p50": float(np.percentile(different, 50)) if different.size else None,
         }
     return stats
+
+
+def _named(result: Evaluation, explanation: str) -> str:
+    """The detector's explanation with banned keys replaced by the banned files' names."""
+    for key, name in reversed(list(enumerate(result.banned))):
+        explanation = explanation.replace(f"#{key} by", f"{name} by")
+    return explanation
 
 
 def _tier(result: Evaluation, name: str) -> str:
@@ -203,6 +215,13 @@ def _markdown(figures: dict) -> str:
             f"| {name} | " + " | ".join("n/a" if v is None else f"{v:g}" for v in cells) + " |"
         )
     lines += ["", "![Distances](distances.png)", ""]
+    if figures["false_positive_files"]:
+        lines += ["## False positives (hashguard)", ""]
+        lines += [
+            f"- {entry['file']} ({entry['edit']}): {entry['matched']}"
+            for entry in figures["false_positive_files"][:100]
+        ]
+        lines.append("")
     if figures["skipped"]:
         lines += ["## Skipped files", ""]
         lines += [f"- {path}: {reason}" for path, reason in figures["skipped"]]
