@@ -27,14 +27,14 @@ QUERY_GRID = 4
 # Evidence needed, calibrated with the evaluation harness on 1,396 innocent images and
 # their edits against 32 banned ones: chance agreements between different pictures had
 # under 25 inliers, or a low share of agreeing matches, or a tiny hull; two shots of one
-# scene agree at a share near 0.55. Copies of real photos agree with 50 to 400 inliers
+# scene agree at a share of 0.55 to 0.65. Copies of real photos agree with 50 to 400 inliers
 # at shares above 0.8.
 MIN_INLIERS = 20
-MIN_INLIER_SHARE = 0.6
+MIN_INLIER_SHARE = 0.7
 MIN_COVERAGE = 0.05
 # Below STRONG_INLIERS, the stricter share and coverage apply.
 STRONG_INLIERS = 40
-WEAK_INLIER_SHARE = 0.75
+WEAK_INLIER_SHARE = 0.8
 WEAK_COVERAGE = 0.12
 # The banned picture, as placed, must fill this share of the upload: a transform that
 # shrinks it to a speck makes every point an "inlier".
