@@ -125,3 +125,9 @@ def test_pasted_hashes_of_plain_pictures_are_recognised(hashes: dict, plain: boo
 def test_bad_detection_settings_are_refused(config: object) -> None:
     with pytest.raises(ValueError):
         DetectConfig.from_config(config)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("size", [(8, 8), (9, 2000), (3000, 12), (64, 64)])
+def test_tiny_and_extreme_shapes_are_checked_without_error(detector: Detector, size) -> None:
+    image = photo("chelsea").resize(size)
+    assert _detect(detector, encode(image, "PNG")) == {}
