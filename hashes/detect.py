@@ -20,7 +20,7 @@ such bans for fuzzy matching and keep only the exact SHA-256.
 """
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import imagehash
 import numpy as np
@@ -72,7 +72,7 @@ class DetectConfig:
     near_pdq: int = 90
     near_phash: int = 16
     colour_candidates: int = 4
-    max_candidates: int = 16
+    max_candidates: int = 10
     local_features: bool = True
 
     @classmethod
@@ -99,14 +99,7 @@ class DetectConfig:
         return result
 
 
-DEFAULT_DETECT_CONFIG: dict[str, object] = {
-    "region_pdq": 31,
-    "near_pdq": 90,
-    "near_phash": 16,
-    "colour_candidates": 4,
-    "max_candidates": 16,
-    "local_features": True,
-}
+DEFAULT_DETECT_CONFIG: dict[str, object] = asdict(DetectConfig())
 
 
 @dataclass

@@ -130,9 +130,10 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     # No border or bar is wider than the picture it frames.
     rows = rows[: len(rows) // 2]
     colour = np.median(rows[0], axis=0)
-    close = (np.abs(rows - colour).max(axis=2) <= _TOLERANCE).mean(axis=1)
-    if close[0] < _BORDER_SHARE:
+    # Most pictures have no border: the first row says so before the rest is compared.
+    if (np.abs(rows[0] - colour).max(axis=1) <= _TOLERANCE).mean() < _BORDER_SHARE:
         return 0
+    close = (np.abs(rows - colour).max(axis=2) <= _TOLERANCE).mean(axis=1)
     if share >= _BORDER_SHARE:
         run = len(close) if (close >= share).all() else int(np.argmin(close >= share))
     else:
