@@ -18,6 +18,7 @@ import multiprocessing
 import random
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,7 +110,9 @@ class _Baselines:
 
     @staticmethod
     def hashes(data: bytes) -> tuple[int, int, np.ndarray]:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data)) as image, warnings.catch_warnings():
+            # As those tools read it: transparency dropped, which Pillow warns about.
+            warnings.simplefilter("ignore", UserWarning)
             rgb = image.convert("RGB")
         bits, _ = pdqhash.compute(np.asarray(rgb))
         return (
