@@ -201,7 +201,13 @@ def test_matcher_agrees_with_brute_force(config):
 def test_default_rule_config():
     rule = MatchRule.from_config(DEFAULT_RULE_CONFIG)
 
-    assert rule.groups == ({"pdq": 31}, {"phash": 10, "dhash": 6}, {"phash": 2}, {"dhash": 4})
+    assert rule.groups == (
+        {"pdq": 31},
+        {"pdq": 60, "phash": 10},
+        {"phash": 10, "dhash": 6},
+        {"phash": 2},
+        {"dhash": 4},
+    )
     assert rule.pdq_min_quality == 50
 
 
