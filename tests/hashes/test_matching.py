@@ -211,6 +211,23 @@ def test_default_rule_config():
     assert rule.pdq_min_quality == 50
 
 
+def test_default_rule_matches_a_stripe_texture_whose_dhash_cannot_vote():
+    # Fine vertical stripes: dHash is one row repeated, and edits move PDQ past 31.
+    stripes = Fingerprint(
+        hashes={"phash": PHASH, "dhash": "e0e0e0e0e0e0e0e0", "pdq": PDQ}, pdq_quality=100
+    )
+    banned = Matcher(MatchRule.from_config(DEFAULT_RULE_CONFIG))
+    banned.add(1, stripes)
+
+    def edited(phash: int, pdq: int) -> Fingerprint:
+        hashes = {**stripes.hashes, "phash": flipped(PHASH, phash), "pdq": flipped(PDQ, pdq)}
+        return Fingerprint(hashes=hashes, pdq_quality=100)
+
+    assert [m.rule for m in banned.match(edited(phash=8, pdq=58))] == ["pdq<=60+phash<=10"]
+    assert banned.match(edited(phash=12, pdq=58)) == []
+    assert banned.match(edited(phash=8, pdq=61)) == []
+
+
 def test_pdq_min_quality_defaults_to_50():
     assert MatchRule.from_config({"groups": [{"pdq": 31}]}).pdq_min_quality == 50
 
