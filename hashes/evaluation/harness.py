@@ -74,6 +74,8 @@ class Evaluation:
     innocent_distances: dict[str, list[int]] = field(default_factory=dict)
     edits: tuple[Edit, ...] = CATALOGUE
     refused: list[str] = field(default_factory=list)
+    # Innocent images banned as well to make the blocklist bigger; neither scored nor innocent.
+    distractors: list[str] = field(default_factory=list)
 
     @property
     def scored(self) -> list[Sample]:
@@ -86,7 +88,7 @@ class Evaluation:
 
     def comparisons(self) -> int:
         """Innocent files times banned images: the pairs that could have matched wrongly."""
-        return len(self.innocent_samples) * len(self.banned)
+        return len(self.innocent_samples) * (len(self.banned) + len(self.distractors))
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -246,6 +248,7 @@ def evaluate(
     innocent_edits: int = 2,
     limit_banned: int | None = None,
     limit_innocent: int | None = None,
+    distractors: int = 0,
     seed: int = 1,
     jobs: int = 1,
     harness: Harness | None = None,
@@ -254,8 +257,11 @@ def evaluate(
 ) -> Evaluation:
     """Run every edit on every banned image and ``innocent_edits`` on each innocent one.
 
-    ``jobs`` processes share the checks. ``progress`` is called with the number of files
-    checked as they finish, and ``total`` once with their number, for a progress bar.
+    ``distractors`` innocent images, chosen at random, are banned too and left out of the
+    innocent ones: a bigger blocklist, as in production, with more pictures to confuse the
+    edited ones with. ``jobs`` processes share the checks. ``progress`` is called with the
+    number of files checked as they finish, and ``total`` once with their number, for a
+    progress bar.
     """
     global _run
     harness = harness or Harness()
@@ -276,9 +282,18 @@ def evaluate(
         banned_images.append(read[1])
     if not result.banned:
         raise ValueError(f"No readable images in {banned_dir}: nothing to ban.")
-    harness.ready()
     banned_set = {path.resolve() for path in banned_paths}
     innocent = [path for path in innocent_paths if path.resolve() not in banned_set]
+    if not 0 <= distractors <= len(innocent):
+        raise ValueError(f"distractors must be from 0 to {len(innocent)}, not {distractors}.")
+    chosen = set(random.Random(f"{seed}:distractors").sample(range(len(innocent)), distractors))
+    for index in sorted(chosen):
+        read = _read(innocent[index])
+        if read is not None:
+            harness.ban(len(result.banned) + len(result.distractors), read[0])
+            result.distractors.append(innocent[index].name)
+    innocent = [path for index, path in enumerate(innocent) if index not in chosen]
+    harness.ready()
     others = []
     # Fillers for collages and animations, spread over the whole innocent folder.
     for path in random.Random(seed).sample(innocent, min(_OTHERS, len(innocent))):

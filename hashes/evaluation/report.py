@@ -50,6 +50,7 @@ def summary(result: Evaluation) -> dict:
     return {
         "banned_images": len(result.banned),
         "refused_low_detail": result.refused,
+        "distractors": len(result.distractors),
         "innocent_images": len(result.innocent),
         "innocent_files": len(innocent),
         "skipped": result.skipped,
@@ -145,6 +146,14 @@ def _markdown(figures: dict) -> str:
         "(exact copies only) and are left out of recall"
         + (f": {', '.join(figures['refused_low_detail'])}" if figures["refused_low_detail"] else "")
         + ".",
+        *(
+            [
+                f"- Distractors: {figures['distractors']} innocent images banned as well, for a "
+                "bigger blocklist; not scored, not counted as innocent."
+            ]
+            if figures["distractors"]
+            else []
+        ),
         f"- Innocent images: {figures['innocent_images']}, checked as "
         f"{figures['innocent_files']} files (each as it is and with edits).",
         f"- Targets met: **{'yes' if figures['targets_met'] else 'no'}** "

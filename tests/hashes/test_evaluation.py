@@ -91,3 +91,28 @@ def test_a_folder_without_images_is_refused(tmp_path: Path) -> None:
         evaluate(tmp_path / "empty", tmp_path / "empty")
     with pytest.raises(FileNotFoundError):
         evaluate(tmp_path / "missing", tmp_path / "empty")
+
+
+def test_distractors_make_the_blocklist_bigger_and_leave_the_innocent_set(
+    tmp_path: Path,
+) -> None:
+    banned, innocent = tmp_path / "banned", tmp_path / "innocent"
+    banned.mkdir()
+    innocent.mkdir()
+    (banned / "astronaut.jpg").write_bytes(photo_path("astronaut").read_bytes())
+    for name in ("chelsea", "coffee", "rocket"):
+        (innocent / f"{name}.jpg").write_bytes(photo_path(name).read_bytes())
+
+    result = evaluate(banned, innocent, edits=[EDITS["jpeg_q40"]], innocent_edits=0, distractors=2)
+
+    assert len(result.distractors) == 2 and len(result.innocent) == 1
+    assert not set(result.distractors) & set(result.innocent)
+    figures = summary(result)
+    assert figures["distractors"] == 2
+    assert figures["comparisons"] == 1 * 3  # one innocent file against three bans
+    assert figures["overall_recall"]["hashguard"] == 1.0
+    # The distractors are banned: the product and the baselines all find them.
+    assert figures["false_positives"]["hashguard"] == 0
+    assert "Distractors: 2" in write_report(result, tmp_path / "out").read_text()
+    with pytest.raises(ValueError, match="distractors must be from 0 to 3"):
+        evaluate(banned, innocent, edits=[EDITS["jpeg_q40"]], innocent_edits=0, distractors=4)

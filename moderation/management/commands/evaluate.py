@@ -38,6 +38,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--limit-banned", type=int, default=None)
         parser.add_argument("--limit-innocent", type=int, default=None)
+        parser.add_argument(
+            "--distractors",
+            type=int,
+            default=0,
+            help="Innocent images to ban as well, for a bigger blocklist (0).",
+        )
         parser.add_argument("--seed", type=int, default=1)
         parser.add_argument(
             "--jobs",
@@ -62,6 +68,7 @@ class Command(BaseCommand):
                     innocent_edits=options["innocent_edits"],
                     limit_banned=options["limit_banned"],
                     limit_innocent=options["limit_innocent"],
+                    distractors=options["distractors"],
                     seed=options["seed"],
                     jobs=max(1, options["jobs"]),
                     harness=harness,
