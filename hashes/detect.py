@@ -240,11 +240,13 @@ class Detector:
         self.rule = rule
         self.config = config or DetectConfig()
         self.matcher = Matcher(rule)
-        self._region = Matcher(MatchRule(groups=({"pdq": self.config.region_pdq},)))
+        self._region = Matcher(MatchRule(groups=({"pdq": self.config.region_pdq},), veto=rule.veto))
+        # Candidates only: a crop moves PDQ far while pHash stays near, so no veto here.
         self._near = Matcher(
             MatchRule(
                 groups=({"pdq": self.config.near_pdq}, {"phash": self.config.near_phash}),
                 pdq_min_quality=rule.pdq_min_quality,
+                veto=1.0,
             )
         )
         self._load_features = load_features

@@ -28,8 +28,10 @@ def fingerprint(phash: int = 0, dhash: int = 0, pdq: int = 0, quality: int | Non
     )
 
 
-def matcher(*groups: dict[str, int], pdq_min_quality: int = 50, **banned: Fingerprint) -> Matcher:
-    result = Matcher(MatchRule(groups=groups, pdq_min_quality=pdq_min_quality))
+def matcher(
+    *groups: dict[str, int], pdq_min_quality: int = 50, veto: float = 1, **banned: Fingerprint
+) -> Matcher:
+    result = Matcher(MatchRule(groups=groups, pdq_min_quality=pdq_min_quality, veto=veto))
     for key, value in banned.items():
         result.add(int(key.removeprefix("k")), value)
     return result
@@ -148,14 +150,11 @@ def brute_force(rule: MatchRule, banned: dict[int, Fingerprint], upload: Fingerp
     found = set()
     for key, candidate in banned.items():
         distances = upload.distance(candidate)
+        voting = {n for n in distances if votes(n, upload) and votes(n, candidate)}
+        if any(distances[n] > rule.veto * ALGORITHMS[n].bits for n in voting):
+            continue
         for group in rule.groups:
-            if all(
-                name in distances
-                and distances[name] <= limit
-                and votes(name, upload)
-                and votes(name, candidate)
-                for name, limit in group.items()
-            ):
+            if all(name in voting and distances[name] <= limit for name, limit in group.items()):
                 found.add(key)
                 break
     return found
@@ -166,6 +165,7 @@ def brute_force(rule: MatchRule, banned: dict[int, Fingerprint], upload: Fingerp
     [
         DEFAULT_RULE_CONFIG,
         {"groups": [{"pdq": 60, "phash": 8}, {"dhash": 12}], "pdq_min_quality": 0},
+        {"groups": [{"pdq": 31}, {"dhash": 12}], "veto": 1},
     ],
 )
 def test_matcher_agrees_with_brute_force(config):
@@ -209,6 +209,7 @@ def test_default_rule_config():
         {"dhash": 4},
     )
     assert rule.pdq_min_quality == 50
+    assert rule.veto == 0.375
 
 
 def test_default_rule_matches_a_stripe_texture_whose_dhash_cannot_vote():
@@ -226,6 +227,18 @@ def test_default_rule_matches_a_stripe_texture_whose_dhash_cannot_vote():
     assert [m.rule for m in banned.match(edited(phash=8, pdq=58))] == ["pdq<=60+phash<=10"]
     assert banned.match(edited(phash=12, pdq=58)) == []
     assert banned.match(edited(phash=8, pdq=61)) == []
+
+
+def test_a_hash_as_far_apart_as_unrelated_pictures_vetoes_a_group():
+    # A clip-art pane and a photo of a sign: dHash 4 apart, but pHash 20 and PDQ 126.
+    banned = matcher({"dhash": 4}, veto=0.375, k1=fingerprint())
+
+    assert banned.match(fingerprint(dhash=4, phash=20, pdq=96)) != []
+    assert banned.match(fingerprint(dhash=4, phash=20, pdq=97)) == []
+    assert banned.match(fingerprint(dhash=4, phash=25, pdq=0)) == []
+    # A hash that may not vote cannot veto either.
+    assert banned.match(fingerprint(dhash=4, pdq=200, quality=10)) != []
+    assert matcher({"dhash": 4}, veto=1, k1=fingerprint()).match(fingerprint(dhash=4, pdq=200))
 
 
 def test_pdq_min_quality_defaults_to_50():
@@ -250,6 +263,9 @@ def test_pdq_min_quality_defaults_to_50():
         ({"groups": [{"pdq": 31}], "pdq_min_quality": 101}, "from 0 to 100"),
         ({"groups": [{"pdq": 31}], "pdq_min_quality": None}, "from 0 to 100"),
         ({"groups": [{"pdq": 31}], "threshold": 3}, "Unknown match rule settings"),
+        ({"groups": [{"pdq": 31}], "veto": 0}, "veto must be a share"),
+        ({"groups": [{"pdq": 31}], "veto": 1.5}, "veto must be a share"),
+        ({"groups": [{"pdq": 31}], "veto": "0.5"}, "veto must be a share"),
     ],
 )
 def test_from_config_rejects_bad_settings_with_a_clear_message(config, message):
