@@ -97,8 +97,17 @@ def _other(rng: random.Random, others: Sequence[Image.Image], image: Image.Image
 # --- whole-picture edits ----------------------------------------------------------------
 
 
+# An upscaled copy stays under the loader's pixel limit, as a site's upload limit keeps it:
+# past it the worker records the file as too large instead of matching it.
+_UPSCALED_PIXELS = 40_000_000
+
+
 def _resize(factor: float) -> Apply:
-    return lambda image, rng, others: encode(_scaled(image, factor))
+    def apply(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
+        limit = math.sqrt(_UPSCALED_PIXELS / (image.width * image.height))
+        return encode(_scaled(image, min(factor, max(1.0, limit))))
+
+    return apply
 
 
 def _thumbnail(side: int) -> Apply:
@@ -336,7 +345,7 @@ def _e(name: str, family: str, tier: str, description: str, apply: Apply) -> Edi
 CATALOGUE: tuple[Edit, ...] = (
     _e("original", "copy", EXACT, "the file as banned, re-encoded JPEG q90", _jpeg(90)),
     _e("resize_half", "resize", EXACT, "scaled to 50%", _resize(0.5)),
-    _e("resize_double", "resize", EXACT, "scaled to 200%", _resize(2.0)),
+    _e("resize_double", "resize", EXACT, "scaled to 200%, at most 40 MP", _resize(2.0)),
     _e("resize_third", "resize", EXACT, "scaled to 33%", _resize(1 / 3)),
     _e("thumbnail", "resize", EXACT, "fitted into 160x160", _thumbnail(160)),
     _e("jpeg_q70", "recompress", EXACT, "JPEG quality 70", _jpeg(70)),

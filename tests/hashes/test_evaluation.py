@@ -116,3 +116,9 @@ def test_distractors_make_the_blocklist_bigger_and_leave_the_innocent_set(
     assert "Distractors: 2" in write_report(result, tmp_path / "out").read_text()
     with pytest.raises(ValueError, match="distractors must be from 0 to 3"):
         evaluate(banned, innocent, edits=[EDITS["jpeg_q40"]], innocent_edits=0, distractors=4)
+
+
+def test_upscaling_stays_under_the_loaders_pixel_limit() -> None:
+    big = Image.new("RGB", (5640, 3172), "red")
+    loaded = load_image(EDITS["resize_double"].apply(big, random.Random(0), []))
+    assert loaded.width > 5640 and loaded.width * loaded.height <= 40_000_000
