@@ -252,8 +252,8 @@ def _plot_recall(figures: dict, path: Path) -> None:
     ax.set_xlabel("recall")
     for target in TARGETS.values():
         ax.axvline(target, color="grey", linestyle=":", linewidth=1)
-    ax.legend(loc="lower right")
-    ax.set_title("Recall per edit")
+    # Above the bars, where it hides none of them.
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=len(SYSTEMS), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
