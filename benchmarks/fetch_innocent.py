@@ -12,9 +12,9 @@ The images keep the licences of their source packages; see each package's copyri
 They are for local evaluation only, not for committing to the project.
 
 Usage:
-    python benchmarks/fetch_innocent.py OUT_DIR [--min-side 128] [--cache-dir DIR]
+    .venv/bin/python -m benchmarks.fetch_innocent OUT_DIR [--min-side 128] [--cache-dir DIR]
 
-Needs apt-get and dpkg-deb (Debian), pip and npm on PATH, and Pillow and imagehash.
+Needs apt-get and dpkg-deb (Debian), pip and npm on PATH.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imagehash
-from PIL import Image, ImageOps, ImageStat
+from PIL import ImageStat
+
+from hashes.errors import ImageError
+from hashes.loading import load_image
 
 
 @dataclass(frozen=True)
@@ -107,17 +110,9 @@ SOURCES: tuple[Source, ...] = (
 )
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-# What the project's loader (hashes/loading.py) accepts; MPO is a multi-picture JPEG.
-ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF"})
-MAX_PIXELS = 50_000_000  # the project's default decode limit
-MAX_BYTES = 100 * 1024 * 1024
 MIN_STDDEV = 8.0  # greyscale standard deviation below this: flat, low-detail image
 DUPLICATE_DISTANCE = 12  # pHash Hamming distance at or below which two images are one
 ANALYSIS_SIDE = 512  # images are shrunk to this before measuring; pHash works at 32 px
-ORIENTATION_TAG = 0x0112
-
-# Larger images are skipped by ``analyse``; this only keeps Pillow from warning first.
-Image.MAX_IMAGE_PIXELS = 4 * MAX_PIXELS
 
 
 @dataclass(frozen=True)
@@ -221,40 +216,25 @@ def original_path(path: Path, root: Path) -> str:
     return "/" + path.relative_to(root).as_posix()
 
 
-def flatten(image: Image.Image) -> Image.Image:
-    """RGB with transparency flattened onto white, as the project's loader does."""
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image.convert("RGBA"))
-        return canvas.convert("RGB")
-    return image.convert("RGB")
-
-
 def analyse(path: Path, min_side: int) -> tuple[int, int, int] | str:
-    """(width, height, pHash) of a usable image, or the reason to skip it."""
+    """(width, height, pHash) of a usable image, or the reason to skip it.
+
+    The image is read as the workers read uploads (``hashes.loading``): its formats, size
+    limits, EXIF orientation and transparency flattened onto white.
+    """
     try:
-        if path.stat().st_size > MAX_BYTES:
-            return "too large"
-        with Image.open(path) as image:
-            if image.format not in ALLOWED_FORMATS:
-                return "format"
-            width, height = image.size
-            if min(width, height) < min_side:
-                return "too small"
-            if width * height > MAX_PIXELS:
-                return "too large"
-            if image.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):
-                width, height = height, width  # shown turned by a quarter
-            image.draft("RGB", (ANALYSIS_SIDE, ANALYSIS_SIDE))
-            rgb = flatten(ImageOps.exif_transpose(image))
-    except Image.DecompressionBombError:
-        return "too large"
-    except (OSError, ValueError, SyntaxError):
+        loaded = load_image(path)
+    except ImageError as error:
+        return type(error).__name__
+    except OSError:
         return "unreadable"
+    if min(loaded.width, loaded.height) < min_side:
+        return "too small"
+    rgb = loaded.frames[0]
     rgb.thumbnail((ANALYSIS_SIDE, ANALYSIS_SIDE))
     if ImageStat.Stat(rgb.convert("L")).stddev[0] < MIN_STDDEV:
         return "low detail"
-    return width, height, int(str(imagehash.phash(rgb)), 16)
+    return loaded.width, loaded.height, int(str(imagehash.phash(rgb)), 16)
 
 
 def _analyse_job(job: tuple[Path, int]) -> tuple[int, int, int] | str:

@@ -240,7 +240,13 @@ class Detector:
         self.rule = rule
         self.config = config or DetectConfig()
         self.matcher = Matcher(rule)
-        self._region = Matcher(MatchRule(groups=({"pdq": self.config.region_pdq},), veto=rule.veto))
+        self._region = Matcher(
+            MatchRule(
+                groups=({"pdq": self.config.region_pdq},),
+                pdq_min_quality=rule.pdq_min_quality,
+                veto=rule.veto,
+            )
+        )
         # Candidates only: a crop moves PDQ far while pHash stays near, so no veto here.
         self._near = Matcher(
             MatchRule(

@@ -189,12 +189,11 @@ class Matcher:
         voting = [
             name for name in distances if self._votes(name, upload) and self._votes(name, banned)
         ]
+        if any(distances[name] > self.rule.veto * ALGORITHMS[name].bits for name in voting):
+            return None
         for group in self.rule.groups:
             if all(name in voting and distances[name] <= limit for name, limit in group.items()):
-                vetoed = any(
-                    distances[name] > self.rule.veto * ALGORITHMS[name].bits for name in voting
-                )
-                return None if vetoed else group
+                return group
         return None
 
     def _votes(self, name: str, fingerprint: Fingerprint) -> bool:

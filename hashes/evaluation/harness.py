@@ -87,7 +87,7 @@ class Evaluation:
         return [sample for sample in self.samples if not sample.banned]
 
     def comparisons(self) -> int:
-        """Innocent files times banned images: the pairs that could have matched wrongly."""
+        """Innocent files times banned images (distractors too): pairs that could match wrongly."""
         return len(self.innocent_samples) * (len(self.banned) + len(self.distractors))
 
 
