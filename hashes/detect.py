@@ -12,7 +12,8 @@ Two stages, each explaining what it found:
    (and those of each view), and those the hash stage found near but not within the rule,
    are candidates, and ORB keypoints with a RANSAC-fitted geometry decide
    (``hashes/local.py``). A candidate without stored features (a pasted hash) can only
-   match in the first stage.
+   match in the first stage. This stage runs only when the first found nothing, and
+   stops at the first banned picture it proves: one is enough to quarantine the upload.
 
 A banned picture too plain to hash reliably (``is_low_detail``) is never matched fuzzily:
 its hashes sit near those of every other smooth image. The moderation services refuse
@@ -34,12 +35,14 @@ from hashes.local import (
     Verification,
     local_features,
     verify,
+    verify_whole,
 )
 from hashes.matching import Matcher, MatchRule
 from hashes.views import View, cut, views, working_copy
 
 HASH_SIDE = 256
 QUERY_FEATURE_SIDE = 1024
+QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
 _VIEWS_VERIFIED = 2
 
@@ -117,7 +120,13 @@ class Probe:
         name = view.name if view else ""
         if name not in self._features:
             picture = cut(self.image, view) if view else self.image
-            self._features[name] = local_features(picture, QUERY_FEATURES, side=QUERY_FEATURE_SIDE)
+            self._features[name] = local_features(
+                picture,
+                QUERY_FEATURES,
+                side=QUERY_FEATURE_SIDE,
+                pixels_side=QUERY_PIXELS_SIDE,
+                colour=True,
+            )
         return self._features[name]
 
 
@@ -287,9 +296,11 @@ class Detector:
         for frame, item in enumerate(probes):
             for detection in self._hash_stage(item, frame):
                 found.setdefault(detection.key, detection)
-        if self.config.local_features and self._load_features and probes:
-            for detection in self._local_stage(probes[0], set(found)):
-                found.setdefault(detection.key, detection)
+        # The second stage costs far more, and one proof is enough to quarantine.
+        if not found and self.config.local_features and self._load_features and probes:
+            detection = self._local_stage(probes[0])
+            if detection is not None:
+                found[detection.key] = detection
         return found
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:
@@ -313,7 +324,7 @@ class Detector:
                 )
         return found
 
-    def _local_stage(self, item: Probe, decided: set[int]) -> list[Detection]:
+    def _local_stage(self, item: Probe) -> Detection | None:
         # Candidates in order of promise: near hash misses, then nearest colours of the
         # whole upload and of each view.
         candidates: dict[int, list[View]] = {}
@@ -327,12 +338,11 @@ class Detector:
         for (view, _, _), keys in zip(item.regions, nearest[1:], strict=True):
             for key in keys:
                 candidates.setdefault(key, []).append(view)
-        ordered = [key for key in candidates if key not in decided and key in self._row]
+        ordered = [key for key in candidates if key in self._row]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
-            return []
+            return None
         stored = self._load_features(ordered)  # type: ignore[misc]
-        found = []
         for key in ordered:
             banned = stored.get(key)
             if banned is None:
@@ -340,14 +350,16 @@ class Detector:
             # The whole upload first; then the views whose colours nominated it, where a
             # small copy among other pictures has more of its own keypoints.
             result = verify(banned, item.features())
+            if result is None:
+                result = verify_whole(banned, item.features())
             for view in candidates[key][:_VIEWS_VERIFIED]:
                 if result is not None:
                     break
                 result = verify(banned, item.features(view))
                 result = result.within(view.box) if result else None
             if result is not None:
-                found.append(self._local_detection(key, item, result))
-        return found
+                return self._local_detection(key, item, result)
+        return None
 
     def _local_detection(self, key: int, item: Probe, result: Verification) -> Detection:
         banned = self.matcher.fingerprint(key)
@@ -355,7 +367,7 @@ class Detector:
         return Detection(
             key,
             "local features",
-            f"ORB+RANSAC >= {result.inliers} points",
+            f"ORB+RANSAC, {result.inliers} points" if result.inliers else "pixel comparison",
             distances,
             result.describe(),
         )

@@ -42,6 +42,19 @@ WEAK_INLIER_SHARE = 0.8
 # shrinks it to a speck makes every point an "inlier".
 MIN_PLACED = 0.08
 _RATIO = 0.8
+_MAX_STRETCH = 2.5
+# Photometric check: the banned picture's grey copy (PIXELS_SIDE across, stored with its
+# features), split into _CELLS x _CELLS cells.
+PIXELS_SIDE = 160
+MIN_POINTS = 8
+MIN_OVERLAP = 0.5
+MIN_CELLS = 4
+MIN_AGREEING = 0.75
+_CELLS = 5
+_CELL_NCC = 0.7
+_FLAT_ENERGY = 1.0
+_MAX_SHIFT = 3.0
+_REFINE = True
 _REPROJECTION = 0.006  # of the upload's longer side
 
 
@@ -50,14 +63,22 @@ class LocalFeatures:
     points: np.ndarray  # (n, 2) float32, pixels of a copy FEATURE_SIDE on its longer side
     descriptors: np.ndarray  # (n, 32) uint8, ORB
     size: tuple[int, int]
+    # The picture, at any scale of ``size``, for the photometric check: grey (h, w) for a
+    # banned picture, RGB (h, w, 3) for an upload. None in features stored before the
+    # check existed (``manage.py rehash`` adds it).
+    pixels: np.ndarray | None = None
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
+        arrays = {}
+        if self.pixels is not None:
+            arrays["pixels"] = _shrink(self.pixels, PIXELS_SIDE)
         np.savez_compressed(
             buffer,
             points=self.points.astype(np.float32),
             descriptors=self.descriptors,
             size=np.array(self.size),
+            **arrays,
         )
         return buffer.getvalue()
 
@@ -65,7 +86,10 @@ class LocalFeatures:
     def from_bytes(cls, data: bytes) -> "LocalFeatures":
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             size = stored["size"]
-            return cls(stored["points"], stored["descriptors"], (int(size[0]), int(size[1])))
+            pixels = stored["pixels"] if "pixels" in stored.files else None
+            return cls(
+                stored["points"], stored["descriptors"], (int(size[0]), int(size[1])), pixels
+            )
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,7 @@ class Verification:
     rotation: float  # degrees
     scale: float  # banned picture's size in the upload, relative to the upload
     box: tuple[float, float, float, float]  # where it lies in the upload, as fractions
+    agreement: "Agreement | None" = None  # None: stored features without a grey copy
 
     def within(self, box: tuple[float, float, float, float]) -> "Verification":
         """The same result with its box placed in the picture that ``box`` was cut from."""
@@ -91,8 +116,16 @@ class Verification:
         return dataclasses.replace(self, box=placed)
 
     def describe(self) -> str:
+        pixels = ""
+        if self.agreement is not None:
+            cells = self.agreement.correlations
+            agreeing = round(self.agreement.agreeing * len(cells))
+            pixels = f"pixels agreeing in {agreeing} of {len(cells)} parts"
+            if not self.inliers:
+                return f"the whole picture, {pixels}"
+            pixels = f", {pixels}"
         return (
-            f"{self.inliers} matching points ({self.coverage:.0%} of the banned image), "
+            f"{self.inliers} matching points ({self.coverage:.0%} of the banned image){pixels}, "
             f"turned {self.rotation:+.1f}°, filling {_visible_area(self.box):.0%} of the upload"
         )
 
@@ -107,8 +140,12 @@ def local_features(
     count: int = REFERENCE_FEATURES,
     side: int = FEATURE_SIDE,
     grid: int = REFERENCE_GRID,
+    pixels_side: int = PIXELS_SIDE,
+    colour: bool = False,
 ) -> LocalFeatures:
-    """ORB keypoints of ``image`` (any mode), on a copy at most ``side`` pixels across.
+    """ORB keypoints of ``image`` (any mode), on a copy at most ``side`` pixels across,
+    and the picture at most ``pixels_side`` across for the photometric check: in grey, or
+    in ``colour`` for an upload, whose colours may have been changed.
 
     The strongest corners are taken per cell of a ``grid`` x ``grid`` split, not over the
     whole picture, so that every part has its share: a crop keeps keypoints of its own,
@@ -122,6 +159,11 @@ def local_features(
         size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
         grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     pixels = np.asarray(grey)
+    if colour:
+        shown = image.convert("RGB").resize(grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        kept = _shrink(np.asarray(shown), pixels_side)
+    else:
+        kept = _shrink(pixels, pixels_side)
     keypoints: list[cv2.KeyPoint] = []
     for threshold in (20, 5):
         orb = cv2.ORB_create(
@@ -139,10 +181,23 @@ def local_features(
         keypoints, descriptors = orb.compute(pixels, keypoints)
     if descriptors is None or not len(keypoints):
         return LocalFeatures(
-            np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), (grey.width, grey.height)
+            np.zeros((0, 2), np.float32),
+            np.zeros((0, 32), np.uint8),
+            (grey.width, grey.height),
+            kept,
         )
     points = np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32)
-    return LocalFeatures(points, descriptors, (grey.width, grey.height))
+    return LocalFeatures(points, descriptors, (grey.width, grey.height), kept)
+
+
+def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
+    """A grey array scaled down (by area) so that its longer side is at most ``side``."""
+    height, width = pixels.shape[:2]
+    scale = side / max(height, width)
+    if scale >= 1:
+        return pixels
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 def _spread(
@@ -164,16 +219,24 @@ def _spread(
     return chosen + rest[: max(0, count - len(chosen))]
 
 
-def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
-    """How ``upload`` shows ``banned``, or None when the points do not agree enough."""
-    if len(banned.descriptors) < MIN_INLIERS or len(upload.descriptors) < MIN_INLIERS:
+@dataclass(frozen=True)
+class _Fit:
+    transform: np.ndarray  # 2x3, banned feature pixels to upload feature pixels
+    inliers: int
+    matches: int
+    coverage: float
+
+
+def _fit(banned: LocalFeatures, upload: LocalFeatures) -> _Fit | None:
+    """The affine transform most matched keypoints agree on, with its support."""
+    if len(banned.descriptors) < MIN_POINTS or len(upload.descriptors) < MIN_POINTS:
         return None
     matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
     pairs = matcher.knnMatch(banned.descriptors, upload.descriptors, k=2)
     good = [
         pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < _RATIO * pair[1].distance
     ]
-    if len(good) < MIN_INLIERS:
+    if len(good) < MIN_POINTS:
         return None
     source = banned.points[[match.queryIdx for match in good]]
     target = upload.points[[match.trainIdx for match in good]]
@@ -182,25 +245,158 @@ def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
         target,
         method=cv2.RANSAC,
         ransacReprojThreshold=max(2.0, _REPROJECTION * max(upload.size)),
-        maxIters=2000,
+        maxIters=4000,
         confidence=0.995,
     )
     if transform is None:
         return None
-    inliers = int(mask.sum())
-    if inliers < MIN_INLIERS or inliers < MIN_INLIER_SHARE * len(good):
+    inliers = mask.ravel().astype(bool)
+    if inliers.sum() < MIN_POINTS:
         return None
+    points = source[inliers]
+    coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
+    return _Fit(transform, int(inliers.sum()), len(good), float(coverage))
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How the banned picture's pixels compare with the upload's where the fit puts them."""
+
+    overlap: float  # share of the banned picture that lies inside the upload
+    # Per cell of the banned picture with detail of its own, inside the upload: how its
+    # detail correlates with the upload's there (-1 to 1).
+    correlations: tuple[float, ...]
+
+    def convinces(self) -> bool:
+        """Whether the banned picture, as placed, is what the upload shows."""
+        return (
+            self.overlap >= MIN_OVERLAP
+            and len(self.correlations) >= MIN_CELLS
+            and self.agreeing >= MIN_AGREEING
+        )
+
+    @property
+    def agreeing(self) -> float:
+        """The share of cells that agree."""
+        if not self.correlations:
+            return 0.0
+        return sum(value >= _CELL_NCC for value in self.correlations) / len(self.correlations)
+
+
+def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarray) -> Agreement:
+    """Compare the pictures pixel by pixel under ``transform`` (banned to upload points).
+
+    The upload is resampled into the banned picture's grey copy, both are reduced to
+    their detail (a difference of Gaussians, so that brightness, contrast and smooth
+    gradients count for nothing), and the detail is correlated cell by cell on a grid.
+    A copy agrees nearly everywhere, a sticker or caption aside; two pictures that share
+    only a toolbar, a logo or a few look-alike corners agree in a few cells at most.
+    """
+    assert banned.pixels is not None and upload.pixels is not None
+    reference = banned.pixels.astype(np.float32)
+    height, width = reference.shape
+    to_reference = np.diag([banned.size[0] / width, banned.size[1] / height, 1.0])
+    to_upload = np.diag([upload.pixels.shape[1] / upload.size[0],
+                         upload.pixels.shape[0] / upload.size[1]])  # fmt: skip
+    mapping = to_upload @ transform @ to_reference  # reference pixels to upload pixels
+    source = upload.pixels
+    scale = math.sqrt(abs(np.linalg.det(mapping[:, :2])))
+    if scale > 1.5:
+        # Shrink the upload first so that warping it does not alias.
+        source = cv2.resize(
+            source,
+            (max(1, round(source.shape[1] / scale)), max(1, round(source.shape[0] / scale))),
+            interpolation=cv2.INTER_AREA,
+        )
+        mapping = np.diag([source.shape[1] / upload.pixels.shape[1],
+                           source.shape[0] / upload.pixels.shape[0]]) @ mapping  # fmt: skip
+    flags = cv2.WARP_INVERSE_MAP
+    # Reflected beyond the upload's edges, so that its edge makes no detail of its own.
+    warped = cv2.warpAffine(
+        source.astype(np.float32),
+        mapping,
+        (width, height),
+        flags=flags | cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT_101,
+    )
+    inside = cv2.warpAffine(
+        np.ones(source.shape[:2], np.uint8),
+        mapping,
+        (width, height),
+        flags=flags | cv2.INTER_NEAREST,
+    )
+    inside = cv2.erode(inside, np.ones((5, 5), np.uint8)).astype(bool)
+    overlap = float(inside.mean())
+    detail_a = _detail(reference)
+    detail_b = _detail(warped)
+    if detail_b.ndim == 3:
+        # A colour upload: the mix of its channels that best gives the banned picture's
+        # grey, so that hue shifts, channel swaps and other recolourings are undone.
+        # Three weights over thousands of pixels lend a different picture no agreement.
+        weights = np.linalg.lstsq(detail_b[inside], detail_a[inside], rcond=None)[0]
+        detail_b = detail_b @ weights.astype(np.float32)
+    if _REFINE and overlap > 0:
+        detail_b, inside = _aligned(detail_a, detail_b, inside)
+    # Sums over each cell of the grid, all cells at once.
+    rows = np.linspace(0, height, _CELLS + 1).astype(int)[:-1]
+    columns = np.linspace(0, width, _CELLS + 1).astype(int)[:-1]
+    weight = inside.astype(np.float32)
+    sums = [
+        np.add.reduceat(np.add.reduceat(values, rows, axis=0), columns, axis=1)
+        for values in (
+            weight,
+            detail_a * detail_a * weight,
+            detail_a * detail_b * weight,
+            detail_b * detail_b * weight,
+        )
+    ]
+    counts = np.add.reduceat(np.add.reduceat(np.ones_like(weight), rows, axis=0), columns, axis=1)
+    inside_count, energy_a, product, energy_b = sums
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Cells mostly inside the upload, with detail of their own in the banned picture.
+        used = (inside_count >= 0.9 * counts) & (energy_a >= _FLAT_ENERGY * inside_count)
+        values = np.where(energy_b > 0, product / np.sqrt(energy_a * energy_b), 0.0)
+    correlations = [float(value) for value in values[used]]
+    return Agreement(overlap, tuple(correlations))
+
+
+def _aligned(
+    reference: np.ndarray, warped: np.ndarray, inside: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``warped`` and its mask moved by the shift that best lines it up with ``reference``.
+
+    The fit's points are found on copies of other sizes, so the warp may be off by a
+    pixel or two at this scale, which is enough to decorrelate fine detail.
+    """
+    window = inside.astype(np.float32)
+    (dx, dy), _ = cv2.phaseCorrelate(reference * window, warped * window)
+    if abs(dx) > _MAX_SHIFT or abs(dy) > _MAX_SHIFT or (abs(dx) < 0.25 and abs(dy) < 0.25):
+        return warped, inside
+    shift = np.float32([[1, 0, -dx], [0, 1, -dy]])
+    size = (warped.shape[1], warped.shape[0])
+    moved = cv2.warpAffine(warped, shift, size, borderMode=cv2.BORDER_REFLECT_101)
+    kept = cv2.warpAffine(inside.astype(np.uint8), shift, size, flags=cv2.INTER_NEAREST)
+    return moved, kept.astype(bool)
+
+
+def _detail(pixels: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(pixels, (0, 0), 0.8) - cv2.GaussianBlur(pixels, (0, 0), 3.0)
+
+
+DEBUG: list[dict] | None = None
+
+
+def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
+    """How ``upload`` shows ``banned``, or None when the points do not agree enough."""
+    fit = _fit(banned, upload)
+    if fit is None:
+        return None
+    transform = fit.transform
     linear = transform[:, :2]
     if np.linalg.det(linear) <= 0:
         return None  # a mirror image: the hash stage's turned variants cover those
     stretch = np.linalg.svd(linear, compute_uv=False)
-    if stretch[1] <= 0 or stretch[0] / stretch[1] > 2.5:
-        return None
-    points = source[mask.ravel().astype(bool)]
-    coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
-    if coverage < MIN_COVERAGE:
-        return None
-    if inliers < STRONG_INLIERS and inliers < WEAK_INLIER_SHARE * len(good):
+    if stretch[1] <= 0 or stretch[0] / stretch[1] > _MAX_STRETCH:
         return None
     corners = np.array(
         [[0, 0], [banned.size[0], 0], [banned.size[0], banned.size[1]], [0, banned.size[1]]],
@@ -216,11 +412,57 @@ def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
     )
     if _visible_area(box) < MIN_PLACED:
         return None
+    strong = (
+        fit.inliers >= MIN_INLIERS
+        and fit.inliers >= MIN_INLIER_SHARE * fit.matches
+        and fit.coverage >= MIN_COVERAGE
+        and (fit.inliers >= STRONG_INLIERS or fit.inliers >= WEAK_INLIER_SHARE * fit.matches)
+    )
+    seen = None
+    if banned.pixels is not None and upload.pixels is not None:
+        seen = agreement(banned, upload, transform)
+    if DEBUG is not None:
+        DEBUG.append(
+            {"inliers": fit.inliers, "matches": fit.matches, "coverage": fit.coverage,
+             "strong": strong, "seen": seen}
+        )  # fmt: skip
+    if not (strong if seen is None else seen.convinces()):
+        return None
     return Verification(
-        inliers=inliers,
-        matches=len(good),
-        coverage=float(coverage),
+        inliers=fit.inliers,
+        matches=fit.matches,
+        coverage=fit.coverage,
         rotation=math.degrees(math.atan2(linear[1, 0], linear[0, 0])),
         scale=float(math.sqrt(abs(np.linalg.det(linear))) * max(banned.size) / max(upload.size)),
         box=box,
+        agreement=seen,
+    )
+
+
+def verify_whole(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
+    """Whether ``upload`` is the whole banned picture, compared pixel by pixel.
+
+    For pictures with too few distinctive points to fit a geometry (smooth, dark or
+    repetitive ones): the upload is laid over the banned picture edge to edge, stretched
+    to fit, and only the photometric check decides.
+    """
+    if banned.pixels is None or upload.pixels is None:
+        return None
+    stretch = (upload.size[0] / banned.size[0]) / (upload.size[1] / banned.size[1])
+    if not 1 / _MAX_STRETCH <= stretch <= _MAX_STRETCH:
+        return None
+    scale = np.array(
+        [[upload.size[0] / banned.size[0], 0, 0], [0, upload.size[1] / banned.size[1], 0]]
+    )
+    seen = agreement(banned, upload, scale)
+    if not seen.convinces():
+        return None
+    return Verification(
+        inliers=0,
+        matches=0,
+        coverage=1.0,
+        rotation=0.0,
+        scale=1.0,
+        box=(0.0, 0.0, 1.0, 1.0),
+        agreement=seen,
     )

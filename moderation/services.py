@@ -25,6 +25,7 @@ from hashes.algorithms import (
 from hashes.detect import Detection, is_low_detail, probe, reference_features
 from hashes.errors import ImageError
 from hashes.loading import LoadedImage, load_image
+from hashes.local import LocalFeatures
 from moderation import files
 from moderation.blocklist import current_blocklist, match_rule
 from moderation.models import (
@@ -683,9 +684,14 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | N
     return len(rows)
 
 
+def _features_stale(data: bytes | None) -> bool:
+    return data is None or LocalFeatures.from_bytes(bytes(data)).pixels is None
+
+
 def banned_rehash() -> tuple[int, int]:
     """Recompute, from their reference images, fingerprints an older algorithm made,
-    and the second stage's colours and features where they are missing.
+    and the second stage's colours and features where they are missing or lack the grey
+    copy that the photometric check compares.
 
     Returns (rows recomputed, rows left as they are because they were pasted as hashes
     and have no image to recompute from).
@@ -698,7 +704,7 @@ def banned_rehash() -> tuple[int, int]:
             row.algorithm_versions.get(name, version) != version
             for name, version in current.items()
         )
-        or (row.reference_name and (row.features is None or row.colours is None))
+        or (row.reference_name and (row.colours is None or _features_stale(row.features)))
     ]
     by_reference: dict[str, list[BannedFingerprint]] = {}
     for row in stale:

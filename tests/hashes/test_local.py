@@ -1,6 +1,9 @@
-from PIL import Image
+import dataclasses
 
-from hashes.local import LocalFeatures, local_features, verify
+import numpy as np
+from PIL import Image, ImageOps
+
+from hashes.local import LocalFeatures, _fit, agreement, local_features, verify, verify_whole
 from tests.images import photo
 
 
@@ -46,3 +49,57 @@ def test_features_survive_storage() -> None:
 def test_a_flat_picture_has_nothing_to_verify() -> None:
     flat = Image.new("RGB", (300, 200), (90, 120, 200))
     assert verify(local_features(flat), local_features(photo("coffee"), 1500, 1024)) is None
+
+
+def _window(canvas: Image.Image) -> Image.Image:
+    """An app window: the same toolbar (a strip of one photo) above ``canvas``."""
+    toolbar = photo("astronaut").resize((512, 160))
+    window = Image.new("RGB", (512, 512))
+    window.paste(toolbar, (0, 0))
+    window.paste(canvas.resize((512, 352)), (0, 160))
+    return window
+
+
+def test_pictures_that_share_only_a_part_are_told_apart_by_their_pixels() -> None:
+    banned = local_features(_window(photo("chelsea")))
+    upload = local_features(_window(photo("coffee")), 1500, 1024, pixels_side=512)
+    # The toolbar's points agree on one geometry, over much of the banned picture...
+    fit = _fit(banned, upload)
+    assert fit is not None and fit.inliers >= 40 and fit.coverage >= 0.15
+    # ...but below it, the pixels do not.
+    seen = agreement(banned, upload, fit.transform)
+    assert seen.overlap > 0.95 and seen.agreeing < 0.5
+    assert verify(banned, upload) is None
+    same = local_features(_window(photo("chelsea")), 1500, 1024, pixels_side=512)
+    assert verify(banned, same) is not None
+
+
+def test_features_stored_without_pixels_need_more_points() -> None:
+    banned = local_features(photo("rocket"))
+    older = LocalFeatures.from_bytes(dataclasses.replace(banned, pixels=None).to_bytes())
+    assert older.pixels is None
+    copy = local_features(photo("rocket").crop((40, 40, 480, 400)), 1500, 1024, pixels_side=512)
+    found = verify(older, copy)
+    assert found is not None and found.agreement is None
+    assert "pixels agreeing" not in found.describe()
+    assert "pixels agreeing" in verify(banned, copy).describe()
+
+
+def test_a_picture_without_distinctive_points_is_compared_whole() -> None:
+    # Soft blobs: ORB finds no corners to fit a geometry to, but the pixels agree.
+    rng = np.random.default_rng(4)
+    blobs = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize(
+        (640, 480), Image.Resampling.BICUBIC
+    )
+    banned = local_features(blobs)
+    recoloured = ImageOps.invert(blobs).resize((400, 300))
+    upload = local_features(recoloured, 1500, 1024, pixels_side=512, colour=True)
+    assert verify(banned, upload) is None
+    found = verify_whole(banned, upload)
+    assert found is not None and found.inliers == 0
+    assert found.describe().startswith("the whole picture, pixels agreeing in")
+    other = local_features(photo("coffee"), 1500, 1024, pixels_side=512, colour=True)
+    assert verify_whole(banned, other) is None
+    # A crop is not the whole picture.
+    cropped = local_features(blobs.crop((0, 0, 480, 480)), 1500, 1024, pixels_side=512, colour=True)
+    assert verify_whole(banned, cropped) is None

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import os
 import stat
@@ -11,6 +12,7 @@ from PIL import Image, ImageOps
 
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
+from hashes.local import LocalFeatures
 from moderation import files, services
 from moderation.blocklist import current_blocklist
 from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
@@ -475,3 +477,15 @@ def test_rehash_adds_the_second_stage_to_bans_made_without_it(media: Path) -> No
     assert row.features and row.colours
     cropped = photo("astronaut").crop((80, 0, 512, 512))
     assert drop(media, "crop.jpg", encode(cropped, "JPEG")).state == State.QUARANTINED
+
+
+def test_rehash_adds_the_grey_copy_to_features_stored_without_it() -> None:
+    rows = services.banned_add_image(data=encoded("astronaut"))
+    stored = LocalFeatures.from_bytes(bytes(rows[0].features))
+    assert stored.pixels is not None and max(stored.pixels.shape) <= 160
+    older = dataclasses.replace(stored, pixels=None).to_bytes()
+    BannedFingerprint.objects.update(features=older)
+    assert services.banned_rehash() == (1, 0)
+    again = LocalFeatures.from_bytes(bytes(BannedFingerprint.objects.get().features))
+    assert again.pixels is not None
+    assert services.banned_rehash() == (0, 0)
