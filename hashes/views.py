@@ -30,6 +30,7 @@ _SEAM_SHARE = 0.6
 # Panels smaller than this share of the frame on either side are left out.
 _MIN_PANEL = 0.22
 _MAX_VIEWS = 12
+_BLOCK = 24
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,22 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     # Most pictures have no border: the first row says so before the rest is compared.
     if (np.abs(rows[0] - colour).max(axis=1) <= _TOLERANCE).mean() < _BORDER_SHARE:
         return 0
-    close = (np.abs(rows - colour).max(axis=2) <= _TOLERANCE).mean(axis=1)
+    # Row by row in blocks, up to the first row that is not mostly that colour.
+    blocks = []
+    for start in range(0, len(rows), _BLOCK):
+        block = (np.abs(rows[start : start + _BLOCK] - colour).max(axis=2) <= _TOLERANCE).mean(
+            axis=1
+        )
+        blocks.append(block)
+        if (block < share).any():
+            break
+    close = np.concatenate(blocks)
+    end = len(close) if (close >= share).all() else int(np.argmin(close >= share))
     if share >= _BORDER_SHARE:
-        run = len(close) if (close >= share).all() else int(np.argmin(close >= share))
+        run = end
     else:
         # A caption bar: text lines are far less uniform than its margins, so the run goes
         # on through them and ends at the last uniform margin row before the picture.
-        end = len(close) if (close >= share).all() else int(np.argmin(close >= share))
         margins = np.flatnonzero(close[:end] >= _BORDER_SHARE)
         run = int(margins[-1]) + 1 if margins.size else 0
     return run if run >= max(2, round(len(rows) * 0.015)) else 0
