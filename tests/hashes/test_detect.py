@@ -1,5 +1,7 @@
+import io
 import random
 
+import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
@@ -55,7 +57,7 @@ def detector() -> Detector:
         ("border", "hash", "border or letterbox"),
         ("caption_bar", "hash", ""),
         ("animated_gif", "hash", "as is"),
-        ("crop_side_20", "local features", "matching points"),
+        ("crop_side_20", "local features", "pixels agreeing"),
         ("rotate_5", "local features", "turned"),
         ("screenshot", "", ""),
         ("collage_2x2", "", ""),
@@ -69,6 +71,35 @@ def test_edited_copies_are_found_and_explained(
     found = _detect(detector, data)
     assert list(found) == [0], found
     assert stage in found[0].stage and variant in found[0].variant
+
+
+def test_a_recoloured_crop_is_found_by_its_pixels(detector: Detector) -> None:
+    # Hue turned and cropped: every hash moves, and so does the grey of each pixel; the
+    # upload's colour channels, mixed to fit, still give the banned picture's detail.
+    edited = Image.open(io.BytesIO(EDITS["hue_shift"].apply(photo("coffee"), random.Random(1), [])))
+    data = EDITS["crop_side_20"].apply(edited.convert("RGB"), random.Random(2), [])
+    found = _detect(detector, data)
+    assert list(found) == [1], found
+    assert found[1].stage == "local features" and "pixels agreeing" in found[1].variant
+
+
+def test_a_smooth_picture_in_negative_is_compared_whole() -> None:
+    rng = np.random.default_rng(4)
+    blobs = Image.fromarray(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8)).resize(
+        (640, 480), Image.Resampling.BICUBIC
+    )
+    frame, fingerprint = distinct_frames(load_image(encode(blobs, "PNG")))[0]
+    assert not is_low_detail(fingerprint, RULE.pdq_min_quality)
+    features, colours = reference_features(frame)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: BannedPicture(fingerprint, colours)})
+    # In negative every hash is turned around, and ORB finds no corners to fit.
+    data = EDITS["sticker"].apply(ImageOps.invert(blobs), random.Random(1), [])
+    found = _detect(detector, data)
+    assert list(found) == [0], found
+    assert found[0].rule == "pixel comparison"
+    assert found[0].variant.startswith("the whole picture, pixels agreeing in")
+    assert _detect(detector, encode(photo("coffee"), "JPEG")) == {}
 
 
 def test_distinct_photos_and_their_edits_match_nothing(detector: Detector) -> None:
