@@ -30,6 +30,7 @@ from PIL import Image
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from hashes.local import (
+    MIN_AGREEING,
     QUERY_FEATURES,
     LocalFeatures,
     Verification,
@@ -76,6 +77,7 @@ class DetectConfig:
     near_phash: int = 16
     colour_candidates: int = 4
     max_candidates: int = 10
+    pixel_agreement: float = MIN_AGREEING
     local_features: bool = True
 
     @classmethod
@@ -97,6 +99,9 @@ class DetectConfig:
             value = getattr(result, name)
             if type(value) is not int or not 0 <= value <= 64:
                 raise ValueError(f"{name} must be a whole number from 0 to 64, not {value!r}.")
+        agreement = result.pixel_agreement
+        if type(agreement) not in (int, float) or not 0.5 <= agreement <= 1:
+            raise ValueError(f"pixel_agreement must be a share from 0.5 to 1, not {agreement!r}.")
         if type(result.local_features) is not bool:
             raise ValueError("local_features must be true or false.")
         return result
@@ -349,13 +354,14 @@ class Detector:
                 continue
             # The whole upload first; then the views whose colours nominated it, where a
             # small copy among other pictures has more of its own keypoints.
-            result = verify(banned, item.features())
+            agreeing = self.config.pixel_agreement
+            result = verify(banned, item.features(), agreeing)
             if result is None:
-                result = verify_whole(banned, item.features())
+                result = verify_whole(banned, item.features(), agreeing)
             for view in candidates[key][:_VIEWS_VERIFIED]:
                 if result is not None:
                     break
-                result = verify(banned, item.features(view))
+                result = verify(banned, item.features(view), agreeing)
                 result = result.within(view.box) if result else None
             if result is not None:
                 return self._local_detection(key, item, result)

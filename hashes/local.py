@@ -277,12 +277,12 @@ class Agreement:
     # detail correlates with the upload's there (-1 to 1).
     correlations: tuple[float, ...]
 
-    def convinces(self) -> bool:
+    def convinces(self, min_agreeing: float = MIN_AGREEING) -> bool:
         """Whether the banned picture, as placed, is what the upload shows."""
         return (
             self.overlap >= MIN_OVERLAP
             and len(self.correlations) >= MIN_CELLS
-            and self.agreeing >= MIN_AGREEING
+            and self.agreeing >= min_agreeing
         )
 
     @property
@@ -396,8 +396,13 @@ def _detail(pixels: np.ndarray) -> np.ndarray:
 DEBUG: list[dict] | None = None
 
 
-def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
-    """How ``upload`` shows ``banned``, or None when the points do not agree enough."""
+def verify(
+    banned: LocalFeatures, upload: LocalFeatures, min_agreeing: float = MIN_AGREEING
+) -> Verification | None:
+    """How ``upload`` shows ``banned``, or None when the points and pixels do not agree.
+
+    ``min_agreeing``: the share of the banned picture's parts whose pixels must agree.
+    """
     fit = _fit(banned, upload)
     if fit is None:
         return None
@@ -436,7 +441,7 @@ def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
             {"inliers": fit.inliers, "matches": fit.matches, "coverage": fit.coverage,
              "strong": strong, "seen": seen}
         )  # fmt: skip
-    if not (strong if seen is None else seen.convinces()):
+    if not (strong if seen is None else seen.convinces(min_agreeing)):
         return None
     return Verification(
         inliers=fit.inliers,
@@ -449,7 +454,9 @@ def verify(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
     )
 
 
-def verify_whole(banned: LocalFeatures, upload: LocalFeatures) -> Verification | None:
+def verify_whole(
+    banned: LocalFeatures, upload: LocalFeatures, min_agreeing: float = MIN_AGREEING
+) -> Verification | None:
     """Whether ``upload`` is the whole banned picture, compared pixel by pixel.
 
     For pictures with too few distinctive points to fit a geometry (smooth, dark or
@@ -465,7 +472,7 @@ def verify_whole(banned: LocalFeatures, upload: LocalFeatures) -> Verification |
         [[upload.size[0] / banned.size[0], 0, 0], [0, upload.size[1] / banned.size[1], 0]]
     )
     seen = agreement(banned, upload, scale)
-    if not seen.convinces():
+    if not seen.convinces(min_agreeing):
         return None
     return Verification(
         inliers=0,

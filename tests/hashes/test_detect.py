@@ -151,7 +151,15 @@ def test_pasted_hashes_of_plain_pictures_are_recognised(hashes: dict, plain: boo
 
 @pytest.mark.parametrize(
     "config",
-    [{"region_pdq": 300}, {"near_phash": -1}, {"local_features": "yes"}, {"radius": 3}, [1]],
+    [
+        {"region_pdq": 300},
+        {"near_phash": -1},
+        {"local_features": "yes"},
+        {"pixel_agreement": 0.3},
+        {"pixel_agreement": "most"},
+        {"radius": 3},
+        [1],
+    ],
 )
 def test_bad_detection_settings_are_refused(config: object) -> None:
     with pytest.raises(ValueError):
