@@ -230,14 +230,14 @@ def _spread(
 
 
 @dataclass(frozen=True)
-class _Fit:
+class PointFit:
     transform: np.ndarray  # 2x3, banned feature pixels to upload feature pixels
     inliers: int
     matches: int
     coverage: float
 
 
-def _fit(banned: LocalFeatures, upload: LocalFeatures) -> _Fit | None:
+def fit_points(banned: LocalFeatures, upload: LocalFeatures) -> PointFit | None:
     """The affine transform most matched keypoints agree on, with its support."""
     if len(banned.descriptors) < MIN_POINTS or len(upload.descriptors) < MIN_POINTS:
         return None
@@ -265,7 +265,7 @@ def _fit(banned: LocalFeatures, upload: LocalFeatures) -> _Fit | None:
         return None
     points = source[inliers]
     coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
-    return _Fit(transform, int(inliers.sum()), len(good), float(coverage))
+    return PointFit(transform, int(inliers.sum()), len(good), float(coverage))
 
 
 @dataclass(frozen=True)
@@ -403,7 +403,7 @@ def verify(
 
     ``min_agreeing``: the share of the banned picture's parts whose pixels must agree.
     """
-    fit = _fit(banned, upload)
+    fit = fit_points(banned, upload)
     if fit is None:
         return None
     transform = fit.transform

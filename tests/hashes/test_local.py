@@ -3,7 +3,7 @@ import dataclasses
 import numpy as np
 from PIL import Image, ImageOps
 
-from hashes.local import LocalFeatures, _fit, agreement, local_features, verify, verify_whole
+from hashes.local import LocalFeatures, agreement, fit_points, local_features, verify, verify_whole
 from tests.images import photo
 
 
@@ -64,7 +64,7 @@ def test_pictures_that_share_only_a_part_are_told_apart_by_their_pixels() -> Non
     banned = local_features(_window(photo("chelsea")))
     upload = local_features(_window(photo("coffee")), 1500, 1024, pixels_side=512)
     # The toolbar's points agree on one geometry, over much of the banned picture...
-    fit = _fit(banned, upload)
+    fit = fit_points(banned, upload)
     assert fit is not None and fit.inliers >= 40 and fit.coverage >= 0.15
     # ...but below it, the pixels do not.
     seen = agreement(banned, upload, fit.transform)
