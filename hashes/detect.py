@@ -330,19 +330,21 @@ class Detector:
         return found
 
     def _local_stage(self, item: Probe) -> Detection | None:
-        # Candidates in order of promise: near hash misses, then nearest colours of the
-        # whole upload and of each view.
+        # Candidates in order of promise: near hash misses first.
         candidates: dict[int, list[View]] = {}
         for fingerprint in (item.fingerprint, *(turned for _, turned in item.turns)):
             for match in self._near.match(fingerprint):
                 candidates.setdefault(match.key, [])
+        # Then by colour, the closest pairs of (upload or view, banned picture) first,
+        # whichever view they come from: a collage's tile is all but equal to its banned
+        # picture, where the nearest pictures to its other tiles are merely alike.
         signatures = [item.colours, *(colours for _, _, colours in item.regions)]
-        nearest = self._nearest_colours(signatures)
-        for key in nearest[0]:
-            candidates.setdefault(key, [])
-        for (view, _, _), keys in zip(item.regions, nearest[1:], strict=True):
-            for key in keys:
-                candidates.setdefault(key, []).append(view)
+        views_of = [None, *(view for view, _, _ in item.regions)]
+        for _, index, key in sorted(self._nearest_colours(signatures), reverse=True):
+            found = candidates.setdefault(key, [])
+            view = views_of[index]
+            if view is not None:
+                found.append(view)
         ordered = [key for key in candidates if key in self._row]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
@@ -378,17 +380,18 @@ class Detector:
             result.describe(),
         )
 
-    def _nearest_colours(self, signatures: list[np.ndarray]) -> list[list[int]]:
-        """For each colour signature, the keys of the nearest banned ones, nearest first."""
+    def _nearest_colours(self, signatures: list[np.ndarray]) -> list[tuple[float, int, int]]:
+        """(similarity, index of the signature, banned key) for the banned pictures nearest
+        each colour signature."""
         count = min(self.config.colour_candidates, len(self._keys))
         if not count:
-            return [[] for _ in signatures]
+            return []
         # One pass over the matrix for all the signatures of an upload.
         scores = self._colours @ np.stack(signatures).astype(np.float32).T
         found = []
-        for column in scores.T:
-            best = np.argpartition(-column, count - 1)[:count]
-            found.append([self._keys[row] for row in best[np.argsort(-column[best])]])
+        for index, column in enumerate(scores.T):
+            for row in np.argpartition(-column, count - 1)[:count]:
+                found.append((float(column[row]), index, self._keys[row]))
         return found
 
 
