@@ -393,9 +393,6 @@ def _detail(pixels: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(pixels, (0, 0), 0.8) - cv2.GaussianBlur(pixels, (0, 0), 3.0)
 
 
-DEBUG: list[dict] | None = None
-
-
 def verify(
     banned: LocalFeatures, upload: LocalFeatures, min_agreeing: float = MIN_AGREEING
 ) -> Verification | None:
@@ -436,11 +433,6 @@ def verify(
     seen = None
     if banned.pixels is not None and upload.pixels is not None:
         seen = agreement(banned, upload, transform)
-    if DEBUG is not None:
-        DEBUG.append(
-            {"inliers": fit.inliers, "matches": fit.matches, "coverage": fit.coverage,
-             "strong": strong, "seen": seen}
-        )  # fmt: skip
     if not (strong if seen is None else seen.convinces(min_agreeing)):
         return None
     return Verification(
