@@ -350,13 +350,13 @@ class Detector:
         if not ordered:
             return None
         stored = self._load_features(ordered)  # type: ignore[misc]
+        agreeing = self.config.pixel_agreement
         for key in ordered:
             banned = stored.get(key)
             if banned is None:
                 continue
             # The whole upload first; then the views whose colours nominated it, where a
             # small copy among other pictures has more of its own keypoints.
-            agreeing = self.config.pixel_agreement
             result = verify(banned, item.features(), agreeing)
             if result is None:
                 result = verify_whole(banned, item.features(), agreeing)

@@ -424,16 +424,19 @@ def verify(
     )
     if _visible_area(box) < MIN_PLACED:
         return None
-    strong = (
-        fit.inliers >= MIN_INLIERS
-        and fit.inliers >= MIN_INLIER_SHARE * fit.matches
-        and fit.coverage >= MIN_COVERAGE
-        and (fit.inliers >= STRONG_INLIERS or fit.inliers >= WEAK_INLIER_SHARE * fit.matches)
-    )
-    seen = None
-    if banned.pixels is not None and upload.pixels is not None:
+    if banned.pixels is None or upload.pixels is None:
+        seen = None
+        # Stored before the photometric check: the points alone must convince.
+        convinced = (
+            fit.inliers >= MIN_INLIERS
+            and fit.inliers >= MIN_INLIER_SHARE * fit.matches
+            and fit.coverage >= MIN_COVERAGE
+            and (fit.inliers >= STRONG_INLIERS or fit.inliers >= WEAK_INLIER_SHARE * fit.matches)
+        )
+    else:
         seen = agreement(banned, upload, transform)
-    if not (strong if seen is None else seen.convinces(min_agreeing)):
+        convinced = seen.convinces(min_agreeing)
+    if not convinced:
         return None
     return Verification(
         inliers=fit.inliers,
