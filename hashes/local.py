@@ -19,6 +19,7 @@ blocklist.
 import dataclasses
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -339,35 +340,69 @@ def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarra
     overlap = float(inside.mean())
     detail_a = _detail(reference)
     detail_b = _detail(warped)
-    if detail_b.ndim == 3:
-        # A colour upload: the mix of its channels that best gives the banned picture's
-        # grey, so that hue shifts, channel swaps and other recolourings are undone.
-        # Three weights over thousands of pixels lend a different picture no agreement.
-        weights = np.linalg.lstsq(detail_b[inside], detail_a[inside], rcond=None)[0]
-        detail_b = detail_b @ weights.astype(np.float32)
-    if overlap > 0:
-        detail_b, inside = _aligned(detail_a, detail_b, inside)
     # Sums over each cell of the grid, all cells at once.
     rows = np.linspace(0, height, _CELLS + 1).astype(int)[:-1]
     columns = np.linspace(0, width, _CELLS + 1).astype(int)[:-1]
-    weight = inside.astype(np.float32)
-    sums = [
-        np.add.reduceat(np.add.reduceat(values, rows, axis=0), columns, axis=1)
-        for values in (
-            weight,
-            detail_a * detail_a * weight,
-            detail_a * detail_b * weight,
-            detail_b * detail_b * weight,
-        )
-    ]
-    counts = np.add.reduceat(np.add.reduceat(np.ones_like(weight), rows, axis=0), columns, axis=1)
-    inside_count, energy_a, product, energy_b = sums
+
+    def cell_sums(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(np.add.reduceat(values, rows, axis=0), columns, axis=1)
+
+    cells = cell_sums(np.ones(inside.shape, np.float32))
+
+    def usable(inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mask's weights, the banned picture's detail energy per cell, and which
+        cells count: mostly inside the upload, with detail of their own."""
+        weight = inside.astype(np.float32)
+        count = cell_sums(weight)
+        energy = cell_sums(detail_a * detail_a * weight)
+        return weight, energy, (count >= 0.9 * cells) & (energy >= _FLAT_ENERGY * count)
+
+    weight, energy_a, used = usable(inside)
+    if detail_b.ndim == 3:
+        detail_b = detail_b @ _channel_mix(detail_a, detail_b, weight, used, cell_sums)
+    if overlap > 0:
+        detail_b, inside = _aligned(detail_a, detail_b, inside)
+        weight, energy_a, used = usable(inside)
+    product = cell_sums(detail_a * detail_b * weight)
+    energy_b = cell_sums(detail_b * detail_b * weight)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # Cells mostly inside the upload, with detail of their own in the banned picture.
-        used = (inside_count >= 0.9 * counts) & (energy_a >= _FLAT_ENERGY * inside_count)
         values = np.where(energy_b > 0, product / np.sqrt(energy_a * energy_b), 0.0)
     correlations = [float(value) for value in values[used]]
     return Agreement(overlap, tuple(correlations))
+
+
+def _channel_mix(
+    detail_a: np.ndarray,
+    detail_b: np.ndarray,
+    weight: np.ndarray,
+    used: np.ndarray,
+    cell_sums: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The mix of the upload's colour channels that best gives the banned picture's grey.
+
+    Hue shifts, channel swaps and other recolourings are undone by it; three weights over
+    thousands of pixels lend a different picture no agreement. The mix is fitted in each
+    cell by least squares and the median of the cells' mixes is taken, so that a sticker
+    or caption, whose strong edges would dominate one fit over the whole picture, moves
+    it only as much as the few cells it covers.
+    """
+    channels = range(3)
+    gram = np.stack(
+        [
+            np.stack(
+                [cell_sums(detail_b[..., i] * detail_b[..., j] * weight) for j in channels], -1
+            )
+            for i in channels
+        ],
+        -2,
+    )[used]
+    target = np.stack([cell_sums(detail_b[..., i] * detail_a * weight) for i in channels], -1)[used]
+    if not len(gram):
+        return np.full(3, 1 / 3, np.float32)
+    # A little ridge keeps grey pictures, whose channels are all alike, well posed.
+    ridge = (1e-3 * np.trace(gram, axis1=1, axis2=2) + 1e-6)[:, None, None] * np.eye(3)
+    mixes = np.linalg.solve(gram + ridge, target[..., None])[..., 0]
+    return np.median(mixes, axis=0).astype(np.float32)
 
 
 def _aligned(

@@ -1,8 +1,11 @@
 import dataclasses
+import io
+import random
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from hashes.evaluation.edits import EDITS
 from hashes.local import LocalFeatures, agreement, fit_points, local_features, verify, verify_whole
 from tests.images import photo
 
@@ -103,3 +106,26 @@ def test_a_picture_without_distinctive_points_is_compared_whole() -> None:
     # A crop is not the whole picture.
     cropped = local_features(blobs.crop((0, 0, 480, 480)), 1500, 1024, pixels_side=512, colour=True)
     assert verify_whole(banned, cropped) is None
+
+
+def test_a_sticker_does_not_spoil_the_colour_mix_of_a_faint_picture() -> None:
+    # Faint sea and ice: a sticker's strong edges would dominate one least-squares mix of
+    # the upload's channels over the whole picture, and cancel the faint detail.
+    tile = photo("natural_earth_tile")
+    banned = local_features(tile)
+    for seed in range(4):
+        stickered = Image.open(io.BytesIO(EDITS["sticker"].apply(tile, random.Random(seed), [])))
+        upload = local_features(stickered, 1500, 1024, pixels_side=512, colour=True)
+        found = verify_whole(banned, upload)
+        assert found is not None, seed
+
+
+def test_a_blank_upload_agrees_nowhere() -> None:
+    banned = local_features(photo("coffee"))
+    upload = local_features(photo("coffee"), 1500, 1024, pixels_side=512, colour=True)
+    blank = dataclasses.replace(upload, pixels=np.zeros_like(upload.pixels))
+    scale = np.array(
+        [[upload.size[0] / banned.size[0], 0, 0], [0, upload.size[1] / banned.size[1], 0]]
+    )
+    seen = agreement(banned, blank, scale)
+    assert seen.correlations and seen.agreeing == 0
