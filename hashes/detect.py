@@ -9,17 +9,19 @@ Two stages, each explaining what it found:
    alone at ``region_pdq``. This is exact search over the whole blocklist.
 2. **Local features.** Crops, small rotations, stretched and embedded copies move every
    hash too far. For those, the banned pictures whose colours are nearest the upload's
-   (and those of each view), and those the hash stage found near but not within the rule,
-   are candidates, and ORB keypoints with a RANSAC-fitted geometry decide
-   (``hashes/local.py``). A candidate without stored features (a pasted hash) can only
-   match in the first stage. This stage runs only when the first found nothing, and
-   stops at the first banned picture it proves: one is enough to quarantine the upload.
+   (and those of each view, and of the upload with its hues turned), and those the hash
+   stage found near but not within the rule, are candidates; ORB keypoints with a
+   RANSAC-fitted geometry place each, and its pixels decide (``hashes/local.py``). A
+   candidate without stored features (a pasted hash) can only match in the first stage.
+   This stage runs only when the first found nothing, and stops at the first banned
+   picture it proves: one is enough to quarantine the upload.
 
 A banned picture too plain to hash reliably (``is_low_detail``) is never matched fuzzily:
 its hashes sit near those of every other smooth image. The moderation services refuse
 such bans for fuzzy matching and keep only the exact SHA-256.
 """
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -45,6 +47,7 @@ HASH_SIDE = 256
 QUERY_FEATURE_SIDE = 1024
 QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
+HUE_TURNS = 8
 _VIEWS_VERIFIED = 2
 
 # (name, how to describe the upload, the PIL transpose that undoes it). The order is
@@ -119,6 +122,7 @@ class Probe:
     regions: list[tuple[View, Fingerprint, np.ndarray]]
     colours: np.ndarray
     image: Image.Image
+    hue_turned: np.ndarray  # the colour signatures of the upload with its hues turned
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
 
     def features(self, view: View | None = None) -> LocalFeatures:
@@ -155,8 +159,38 @@ class BannedPicture:
 
 def colour_signature(image: Image.Image) -> np.ndarray:
     """A unit vector of the picture's colour mix, little changed by crops and rotations."""
-    small = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
-    bins = (small // (256 // COLOUR_BINS)).reshape(-1, 3).astype(np.int32)
+    return _signature(_colour_sample(image))
+
+
+def hue_turned_signatures(image: Image.Image) -> np.ndarray:
+    """Colour signatures of the picture with its hues turned by each eighth of a turn.
+
+    A hue shift moves the colour mix away from the banned picture's, so that colour
+    alone would not nominate it; one of these is within 22.5 degrees of undoing it.
+    """
+    sample = _colour_sample(image).reshape(-1, 3).astype(np.float32)
+    grey = np.full(3, 1 / math.sqrt(3))
+    cross = np.array([[0, -grey[2], grey[1]], [grey[2], 0, -grey[0]], [-grey[1], grey[0], 0]])
+    signatures = []
+    for step in range(1, HUE_TURNS):
+        angle = 2 * math.pi * step / HUE_TURNS
+        # Rodrigues' rotation about the grey axis: greys stay, hues turn.
+        rotation = (
+            math.cos(angle) * np.eye(3)
+            + math.sin(angle) * cross
+            + (1 - math.cos(angle)) * np.outer(grey, grey)
+        )
+        turned = np.clip(sample @ rotation.T.astype(np.float32), 0, 255).astype(np.uint8)
+        signatures.append(_signature(turned))
+    return np.stack(signatures)
+
+
+def _colour_sample(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+
+
+def _signature(pixels: np.ndarray) -> np.ndarray:
+    bins = (pixels // (256 // COLOUR_BINS)).reshape(-1, 3).astype(np.int32)
     codes = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
     counts = np.bincount(codes, minlength=COLOUR_BINS**3).astype(np.float32)
     vector = np.sqrt(counts / counts.sum())
@@ -216,6 +250,7 @@ def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True)
         regions=found,
         colours=colour_signature(small),
         image=working_copy(frame, QUERY_FEATURE_SIDE),
+        hue_turned=hue_turned_signatures(small),
     )
 
 
@@ -345,6 +380,9 @@ class Detector:
             view = views_of[index]
             if view is not None:
                 found.append(view)
+        # Last, those nearest the upload with its hues turned back, for recoloured copies.
+        for key in self._nearest_turned(item.hue_turned):
+            candidates.setdefault(key, [])
         ordered = [key for key in candidates if key in self._row]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
@@ -393,6 +431,16 @@ class Detector:
             for row in np.argpartition(-column, count - 1)[:count]:
                 found.append((float(column[row]), index, self._keys[row]))
         return found
+
+    def _nearest_turned(self, signatures: np.ndarray) -> list[int]:
+        """The banned pictures nearest any of the hue-turned signatures, half as many as
+        for the upload itself."""
+        count = min(max(1, self.config.colour_candidates // 2), len(self._keys))
+        if not count:
+            return []
+        best = (self._colours @ signatures.astype(np.float32).T).max(axis=1)
+        rows = np.argpartition(-best, count - 1)[:count]
+        return [self._keys[row] for row in rows[np.argsort(-best[rows])]]
 
 
 def _turn_label(name: str) -> str:

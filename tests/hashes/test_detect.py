@@ -170,3 +170,17 @@ def test_bad_detection_settings_are_refused(config: object) -> None:
 def test_tiny_and_extreme_shapes_are_checked_without_error(detector: Detector, size) -> None:
     image = photo("chelsea").resize(size)
     assert _detect(detector, encode(image, "PNG")) == {}
+
+
+def test_a_copy_with_its_hues_turned_is_nominated_by_its_turned_colours() -> None:
+    # Colour alone nominates candidates here: two for the upload, one for it with its hues
+    # turned. With its channels swapped (hues turned a third of the way round), the
+    # coffee cup's colours are nearest those of the other banned photos.
+    config = DetectConfig(colour_candidates=2, near_pdq=0, near_phash=0)
+    detector = _detector("astronaut", "chelsea", "coffee", "rocket", config=config)
+    pixels = np.asarray(photo("coffee"), dtype=np.uint8)
+    turned = Image.fromarray(pixels[..., [2, 0, 1]]).crop((0, 0, 260, 213))
+    data = encode(turned, "JPEG")
+    probed = _detect(detector, data)
+    assert list(probed) == [2], probed
+    assert probed[2].stage == "local features"
