@@ -21,7 +21,6 @@ its hashes sit near those of every other smooth image. The moderation services r
 such bans for fuzzy matching and keep only the exact SHA-256.
 """
 
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -166,22 +165,17 @@ def hue_turned_signatures(image: Image.Image) -> np.ndarray:
     """Colour signatures of the picture with its hues turned by each eighth of a turn.
 
     A hue shift moves the colour mix away from the banned picture's, so that colour
-    alone would not nominate it; one of these is within 22.5 degrees of undoing it.
+    alone would not nominate it; one of these is within 22.5 degrees of undoing it. The
+    hue is turned as image editors turn it (HSV, the same as HSL's), keeping each
+    pixel's brightest and darkest channel.
     """
-    sample = _colour_sample(image).reshape(-1, 3).astype(np.float32)
-    grey = np.full(3, 1 / math.sqrt(3))
-    cross = np.array([[0, -grey[2], grey[1]], [grey[2], 0, -grey[0]], [-grey[1], grey[0], 0]])
+    hue, saturation, value = Image.fromarray(_colour_sample(image)).convert("HSV").split()
     signatures = []
     for step in range(1, HUE_TURNS):
-        angle = 2 * math.pi * step / HUE_TURNS
-        # Rodrigues' rotation about the grey axis: greys stay, hues turn.
-        rotation = (
-            math.cos(angle) * np.eye(3)
-            + math.sin(angle) * cross
-            + (1 - math.cos(angle)) * np.outer(grey, grey)
-        )
-        turned = np.clip(sample @ rotation.T.astype(np.float32), 0, 255).astype(np.uint8)
-        signatures.append(_signature(turned))
+        shift = step * 256 // HUE_TURNS
+        turns = [(level + shift) % 256 for level in range(256)]
+        turned = Image.merge("HSV", (hue.point(turns), saturation, value))
+        signatures.append(_signature(np.asarray(turned.convert("RGB"))))
     return np.stack(signatures)
 
 
