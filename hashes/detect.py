@@ -369,14 +369,16 @@ class Detector:
         # picture, where the nearest pictures to its other tiles are merely alike.
         signatures = [item.colours, *(colours for _, _, colours in item.regions)]
         views_of = [None, *(view for view, _, _ in item.regions)]
-        for _, index, key in sorted(self._nearest_colours(signatures), reverse=True):
+        # Those nearest the upload with its hues turned back (recoloured copies) rank
+        # among them by how near they are.
+        nominated = self._nearest_colours(signatures) + [
+            (score, 0, key) for score, key in self._nearest_turned(item.hue_turned)
+        ]
+        for _, index, key in sorted(nominated, reverse=True):
             found = candidates.setdefault(key, [])
             view = views_of[index]
             if view is not None:
                 found.append(view)
-        # Last, those nearest the upload with its hues turned back, for recoloured copies.
-        for key in self._nearest_turned(item.hue_turned):
-            candidates.setdefault(key, [])
         ordered = [key for key in candidates if key in self._row]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
@@ -426,15 +428,15 @@ class Detector:
                 found.append((float(column[row]), index, self._keys[row]))
         return found
 
-    def _nearest_turned(self, signatures: np.ndarray) -> list[int]:
-        """The banned pictures nearest any of the hue-turned signatures, half as many as
-        for the upload itself."""
+    def _nearest_turned(self, signatures: np.ndarray) -> list[tuple[float, int]]:
+        """(similarity, banned key) for the banned pictures nearest any of the hue-turned
+        signatures, half as many as for the upload itself."""
         count = min(max(1, self.config.colour_candidates // 2), len(self._keys))
         if not count:
             return []
         best = (self._colours @ signatures.astype(np.float32).T).max(axis=1)
         rows = np.argpartition(-best, count - 1)[:count]
-        return [self._keys[row] for row in rows[np.argsort(-best[rows])]]
+        return [(float(best[row]), self._keys[row]) for row in rows]
 
 
 def _turn_label(name: str) -> str:
