@@ -56,10 +56,11 @@ _MAX_STRETCH = 2.5
 # Calibrated with the evaluation harness's edits of 120 banned images, and 250 innocent
 # images and an edit of each compared with all of them (56,273 fits and overlays): copies
 # reach 0.75 in 98% of edits (the rest are low-detail bans and smooth bursts), stickers
-# and captions costing a few cells; the innocent pairs agreed in 0.46 at most (loading
-# screens of one game that share a frame). A 5x5 grid let a sticker and a watermark
-# spoil a quarter of the cells, and innocent pairs reach 0.64. The detail is a band of
-# wavelengths of a few pixels (_DETAIL_SIGMAS), coarse enough to survive resampling.
+# and captions costing a few cells; the innocent pairs agreed in 0.46 at most (game
+# panels over loading screens, both in a dark frame). On a 5x5 grid, a sticker and a
+# watermark spoiled a quarter of the cells, and innocent pairs reached 0.64. The detail
+# is a band of wavelengths of a few pixels (_DETAIL_SIGMAS), coarse enough to survive
+# resampling.
 PIXELS_SIDE = 160
 MIN_OVERLAP = 0.5
 MIN_CELLS = 10
