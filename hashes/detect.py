@@ -371,10 +371,9 @@ class Detector:
         views_of = [None, *(view for view, _, _ in item.regions)]
         # Those nearest the upload with its hues turned back (recoloured copies) rank
         # among them by how near they are.
-        nominated = self._nearest_colours(signatures) + [
-            (score, 0, key) for score, key in self._nearest_turned(item.hue_turned)
-        ]
-        for _, index, key in sorted(nominated, reverse=True):
+        for _, index, key in sorted(
+            self._nearest_colours(signatures, item.hue_turned), reverse=True
+        ):
             found = candidates.setdefault(key, [])
             view = views_of[index]
             if view is not None:
@@ -414,29 +413,27 @@ class Detector:
             result.describe(),
         )
 
-    def _nearest_colours(self, signatures: list[np.ndarray]) -> list[tuple[float, int, int]]:
+    def _nearest_colours(
+        self, signatures: list[np.ndarray], hue_turned: np.ndarray
+    ) -> list[tuple[float, int, int]]:
         """(similarity, index of the signature, banned key) for the banned pictures nearest
-        each colour signature."""
+        each colour signature, and half as many nearest any of the upload's hue-turned
+        ones, which count as the upload's own (index 0)."""
         count = min(self.config.colour_candidates, len(self._keys))
         if not count:
             return []
         # One pass over the matrix for all the signatures of an upload.
-        scores = self._colours @ np.stack(signatures).astype(np.float32).T
+        stacked = np.vstack([np.stack(signatures), hue_turned]).astype(np.float32)
+        scores = self._colours @ stacked.T
         found = []
-        for index, column in enumerate(scores.T):
+        for index, column in enumerate(scores[:, : len(signatures)].T):
             for row in np.argpartition(-column, count - 1)[:count]:
                 found.append((float(column[row]), index, self._keys[row]))
+        best = scores[:, len(signatures) :].max(axis=1)
+        fewer = min(max(1, self.config.colour_candidates // 2), len(self._keys))
+        for row in np.argpartition(-best, fewer - 1)[:fewer]:
+            found.append((float(best[row]), 0, self._keys[row]))
         return found
-
-    def _nearest_turned(self, signatures: np.ndarray) -> list[tuple[float, int]]:
-        """(similarity, banned key) for the banned pictures nearest any of the hue-turned
-        signatures, half as many as for the upload itself."""
-        count = min(max(1, self.config.colour_candidates // 2), len(self._keys))
-        if not count:
-            return []
-        best = (self._colours @ signatures.astype(np.float32).T).max(axis=1)
-        rows = np.argpartition(-best, count - 1)[:count]
-        return [(float(best[row]), self._keys[row]) for row in rows]
 
 
 def _turn_label(name: str) -> str:
