@@ -133,18 +133,18 @@ HASHGUARD_STABLE_SECONDS = env_float("HASHGUARD_STABLE_SECONDS", 1.0)
 HASHGUARD_RESCAN_SECONDS = env_float("HASHGUARD_RESCAN_SECONDS", 300.0)
 # A worker gives up on one file after this many seconds, recording a timeout.
 HASHGUARD_TASK_TIME_LIMIT = env_int("HASHGUARD_TASK_TIME_LIMIT", 300)
-# An upload still undecided this long after it was queued is queued again (when nothing
-# else was decided meanwhile); it must exceed HASHGUARD_TASK_TIME_LIMIT.
-HASHGUARD_REQUEUE_SECONDS = env_float("HASHGUARD_REQUEUE_SECONDS", 600.0)
+# An upload whose message may have been lost (sent this long ago and no longer in the
+# queue) is sent again; one whose worker's lease ran out is sent again at once.
+HASHGUARD_REQUEUE_SECONDS = env_float("HASHGUARD_REQUEUE_SECONDS", 60.0)
+# What happens to a file that may show a picture but cannot be checked (damaged beyond
+# decoding, an undecodable format, too large, a worker gave up): "hold" moves it to
+# quarantine for a moderator, "leave" records the error and leaves it in place.
+HASHGUARD_UNCHECKABLE = env_str("HASHGUARD_UNCHECKABLE", "hold")
 # Limits on what the workers will decode.
 HASHGUARD_MAX_BYTES = env_int("HASHGUARD_MAX_BYTES", 100 * 1024 * 1024)
 HASHGUARD_MAX_PIXELS = env_int("HASHGUARD_MAX_PIXELS", 50_000_000)
+# Distinct frames of an animation checked: the first, then those shown longest.
 HASHGUARD_MAX_FRAMES = env_int("HASHGUARD_MAX_FRAMES", 32)
-# File names the watcher never looks at.
-HASHGUARD_IMAGE_SUFFIXES = env_list(
-    "HASHGUARD_IMAGE_SUFFIXES",
-    [".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"],
-)
 
 # --- Celery ------------------------------------------------------------------------
 BROKER_DIR = DATA_DIR / "broker"

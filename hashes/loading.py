@@ -5,20 +5,26 @@ The format is taken from the content, never from the file name, and only the dec
 failure is raised as an ``ImageError`` subclass, so a caller can record the reason and move on.
 """
 
+import contextlib
 import errno
+import hashlib
 import io
 import os
 import stat
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from hashes.errors import (
+    AnimationTooLong,
     CorruptImage,
     DecompressionBomb,
     FileTooLarge,
     ImageTooSmall,
+    UncheckableFormat,
     UnsupportedFormat,
 )
 
@@ -27,8 +33,12 @@ DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_FRAMES = 32
 MIN_SIDE = 8
-# Decoding an animation up to its last sampled frame may cost this many times max_pixels.
+# Decoding every frame of an animation may cost this many times max_pixels.
 DECODE_BUDGET = 4
+# While decoding an animation, the pixels of this many times max_frames distinct frames
+# are held at most.
+KEPT_FRAMES_FACTOR = 4
+_TOLERANT_LOCK = threading.Lock()
 # Frames after the first are kept at most this many pixels on their longer side.
 LATER_FRAME_SIDE = 1024
 
@@ -46,13 +56,80 @@ _KNOWN_NON_IMAGES = (
 )
 
 
+# How many bytes from the start of a file image_kind needs to see.
+SNIFF_BYTES = 4096
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"),
+    (b"8BPS", "Photoshop"),
+    (b"qoif", "QOI"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x02\x00", "CUR"),
+    (b"DDS ", "DDS"),
+    (b"v/1\x01", "OpenEXR"),
+    (b"#?RADIANCE", "Radiance HDR"),
+)
+# ISO base media files (HEIF, AVIF) name their kind in the "ftyp" box's brands.
+_IMAGE_BRANDS = {
+    b"heic": "HEIF",
+    b"heix": "HEIF",
+    b"hevc": "HEIF",
+    b"hevx": "HEIF",
+    b"heim": "HEIF",
+    b"heis": "HEIF",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+
+
+def image_kind(head: bytes) -> str | None:
+    """The image format a file's first SNIFF_BYTES bytes show, whether hashguard can
+    decode it or not; None when the content is not an image, whatever its name."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if head[4:8] == b"ftyp":
+        brands = [head[8:12]] + [head[i : i + 4] for i in range(16, min(len(head), 64), 4)]
+        for brand in brands:
+            if brand in _IMAGE_BRANDS:
+                return _IMAGE_BRANDS[brand]
+    if len(head) > 2 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3].isspace():
+        return "Netpbm"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<?xml", b"<svg", b"<!--", b"<!doctype svg")) and b"<svg" in text:
+        return "SVG"
+    return None
+
+
 @dataclass(frozen=True)
 class LoadedImage:
     format: str
     width: int
     height: int
+    # The first frame at full size, then the distinct later frames shown longest.
     frames: list[Image.Image]
     frame_count: int
+    # How many distinct pictures the animation shows (1 for a still image).
+    distinct_frames: int = 1
+    # What was wrong with a cut or damaged file that was decoded as far as it goes.
+    damage: str = ""
 
 
 def load_image(
@@ -64,11 +141,13 @@ def load_image(
 ) -> LoadedImage:
     """Decode an image from bytes or a file path into RGB frames.
 
-    Frames have EXIF orientation applied and transparency flattened onto white. An
-    animation with more than ``max_frames`` frames is sampled evenly from first to last.
-    ``max_pixels`` applies to each frame, and ``max_pixels * max_frames`` to all the frames
-    of an animation together, because most animated formats decode every frame in turn.
-    Pillow's own limit (twice ``Image.MAX_IMAGE_PIXELS``) still applies above that.
+    Frames have EXIF orientation applied and transparency flattened onto white. Every
+    frame of an animation is decoded; the first and, of the distinct later ones, the
+    ``max_frames - 1`` shown longest are kept, so that a picture on screen for seconds is
+    never skipped. ``max_pixels`` applies to each frame, and ``DECODE_BUDGET * max_pixels``
+    to all the frames of an animation together. Pillow's own limit (twice
+    ``Image.MAX_IMAGE_PIXELS``) still applies above that. A cut or damaged file is decoded
+    as far as it goes, and ``damage`` says what was wrong.
 
     A multi-picture JPEG (MPO) is loaded as a JPEG with its primary picture only: the other
     pictures are depth maps, HDR gain maps or a stereo twin, not frames of the image.
@@ -94,9 +173,15 @@ def load_image(
             "Upload a smaller version."
         ) from exc
     except UnidentifiedImageError as exc:
+        kind = image_kind(data[:SNIFF_BYTES])
+        if kind is not None:
+            raise UncheckableFormat(
+                f"The content is a {kind} image, which hashguard cannot decode, whatever the "
+                f"file name says. Convert it to {_ALLOWED_NAMES} and upload it again."
+            ) from exc
         raise UnsupportedFormat(
-            f"The content is not a {_ALLOWED_NAMES} image{_describe(data)}, whatever the file "
-            f"name says. Convert it to one of those formats and upload it again."
+            f"The content is not a {_ALLOWED_NAMES} image{describe_content(data)}, whatever "
+            "the file name says. Convert it to one of those formats and upload it again."
         ) from exc
     # Plugins reading untrusted headers raise many exception types (OSError, SyntaxError,
     # struct.error, ...); any of them means the file cannot be read.
@@ -144,37 +229,133 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
     _check_pixels(image.size, max_pixels)
     image_format = "JPEG" if image.format == "MPO" else image.format
     try:
-        frame_count = 1 if image_format == "JPEG" else getattr(image, "n_frames", 1)
-        indices = _sample(frame_count, max_frames)
-        # Frames decode in sequence, so reaching the last sampled frame decodes every
-        # frame before it: bound that work, not just the size of one frame.
-        decoded = width * height * (indices[-1] + 1)
-        if decoded > DECODE_BUDGET * max_pixels:
-            raise DecompressionBomb(
-                f"The animation has {frame_count:,} frames of {width}x{height} pixels; "
-                f"checking it means decoding {decoded:,} pixels, over the limit of "
-                f"{DECODE_BUDGET * max_pixels:,}. Upload a shorter or smaller version."
-            )
-        frames = [_frame(image, indices[0], max_pixels)]
-        frames += [_shrunk(_frame(image, index, max_pixels)) for index in indices[1:]]
-    except DecompressionBomb:
+        frames = _frames(image, image_format, max_pixels, max_frames)
+        damage = ""
+    except (DecompressionBomb, AnimationTooLong):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DecompressionBomb(f"{exc}. Upload a smaller version.") from exc
     # Decoders fed damaged data raise many exception types (OSError for truncation,
-    # ValueError, SyntaxError, EOFError, ...); any of them means the pixels cannot be read.
+    # ValueError, SyntaxError, EOFError, ...): decode again as far as the data goes, so
+    # that what a browser would show of a cut or damaged file is still checked.
     except Exception as exc:
-        raise CorruptImage(
-            f"The {image_format} image data is damaged or incomplete ({exc}). "
-            "Upload the original file again."
-        ) from exc
+        damage = f"{exc}"
+        try:
+            with _tolerant():
+                frames = _frames(image, image_format, max_pixels, max_frames)
+        except (DecompressionBomb, AnimationTooLong):
+            raise
+        except Exception as again:
+            raise CorruptImage(
+                f"The {image_format} image data is damaged beyond decoding ({again}). "
+                "Upload the original file again."
+            ) from again
+        if all(low == high for low, high in frames.kept[0].getextrema()):
+            raise CorruptImage(
+                f"The {image_format} image data is damaged ({damage}) and none of its "
+                "picture decodes. Upload the original file again."
+            ) from exc
+    first = frames.kept[0]
     return LoadedImage(
         format=image_format,
-        width=frames[0].width,
-        height=frames[0].height,
-        frames=frames,
-        frame_count=frame_count,
+        width=first.width,
+        height=first.height,
+        frames=frames.kept,
+        frame_count=frames.count,
+        distinct_frames=frames.distinct,
+        damage=damage,
     )
+
+
+@contextlib.contextmanager
+def _tolerant() -> Iterator[None]:
+    # Pillow only has a process-wide switch for decoding cut files; the lock keeps two
+    # tolerant decodes from resetting it under each other.
+    with _TOLERANT_LOCK:
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@dataclass
+class _Distinct:
+    """One distinct picture of an animation: where it first appears, and for how long it
+    is shown in all (repeats included)."""
+
+    index: int
+    shown_ms: int
+    frame: Image.Image | None
+
+
+@dataclass
+class _Frames:
+    kept: list[Image.Image]
+    count: int
+    distinct: int
+
+
+def _frames(image: Image.Image, image_format: str, max_pixels: int, max_frames: int) -> _Frames:
+    """The first frame, and the distinct later frames shown longest, up to max_frames.
+
+    Frames decode in sequence, so every frame is decoded, up to a budget of DECODE_BUDGET
+    times max_pixels; an animation over it cannot be checked and is refused whole.
+    """
+    frame_count = 1 if image_format == "JPEG" else getattr(image, "n_frames", 1)
+    if frame_count == 1:
+        return _Frames([_frame(image, 0, max_pixels)], 1, 1)
+    width, height = image.size
+    budget = DECODE_BUDGET * max_pixels
+    if width * height * frame_count > budget:
+        raise AnimationTooLong(
+            f"The animation has {frame_count:,} frames of {width}x{height} pixels; checking "
+            f"every frame means decoding {width * height * frame_count:,} pixels, over the "
+            f"limit of {budget:,}. Upload a shorter or smaller version."
+        )
+    distinct: dict[bytes, _Distinct] = {}
+    first = None
+    for index in range(frame_count):
+        frame = _frame(image, index, max_pixels)
+        shown = _shown_ms(image.info.get("duration"))
+        if first is None:
+            first = frame
+        key = _identity(frame)
+        seen = distinct.get(key)
+        if seen is None:
+            distinct[key] = _Distinct(index, shown, _shrunk(frame) if index else first)
+            _forget_shortest(distinct, keep=KEPT_FRAMES_FACTOR * max_frames)
+        else:
+            seen.shown_ms += shown
+            if seen.frame is None:
+                seen.frame = _shrunk(frame)
+    assert first is not None
+    ranked = sorted(
+        (item for item in distinct.values() if item.index and item.frame is not None),
+        key=lambda item: -item.shown_ms,
+    )
+    chosen = sorted(ranked[: max_frames - 1], key=lambda item: item.index)
+    kept = [first, *(item.frame for item in chosen if item.frame)]
+    return _Frames(kept, frame_count, len(distinct))
+
+
+def _forget_shortest(distinct: dict[bytes, _Distinct], *, keep: int) -> None:
+    """Drop the pixels of the frames shown shortest so far, to bound memory; a frame
+    that comes back takes them again."""
+    holding = [item for item in distinct.values() if item.index and item.frame is not None]
+    if len(holding) > keep:
+        min(holding, key=lambda item: item.shown_ms).frame = None
+
+
+def _shown_ms(duration: object) -> int:
+    # Browsers show frames that ask for less than 20 ms (or none) for 100 ms.
+    if not isinstance(duration, int | float) or duration < 20:
+        return 100
+    return int(duration)
+
+
+def _identity(frame: Image.Image) -> bytes:
+    return hashlib.blake2b(frame.resize((32, 32)).tobytes(), digest_size=16).digest()
 
 
 def _frame(image: Image.Image, index: int, max_pixels: int) -> Image.Image:
@@ -211,15 +392,6 @@ def _to_rgb(frame: Image.Image) -> Image.Image:
     return frame.convert("RGB")
 
 
-def _sample(frame_count: int, max_frames: int) -> list[int]:
-    if frame_count <= max_frames:
-        return list(range(frame_count))
-    if max_frames == 1:
-        return [0]
-    step = (frame_count - 1) / (max_frames - 1)
-    return [round(position * step) for position in range(max_frames)]
-
-
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
@@ -236,7 +408,8 @@ def _too_large(size: int, max_bytes: int) -> FileTooLarge:
     )
 
 
-def _describe(data: bytes) -> str:
+def describe_content(data: bytes) -> str:
+    """What a file that is not an image looks like, for messages: " (it looks like ...)"."""
     start = data[:1024].lstrip()
     for signature, description in _KNOWN_NON_IMAGES:
         if start.startswith(signature):

@@ -96,7 +96,7 @@ class UploadAdmin(RecordAdmin):
     search_fields = ("path", "sha256")
     date_hierarchy = "created_at"
     inlines = [MatchInline]
-    actions = ["confirm", "release", "flag", "retry"]
+    actions = ["confirm", "release", "release_allowing_copies", "flag", "retry"]
     readonly_fields = (
         "preview",
         "path",
@@ -111,10 +111,12 @@ class UploadAdmin(RecordAdmin):
         "frame_count",
         "fingerprints",
         "quarantine_name",
+        "superseded_by",
         "attempts",
         "created_at",
         "queued_at",
         "claimed_at",
+        "lease_expires_at",
         "decided_at",
         "reviewed_by",
         "reviewed_at",
@@ -129,7 +131,13 @@ class UploadAdmin(RecordAdmin):
 
     @admin.display(description="image")
     def thumbnail(self, upload: Upload) -> str:
-        if upload.state in (State.PENDING, State.PROCESSING, State.ERROR):
+        if upload.state not in (
+            State.CLEAN,
+            State.QUARANTINED,
+            State.CONFIRMED,
+            State.RELEASED,
+            State.HELD,
+        ):
             return "—"
         return image_tag("upload", upload.pk, alt=upload.path)
 
@@ -174,9 +182,21 @@ class UploadAdmin(RecordAdmin):
     def confirm(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, services.upload_confirm, "confirmed")
 
-    @admin.action(description="Release (put back where it was)", permissions=["review"])
+    @admin.action(description="Release this file (put back where it was)", permissions=["review"])
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, services.upload_release, "released")
+
+    @admin.action(
+        description="Release, and let exact copies pass the bans it matched",
+        permissions=["review"],
+    )
+    def release_allowing_copies(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._each(
+            request,
+            queryset,
+            lambda **kw: services.upload_release(**kw, allow_copies=True),
+            "released; their exact copies pass the bans they matched from now on",
+        )
 
     @admin.action(description="Check again (uploads in error)", permissions=["review"])
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -235,7 +255,11 @@ class UploadAdmin(RecordAdmin):
         if request.method == "POST":
             form = ReviewDecisionForm(request.POST)
             if form.is_valid():
-                act = self.confirm if form.cleaned_data["decision"] == "confirm" else self.release
+                act = {
+                    "confirm": self.confirm,
+                    "release": self.release,
+                    "allow": self.release_allowing_copies,
+                }[form.cleaned_data["decision"]]
                 act(request, Upload.objects.filter(pk=form.cleaned_data["upload"].pk))
             else:
                 self.message_user(

@@ -39,15 +39,25 @@ def detect_config_check(**kwargs: object) -> list[CheckMessage]:
 
 
 @register()
-def requeue_after_time_limit_check(**kwargs: object) -> list[CheckMessage]:
-    """A task still running must not look stalled and be handed to a second worker."""
-    if settings.HASHGUARD_REQUEUE_SECONDS <= settings.CELERY_TASK_TIME_LIMIT:
-        return [
+def pipeline_settings_check(**kwargs: object) -> list[CheckMessage]:
+    """Refuse to start with pipeline settings that would let files through unchecked."""
+    problems = []
+    if settings.HASHGUARD_UNCHECKABLE not in ("hold", "leave"):
+        problems.append(
             Error(
-                f"HASHGUARD_REQUEUE_SECONDS ({settings.HASHGUARD_REQUEUE_SECONDS:g}) must be "
-                f"longer than a task may run ({settings.CELERY_TASK_TIME_LIMIT} s).",
-                hint="Raise HASHGUARD_REQUEUE_SECONDS or lower HASHGUARD_TASK_TIME_LIMIT.",
+                f"HASHGUARD_UNCHECKABLE must be hold or leave, not "
+                f"{settings.HASHGUARD_UNCHECKABLE!r}.",
+                hint="hold (the default) quarantines files that cannot be checked.",
                 id="hashguard.E002",
             )
-        ]
-    return []
+        )
+    if settings.HASHGUARD_REQUEUE_SECONDS <= 0:
+        problems.append(
+            Error(
+                f"HASHGUARD_REQUEUE_SECONDS must be positive, not "
+                f"{settings.HASHGUARD_REQUEUE_SECONDS:g}.",
+                hint="Unset it for the default of 60 seconds.",
+                id="hashguard.E004",
+            )
+        )
+    return problems

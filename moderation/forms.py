@@ -85,5 +85,9 @@ class FlagForm(forms.Form):
 class ReviewDecisionForm(forms.Form):
     upload = forms.ModelChoiceField(queryset=Upload.objects.all())
     decision = forms.ChoiceField(
-        choices=[("confirm", "Confirm quarantine"), ("release", "Release")]
+        choices=[
+            ("confirm", "Confirm quarantine"),
+            ("release", "Release this file only"),
+            ("allow", "Release, and let exact copies pass its bans from now on"),
+        ]
     )

@@ -14,6 +14,27 @@ class Category(models.TextChoices):
     OTHER = "other", "Other"
 
 
+class ErrorCode(models.TextChoices):
+    """Why an upload was not decided clean or quarantined; the image loader's codes
+    (hashes/errors.py) and the pipeline's own."""
+
+    NOT_IMAGE = "unsupported_format", "Not an image"
+    UNCHECKABLE_FORMAT = "uncheckable_format", "An image format hashguard cannot decode"
+    CORRUPT = "corrupt", "Damaged beyond decoding"
+    DECOMPRESSION_BOMB = "decompression_bomb", "Too many pixels"
+    ANIMATION_TOO_LONG = "animation_too_long", "Animation too long to check"
+    FILE_TOO_LARGE = "file_too_large", "File too large"
+    TOO_SMALL = "too_small", "Too small to show a picture"
+    UNSAFE_PATH = "unsafe_path", "Symlink or not a regular file"
+    UNREADABLE = "unreadable", "No permission to read"
+    MISSING = "missing", "Removed before it was checked"
+    CHANGED = "changed", "Changed after it was recorded"
+    QUEUE_UNAVAILABLE = "queue_unavailable", "Task queue unavailable"
+    TIMEOUT = "timeout", "Took too long to check"
+    WORKER_DIED = "worker_died", "Stopped a worker repeatedly"
+    INTERNAL = "internal", "Internal error"
+
+
 class BannedFingerprint(models.Model):
     """The fingerprints of one banned image (one row per distinct frame of an animation)."""
 
@@ -101,16 +122,28 @@ class Upload(models.Model):
         QUARANTINED = "quarantined", "Quarantined (to review)"
         CONFIRMED = "confirmed", "Quarantined (confirmed)"
         RELEASED = "released", "Released"
+        # Could not be checked (damaged beyond decoding, too large, too long an animation,
+        # a worker gave up on it): moved to quarantine for a moderator, as
+        # HASHGUARD_UNCHECKABLE = "hold" says.
+        HELD = "held", "Held (could not be checked)"
         ERROR = "error", "Error"
+        # Not an image by its content, whatever its name: recorded and left alone.
+        NOT_IMAGE = "not_image", "Not an image"
+        # A newer file at the same path, or the same file renamed, replaced this record.
+        SUPERSEDED = "superseded", "Superseded"
 
-    # Relative to HASHGUARD_MEDIA_DIR, so machines may mount the media tree anywhere.
-    path = models.CharField(max_length=1024)
+    # Relative to HASHGUARD_MEDIA_DIR, so machines may mount the media tree anywhere; shown
+    # with bytes that are not UTF-8 escaped. raw_path holds the exact bytes of such names.
+    path = models.TextField()
+    raw_path = models.BinaryField(null=True, blank=True, editable=False)
+    # sha256 of the exact path bytes: how the watcher finds a path's records.
+    path_key = models.CharField(max_length=64, db_index=True, editable=False)
     size = models.BigIntegerField()
     sha256 = models.CharField("SHA-256", max_length=64, db_index=True)
     state = models.CharField(
         max_length=16, choices=State.choices, default=State.PENDING, db_index=True
     )
-    error_code = models.CharField(max_length=32, blank=True)
+    error_code = models.CharField(max_length=32, blank=True, choices=ErrorCode.choices)
     error = models.TextField(blank=True)
     format = models.CharField(max_length=8, blank=True)
     width = models.PositiveIntegerField(null=True, blank=True)
@@ -127,8 +160,14 @@ class Upload(models.Model):
     inode = models.BigIntegerField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
-    queued_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(null=True, blank=True, db_index=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # A worker's claim holds until then; it renews it while it works, and another worker
+    # may take over an upload whose lease ran out (its worker died).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    superseded_by = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     decided_at = models.DateTimeField(null=True, blank=True)
     reviewed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
@@ -142,7 +181,12 @@ class Upload(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
-            models.UniqueConstraint(fields=["path", "sha256"], name="upload_once_per_content")
+            # One undecided record per version of a file, whichever process records it.
+            models.UniqueConstraint(
+                fields=["path_key", "sha256"],
+                condition=models.Q(state__in=["pending", "processing"]),
+                name="one_undecided_upload_per_content",
+            )
         ]
         permissions = [
             ("review_upload", "Can confirm, release and flag uploads and see quarantined images"),
@@ -150,6 +194,10 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+    def relative_path(self) -> bytes:
+        """The exact bytes of the path inside the media tree."""
+        return bytes(self.raw_path) if self.raw_path is not None else self.path.encode()
 
     def frame_fingerprints(self) -> list[Fingerprint]:
         return [
@@ -174,6 +222,8 @@ class Match(models.Model):
     stage = models.CharField(max_length=32, blank=True)
     variant = models.CharField(max_length=255, blank=True)
     frame = models.PositiveIntegerField(default=0)
+    # A moderator released the upload and said its exact copies may pass this ban.
+    allowed = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -192,6 +242,7 @@ class AuditEvent(models.Model):
         BAN_ACTIVATED = "ban_activated", "Banned fingerprint reactivated"
         BAN_DELETED = "ban_deleted", "Banned fingerprint deleted"
         UPLOAD_QUARANTINED = "upload_quarantined", "Upload quarantined"
+        UPLOAD_HELD = "upload_held", "Upload held (could not be checked)"
         UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"
         UPLOAD_RELEASED = "upload_released", "Upload released"
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"

@@ -49,9 +49,9 @@ def upload_state_counts(*, ids: Iterable[int]) -> Counter[str]:
 
 
 def review_queue() -> QuerySet:
-    """Quarantined uploads no moderator has looked at yet, oldest first."""
+    """Quarantined and held uploads no moderator has looked at yet, oldest first."""
     return (
-        Upload.objects.filter(state=Upload.State.QUARANTINED)
+        Upload.objects.filter(state__in=[Upload.State.QUARANTINED, Upload.State.HELD])
         .prefetch_related(
             "matches",
             "matches__fingerprint",

@@ -1,17 +1,19 @@
 """Everything that changes state: uploads, banned fingerprints, files and the audit trail."""
 
+import contextlib
+import hashlib
 import logging
 import os
 import stat
+import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path, PurePosixPath
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
@@ -24,7 +26,7 @@ from hashes.algorithms import (
 )
 from hashes.detect import Detection, is_low_detail, probe, reference_features
 from hashes.errors import ImageError
-from hashes.loading import LoadedImage, load_image
+from hashes.loading import SNIFF_BYTES, LoadedImage, describe_content, image_kind, load_image
 from hashes.local import LocalFeatures
 from moderation import files
 from moderation.blocklist import current_blocklist, match_rule
@@ -33,6 +35,7 @@ from moderation.models import (
     BannedFingerprint,
     BlocklistVersion,
     Category,
+    ErrorCode,
     Match,
     Upload,
 )
@@ -77,77 +80,155 @@ def blocklist_bump() -> None:
     BlocklistVersion.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
 
 
-def _quarantine_name(upload: Upload) -> str:
-    return f"{upload.pk}/{PurePosixPath(upload.path).name}"
+def _quarantine_name(upload: Upload) -> bytes:
+    """Where an upload goes in quarantine: its id, then its file name as text (escaped
+    where it is not UTF-8), or a short stand-in when that is too long for a name."""
+    name = files.display(upload.relative_path().rsplit(b"/", 1)[-1])
+    if len(name.encode()) > 200:
+        name = "long-name" + os.path.splitext(name)[1][:16]
+    return f"{upload.pk}/{name}".encode()
+
+
+def _path_fields(relative: bytes) -> dict[str, object]:
+    text = files.display(relative)
+    return {
+        "path": text,
+        "raw_path": None if text.encode() == relative else relative,
+        "path_key": hashlib.sha256(relative).hexdigest(),
+    }
+
+
+def upload_path_key(path: str | bytes | os.PathLike) -> str:
+    """How the records of a file in the media tree are found: by its exact path bytes."""
+    relative = files.relative_to_store(path, files.media_dir())
+    return str(_path_fields(relative)["path_key"])
 
 
 # --- uploads: the pipeline ------------------------------------------------------------
 
+# States whose record still describes the file at its path; a newer file there supersedes
+# them. Quarantined, held and released records stay: they are moderators' history.
+_LIVE = [State.PENDING, State.PROCESSING, State.CLEAN, State.NOT_IMAGE, State.ERROR]
 
-def upload_register(*, path: Path) -> tuple[Upload, bool]:
-    """Record a file in the media tree once per path and content, and queue it.
 
-    Returns the upload and whether it is new. A file hashguard must not or cannot read
-    (a symlink, a device, no permission, over HASHGUARD_MAX_BYTES) is recorded at once
-    as an error with the reason. Raises files.UnsafePath for paths outside the media tree
-    or that the database cannot store, and FileNotFoundError if the file is gone.
+def upload_register(*, path: str | bytes | os.PathLike) -> tuple[Upload, bool]:
+    """Record a file in the media tree and queue it, unless it is already recorded.
+
+    A file is a new upload when its bytes or inode changed since its path was last
+    recorded, or that record is closed (quarantined, held, an error, superseded); the
+    same bytes again while the first copy waits for its decision are the same upload.
+    A new upload supersedes the older live records of its path, and those of the same
+    inode under a name it no longer has (a write-then-rename). Content that is no image
+    is recorded as such at once and left alone; a file hashguard must not or cannot read
+    (a symlink, a device, no permission) is recorded as an error with the reason.
+
+    Returns the upload and whether it is new. Raises files.UnsafePath for paths outside
+    the media tree or through a symlinked directory, and FileNotFoundError if the file
+    is gone.
     """
-    relative = files.relative_to_store(path, files.media_dir())
-    try:
-        relative.encode("utf-8")
-    except UnicodeEncodeError:
-        raise files.UnsafePath(
-            f"{path!r}: the file name is not valid UTF-8; rename it to check it"
-        ) from None
-    if len(relative) > Upload._meta.get_field("path").max_length:
-        raise files.UnsafePath(f"{relative[:80]}...: the path is too long to record")
-    info = os.lstat(path)
-    fields = {
+    media = files.media_dir()
+    relative = files.relative_to_store(path, media)
+    info = files.lstat(media, relative)
+    fields: dict[str, object] = {
         "size": info.st_size,
         "mtime_ns": info.st_mtime_ns,
         "inode": info.st_ino,
         "file_mode": stat.S_IMODE(info.st_mode),
+        "sha256": "",
     }
-    problem = _unreadable(path, info)
+    problem = _unreadable(info)
+    head = b""
     if problem is None:
         try:
-            fields["sha256"], fields["size"] = files.sha256_of_file(path)
+            if info.st_size <= settings.HASHGUARD_MAX_BYTES:
+                fields["sha256"], fields["size"], head = files.sha256_of_file(media, relative)
+            else:  # the worker holds it as too large to check, if it is an image
+                head = files.read_regular_file(media, relative, max_bytes=SNIFF_BYTES - 1)
         except PermissionError as exc:
-            problem = ("unreadable", f"hashguard may not read this file ({exc.strerror}).")
+            problem = (ErrorCode.UNREADABLE, f"hashguard may not read this file ({exc.strerror}).")
         except files.UnsafePath as exc:
-            problem = ("unsafe_path", str(exc))
+            problem = (ErrorCode.UNSAFE_PATH, str(exc))
     if problem is not None:
+        fields.update(state=State.ERROR, error_code=problem[0], error=problem[1])
+    elif image_kind(head[:SNIFF_BYTES]) is None:
         fields.update(
-            sha256="",
-            state=State.ERROR,
-            error_code=problem[0],
-            error=problem[1],
-            decided_at=timezone.now(),
+            state=State.NOT_IMAGE,
+            error_code=ErrorCode.NOT_IMAGE,
+            error=f"The content is not an image{describe_content(head)}, whatever the name "
+            "says; it was left alone.",
         )
-    existing = Upload.objects.filter(path=relative, sha256=fields.get("sha256", "")).first()
-    if existing:
-        return existing, False
+    if fields.get("state") in (State.ERROR, State.NOT_IMAGE):
+        fields["decided_at"] = timezone.now()
+    path_fields = _path_fields(relative)
     try:
         with transaction.atomic():
-            upload = Upload.objects.create(path=relative, **fields)
+            latest = (
+                Upload.objects.select_for_update()
+                .filter(path_key=path_fields["path_key"])
+                .order_by("-id")
+                .first()
+            )
+            if latest is not None and _same_upload(latest, fields):
+                if latest.state in (State.PENDING, State.PROCESSING):
+                    # Copied anew while it waits: the record describes the file there now.
+                    for name in ("mtime_ns", "inode", "file_mode"):
+                        setattr(latest, name, fields[name])
+                    latest.save(update_fields=["mtime_ns", "inode", "file_mode"])
+                return latest, False
+            upload = Upload.objects.create(**path_fields, **fields)
+            _supersede(upload)
             if upload.state == State.PENDING:
                 upload_enqueue(upload_id=upload.pk)
     except IntegrityError:
-        # Another watcher pass recorded the same file between the check and the insert.
-        return Upload.objects.get(path=relative, sha256=fields.get("sha256", "")), False
+        # Another process recorded the same file between the check and the insert.
+        upload = Upload.objects.filter(path_key=path_fields["path_key"]).latest("id")
+        return upload, False
     return upload, True
 
 
-def _unreadable(path: Path, info: os.stat_result) -> tuple[str, str] | None:
+def _same_upload(latest: Upload, fields: Mapping[str, object]) -> bool:
+    if latest.sha256 != fields["sha256"]:
+        return False
+    same_file = (latest.size, latest.mtime_ns, latest.inode) == (
+        fields["size"],
+        fields["mtime_ns"],
+        fields["inode"],
+    )
+    if not latest.sha256:
+        return same_file  # unhashed (unreadable, too large): only its metadata tells
+    if latest.state in (State.PENDING, State.PROCESSING):
+        return True  # the same bytes again while the first copy waits for its decision
+    # A released file is put back as it was: it is the record's own file.
+    return latest.state in (State.CLEAN, State.NOT_IMAGE, State.RELEASED) and same_file
+
+
+def _supersede(upload: Upload) -> None:
+    older = Upload.objects.filter(state__in=_LIVE).exclude(pk=upload.pk)
+    at_path = older.filter(path_key=upload.path_key)
+    renamed = [
+        other.pk
+        for other in older.filter(inode=upload.inode).exclude(path_key=upload.path_key)
+        if not _still_there(other)
+    ]
+    (at_path | older.filter(pk__in=renamed)).update(
+        state=State.SUPERSEDED, superseded_by=upload, lease_expires_at=None
+    )
+
+
+def _still_there(upload: Upload) -> bool:
+    """Whether the file the record describes is still at its path."""
+    try:
+        info = files.lstat(files.media_dir(), upload.relative_path())
+    except (OSError, files.UnsafePath):
+        return False
+    return info.st_ino == upload.inode
+
+
+def _unreadable(info: os.stat_result) -> tuple[str, str] | None:
     if stat.S_ISLNK(info.st_mode):
-        return "unsafe_path", "This is a symlink; hashguard never follows symlinks."
+        return ErrorCode.UNSAFE_PATH, "This is a symlink; hashguard never follows symlinks."
     if not stat.S_ISREG(info.st_mode):
-        return "unsafe_path", "This is not a regular file."
-    if info.st_size > settings.HASHGUARD_MAX_BYTES:
-        return "file_too_large", (
-            f"The file is {info.st_size:,} bytes, over HASHGUARD_MAX_BYTES "
-            f"({settings.HASHGUARD_MAX_BYTES:,}); it was not checked."
-        )
+        return ErrorCode.UNSAFE_PATH, "This is not a regular file."
     return None
 
 
@@ -166,7 +247,7 @@ def _send_to_worker(upload_id: int) -> bool:
         logger.warning("could not queue upload %s: %s", upload_id, exc)
         Upload.objects.filter(pk=upload_id, state=State.PENDING).update(
             queued_at=now,
-            error_code="queue_unavailable",
+            error_code=ErrorCode.QUEUE_UNAVAILABLE,
             error=f"Could not reach the task queue ({exc}); it will be queued again.",
         )
         return False
@@ -179,48 +260,55 @@ def _send_to_worker(upload_id: int) -> bool:
 # A file that stopped a worker this often (out of memory, a decoder crash) is not retried.
 MAX_ATTEMPTS = 3
 REQUEUE_BATCH = 1000
+# A worker's claim on an upload lasts this long unless renewed; it renews it every third
+# of it while it works, so an upload whose worker died is taken over within this time.
+LEASE = timedelta(seconds=30)
 
 
-def uploads_requeue_stale(*, older_than: timedelta) -> int:
+def uploads_requeue_stale(*, older_than: timedelta, waiting_in_queue: int | None) -> int:
     """Queue again what a lost message, a dead worker or a broker outage left undecided.
 
-    Uploads queued long ago are only queued again when no upload at all was decided
-    since: while workers make progress, their messages are still waiting in the queue.
+    Uploads whose claim's lease ran out go back to the queue, as do uploads never sent.
+    An upload sent more than older_than ago is sent again unless its message may still
+    be waiting: the queue is first in, first out, so of the uploads sent, the newest
+    waiting_in_queue (the broker's count, None when unknown) can still be in it.
     """
-    cutoff = timezone.now() - older_than
-    stalled = Upload.objects.filter(state=State.PROCESSING, claimed_at__lt=cutoff)
-    stalled.filter(attempts__gte=MAX_ATTEMPTS).update(
-        state=State.ERROR,
-        error_code="worker_died",
-        error=(
-            f"Checking this file stopped a worker {MAX_ATTEMPTS} times (out of memory or "
-            "a crash while decoding); it will not be tried again."
-        ),
-        decided_at=timezone.now(),
+    now = timezone.now()
+    Upload.objects.filter(state=State.PROCESSING).filter(
+        Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True)
+    ).update(state=State.PENDING, lease_expires_at=None, queued_at=None)
+    pending = Upload.objects.filter(state=State.PENDING)
+    never_sent = pending.filter(
+        Q(queued_at__isnull=True) | Q(error_code=ErrorCode.QUEUE_UNAVAILABLE)
     )
-    stalled.update(state=State.PENDING)
-    waiting = Q(queued_at__isnull=True) | Q(error_code="queue_unavailable")
-    if not Upload.objects.filter(decided_at__gte=cutoff).exists():
-        waiting |= Q(queued_at__lt=cutoff)
-    ids = Upload.objects.filter(state=State.PENDING).filter(waiting).values_list("pk", flat=True)
-    sent = 0
-    for upload_id in ids[:REQUEUE_BATCH]:
+    ids = list(never_sent.order_by("id").values_list("pk", flat=True)[:REQUEUE_BATCH])
+    sent = pending.filter(queued_at__isnull=False).exclude(error_code=ErrorCode.QUEUE_UNAVAILABLE)
+    outside_queue = REQUEUE_BATCH
+    if waiting_in_queue is not None:
+        outside_queue = min(REQUEUE_BATCH, max(0, sent.count() - waiting_in_queue))
+    stale = sent.filter(queued_at__lt=now - older_than).order_by("queued_at", "id")
+    ids += list(stale.values_list("pk", flat=True)[:outside_queue])
+    count = 0
+    for upload_id in ids:
         if not _send_to_worker(upload_id):
             break  # the queue is down: the next pass tries again
-        sent += 1
-    return sent
+        count += 1
+    return count
 
 
 def upload_retry(*, upload_id: int, actor: AbstractBaseUser | None) -> Upload:
-    """Check an upload that ended in an error again, e.g. after a fault was fixed."""
+    """Check an upload that ended in an error or was held again, e.g. after a fault was
+    fixed. A held file is checked where it waits, and put back if it is clean."""
     with transaction.atomic():
-        errored = Upload.objects.filter(pk=upload_id, state=State.ERROR).exclude(sha256="")
-        if not errored.update(
+        failed = Upload.objects.filter(
+            pk=upload_id, state__in=[State.ERROR, State.HELD]
+        ).exclude(sha256="")
+        if not failed.update(
             state=State.PENDING, error_code="", error="", decided_at=None, attempts=0
         ):
             raise ActionRefused(
-                "Only an upload in error whose file could be read can be checked again; "
-                "a file that could not be read is recorded anew once it changes."
+                "Only an upload in error or held whose file could be read can be checked "
+                "again; a file that could not be read is recorded anew once it changes."
             )
         upload = Upload.objects.get(pk=upload_id)
         _audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload)
@@ -228,56 +316,131 @@ def upload_retry(*, upload_id: int, actor: AbstractBaseUser | None) -> Upload:
     return upload
 
 
-def upload_fail(*, upload_id: int, code: str, message: str) -> None:
-    Upload.objects.filter(pk=upload_id, state__in=[State.PENDING, State.PROCESSING]).update(
-        state=State.ERROR, error_code=code, error=message, decided_at=timezone.now()
-    )
+class _Claim:
+    """A worker's lease on one upload: decisions are written only while it holds."""
+
+    def __init__(self, upload_id: int, claimed_at: datetime) -> None:
+        self.upload_id = upload_id
+        self.claimed_at = claimed_at
+
+    @property
+    def rows(self) -> QuerySet:
+        return Upload.objects.filter(
+            pk=self.upload_id, state=State.PROCESSING, claimed_at=self.claimed_at
+        )
+
+    @classmethod
+    def take(cls, upload_id: int) -> "_Claim | None":
+        """Claim a pending upload, or one whose last claim's lease ran out."""
+        now = timezone.now()
+        free = Q(state=State.PENDING) | Q(
+            Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True),
+            state=State.PROCESSING,
+        )
+        claimed = Upload.objects.filter(free, pk=upload_id).update(
+            state=State.PROCESSING,
+            claimed_at=now,
+            lease_expires_at=now + LEASE,
+            attempts=F("attempts") + 1,
+        )
+        return cls(upload_id, now) if claimed else None
+
+    def renew(self) -> bool:
+        return bool(self.rows.update(lease_expires_at=timezone.now() + LEASE))
+
+    def give_back(self) -> None:
+        self.rows.update(state=State.PENDING, lease_expires_at=None)
+
+    @contextlib.contextmanager
+    def renewed(self) -> Iterator[None]:
+        """Renew the lease from a thread for as long as the work inside takes."""
+        stop = threading.Event()
+
+        def renew() -> None:
+            try:
+                while not stop.wait(LEASE.total_seconds() / 3):
+                    if not self.renew():
+                        return
+            except DatabaseError as exc:
+                logger.warning("could not renew the claim on upload %s: %s", self.upload_id, exc)
+            finally:
+                connections.close_all()
+
+        thread = threading.Thread(target=renew, name=f"lease-{self.upload_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
 
 def upload_process(*, upload_id: int) -> Upload | None:
     """Fingerprint one upload, match it, and quarantine it or record it as clean.
 
-    Claims the upload first, so a second delivery of the same task does nothing, and
-    writes the decision only if the claim still holds, so a worker that was presumed
-    dead cannot overwrite the decision of the one that took over. Bad files end in the
-    error state with a reason; database and filesystem faults are raised for the task to
-    retry, with the claim given back.
+    Claims the upload first, under a lease that it renews while it works, so that a
+    second delivery of the same task does nothing while the first works, and takes over
+    once the first's worker died. The decision is written only if the claim still holds,
+    so a worker that was presumed dead cannot overwrite its successor's. Files that
+    cannot be checked are held for a moderator (HASHGUARD_UNCHECKABLE); database and
+    filesystem faults are raised for the task to retry, with the claim given back.
     """
-    claimed_at = timezone.now()
-    claimed = Upload.objects.filter(pk=upload_id, state=State.PENDING).update(
-        state=State.PROCESSING, claimed_at=claimed_at, attempts=F("attempts") + 1
-    )
-    if not claimed:
+    claim = _Claim.take(upload_id)
+    if claim is None:
         return Upload.objects.filter(pk=upload_id).first()
-    claim = Upload.objects.filter(pk=upload_id, state=State.PROCESSING, claimed_at=claimed_at)
+    upload = Upload.objects.get(pk=upload_id)
+    if upload.attempts > MAX_ATTEMPTS:
+        _decide_uncheckable(
+            claim.rows,
+            upload,
+            ErrorCode.WORKER_DIED,
+            f"Checking this file stopped a worker {MAX_ATTEMPTS} times (out of memory or a "
+            "crash while decoding); it will not be tried again.",
+        )
+        return Upload.objects.get(pk=upload_id)
     try:
-        _process_claimed(Upload.objects.get(pk=upload_id), claim)
+        with claim.renewed():
+            _process_claimed(upload, claim.rows)
     except Exception:
-        claim.update(state=State.PENDING)
+        claim.give_back()
         raise
     return Upload.objects.get(pk=upload_id)
 
 
+def upload_fail(*, upload_id: int, code: str, message: str) -> None:
+    """Record that an upload could not be checked: held or left, by HASHGUARD_UNCHECKABLE."""
+    rows = Upload.objects.filter(pk=upload_id, state__in=[State.PENDING, State.PROCESSING])
+    upload = rows.first()
+    if upload is not None:
+        _decide_uncheckable(rows, upload, code, message)
+
+
 def _process_claimed(upload: Upload, claim: QuerySet) -> None:
-    source = files.in_store(upload.path, files.media_dir())
-    quarantined = files.in_store(_quarantine_name(upload), files.quarantine_dir())
+    media = files.media_dir()
+    source = upload.relative_path()
+    quarantined = _quarantine_name(upload)
     already_moved = False
     try:
-        data = files.read_regular_file(source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
     except FileNotFoundError:
-        if not os.path.lexists(quarantined):
-            _decide_error(claim, "missing", "The file was removed before it could be checked.")
+        if not files.exists(files.quarantine_dir(), quarantined):
+            _decide_error(
+                claim, ErrorCode.MISSING, "The file was removed before it could be checked."
+            )
             return
         # An earlier attempt moved it but did not get to record that.
-        data = files.read_regular_file(quarantined, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        data = files.read_regular_file(
+            files.quarantine_dir(), quarantined, max_bytes=settings.HASHGUARD_MAX_BYTES
+        )
         already_moved = True
     except files.UnsafePath as exc:
-        _decide_error(claim, "unsafe_path", str(exc))
+        _decide_error(claim, ErrorCode.UNSAFE_PATH, str(exc))
         return
-    if files.sha256_of(data) != upload.sha256:
+    sha256 = files.sha256_of(data)
+    if upload.sha256 and sha256 != upload.sha256:
         _decide_error(
             claim,
-            "changed",
+            ErrorCode.CHANGED,
             "The file changed after it was recorded; its new content is a new upload.",
         )
         return
@@ -286,8 +449,13 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     try:
         loaded = _load(data)
     except ImageError as exc:
-        if upload.sha256 not in blocklist.by_sha256:
-            _decide_error(claim, exc.code, str(exc))
+        if sha256 not in blocklist.by_sha256:
+            if exc.uncheckable:
+                _decide_uncheckable(claim, upload, exc.code, str(exc), already_moved=already_moved)
+            elif exc.code == ErrorCode.NOT_IMAGE:
+                _decide_error(claim, exc.code, str(exc), state=State.NOT_IMAGE)
+            else:
+                _decide_error(claim, exc.code, str(exc))
             return
         probes = []  # an exact copy of a banned file is caught even if it cannot be decoded
     else:
@@ -305,19 +473,34 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
             frame_count=loaded.frame_count,
             fingerprints=[{"hashes": f.hashes, "pdq_quality": f.pdq_quality} for f in frames],
         )
-    found = blocklist.match(probes, upload.sha256)
-    released = _released_keys(upload, found)
+        if loaded.damage:
+            decision["error"] = (
+                f"The file is damaged or cut short ({loaded.damage}); it was checked as far "
+                "as it decodes, as a browser would show it."
+            )
+    found = blocklist.match(probes, sha256)
+    released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
     with transaction.atomic():
         if not found:
-            if claim.update(state=State.CLEAN, **decision) and already_moved:
+            if claim.update(state=State.CLEAN, lease_expires_at=None, **decision) and (
+                already_moved
+            ):
                 # The ban that quarantined it is gone: put the file back.
-                files.move_file(quarantined, source, private=False)
-                if upload.file_mode is not None:
-                    os.chmod(source, upload.file_mode)
+                files.move_file(
+                    files.quarantine_dir(),
+                    quarantined,
+                    media,
+                    source,
+                    private=False,
+                    mode=upload.file_mode,
+                )
             return
         if not claim.update(
-            state=State.QUARANTINED, quarantine_name=_quarantine_name(upload), **decision
+            state=State.QUARANTINED,
+            quarantine_name=files.display(quarantined),
+            lease_expires_at=None,
+            **decision,
         ):
             return
         Match.objects.bulk_create(
@@ -334,22 +517,63 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
         )
         _audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
         if not already_moved:
-            files.move_file(source, quarantined, private=True)
+            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
 
 
-def _decide_error(claim: QuerySet, code: str, message: str) -> None:
-    claim.update(state=State.ERROR, error_code=code, error=message, decided_at=timezone.now())
+def _decide_error(claim: QuerySet, code: str, message: str, *, state: str = State.ERROR) -> None:
+    claim.update(
+        state=state,
+        error_code=code,
+        error=message,
+        decided_at=timezone.now(),
+        lease_expires_at=None,
+    )
 
 
-def _released_keys(upload: Upload, found: Mapping[int, object]) -> set[int]:
-    """Banned fingerprints a moderator already released this same content from."""
+def _decide_uncheckable(
+    rows: QuerySet, upload: Upload, code: str, message: str, *, already_moved: bool = False
+) -> None:
+    """A file that may show a picture but could not be checked: held in quarantine for a
+    moderator, or left in place as an error, as HASHGUARD_UNCHECKABLE says."""
+    if settings.HASHGUARD_UNCHECKABLE != "hold":
+        _decide_error(rows, code, message)
+        return
+    quarantined = _quarantine_name(upload)
+    try:
+        with transaction.atomic():
+            if not rows.update(
+                state=State.HELD,
+                error_code=code,
+                error=f"Could not be checked, so it is held for a moderator: {message}",
+                quarantine_name=files.display(quarantined),
+                decided_at=timezone.now(),
+                lease_expires_at=None,
+            ):
+                return
+            _audit(Action.UPLOAD_HELD, upload=upload, detail=message)
+            if not already_moved:
+                files.move_file(
+                    files.media_dir(),
+                    upload.relative_path(),
+                    files.quarantine_dir(),
+                    quarantined,
+                    private=True,
+                )
+    except FileNotFoundError:
+        if not files.exists(files.quarantine_dir(), quarantined):
+            _decide_error(rows, ErrorCode.MISSING, f"The file was removed. {message}")
+
+
+def _released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
+    """Banned fingerprints a moderator said this same content may pass from now on."""
     if not found:
         return set()
     return set(
         Match.objects.filter(
             fingerprint_id__in=list(found),
-            upload__sha256=upload.sha256,
+            upload__sha256=sha256,
             upload__state=State.RELEASED,
+            allowed=True,
         ).values_list("fingerprint_id", flat=True)
     )
 
@@ -370,11 +594,12 @@ def _describe(found: Mapping[int, Detection]) -> str:
 
 
 def upload_confirm(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
+    """Keep a quarantined or held upload out of the media tree."""
     now = timezone.now()
     with transaction.atomic():
-        updated = Upload.objects.filter(pk=upload_id, state=State.QUARANTINED).update(
-            state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now
-        )
+        updated = Upload.objects.filter(
+            pk=upload_id, state__in=[State.QUARANTINED, State.HELD]
+        ).update(state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now)
         if not updated:
             raise ActionRefused("Only an upload waiting for review can be confirmed.")
         upload = Upload.objects.get(pk=upload_id)
@@ -382,36 +607,59 @@ def upload_confirm(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
     return upload
 
 
-def upload_release(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
-    """Put a quarantined file back where it was; the same match will not take it again."""
+def upload_release(
+    *, upload_id: int, actor: AbstractBaseUser, allow_copies: bool = False
+) -> Upload:
+    """Put a quarantined or held file back where it was.
+
+    With allow_copies, later exact copies of the same file pass the bans this one
+    matched; without, only this file goes back, and a copy uploaded again is caught.
+    """
     with transaction.atomic():
         upload = (
             Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=[State.QUARANTINED, State.CONFIRMED])
+            .filter(pk=upload_id, state__in=[State.QUARANTINED, State.CONFIRMED, State.HELD])
             .first()
         )
         if upload is None:
-            raise ActionRefused("Only a quarantined upload can be released.")
-        source = files.in_store(upload.quarantine_name, files.quarantine_dir())
-        destination = files.in_store(upload.path, files.media_dir())
+            raise ActionRefused("Only a quarantined or held upload can be released.")
+        source = upload.quarantine_name.encode()
         upload.state = State.RELEASED
         upload.quarantine_name = ""
         upload.reviewed_by = actor
         upload.reviewed_at = timezone.now()
         upload.save()
-        _audit(Action.UPLOAD_RELEASED, actor=actor, upload=upload)
+        if allow_copies:
+            upload.matches.update(allowed=True)
+        _audit(
+            Action.UPLOAD_RELEASED,
+            actor=actor,
+            upload=upload,
+            detail="exact copies may pass its bans from now on" if allow_copies else "",
+        )
         try:
-            files.move_file(source, destination, private=False)
+            files.move_file(
+                files.quarantine_dir(),
+                source,
+                files.media_dir(),
+                upload.relative_path(),
+                private=False,
+                mode=upload.file_mode,
+            )
         except FileExistsError:
             raise ActionRefused(
                 f"A file now exists at {upload.path}; move it away, then release again."
             ) from None
         except FileNotFoundError:
             raise ActionRefused(
-                f"The quarantined file {source} is missing; nothing was released."
+                f"The quarantined file {upload.quarantine_name} is missing; nothing was released."
             ) from None
-        if upload.file_mode is not None:
-            os.chmod(destination, upload.file_mode)
+        except files.UnsafePath as exc:
+            raise ActionRefused(f"{upload.path} cannot be put back safely: {exc}") from None
+        # The watcher sees the file come back: as it is now, it is this record's own file.
+        info = files.lstat(files.media_dir(), upload.relative_path())
+        upload.inode, upload.mtime_ns = info.st_ino, info.st_mtime_ns
+        upload.save(update_fields=["inode", "mtime_ns"])
     return upload
 
 
@@ -427,9 +675,11 @@ def upload_flag(
     upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
     if upload is None:
         raise ActionRefused("Only a clean or released upload can be flagged as banned.")
-    source = files.in_store(upload.path, files.media_dir())
+    media = files.media_dir()
+    source = upload.relative_path()
     try:
-        data = files.read_regular_file(source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        mode = stat.S_IMODE(files.lstat(media, source).st_mode)
     except FileNotFoundError:
         raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
     # Decoded before the transaction: on SQLite a transaction holds the write lock.
@@ -448,12 +698,14 @@ def upload_flag(
             source=BannedFingerprint.Source.UPLOAD,
             source_upload=upload,
         )
+        quarantined = _quarantine_name(upload)
         upload.state = State.CONFIRMED
-        upload.quarantine_name = _quarantine_name(upload)
-        upload.file_mode = stat.S_IMODE(os.lstat(source).st_mode)
+        upload.quarantine_name = files.display(quarantined)
+        upload.file_mode = mode
         upload.reviewed_by = actor
         upload.reviewed_at = timezone.now()
         upload.save()
+        upload.matches.update(allowed=False)
         for row in banned:
             Match.objects.get_or_create(
                 upload=upload,
@@ -466,11 +718,7 @@ def upload_flag(
             )
         _audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
         try:
-            files.move_file(
-                source,
-                files.in_store(upload.quarantine_name, files.quarantine_dir()),
-                private=True,
-            )
+            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
         except (FileExistsError, files.UnsafePath) as exc:
             raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload
@@ -573,7 +821,7 @@ def _ban_image(
                 row.active = True
         return existing
     reference_name = f"{image.sha256}.{image.format.lower()}"
-    files.write_private(files.reference_dir() / reference_name, image.data)
+    files.write_private(files.reference_dir(), reference_name.encode(), image.data)
     rows = [
         BannedFingerprint.objects.create(
             **frame.fields(),
@@ -679,8 +927,9 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | N
             )
         )
         for name in names - still_used:
-            path = files.in_store(name, files.reference_dir())
-            transaction.on_commit(lambda path=path: path.unlink(missing_ok=True))
+            transaction.on_commit(
+                lambda name=name: files.unlink(files.reference_dir(), name.encode())
+            )
     return len(rows)
 
 
@@ -713,7 +962,7 @@ def banned_rehash() -> tuple[int, int]:
     recomputed = 0
     for name, rows in by_reference.items():
         data = files.read_regular_file(
-            files.in_store(name, files.reference_dir()), max_bytes=settings.HASHGUARD_MAX_BYTES
+            files.reference_dir(), name.encode(), max_bytes=settings.HASHGUARD_MAX_BYTES
         )
         frames = _BanFrame.of(_load(data))
         with transaction.atomic():

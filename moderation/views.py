@@ -23,18 +23,18 @@ THUMBNAIL_SIZE = (240, 240)
 FULL_SIZE = (1600, 1600)
 
 
-def _upload_file(request: HttpRequest, pk: int) -> Path:
+def _upload_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
     upload = get_object_or_404(Upload, pk=pk)
     if upload.quarantine_name:
         if not request.user.has_perm("moderation.review_upload"):
             raise PermissionDenied
-        return files.in_store(upload.quarantine_name, files.quarantine_dir())
+        return files.quarantine_dir(), upload.quarantine_name.encode()
     if not request.user.has_perm("moderation.view_upload"):
         raise PermissionDenied
-    return files.in_store(upload.path, files.media_dir())
+    return files.media_dir(), upload.relative_path()
 
 
-def _reference_file(request: HttpRequest, pk: int) -> Path:
+def _reference_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
     # Reviewers see the banned image beside each match even without the blocklist's pages.
     if not (
         request.user.has_perm("moderation.view_bannedfingerprint")
@@ -44,20 +44,20 @@ def _reference_file(request: HttpRequest, pk: int) -> Path:
     banned = get_object_or_404(BannedFingerprint, pk=pk)
     if not banned.reference_name:
         raise Http404("This banned fingerprint was pasted as a hash; it has no image.")
-    return files.in_store(banned.reference_name, files.reference_dir())
+    return files.reference_dir(), banned.reference_name.encode()
 
 
 @require_GET
 @staff_member_required
 def protected_image(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     if kind == "upload":
-        path = _upload_file(request, pk)
+        store, relative = _upload_file(request, pk)
     elif kind == "reference":
-        path = _reference_file(request, pk)
+        store, relative = _reference_file(request, pk)
     else:
         raise Http404
     try:
-        data = files.read_regular_file(path, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        data = files.read_regular_file(store, relative, max_bytes=settings.HASHGUARD_MAX_BYTES)
         image = load_image(
             data,
             max_bytes=settings.HASHGUARD_MAX_BYTES,

@@ -1,8 +1,10 @@
 """The watcher: notices new files in the media tree and records them for the workers.
 
-It never decodes an image. Events only nominate paths; a path is recorded once its size
-and mtime have held still for a while, and a periodic walk of the whole tree catches
-whatever events were dropped. Recording and queueing go through services.upload_register.
+It never decodes an image. Every file is looked at, whatever its name: the content says
+what it is. Events only nominate paths; a path is recorded once its writer closed it or
+renamed it into place, or, where no such event comes, once its size and mtime have held
+still for a while; a periodic walk of the whole tree catches whatever events were
+dropped. Recording and queueing go through services.upload_register.
 """
 
 import logging
@@ -11,75 +13,86 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connections
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from moderation import services
+from moderation import files, services
 from moderation.models import Upload
+from moderation.tasks import waiting_in_queue
 
 logger = logging.getLogger(__name__)
 
-TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".swp", "~")
+# A file some process still has open for writing is recorded once it is closed, or once
+# it has not changed for this many stability windows (the writer hung or the close
+# event was lost); a copy recorded half-written is superseded by the finished file.
+OPEN_FILE_WINDOWS = 20
 
 
 class ObserverDied(Exception):
     """The filesystem observer thread stopped; the watcher cannot go on without it."""
 
 
-def is_candidate(path: Path, root: Path, suffixes: frozenset[str]) -> bool:
-    """Whether a path names a file the watcher should look at, by its name alone."""
-    try:
-        parts = path.relative_to(root).parts
-    except ValueError:
-        return False
-    if not parts or any(part.startswith((".", "~")) for part in parts):
-        return False
-    name = parts[-1].lower()
-    if name.endswith(TEMPORARY_SUFFIXES):
-        return False
-    return Path(name).suffix in suffixes
-
-
 def _signature(info: os.stat_result) -> tuple[int, int, int]:
     return (info.st_size, info.st_mtime_ns, info.st_ino)
 
 
-def image_suffixes() -> frozenset[str]:
-    return frozenset(suffix.lower() for suffix in settings.HASHGUARD_IMAGE_SUFFIXES)
-
-
-def iter_candidates(
-    directory: Path, root: Path, suffixes: frozenset[str]
-) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every candidate file under directory, never following symlinks (a symlink with an
-    image name is a candidate: it is recorded as an error, not read)."""
-    stack = [directory]
+def iter_files(root: Path, directory: bytes = b"") -> Iterator[tuple[bytes, os.stat_result]]:
+    """Every file under directory (relative to root, b"" for all of it), whatever its
+    name, as a path relative to root with its lstat. Directories are walked through
+    their file descriptors, never following a symlink, so that no path is too long to
+    reach; symlinks and other non-directories are listed for the caller to record."""
+    try:
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        logger.warning("cannot open %s: %s", root, exc)
+        return
+    try:
+        for part in directory.split(b"/") if directory else []:
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+            os.close(top)
+            top = child
+    except OSError as exc:
+        os.close(top)
+        logger.warning("cannot open %s under %s: %s", files.display(directory), root, exc)
+        return
+    stack = [(top, directory)]
     while stack:
-        current = stack.pop()
+        fd, prefix = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            names = [os.fsencode(name) for name in os.listdir(fd)]
         except OSError as exc:
-            logger.warning("cannot list %s: %s", current, exc)
-            continue
-        for entry in entries:
-            if entry.name.startswith((".", "~")):
-                continue
+            logger.warning("cannot list %s: %s", files.display(prefix) or root, exc)
+            names = []
+        for name in names:
+            relative = prefix + b"/" + name if prefix else name
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.is_file(follow_symlinks=False) or entry.is_symlink():
-                    path = Path(entry.path)
-                    if is_candidate(path, root, suffixes):
-                        yield path, entry.stat(follow_symlinks=False)
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode):
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    stack.append((child, relative))
+                else:
+                    yield relative, info
             except OSError:
                 continue
+        os.close(fd)
+
+
+@dataclass
+class _Nominated:
+    size: int = -1
+    mtime_ns: int = -1
+    changed_at: float = field(default_factory=time.monotonic)
+    # A close-after-write or a rename into place: the file is complete now.
+    complete: bool = False
+    # Written to since it was last closed (only observers with close events know).
+    open_for_writing: bool = False
 
 
 class _Nominator(FileSystemEventHandler):
@@ -90,13 +103,12 @@ class _Nominator(FileSystemEventHandler):
         if event.event_type in ("opened", "deleted", "closed_no_write"):
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
-        path = Path(os.fsdecode(path))
         if event.is_directory:
             # A directory moved or made in: its files may never send events of their own.
             if event.event_type in ("moved", "created"):
                 self.watcher.request_scan(path)
             return
-        self.watcher.nominate(path)
+        self.watcher.nominate(path, event.event_type)
 
 
 class MediaWatcher:
@@ -105,39 +117,55 @@ class MediaWatcher:
         root: Path,
         *,
         stop: threading.Event,
-        suffixes: frozenset[str],
         stable_seconds: float = 1.0,
         rescan_seconds: float = 300.0,
-        requeue_seconds: float = 600.0,
+        requeue_seconds: float = 60.0,
         polling: bool = False,
         tick_seconds: float = 0.2,
     ) -> None:
         self.root = root
         self.stop = stop
-        self.suffixes = suffixes
         self.stable_seconds = stable_seconds
         self.rescan_seconds = rescan_seconds
         self.requeue_seconds = requeue_seconds
         self.polling = polling
         self.tick_seconds = tick_seconds
         self._lock = threading.Lock()
-        # path -> (size, mtime_ns, monotonic time the signature last changed)
-        self._pending: dict[Path, tuple[int, int, float]] = {}
-        self._scan_requests: list[Path] = []
-        # path -> (size, mtime_ns, inode) of files already recorded, so rescans skip them.
-        self._recorded: dict[Path, tuple[int | None, int | None, int | None]] = {}
+        self._pending: dict[bytes, _Nominated] = {}
+        self._scan_requests: list[bytes] = []
+        # relative path -> (size, mtime_ns, inode) of files already recorded, so rescans
+        # skip them.
+        self._recorded: dict[bytes, tuple[int | None, int | None, int | None]] = {}
         self.observer: BaseObserver | None = None
 
     # -- called from the observer thread ------------------------------------------------
 
-    def nominate(self, path: Path) -> None:
-        if is_candidate(path, self.root, self.suffixes):
-            with self._lock:
-                self._pending[path] = (-1, -1, time.monotonic())
+    def _relative(self, path: str | bytes) -> bytes | None:
+        try:
+            return files.relative_to_store(path, self.root)
+        except files.UnsafePath:
+            return None
 
-    def request_scan(self, directory: Path) -> None:
+    def nominate(self, path: str | bytes, event_type: str = "created") -> None:
+        relative = self._relative(path)
+        if relative is None:
+            return
         with self._lock:
-            self._scan_requests.append(directory)
+            nominated = self._pending.setdefault(relative, _Nominated())
+            if event_type in ("closed", "moved"):
+                nominated.complete = True
+                nominated.open_for_writing = False
+            elif event_type == "created":
+                nominated.complete = False
+                nominated.open_for_writing = not self.polling
+            elif not nominated.complete:  # written to, or its attributes changed
+                nominated.open_for_writing = not self.polling
+
+    def request_scan(self, directory: str | bytes) -> None:
+        relative = self._relative(directory)
+        if relative is not None:
+            with self._lock:
+                self._scan_requests.append(relative)
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -148,7 +176,7 @@ class MediaWatcher:
         logger.info("watching %s", self.root)
         try:
             self.load_recorded()
-            self.scan(self.root)
+            self.scan()
             next_rescan = time.monotonic() + self.rescan_seconds
             next_requeue = time.monotonic()  # at once: what waited while no watcher ran
             while not self.stop.is_set():
@@ -157,11 +185,11 @@ class MediaWatcher:
                 self.settle()
                 now = time.monotonic()
                 if now >= next_rescan:
-                    self.scan(self.root)
+                    self.scan()
                     next_rescan = now + self.rescan_seconds
                 if now >= next_requeue:
                     self.requeue()
-                    next_requeue = now + min(30.0, self.requeue_seconds)
+                    next_requeue = now + min(30.0, self.requeue_seconds / 2)
                 self.stop.wait(self.tick_seconds)
         finally:
             observer.stop()
@@ -172,22 +200,27 @@ class MediaWatcher:
     def load_recorded(self) -> None:
         """Remember files recorded before this start, so the first scan skips them."""
         close_old_connections()
-        rows = Upload.objects.values_list("path", "size", "mtime_ns", "inode")
-        for relative, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
-            self._recorded[self.root / relative] = (size, mtime_ns, inode)
+        rows = Upload.objects.order_by("id").values_list(
+            "path", "raw_path", "size", "mtime_ns", "inode"
+        )
+        for path, raw_path, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
+            relative = bytes(raw_path) if raw_path is not None else path.encode()
+            self._recorded[relative] = (size, mtime_ns, inode)
 
-    def scan(self, directory: Path) -> int:
-        """Nominate every candidate file under directory not yet recorded as it is now."""
+    def scan(self, directory: bytes = b"") -> int:
+        """Nominate every file under directory not yet recorded as it is now."""
         count = 0
-        for path, info in iter_candidates(directory, self.root, self.suffixes):
-            if self._recorded.get(path) != _signature(info):
+        for relative, info in iter_files(self.root, directory):
+            if self._recorded.get(relative) != _signature(info):
                 with self._lock:
-                    self._pending.setdefault(path, (-1, -1, time.monotonic()))
+                    self._pending.setdefault(relative, _Nominated())
                 count += 1
         return count
 
     def settle(self) -> None:
-        """Record each nominated file whose size and mtime have held still long enough."""
+        """Record each nominated file that is complete: closed after writing or renamed
+        into place, or unchanged for the stability window (longer while a writer has it
+        open)."""
         with self._lock:
             requests, self._scan_requests = self._scan_requests, []
         for directory in requests:
@@ -195,50 +228,57 @@ class MediaWatcher:
         with self._lock:
             pending = list(self._pending.items())
         now = time.monotonic()
-        for path, (size, mtime_ns, changed_at) in pending:
+        for relative, nominated in pending:
             try:
-                info = os.lstat(path)
-            except OSError:
-                self._drop(path)
+                info = files.lstat(self.root, relative)
+            except (OSError, files.UnsafePath):
+                self._drop(relative)
                 continue
-            if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
-                self._drop(path)
+            if stat.S_ISDIR(info.st_mode):
+                self._drop(relative)
                 continue
-            if (info.st_size, info.st_mtime_ns) != (size, mtime_ns):
+            if (info.st_size, info.st_mtime_ns) != (nominated.size, nominated.mtime_ns):
                 with self._lock:
-                    self._pending[path] = (info.st_size, info.st_mtime_ns, now)
-            elif now - changed_at >= self.stable_seconds:
-                self.record(path, info)
+                    nominated.size, nominated.mtime_ns = info.st_size, info.st_mtime_ns
+                    nominated.changed_at = now
+                if not nominated.complete:
+                    continue
+            quiet = now - nominated.changed_at
+            window = self.stable_seconds * (OPEN_FILE_WINDOWS if nominated.open_for_writing else 1)
+            if nominated.complete or quiet >= window:
+                self.record(relative, info)
 
-    def _drop(self, path: Path) -> None:
+    def _drop(self, relative: bytes) -> None:
         with self._lock:
-            self._pending.pop(path, None)
+            self._pending.pop(relative, None)
 
-    def record(self, path: Path, info: os.stat_result) -> None:
+    def record(self, relative: bytes, info: os.stat_result) -> None:
         close_old_connections()
+        shown = files.display(relative)
         try:
-            upload, created = services.upload_register(path=path)
+            upload, created = services.upload_register(path=self.root / os.fsdecode(relative))
         except FileNotFoundError:
-            self._drop(path)  # gone again before it could be recorded
+            self._drop(relative)  # gone again before it could be recorded
             return
         except DatabaseError as exc:
             # Keep it pending: the next tick tries again once the database is back.
-            logger.error("could not record %s, will retry: %s", path, exc)
+            logger.error("could not record %s, will retry: %s", shown, exc)
             return
         except Exception as exc:
             # Nothing about one file may stop the watcher; skip it until it changes.
-            logger.warning("skipped %s: %s", path, exc)
+            logger.warning("skipped %s: %s", shown, exc)
         else:
             if created:
                 logger.info("recorded upload %s: %s (%s)", upload.pk, upload.path, upload.state)
-        self._drop(path)
-        self._recorded[path] = _signature(info)
+        self._drop(relative)
+        self._recorded[relative] = _signature(info)
 
     def requeue(self) -> None:
         close_old_connections()
         try:
             count = services.uploads_requeue_stale(
-                older_than=timedelta(seconds=self.requeue_seconds)
+                older_than=timedelta(seconds=self.requeue_seconds),
+                waiting_in_queue=waiting_in_queue(),
             )
         except DatabaseError as exc:
             logger.error("could not look for stalled uploads: %s", exc)

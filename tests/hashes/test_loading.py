@@ -11,14 +11,16 @@ import pytest
 from PIL import ExifTags, Image
 
 from hashes.errors import (
+    AnimationTooLong,
     CorruptImage,
     DecompressionBomb,
     FileTooLarge,
     ImageError,
     ImageTooSmall,
+    UncheckableFormat,
     UnsupportedFormat,
 )
-from hashes.loading import ALLOWED_FORMATS, load_image
+from hashes.loading import ALLOWED_FORMATS, SNIFF_BYTES, image_kind, load_image
 from tests.images import encode, photo, photo_path, save
 
 RED = (255, 0, 0)
@@ -183,24 +185,115 @@ def test_animated_gif_loads_every_frame():
     assert [frame.getpixel((8, 8)) for frame in loaded.frames] == COLOURS
 
 
-def test_long_animation_is_sampled_evenly_from_the_first_frame_to_the_last():
-    loaded = load_image(animation(), max_frames=3)
+def test_long_animation_keeps_the_frames_shown_longest():
+    # Frame 5 is on screen for a minute, the others for 50 ms each.
+    frames = [Image.new("RGB", (16, 16), colour) for colour in COLOURS]
+    durations = [50] * len(COLOURS)
+    durations[5] = 60_000
+    data = encode(
+        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=durations
+    )
 
-    assert loaded.frame_count == len(COLOURS)
-    assert [frame.getpixel((8, 8)) for frame in loaded.frames] == [
-        COLOURS[0],
-        COLOURS[4],
-        COLOURS[7],
+    loaded = load_image(data, max_frames=3)
+
+    assert loaded.frame_count == len(COLOURS) and loaded.distinct_frames == len(COLOURS)
+    shown = [frame.getpixel((8, 8)) for frame in loaded.frames]
+    assert len(shown) == 3 and shown[0] == COLOURS[0]  # the first frame, always
+    assert COLOURS[5] in shown  # then those shown longest
+
+
+def test_a_banned_frame_shown_long_among_a_hundred_short_ones_is_kept():
+    banned = photo("astronaut").resize((96, 96))
+    fillers = [
+        Image.new("RGB", (96, 96), (index * 2, 255 - index * 2, (index * 37) % 256))
+        for index in range(99)
     ]
+    durations = [20] * 100
+    durations[1] = 60_000
+    data = encode(
+        fillers[0],
+        "GIF",
+        save_all=True,
+        append_images=[banned, *fillers[1:]],
+        duration=durations,
+    )
+
+    loaded = load_image(data)  # 32 frames at most, by default
+
+    assert loaded.frame_count == 100 and len(loaded.frames) == 32
+    kept = [np.asarray(frame, dtype=np.int16) for frame in loaded.frames]
+    expected = np.asarray(load_image(data, max_frames=100).frames[1], dtype=np.int16)
+    assert any(np.abs(frame - expected).mean() < 1 for frame in kept)
 
 
-def test_only_the_frames_up_to_the_last_sampled_one_count_towards_the_budget():
-    # 16x16 frames: the whole animation is over 4 x 256 pixels, its first frame is not.
+def test_repeated_frames_count_once_with_their_time_added():
+    red, green, blue = (Image.new("RGB", (16, 16), c) for c in (RED, (0, 255, 0), (0, 0, 255)))
+    # Green appears four times for 100 ms, blue once for 300 ms: green is kept.
+    sequence = [red, green, blue, green, green, green]
+    data = encode(
+        sequence[0],
+        "GIF",
+        save_all=True,
+        append_images=sequence[1:],
+        duration=[100, 100, 300, 100, 100, 100],
+    )
+
+    loaded = load_image(data, max_frames=2)
+
+    assert loaded.distinct_frames == 3
+    assert [frame.getpixel((8, 8)) for frame in loaded.frames] == [RED, (0, 255, 0)]
+
+
+def test_an_animation_over_its_decode_budget_is_refused_whole():
+    # 16x16 frames: every frame together is over 4 x 256 pixels, one frame is not.
     assert len(COLOURS) * 16 * 16 > 4 * 256
-    loaded = load_image(animation(), max_pixels=256, max_frames=1)
+    with pytest.raises(AnimationTooLong, match="every frame"):
+        load_image(animation(), max_pixels=256)
 
-    assert loaded.frame_count == len(COLOURS)
-    assert [frame.getpixel((8, 8)) for frame in loaded.frames] == COLOURS[:1]
+
+def test_a_jpeg_cut_short_is_decoded_as_far_as_it_goes():
+    original = encode(photo("chelsea"), "JPEG", quality=90)
+
+    whole = load_image(original[:-2])  # the end marker cut off: browsers show it whole
+    half = load_image(original[: len(original) // 2])
+
+    assert "truncated" in whole.damage and not load_image(original).damage
+    reference = np.asarray(load_image(original).frames[0], dtype=np.int16)
+    assert np.abs(np.asarray(whole.frames[0], dtype=np.int16) - reference).mean() < 1
+    top = np.asarray(half.frames[0], dtype=np.int16)[:40]
+    assert half.damage and np.abs(top - reference[:40]).mean() < 1
+
+
+def test_a_damaged_png_is_decoded_as_far_as_it_goes():
+    data = bytearray(encode(photo("chelsea"), "PNG"))
+    loaded = load_image(bytes(data[:20000]))
+
+    assert loaded.damage and loaded.frames[0].size == photo("chelsea").size
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: encode(photo("rocket"), "JPEG"), "JPEG"),
+        (lambda: encode(photo("rocket"), "PNG"), "PNG"),
+        (lambda: encode(photo("rocket"), "GIF"), "GIF"),
+        (lambda: encode(photo("rocket"), "WEBP"), "WEBP"),
+        (lambda: encode(photo("rocket"), "BMP"), "BMP"),
+        (lambda: encode(photo("rocket"), "TIFF"), "TIFF"),
+        (lambda: encode(photo("rocket").resize((64, 64)), "ICO"), "ICO"),
+        (lambda: encode(photo("rocket"), "PPM"), "Netpbm"),
+        (lambda: b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic", "HEIF"),
+        (lambda: b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00avifmif1miaf", "AVIF"),
+        (lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
+        (lambda: b"%PDF-1.7\n", None),
+        (lambda: b"<!doctype html><html></html>", None),
+        (lambda: b"hello", None),
+        (lambda: b"", None),
+        (lambda: b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom", None),  # a video
+    ],
+)
+def test_image_kind_is_told_by_content(make, kind):
+    assert image_kind(make()[:SNIFF_BYTES]) == kind
 
 
 def test_later_frames_of_a_large_animation_are_kept_small():
@@ -240,7 +333,7 @@ BAD_SOURCES = {
     "svg": (
         lambda tmp: b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>',
         {},
-        UnsupportedFormat,
+        UncheckableFormat,
     ),
     "pdf": (
         lambda tmp: b"%PDF-1.7\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n",
@@ -248,14 +341,18 @@ BAD_SOURCES = {
         UnsupportedFormat,
     ),
     "zip named .jpg": (lambda tmp: save_bytes(tmp / "a.jpg", zip_bytes()), {}, UnsupportedFormat),
-    "ico": (lambda tmp: encode(photo("rocket").resize((64, 64)), "ICO"), {}, UnsupportedFormat),
-    "ppm": (lambda tmp: encode(photo("rocket"), "PPM"), {}, UnsupportedFormat),
-    "truncated jpeg": (
-        lambda tmp: encode(photo("chelsea"), "JPEG")[:6000],
+    "ico": (lambda tmp: encode(photo("rocket").resize((64, 64)), "ICO"), {}, UncheckableFormat),
+    "ppm": (lambda tmp: encode(photo("rocket"), "PPM"), {}, UncheckableFormat),
+    "jpeg cut inside its header": (
+        lambda tmp: encode(photo("chelsea"), "JPEG")[:300],
         {},
         CorruptImage,
     ),
-    "truncated png": (lambda tmp: encode(photo("chelsea"), "PNG")[:20000], {}, CorruptImage),
+    "png cut before its pixels": (
+        lambda tmp: encode(photo("chelsea"), "PNG")[:60],
+        {},
+        CorruptImage,
+    ),
     "png declaring 10 gigapixels": (
         lambda tmp: png_declaring(100_000, 100_000),
         {},
@@ -270,7 +367,7 @@ BAD_SOURCES = {
     "animation over its pixel budget": (
         lambda tmp: animation(),
         {"max_pixels": 256, "max_frames": 4},
-        DecompressionBomb,
+        AnimationTooLong,
     ),
     "bytes over max_bytes": (
         lambda tmp: encode(photo("rocket"), "JPEG"),
@@ -325,14 +422,29 @@ def test_bad_input_raises_its_own_error(tmp_path, case):
 
 
 def test_error_codes_are_distinct_machine_names():
-    errors = [UnsupportedFormat, CorruptImage, DecompressionBomb, FileTooLarge, ImageTooSmall]
+    errors = [
+        UnsupportedFormat,
+        UncheckableFormat,
+        CorruptImage,
+        DecompressionBomb,
+        AnimationTooLong,
+        FileTooLarge,
+        ImageTooSmall,
+    ]
 
     assert [error.code for error in errors] == [
         "unsupported_format",
+        "uncheckable_format",
         "corrupt",
         "decompression_bomb",
+        "animation_too_long",
         "file_too_large",
         "too_small",
+    ]
+    # Only what is no picture at all is let through unchecked.
+    assert [error for error in errors if not error.uncheckable] == [
+        UnsupportedFormat,
+        ImageTooSmall,
     ]
 
 

@@ -322,7 +322,7 @@ def test_review_queue_shows_the_upload_beside_the_banned_image_with_distances(
 
     response = moderator_client.get(REVIEW_URL)
 
-    assertContains(response, "1 quarantined upload waiting for review")
+    assertContains(response, "1 quarantined or held upload waiting for review")
     assertContains(response, upload.path)
     assertContains(response, image_url("upload", upload.pk, thumb=True))
     assertContains(response, image_url("reference", match.fingerprint_id, thumb=True))
@@ -363,7 +363,9 @@ def test_check_again_retries_an_upload_that_failed_for_a_passing_reason(
     response = run_action(moderator_client, UPLOAD_LIST_URL, "retry", [failed.pk, link.pk])
 
     assertContains(response, "1 upload(s) queued to be checked again.")
-    assertContains(response, "/3/link.jpg: Only an upload in error whose file could be read")
+    assertContains(
+        response, "/3/link.jpg: Only an upload in error or held whose file could be read"
+    )
     failed.refresh_from_db()
     assert failed.state == Upload.State.PENDING and not failed.error
     assert AuditEvent.objects.filter(action="upload_retried", upload=failed).exists()
@@ -446,7 +448,7 @@ def test_confirm_and_release_actions_on_the_changelist(stores, moderator_client)
 
     response = run_action(moderator_client, UPLOAD_LIST_URL, "release", [clean.pk])
 
-    assertContains(response, "Only a quarantined upload can be released.")
+    assertContains(response, "Only a quarantined or held upload can be released.")
     clean.refresh_from_db()
     assert clean.state == Upload.State.CLEAN
 

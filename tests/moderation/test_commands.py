@@ -57,13 +57,14 @@ def test_scan_records_a_backlog_without_waiting(stores: Path, capsys) -> None:
     backlog.mkdir()
     for index, name in enumerate(("coffee", "rocket", "chelsea")):
         save(photo(name), backlog / f"{index}.jpg", "JPEG")
-    (backlog / "readme.txt").write_text("skip me")
+    (backlog / "readme.txt").write_text("not an image: recorded as such")
     call_command("scan", str(backlog), "--no-wait")
-    assert "3 files: 3 pending" in capsys.readouterr().out
+    assert "4 files: 1 not_image, 3 pending" in capsys.readouterr().out
     assert sorted(Upload.objects.values_list("path", flat=True)) == [
         "old/0.jpg",
         "old/1.jpg",
         "old/2.jpg",
+        "old/readme.txt",
     ]
 
 

@@ -24,7 +24,13 @@ from tests.moderation.processes import Stack, database_url, wait_for
 pytestmark = pytest.mark.pipeline
 
 REDIS_URL = os.environ.get("HASHGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-DECIDED = {Upload.State.CLEAN, Upload.State.QUARANTINED, Upload.State.ERROR}
+DECIDED = {
+    Upload.State.CLEAN,
+    Upload.State.QUARANTINED,
+    Upload.State.HELD,
+    Upload.State.ERROR,
+    Upload.State.NOT_IMAGE,
+}
 
 
 def decided(path: str) -> Upload | None:
@@ -70,8 +76,9 @@ def test_watcher_and_worker_quarantine_banned_images_and_keep_going(stack: Stack
     partial = media / "2026" / "11" / "coffee.png.part"
     photo("coffee").save(partial, "PNG")
     partial.rename(media / "2026" / "11" / "coffee.png")
-    # A corrupt file with an image name.
-    (media / "broken.jpg").write_bytes(encode(photo("rocket"), "JPEG")[:3000])
+    # A file cut short, and one whose header is cut: checked as far as it goes, or held.
+    (media / "cut.jpg").write_bytes(encode(photo("rocket"), "JPEG")[:3000])
+    (media / "broken.jpg").write_bytes(encode(photo("rocket"), "JPEG")[:300])
     # A banned image written slowly, in pieces with pauses between them.
     data = encode(photo("astronaut"), "JPEG", quality=90)
     with open(media / "slow.jpg", "wb") as handle:
@@ -80,22 +87,26 @@ def test_watcher_and_worker_quarantine_banned_images_and_keep_going(stack: Stack
             handle.flush()
             time.sleep(0.3)
 
-    uploads = wait_decided("resized.jpg", "2026/11/coffee.png", "broken.jpg", "slow.jpg")
+    uploads = wait_decided(
+        "resized.jpg", "2026/11/coffee.png", "cut.jpg", "broken.jpg", "slow.jpg"
+    )
     assert uploads["resized.jpg"].state == Upload.State.QUARANTINED, stack.logs()
     assert uploads["slow.jpg"].state == Upload.State.QUARANTINED
     assert uploads["2026/11/coffee.png"].state == Upload.State.CLEAN
-    assert uploads["broken.jpg"].state == Upload.State.ERROR
+    assert uploads["cut.jpg"].state == Upload.State.CLEAN
+    assert "cut short" in uploads["cut.jpg"].error
+    assert uploads["broken.jpg"].state == Upload.State.HELD
     assert uploads["broken.jpg"].error_code == "corrupt"
 
-    # Quarantined files left the media tree and are private to the service user.
-    for path in ("resized.jpg", "slow.jpg"):
+    # Quarantined and held files left the media tree and are private to the service user.
+    for path in ("resized.jpg", "slow.jpg", "broken.jpg"):
         upload = uploads[path]
         assert not (media / path).exists()
         moved = stack.data_dir / "quarantine" / upload.quarantine_name
         assert stat.S_IMODE(moved.stat().st_mode) == 0o600
     assert (media / "2026" / "11" / "coffee.png").exists()
     queued = {u.path: u for u in selectors.review_queue()}
-    assert set(queued) == {"resized.jpg", "slow.jpg"}
+    assert set(queued) == {"resized.jpg", "slow.jpg", "broken.jpg"}
     match = queued["resized.jpg"].matches.get()
     assert set(match.distances) == {"phash", "dhash", "pdq"}
     assert match.distances["pdq"] <= 31
@@ -108,7 +119,7 @@ def test_watcher_and_worker_quarantine_banned_images_and_keep_going(stack: Stack
     assert later["chelsea.webp"].state == Upload.State.QUARANTINED, stack.logs()
 
     # Each file was recorded once and fingerprinted once.
-    assert Upload.objects.count() == 5
+    assert Upload.objects.count() == 6
     assert set(Upload.objects.values_list("attempts", flat=True)) == {1}
     assert worker.popen.poll() is None
 

@@ -1,6 +1,7 @@
 import dataclasses
 import io
 import os
+import shutil
 import stat
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +14,11 @@ from PIL import Image, ImageOps
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
-from moderation import files, services
+from moderation import files, selectors, services
 from moderation.blocklist import current_blocklist
 from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
 from tests.images import encode, photo
+from tests.moderation.processes import wait_for
 
 State = Upload.State
 pytestmark = pytest.mark.django_db
@@ -25,6 +27,19 @@ pytestmark = pytest.mark.django_db
 def encoded(name: str, fmt: str = "JPEG", size: tuple[int, int] | None = None, **kw) -> bytes:
     image = photo(name)
     return encode(image.resize(size) if size else image, fmt, **kw)
+
+
+def quarantine_by_hand(upload: Upload) -> Path:
+    """Move an upload's file to where its quarantine would put it, as a worker would."""
+    name = f"{upload.pk}/{Path(upload.path).name}"
+    files.move_file(
+        files.media_dir(),
+        upload.path.encode(),
+        files.quarantine_dir(),
+        name.encode(),
+        private=True,
+    )
+    return files.quarantine_dir() / name
 
 
 def drop(media: Path, relative: str, data: bytes) -> Upload:
@@ -64,38 +79,70 @@ def test_register_records_each_path_and_content_once(media: Path) -> None:
     assert created and changed.pk != first.pk
 
 
-def test_register_refuses_paths_outside_the_media_tree_or_unstorable(
-    media: Path, tmp_path: Path
-) -> None:
+def test_register_refuses_paths_outside_the_media_tree(media: Path, tmp_path: Path) -> None:
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(encoded("coffee"))
     with pytest.raises(files.UnsafePath):
         services.upload_register(path=outside)
-    odd = media / os.fsdecode(b"caf\xe9.jpg")
-    odd.write_bytes(encoded("coffee"))
-    with pytest.raises(files.UnsafePath, match="UTF-8"):
-        services.upload_register(path=odd)
     assert not Upload.objects.exists()
 
 
+def test_odd_and_over_long_names_are_recorded_losslessly(media: Path, banned_astronaut) -> None:
+    odd = os.path.join(os.fsencode(media), b"caf\xe9 \xff.jpg")
+    with open(odd, "wb") as handle:
+        handle.write(encoded("astronaut", size=(200, 200)))
+    long_dir = media / "/".join(["x" * 250] * 5)
+    long_dir.mkdir(parents=True)
+    (long_dir / "photo.jpg").write_bytes(encoded("coffee"))
+
+    upload, created = services.upload_register(path=odd)
+    long, _ = services.upload_register(path=long_dir / "photo.jpg")
+
+    assert created and upload.path == "caf\\xe9 \\xff.jpg"  # shown escaped
+    assert upload.relative_path() == b"caf\xe9 \xff.jpg"  # kept exactly
+    assert len(long.path) > 1024 and long.relative_path() == long.path.encode()
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.state == State.QUARANTINED and not os.path.exists(odd)
+    assert (files.quarantine_dir() / upload.quarantine_name).exists()
+    assert services.upload_process(upload_id=long.pk).state == State.CLEAN
+
+
 def test_files_hashguard_must_not_read_are_recorded_as_errors(
-    media: Path, tmp_path: Path, settings
+    media: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(encoded("coffee"))
     (media / "link.jpg").symlink_to(outside)
     os.mkfifo(media / "pipe.jpg")
-    (media / "huge.jpg").write_bytes(encoded("rocket"))
-    settings.HASHGUARD_MAX_BYTES = 1000
-    for name, code in (
-        ("link.jpg", "unsafe_path"),
-        ("pipe.jpg", "unsafe_path"),
-        ("huge.jpg", "file_too_large"),
-    ):
+    for name in ("link.jpg", "pipe.jpg"):
         upload, created = services.upload_register(path=media / name)
-        assert created and upload.state == State.ERROR and upload.error_code == code, name
+        assert created and upload.state == State.ERROR and upload.error_code == "unsafe_path"
         assert upload.error and upload.decided_at
         assert services.upload_register(path=media / name) == (upload, False)
+
+
+def test_what_is_not_an_image_is_recorded_at_once_and_left_alone(media: Path) -> None:
+    for name, data in (
+        ("notes.jpg", b"just some text"),
+        ("doc", b"%PDF-1.7\n1 0 obj <<>> endobj\n"),
+        ("empty.png", b""),
+    ):
+        (media / name).write_bytes(data)
+        upload, created = services.upload_register(path=media / name)
+        assert created and upload.state == State.NOT_IMAGE and upload.decided_at, name
+        assert upload.queued_at is None and (media / name).exists()
+    assert "PDF" in Upload.objects.get(path="doc").error
+
+
+def test_an_image_too_large_to_check_is_held(media: Path, settings) -> None:
+    (media / "huge.jpg").write_bytes(encoded("rocket"))
+    settings.HASHGUARD_MAX_BYTES = 1000
+    upload, created = services.upload_register(path=media / "huge.jpg")
+    assert created and upload.state == State.PENDING and upload.sha256 == ""
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.state == State.HELD and upload.error_code == "file_too_large"
+    assert not (media / "huge.jpg").exists()
+    assert (files.quarantine_dir() / upload.quarantine_name).read_bytes() == encoded("rocket")
 
 
 def test_resized_copy_is_quarantined_with_its_distances(media: Path, banned_astronaut) -> None:
@@ -129,19 +176,44 @@ def test_exact_copy_matches_by_sha256_even_without_fingerprints(media: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("data", "code"),
+    ("data", "state", "code"),
     [
-        (b"", "too_small"),
-        (b"<html><script>alert(1)</script></html>", "unsupported_format"),
-        (encode(photo("rocket"), "JPEG")[:2000], "corrupt"),
-        (encode(photo("rocket"), "ICO"), "unsupported_format"),
+        (encode(photo("rocket"), "JPEG")[:300], State.HELD, "corrupt"),
+        (encode(photo("rocket"), "ICO"), State.HELD, "uncheckable_format"),
+        (b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic" + bytes(500), State.HELD,
+         "uncheckable_format"),
+        (encode(Image.new("RGB", (4, 4)), "PNG"), State.ERROR, "too_small"),
     ],
 )
-def test_bad_files_are_recorded_as_errors(media: Path, data: bytes, code: str) -> None:
+def test_files_that_cannot_be_checked_are_held(
+    media: Path, data: bytes, state: str, code: str
+) -> None:
     upload = drop(media, "bad.jpg", data)
-    assert upload.state == State.ERROR
+    assert upload.state == state
     assert upload.error_code == code, upload.error
     assert upload.error
+    # Held files wait in quarantine for a moderator; what shows no picture stays.
+    assert (media / "bad.jpg").exists() is (state != State.HELD)
+    if state == State.HELD:
+        assert AuditEvent.objects.filter(action="upload_held", upload=upload).exists()
+        assert upload in selectors.review_queue()
+
+
+def test_files_that_cannot_be_checked_are_left_when_so_configured(
+    media: Path, settings
+) -> None:
+    settings.HASHGUARD_UNCHECKABLE = "leave"
+    upload = drop(media, "bad.jpg", encode(photo("rocket"), "JPEG")[:300])
+    assert (upload.state, upload.error_code) == (State.ERROR, "corrupt")
+    assert (media / "bad.jpg").exists()
+
+
+def test_a_banned_jpeg_cut_short_is_still_caught(media: Path, banned_astronaut) -> None:
+    data = encoded("astronaut", quality=85)
+    cut = drop(media, "cut.jpg", data[:-2])  # no end marker: browsers show it whole
+    half = drop(media, "half.jpg", data[: len(data) * 2 // 3])
+    assert cut.state == State.QUARANTINED and "cut short" in cut.error
+    assert half.state == State.QUARANTINED, half.error
 
 
 def test_missing_and_changed_files_are_recorded_as_errors(media: Path) -> None:
@@ -181,11 +253,13 @@ def test_an_interrupted_quarantine_is_finished_on_retry(media: Path, banned_astr
     path.write_bytes(encoded("astronaut"))
     upload, _ = services.upload_register(path=path)
     # A worker moved the file and died before it could record the decision.
-    files.move_file(path, files.quarantine_dir() / f"{upload.pk}/a.jpg", private=True)
+    quarantine_by_hand(upload)
     Upload.objects.filter(pk=upload.pk).update(
-        state=State.PROCESSING, claimed_at=timezone.now() - timedelta(hours=2)
+        state=State.PROCESSING,
+        claimed_at=timezone.now() - timedelta(minutes=2),
+        lease_expires_at=timezone.now() - timedelta(minutes=1),
     )
-    services.uploads_requeue_stale(older_than=timedelta(minutes=10))
+    services.uploads_requeue_stale(older_than=timedelta(minutes=10), waiting_in_queue=0)
     assert Upload.objects.get(pk=upload.pk).state == State.PENDING
     assert services.upload_process(upload_id=upload.pk).state == State.QUARANTINED
 
@@ -211,7 +285,7 @@ def test_a_file_moved_by_a_lost_attempt_goes_back_if_its_ban_is_gone(
     path.write_bytes(encoded("astronaut"))
     os.chmod(path, 0o644)
     upload, _ = services.upload_register(path=path)
-    files.move_file(path, files.quarantine_dir() / f"{upload.pk}/a.jpg", private=True)
+    quarantine_by_hand(upload)
     services.banned_set_active(
         fingerprint_ids=[r.pk for r in banned_astronaut], active=False, actor=moderator
     )
@@ -227,9 +301,11 @@ def test_a_worker_presumed_dead_cannot_overwrite_the_decision_of_its_successor(
     path = media / "a.jpg"
     path.write_bytes(encoded("astronaut"))
     upload, _ = services.upload_register(path=path)
-    stuck_since = timezone.now() - timedelta(hours=1)
-    Upload.objects.filter(pk=upload.pk).update(state=State.PROCESSING, claimed_at=stuck_since)
-    services.uploads_requeue_stale(older_than=timedelta(minutes=10))
+    stuck_since = timezone.now() - timedelta(minutes=5)
+    Upload.objects.filter(pk=upload.pk).update(
+        state=State.PROCESSING, claimed_at=stuck_since, lease_expires_at=stuck_since
+    )
+    # A redelivered task takes over the claim whose lease ran out.
     successor = services.upload_process(upload_id=upload.pk)
     assert successor.state == State.QUARANTINED
     # The first worker wakes up and finishes under its old claim: nothing changes.
@@ -247,12 +323,11 @@ def test_an_exact_copy_is_caught_even_when_it_cannot_be_decoded(media: Path, set
     upload = drop(media, "copy.jpg", data)
     assert upload.state == State.QUARANTINED
     assert upload.matches.get().rule == "sha256"
-    assert drop(media, "other.jpg", encoded("coffee")).error_code == "decompression_bomb"
+    other = drop(media, "other.jpg", encoded("coffee"))
+    assert (other.state, other.error_code) == (State.HELD, "decompression_bomb")
 
 
-def test_release_puts_the_file_back_and_the_same_match_lets_it_through(
-    media: Path, banned_astronaut, moderator
-) -> None:
+def test_release_puts_only_this_file_back(media: Path, banned_astronaut, moderator) -> None:
     data = encoded("astronaut", size=(300, 300))
     (media / "me.jpg").write_bytes(data)
     os.chmod(media / "me.jpg", 0o644)
@@ -264,12 +339,154 @@ def test_release_puts_the_file_back_and_the_same_match_lets_it_through(
     assert stat.S_IMODE(os.stat(media / "me.jpg").st_mode) == 0o644
     upload.refresh_from_db()
     assert upload.state == State.RELEASED and upload.reviewed_by == moderator
-    # The watcher sees the file come back: same path and content, nothing new recorded.
+    # The watcher sees the file come back: the same file, nothing new recorded.
     assert services.upload_register(path=media / "me.jpg") == (upload, False)
-    # The same content uploaded again elsewhere is not quarantined for that match.
+    # The same content uploaded again is a new upload, and caught again.
+    assert drop(media, "again.jpg", data).state == State.QUARANTINED
+
+
+def test_release_can_let_exact_copies_pass_the_ban(
+    media: Path, banned_astronaut, moderator
+) -> None:
+    data = encoded("astronaut", size=(300, 300))
+    upload = drop(media, "me.jpg", data)
+    services.upload_release(upload_id=upload.pk, actor=moderator, allow_copies=True)
+    event = AuditEvent.objects.get(action="upload_released", upload=upload)
+    assert "exact copies" in event.detail
+    # The same content uploaded again is not quarantined for that match.
     assert drop(media, "again.jpg", data).state == State.CLEAN
     # Other content matching the same banned image still is.
     assert drop(media, "other.jpg", encoded("astronaut", quality=50)).state == State.QUARANTINED
+
+
+def test_the_same_file_copied_to_the_same_path_again_is_checked_again(
+    media: Path, banned_astronaut
+) -> None:
+    data = encoded("astronaut", size=(300, 300))
+    first = drop(media, "x.jpg", data)
+    assert first.state == State.QUARANTINED and not (media / "x.jpg").exists()
+    second = drop(media, "x.jpg", data)  # the same bytes, copied to the same path
+    assert second.pk != first.pk and second.state == State.QUARANTINED
+    assert Upload.objects.get(pk=first.pk).state == State.QUARANTINED  # history kept
+
+
+def test_a_file_removed_before_its_check_and_put_back_is_checked(
+    media: Path, banned_astronaut
+) -> None:
+    data = encoded("astronaut", size=(300, 300))
+    (media / "x.jpg").write_bytes(data)
+    upload, _ = services.upload_register(path=media / "x.jpg")
+    (media / "x.jpg").unlink()
+    assert services.upload_process(upload_id=upload.pk).error_code == "missing"
+    (media / "x.jpg").write_bytes(data)
+    again, created = services.upload_register(path=media / "x.jpg")
+    assert created and services.upload_process(upload_id=again.pk).state == State.QUARANTINED
+    assert Upload.objects.get(pk=upload.pk).state == State.SUPERSEDED
+
+
+def test_registering_the_same_file_again(media: Path) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    pending, created = services.upload_register(path=path)
+    assert created
+    # While it waits for its decision: the same bytes are the same upload, even copied anew.
+    assert services.upload_register(path=path) == (pending, False)
+    path.unlink()
+    path.write_bytes(encoded("coffee"))
+    assert services.upload_register(path=path) == (pending, False)
+    clean = services.upload_process(upload_id=pending.pk)
+    assert clean.state == State.CLEAN
+    # Decided clean: the same file is the same upload; a new copy of it is checked again.
+    assert services.upload_register(path=path) == (clean, False)
+    (media / "copy.tmp").write_bytes(encoded("coffee"))
+    os.rename(media / "copy.tmp", path)
+    copy, created = services.upload_register(path=path)
+    assert created and Upload.objects.get(pk=clean.pk).state == State.SUPERSEDED
+    # New bytes: a new upload, which supersedes the record of the old ones.
+    path.write_bytes(encoded("chelsea"))
+    changed, created = services.upload_register(path=path)
+    assert created and Upload.objects.get(pk=copy.pk).superseded_by == changed
+    # An error is closed: the file is checked again when it is seen again.
+    Upload.objects.filter(pk=changed.pk).update(state=State.ERROR, error_code="internal")
+    assert services.upload_register(path=path)[1] is True
+
+
+def test_a_partial_copy_is_superseded_by_the_finished_file(media: Path) -> None:
+    data = encoded("coffee")
+    path = media / "slow.jpg"
+    path.write_bytes(data[:300])  # the writer paused longer than the stability window
+    partial, _ = services.upload_register(path=path)
+    assert services.upload_process(upload_id=partial.pk).state == State.HELD
+    # A held partial copy was moved away: the writer's next bytes go to a new file.
+    path.write_bytes(data)
+    final, created = services.upload_register(path=path)
+    assert created and services.upload_process(upload_id=final.pk).state == State.CLEAN
+
+    with open(media / "b.jpg", "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        first, _ = services.upload_register(path=media / "b.jpg")
+        handle.write(data[len(data) // 2 :])
+    second, created = services.upload_register(path=media / "b.jpg")
+    assert created
+    first.refresh_from_db()
+    assert first.state == State.SUPERSEDED and first.superseded_by == second
+    assert services.upload_process(upload_id=first.pk).state == State.SUPERSEDED
+
+
+def test_a_file_renamed_into_place_supersedes_its_temporary_name(media: Path) -> None:
+    (media / "upload.tmp").write_bytes(encoded("coffee"))
+    temporary, _ = services.upload_register(path=media / "upload.tmp")
+    os.rename(media / "upload.tmp", media / "photo.jpg")
+    final, created = services.upload_register(path=media / "photo.jpg")
+    assert created and Upload.objects.get(pk=temporary.pk).state == State.SUPERSEDED
+    # A hard link is not a rename: both names stay live.
+    os.link(media / "photo.jpg", media / "link.jpg")
+    services.upload_register(path=media / "link.jpg")
+    assert Upload.objects.get(pk=final.pk).state == State.PENDING
+
+
+def test_a_hard_linked_upload_is_copied_into_quarantine(
+    media: Path, banned_astronaut, tmp_path: Path
+) -> None:
+    (media / "a.jpg").write_bytes(encoded("astronaut", size=(300, 300)))
+    os.chmod(media / "a.jpg", 0o644)
+    os.link(media / "a.jpg", tmp_path / "elsewhere.jpg")
+    upload = drop(media, "a.jpg", (media / "a.jpg").read_bytes())
+    assert upload.state == State.QUARANTINED and not (media / "a.jpg").exists()
+    quarantined = files.quarantine_dir() / upload.quarantine_name
+    assert os.stat(quarantined).st_ino != os.stat(tmp_path / "elsewhere.jpg").st_ino
+    # The other name keeps its mode: the quarantine copy is private, it is not re-moded.
+    assert stat.S_IMODE(os.stat(tmp_path / "elsewhere.jpg").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(quarantined).st_mode) == 0o600
+
+
+def test_a_directory_swapped_for_a_symlink_leads_nowhere(
+    media: Path, banned_astronaut, tmp_path: Path, moderator
+) -> None:
+    (media / "users").mkdir()
+    (media / "users" / "a.jpg").write_bytes(encoded("astronaut", size=(300, 300)))
+    upload, _ = services.upload_register(path=media / "users" / "a.jpg")
+    # Between recording and checking, the directory becomes a link to one outside media.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(encoded("astronaut", size=(300, 300)))
+    os.rename(media / "users", tmp_path / "old-users")
+    (media / "users").symlink_to(outside)
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.error_code == "unsafe_path" and "symlink" in upload.error
+    assert (outside / "a.jpg").exists()  # nothing outside the media tree was moved
+
+    # Release cannot write through a swapped directory either.
+    os.unlink(media / "users")
+    os.rename(tmp_path / "old-users", media / "users")
+    quarantined = drop(media, "users/b.jpg", encoded("astronaut", size=(280, 280)))
+    os.rename(media / "users", tmp_path / "old-users-2")
+    (media / "users").symlink_to(outside)
+    with pytest.raises(services.ActionRefused, match="symlink"):
+        services.upload_release(upload_id=quarantined.pk, actor=moderator)
+    assert not (outside / "b.jpg").exists()
+    assert Upload.objects.get(pk=quarantined.pk).state == State.QUARANTINED
 
 
 def test_release_refuses_to_overwrite(media: Path, banned_astronaut, moderator) -> None:
@@ -353,54 +570,104 @@ def test_delete_removes_unused_reference_images(
     assert AuditEvent.objects.filter(action="ban_deleted").count() == len(rows)
 
 
-def test_requeue_finds_stalled_uploads(media: Path) -> None:
+def requeue(waiting_in_queue: int | None = 0) -> int:
+    return services.uploads_requeue_stale(
+        older_than=timedelta(seconds=60), waiting_in_queue=waiting_in_queue
+    )
+
+
+def test_requeue_sends_again_an_upload_whose_lease_ran_out(media: Path) -> None:
     path = media / "a.jpg"
     path.write_bytes(encoded("coffee"))
     upload, _ = services.upload_register(path=path)
-    long_ago = timezone.now() - timedelta(hours=1)
-    Upload.objects.filter(pk=upload.pk).update(state=State.PROCESSING, claimed_at=long_ago)
-    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 1
+    now = timezone.now()
+    Upload.objects.filter(pk=upload.pk).update(
+        state=State.PROCESSING, claimed_at=now, lease_expires_at=now + timedelta(seconds=30)
+    )
+    assert requeue() == 0  # its worker holds the lease
+    Upload.objects.filter(pk=upload.pk).update(lease_expires_at=now - timedelta(seconds=1))
+    assert requeue() == 1
     upload.refresh_from_db()
     assert upload.state == State.PENDING and upload.queued_at is not None
 
 
-def test_a_file_that_keeps_killing_workers_is_given_up(media: Path) -> None:
+def test_a_task_takes_over_an_upload_whose_lease_ran_out(media: Path) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    now = timezone.now()
+    held = {"state": State.PROCESSING, "claimed_at": now}
+    Upload.objects.filter(pk=upload.pk).update(**held, lease_expires_at=now + timedelta(minutes=1))
+    # A second delivery while the first worker holds the lease does nothing.
+    assert services.upload_process(upload_id=upload.pk).state == State.PROCESSING
+    Upload.objects.filter(pk=upload.pk).update(lease_expires_at=now - timedelta(seconds=1))
+    # A redelivered task finds the lease ran out (its worker died) and takes over.
+    assert services.upload_process(upload_id=upload.pk).state == State.CLEAN
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_is_renewed_while_the_worker_works(media: Path, monkeypatch) -> None:
+    path = media / "a.jpg"
+    path.write_bytes(encoded("coffee"))
+    upload, _ = services.upload_register(path=path)
+    monkeypatch.setattr(services, "LEASE", timedelta(seconds=0.3))
+    claim = services._Claim.take(upload.pk)
+    first = Upload.objects.get(pk=upload.pk).lease_expires_at
+    with claim.renewed():
+        wait_for(
+            lambda: Upload.objects.get(pk=upload.pk).lease_expires_at > first,
+            timeout=10,
+            what="the lease renewed",
+        )
+
+
+def test_a_file_that_keeps_killing_workers_is_held(media: Path) -> None:
     path = media / "a.jpg"
     path.write_bytes(encoded("coffee"))
     upload, _ = services.upload_register(path=path)
     Upload.objects.filter(pk=upload.pk).update(
         state=State.PROCESSING,
         claimed_at=timezone.now() - timedelta(hours=1),
+        lease_expires_at=timezone.now() - timedelta(minutes=59),
         attempts=services.MAX_ATTEMPTS,
     )
-    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 0
-    upload.refresh_from_db()
-    assert upload.state == State.ERROR and upload.error_code == "worker_died"
+    assert requeue() == 1
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.state == State.HELD and upload.error_code == "worker_died"
+    assert not path.exists()
 
 
-def test_requeue_leaves_a_backlog_alone_while_workers_make_progress(media: Path) -> None:
+def test_requeue_sends_what_the_queue_no_longer_holds(media: Path) -> None:
     uploads = []
-    for name in ("a", "b"):
-        (media / f"{name}.jpg").write_bytes(encoded("coffee", quality=50 if name == "a" else 90))
-        uploads.append(services.upload_register(path=media / f"{name}.jpg")[0])
-    long_ago = timezone.now() - timedelta(hours=1)
-    Upload.objects.filter(pk=uploads[0].pk).update(queued_at=long_ago)
-    Upload.objects.filter(pk=uploads[1].pk).update(
-        state=State.CLEAN, queued_at=long_ago, decided_at=timezone.now()
-    )
-    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 0
-    Upload.objects.filter(pk=uploads[1].pk).update(decided_at=long_ago)
-    assert services.uploads_requeue_stale(older_than=timedelta(minutes=10)) == 1
+    for quality in (50, 60, 70):
+        (media / f"{quality}.jpg").write_bytes(encoded("coffee", quality=quality))
+        uploads.append(services.upload_register(path=media / f"{quality}.jpg")[0])
+    long_ago = timezone.now() - timedelta(minutes=5)
+    for minutes, upload in enumerate(uploads):
+        Upload.objects.filter(pk=upload.pk).update(
+            queued_at=long_ago + timedelta(minutes=minutes)
+        )
+    # Messages are taken first in, first out: with all three still in the queue, none is
+    # lost; with one, the two oldest were delivered and are not decided: sent again.
+    assert requeue(waiting_in_queue=3) == 0
+    assert requeue(waiting_in_queue=1) == 2
+    assert Upload.objects.get(pk=uploads[2].pk).queued_at == long_ago + timedelta(minutes=2)
+    # Sent again just now, and in the queue: not again until older_than has passed.
+    assert requeue(waiting_in_queue=3) == 0
+    # A broker that cannot tell: everything sent long ago is sent again.
+    assert requeue(waiting_in_queue=None) == 1
 
 
-def test_retry_checks_an_upload_in_error_again(media: Path, moderator) -> None:
+def test_retry_checks_a_held_upload_again(media: Path, moderator) -> None:
     path = media / "a.jpg"
     path.write_bytes(encoded("coffee"))
     upload, _ = services.upload_register(path=path)
     services.upload_fail(upload_id=upload.pk, code="internal", message="database was down")
+    assert Upload.objects.get(pk=upload.pk).state == State.HELD and not path.exists()
     upload = services.upload_retry(upload_id=upload.pk, actor=moderator)
     assert upload.state == State.PENDING and not upload.error
     assert services.upload_process(upload_id=upload.pk).state == State.CLEAN
+    assert path.exists()  # clean after all: put back
     with pytest.raises(services.ActionRefused):
         services.upload_retry(upload_id=upload.pk, actor=moderator)
 
@@ -412,16 +679,15 @@ def test_move_across_filesystems_copies_then_removes(tmp_path: Path) -> None:
     target_dir = Path("/dev/shm") / f"hashguard-test-{os.getpid()}"
     if os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
         pytest.skip("/dev/shm is on the same filesystem here")
+    target_dir.mkdir()
     try:
-        files.move_file(source, target_dir / "a.jpg", private=True)
-        moved = target_dir / "a.jpg"
+        files.move_file(tmp_path, b"a.jpg", target_dir, b"sub/a.jpg", private=True)
+        moved = target_dir / "sub" / "a.jpg"
         assert moved.read_bytes() == b"image bytes" and not source.exists()
         assert stat.S_IMODE(moved.stat().st_mode) == 0o600
-        assert list(target_dir.iterdir()) == [moved]  # no partial file left behind
+        assert list(moved.parent.iterdir()) == [moved]  # no partial file left behind
     finally:
-        for leftover in target_dir.glob("*"):
-            leftover.unlink()
-        target_dir.rmdir()
+        shutil.rmtree(target_dir)
 
 
 def _gradient() -> bytes:

@@ -58,7 +58,7 @@ def test_images_are_reencoded_as_jpeg_with_protective_headers(stores, moderator_
 
 def test_a_disguised_file_is_never_served(stores, moderator_client):
     upload = add_upload(stores, "users/6/x.jpg", HOSTILE)
-    assert (upload.state, upload.error_code) == (Upload.State.ERROR, "unsupported_format")
+    assert (upload.state, upload.error_code) == (Upload.State.NOT_IMAGE, "unsupported_format")
     # One the workers have not looked at yet is still in the media tree, as it came.
     path = stores / "media" / "users/6/y.jpg"
     path.write_bytes(HOSTILE)

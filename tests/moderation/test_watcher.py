@@ -10,33 +10,61 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from moderation.models import Upload
-from moderation.watcher import MediaWatcher, ObserverDied, image_suffixes, is_candidate
+from moderation.watcher import MediaWatcher, ObserverDied, iter_files
 from tests.images import encode, photo, save
 from tests.moderation.processes import wait_for
 
-SUFFIXES = frozenset({".jpg", ".png", ".webp"})
+
+def test_every_file_is_listed_whatever_its_name(tmp_path: Path) -> None:
+    names = [
+        b"a.jpg",
+        b"sub/dir/A.PNG",
+        b".hidden.jpg",
+        b"sub/.cache/a.jpg",
+        b"~lock.jpg",
+        b"a.jpg.part",
+        b"notes.txt",
+        b"noextension",
+        b"x.jfif",
+        b"caf\xe9.jpg",
+    ]
+    for name in names:
+        path = os.path.join(os.fsencode(tmp_path), name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(b"x")
+    (tmp_path / "sub" / "link.jpg").symlink_to(tmp_path / "a.jpg")
+    (tmp_path / "linked-dir").symlink_to(tmp_path / "sub")
+
+    listed = {relative for relative, _ in iter_files(tmp_path)}
+
+    # Symlinks are listed for the caller to record as such, never followed.
+    assert listed == {*names, b"sub/link.jpg", b"linked-dir"}
+    assert {relative for relative, _ in iter_files(tmp_path, b"sub")} == {
+        b"sub/dir/A.PNG",
+        b"sub/.cache/a.jpg",
+        b"sub/link.jpg",
+    }
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("a.jpg", True),
-        ("sub/dir/A.PNG", True),
-        (".hidden.jpg", False),
-        ("sub/.cache/a.jpg", False),
-        ("~lock.jpg", False),
-        ("a.jpg.part", False),
-        ("a.jpg.tmp", False),
-        ("notes.txt", False),
-        ("noextension", False),
-    ],
-)
-def test_candidate_names(tmp_path: Path, name: str, expected: bool) -> None:
-    assert is_candidate(tmp_path / name, tmp_path, SUFFIXES) is expected
+def test_paths_longer_than_the_system_allows_are_listed(tmp_path: Path) -> None:
+    # PATH_MAX is 4096 bytes: walking by directory descriptors reaches past it.
+    deep = os.fsencode(tmp_path)
+    parts = [b"d" * 200] * 25
+    fd = os.open(deep, os.O_RDONLY)
+    for part in parts:
+        os.mkdir(part, dir_fd=fd)
+        child = os.open(part, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open(b"deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as handle:
+        handle.write(b"x")
+    os.close(fd)
 
+    [(relative, _)] = list(iter_files(tmp_path))
 
-def test_candidates_outside_the_root_are_ignored(tmp_path: Path) -> None:
-    assert not is_candidate(Path("/etc/passwd.jpg"), tmp_path, SUFFIXES)
+    assert len(relative) > 4096
+    assert relative == b"/".join([*parts, b"deep.jpg"])
 
 
 class Running:
@@ -45,7 +73,6 @@ class Running:
         self.watcher = MediaWatcher(
             media,
             stop=self.stop,
-            suffixes=image_suffixes(),
             stable_seconds=0.3,
             tick_seconds=0.05,
             **options,
@@ -94,8 +121,17 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
         save(photo("rocket"), media / "new" / "deep" / "nested.jpg", "JPEG", quality=50)
         (media / "notes.txt").write_text("not an image")
         save(photo("rocket"), media / ".hidden.jpg", "JPEG")
+        save(photo("rocket"), media / "~x.jpg", "JPEG")
+        save(photo("coffee"), media / "x.jfif", "JPEG")
+        save(photo("coffee"), media / "noextension", "PNG")
+        (media / ".cache").mkdir()
+        save(photo("chelsea"), media / ".cache" / "a.gif", "GIF")
         (media / "link.jpg").symlink_to(outside)
         save(photo("chelsea"), media / os.fsdecode(b"caf\xe9.jpg"), "JPEG")  # not UTF-8
+        long_dir = media / "/".join(["d" * 200] * 6)
+        long_dir.mkdir(parents=True)
+        save(photo("rocket"), long_dir / "long.jpg", "JPEG")
+        long_path = "/".join(["d" * 200] * 6) + "/long.jpg"
         expected = {
             "existing.jpg",
             "copied.jpg",
@@ -103,15 +139,37 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
             "moved-in.webp",
             "batch/in-dir.jpg",
             "new/deep/nested.jpg",
+            "notes.txt",
+            ".hidden.jpg",
+            "~x.jpg",
+            "x.jfif",
+            "noextension",
+            ".cache/a.gif",
             "link.jpg",
+            "caf\\xe9.jpg",
+            long_path,
         }
-        wait_for(lambda: recorded() >= expected, timeout=20, what="all files recorded")
+        wait_for(lambda: live() >= expected, timeout=20, what="all files recorded")
         time.sleep(0.5)
-    assert recorded() == expected
-    states = dict(Upload.objects.values_list("path", "state"))
+    assert live() == expected
+    live_uploads = Upload.objects.exclude(state=Upload.State.SUPERSEDED)
+    states = dict(live_uploads.values_list("path", "state"))
     assert states.pop("link.jpg") == Upload.State.ERROR  # recorded, never followed
+    assert states.pop("notes.txt") == Upload.State.NOT_IMAGE  # recorded at once, left alone
     assert set(states.values()) == {Upload.State.PENDING}
     assert Upload.objects.filter(queued_at__isnull=False).count() == len(states)
+    odd = Upload.objects.get(path="caf\\xe9.jpg")
+    assert odd.relative_path() == b"caf\xe9.jpg"  # the exact name, for the worker
+    # A temporary name seen before its rename is superseded by the renamed file.
+    assert not Upload.objects.filter(path=".upload-123.tmp").exclude(
+        state=Upload.State.SUPERSEDED
+    ).exists()
+
+
+def live() -> set[str]:
+    return set(
+        Upload.objects.exclude(state=Upload.State.SUPERSEDED).values_list("path", flat=True)
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -136,7 +194,7 @@ def test_a_restart_does_not_record_files_again(stores: Path) -> None:
     with Running(media):
         wait_for(lambda: recorded() == {"a.jpg"}, timeout=10)
     with Running(media) as watcher:
-        assert watcher.scan(media) == 0
+        assert watcher.scan() == 0
     assert Upload.objects.count() == 1
 
 
@@ -160,15 +218,13 @@ def test_a_file_replaced_while_no_watcher_ran_is_recorded_again(stores: Path) ->
 def test_a_scan_finds_files_no_event_announced(stores: Path) -> None:
     media = stores / "media"
     save(photo("rocket"), media / "late.jpg", "JPEG")
-    watcher = MediaWatcher(
-        media, stop=threading.Event(), suffixes=image_suffixes(), stable_seconds=0.2
-    )
-    assert watcher.scan(media) == 1
+    watcher = MediaWatcher(media, stop=threading.Event(), stable_seconds=0.2)
+    assert watcher.scan() == 1
     watcher.settle()  # first sight: size and mtime noted
     time.sleep(0.3)
     watcher.settle()  # unchanged since: recorded
     assert recorded() == {"late.jpg"}
-    assert watcher.scan(media) == 0
+    assert watcher.scan() == 0
 
 
 @pytest.mark.django_db(transaction=True)

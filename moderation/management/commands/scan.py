@@ -1,3 +1,4 @@
+import os
 import time
 from pathlib import Path
 
@@ -6,7 +7,7 @@ from tqdm import tqdm
 
 from moderation import files, selectors, services
 from moderation.models import Upload
-from moderation.watcher import image_suffixes, iter_candidates
+from moderation.watcher import iter_files
 
 UNDECIDED = {Upload.State.PENDING, Upload.State.PROCESSING}
 
@@ -40,16 +41,17 @@ class Command(BaseCommand):
                 "files under HASHGUARD_MEDIA_DIR. Move the backlog there, then scan it."
             )
         ids = []
-        for path, _ in tqdm(
-            list(iter_candidates(directory, root, image_suffixes())),
+        inside = files.relative_to_store(directory, root) if directory != root else b""
+        for relative, _ in tqdm(
+            list(iter_files(root, inside)),
             desc="recording",
             unit="file",
             disable=None,
         ):
             try:
-                upload, _ = services.upload_register(path=path)
+                upload, _ = services.upload_register(path=root / os.fsdecode(relative))
             except (OSError, files.UnsafePath) as exc:
-                self.stderr.write(f"skipped {path}: {exc}")
+                self.stderr.write(f"skipped {files.display(relative)}: {exc}")
                 continue
             ids.append(upload.pk)
         if not options["no_wait"]:

@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from moderation import files
-from moderation.watcher import MediaWatcher, ObserverDied, image_suffixes
+from moderation.watcher import MediaWatcher, ObserverDied
 
 
 class Command(BaseCommand):
@@ -32,7 +32,6 @@ class Command(BaseCommand):
         watcher = MediaWatcher(
             root,
             stop=stop,
-            suffixes=image_suffixes(),
             stable_seconds=settings.HASHGUARD_STABLE_SECONDS,
             rescan_seconds=settings.HASHGUARD_RESCAN_SECONDS,
             requeue_seconds=settings.HASHGUARD_REQUEUE_SECONDS,
