@@ -23,3 +23,59 @@ def refuse_to_start_misconfigured(**kwargs: object) -> None:
     serious = [message for message in run_checks() if message.is_serious()]
     if serious:
         raise SystemExit("\n".join(str(message) for message in serious))
+
+
+_received: dict[str, float] = {}
+
+
+@signals.task_received.connect
+def note_received(request: object = None, **kwargs: object) -> None:
+    """When each message reached this worker, for the liveness check."""
+    import time
+
+    _received[request.id] = time.monotonic()  # type: ignore[attr-defined]
+
+
+@signals.worker_ready.connect
+def start_liveness(sender: object = None, **kwargs: object) -> None:
+    """Watch this worker for work it holds and does not get done; see liveness.py."""
+    from celery.worker import state
+
+    from moderation import liveness
+
+    pool_size = int(getattr(sender.controller, "concurrency", 1) or 1)  # type: ignore[attr-defined]
+
+    def upload_ids(requests: object) -> list[int]:
+        ids = []
+        for request in list(requests):  # type: ignore[call-overload]
+            try:
+                ids.append(int(request.args[0]))
+            except (AttributeError, IndexError, TypeError, ValueError):
+                continue
+        return ids
+
+    def snapshot() -> liveness.Snapshot:
+        reserved = list(state.reserved_requests)
+        active = list(state.active_requests)
+        held = {request.id for request in reserved} | {request.id for request in active}
+        for request_id in list(_received):
+            if request_id not in held:
+                del _received[request_id]
+        running = {request.id for request in active}
+        waiting = {
+            request.id: _received.get(request.id, 0.0)
+            for request in reserved
+            if request.id not in running
+        }
+        return liveness.Snapshot(
+            waiting=waiting,
+            running=running,
+            done=sum(state.total_count.values()),
+            pool_size=pool_size,
+            waiting_uploads=upload_ids(r for r in reserved if r.id not in running),
+            running_uploads=upload_ids(active),
+        )
+
+    watch = liveness.Liveness(snapshot, on_stall=liveness.exit_for_restart)
+    sender.timer.call_repeatedly(liveness.BEAT_SECONDS, watch.loop_ticked)  # type: ignore[attr-defined]
+    watch.start()

@@ -136,6 +136,9 @@ HASHGUARD_TASK_TIME_LIMIT = env_int("HASHGUARD_TASK_TIME_LIMIT", 300)
 # An upload whose message may have been lost (sent this long ago and no longer in the
 # queue) is sent again; one whose worker's lease ran out is sent again at once.
 HASHGUARD_REQUEUE_SECONDS = env_float("HASHGUARD_REQUEUE_SECONDS", 60.0)
+# A worker holding a message that a free pool process has not started for this long
+# has stalled: it records why and exits, for its supervisor to start it again.
+HASHGUARD_STALL_SECONDS = env_float("HASHGUARD_STALL_SECONDS", 30.0)
 # What happens to a file that may show a picture but cannot be checked (damaged beyond
 # decoding, an undecodable format, too large, a worker gave up): "hold" moves it to
 # quarantine for a moderator, "leave" records the error and leaves it in place.

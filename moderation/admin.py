@@ -11,7 +11,7 @@ from django.utils.html import format_html, format_html_join
 from hashes.errors import ImageError
 from moderation import files, selectors, services
 from moderation.forms import BanForm, FlagForm, ReviewDecisionForm
-from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
+from moderation.models import AuditEvent, BannedFingerprint, Match, Upload, WorkerHeartbeat
 
 State = Upload.State
 
@@ -48,6 +48,11 @@ class RecordAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+def _warn_of_workers(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
+    for line in selectors.workers_in_trouble():
+        model_admin.message_user(request, line.capitalize(), messages.WARNING)
 
 
 class StateFilter(admin.SimpleListFilter):
@@ -125,6 +130,12 @@ class UploadAdmin(RecordAdmin):
 
     def has_review_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("moderation.review_upload")
+
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict | None = None
+    ) -> HttpResponse:
+        _warn_of_workers(self, request)
+        return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).prefetch_related("matches")
@@ -252,6 +263,8 @@ class UploadAdmin(RecordAdmin):
     def review_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_review_permission(request):
             raise PermissionDenied
+        if request.method == "GET":
+            _warn_of_workers(self, request)
         if request.method == "POST":
             form = ReviewDecisionForm(request.POST)
             if form.is_valid():
@@ -438,3 +451,20 @@ class AuditEventAdmin(RecordAdmin):
     list_filter = ("action",)
     list_select_related = ("actor", "upload", "fingerprint")
     search_fields = ("detail", "upload__path")
+
+
+@admin.register(WorkerHeartbeat)
+class WorkerHeartbeatAdmin(RecordAdmin):
+    list_display = ("name", "beat_at", "running", "waiting", "last_progress_at", "stall")
+    readonly_fields = (
+        "name",
+        "hostname",
+        "pid",
+        "started_at",
+        "beat_at",
+        "running",
+        "waiting",
+        "last_progress_at",
+        "stalled_since",
+        "stall",
+    )

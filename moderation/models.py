@@ -275,3 +275,27 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_action_display()} by {self.actor or 'hashguard'}"
+
+
+class WorkerHeartbeat(models.Model):
+    """What one worker process said about itself last: written every few seconds by the
+    worker's liveness thread (moderation/liveness.py)."""
+
+    name = models.CharField(max_length=255, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+    # The uploads it holds: being checked by a pool process, or received and waiting.
+    running = models.JSONField(default=list, blank=True)
+    waiting = models.JSONField(default=list, blank=True)
+    last_progress_at = models.DateTimeField(null=True, blank=True)
+    # Set when it found itself making no progress with work to do, and why.
+    stalled_since = models.DateTimeField(null=True, blank=True)
+    stall = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["hostname", "pid"]
+
+    def __str__(self) -> str:
+        return self.name

@@ -4,8 +4,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
-from moderation.models import Upload
+from moderation.models import Upload, WorkerHeartbeat
 
 
 def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
@@ -58,3 +59,25 @@ def review_queue() -> QuerySet:
         )
         .order_by("decided_at", "id")
     )
+
+
+def workers_in_trouble() -> list[str]:
+    """A line for each worker that stalled or went silent recently, for operators."""
+    from moderation.liveness import SILENT_AFTER
+
+    now = timezone.now()
+    lines = []
+    for worker in WorkerHeartbeat.objects.all():
+        if worker.stalled_since:
+            lines.append(
+                f"worker {worker.name} stalled at {worker.stalled_since:%Y-%m-%d %H:%M:%S} "
+                f"({worker.stall}) holding uploads "
+                f"{sorted(worker.running + worker.waiting) or 'none'}; it was restarted"
+                " if a supervisor runs it"
+            )
+        elif now - worker.beat_at > SILENT_AFTER:
+            lines.append(
+                f"worker {worker.name} silent since {worker.beat_at:%Y-%m-%d %H:%M:%S}: "
+                "stopped, or its main process hangs"
+            )
+    return lines

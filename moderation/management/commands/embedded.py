@@ -1,3 +1,4 @@
+import contextlib
 import os
 import secrets
 import signal
@@ -13,6 +14,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from moderation import files
+
+# A process that stops this often within RESTART_WINDOW seconds is not started again.
+RESTARTS = 5
+RESTART_WINDOW = 120.0
 
 
 class Command(BaseCommand):
@@ -69,10 +74,7 @@ class Command(BaseCommand):
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
-        children = {
-            name: subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
-            for name, command in commands.items()
-        }
+        children = {name: self._start(command) for name, command in commands.items()}
         # The banner comes once the admin answers, so the children's start-up messages
         # do not scroll it away.
         self._wait_for_port(options["host"], options["port"], stop, children)
@@ -85,11 +87,7 @@ class Command(BaseCommand):
             f"Press Ctrl-C to stop.\n"
         )
         self.stdout.flush()
-        failed = None
-        while not stop.wait(0.5):
-            failed = next((n for n, c in children.items() if c.poll() is not None), None)
-            if failed:
-                break
+        failed = self._supervise(children, commands, stop)
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -102,10 +100,42 @@ class Command(BaseCommand):
                 child.wait()
         if failed:
             raise CommandError(
-                f"the {failed} stopped (exit code {children[failed].returncode}); "
-                "stopped everything else. See its messages above."
+                f"the {failed} stopped {RESTARTS} times within {RESTART_WINDOW:g} s (last exit "
+                f"code {children[failed].returncode}); stopped everything else. See its "
+                "messages above."
             )
         self.stdout.write("hashguard stopped.")
+
+    @staticmethod
+    def _start(command: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(command, cwd=settings.BASE_DIR, start_new_session=True)
+
+    def _supervise(
+        self,
+        children: dict[str, subprocess.Popen],
+        commands: dict[str, list[str]],
+        stop: threading.Event,
+    ) -> str | None:
+        """Start again each process that stops (a worker that found itself stalled exits
+        for this), until stopped; the name of one that keeps stopping, if one does."""
+        started: dict[str, list[float]] = {name: [] for name in children}
+        while not stop.wait(0.5):
+            for name, child in children.items():
+                if child.poll() is None:
+                    continue
+                now = time.monotonic()
+                started[name] = [t for t in started[name] if now - t < RESTART_WINDOW]
+                if len(started[name]) >= RESTARTS:
+                    return name
+                self.stderr.write(
+                    f"the {name} stopped (exit code {child.returncode}); starting it again"
+                )
+                # Its pool processes, if any were left, go with it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                children[name] = self._start(commands[name])
+                started[name].append(now)
+        return None
 
     @staticmethod
     def _wait_for_port(

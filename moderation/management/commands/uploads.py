@@ -21,6 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="One JSON array, for scripts.")
 
     def handle(self, *args, **options) -> None:
+        for line in selectors.workers_in_trouble():
+            self.stderr.write(f"warning: {line}")
         uploads = selectors.upload_list(states=options["state"])
         if options["limit"]:
             uploads = uploads[: options["limit"]]
