@@ -14,16 +14,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import redis
 
 from moderation import selectors, services
 from moderation.models import Upload
 from tests.images import encode, photo
+from tests.moderation.conftest import REDIS_URL
 from tests.moderation.processes import Stack, database_url, wait_for
 
 pytestmark = pytest.mark.pipeline
 
-REDIS_URL = os.environ.get("HASHGUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 DECIDED = {
     Upload.State.CLEAN,
     Upload.State.QUARANTINED,
@@ -41,18 +40,6 @@ def decided(path: str) -> Upload | None:
 def wait_decided(*paths: str, timeout: float = 60) -> dict[str, Upload]:
     wait_for(lambda: all(decided(p) for p in paths), timeout=timeout, what=f"{paths} decided")
     return {path: decided(path) for path in paths}
-
-
-@pytest.fixture
-def redis_broker() -> str:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail(f"no Redis at {REDIS_URL}: the test command starts one (see bin/test)")
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
 
 
 @pytest.fixture
