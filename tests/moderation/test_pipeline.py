@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from moderation import selectors, services
-from moderation.models import Upload
+from moderation.models import AuditEvent, Upload
 from tests.images import encode, photo
 from tests.moderation.conftest import REDIS_URL
 from tests.moderation.processes import Stack, database_url, wait_for
@@ -196,3 +196,58 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
         assert "hashguard stopped." in app.log()
     finally:
         stack.stop()
+
+
+def test_chaos_killing_the_worker_during_a_burst_loses_nothing(stack: Stack) -> None:
+    """500 files arrive; the worker's main process and pool processes are killed with
+    SIGKILL mid-burst, as a crash or OOM kill would. After a restart every file is
+    decided, once, within two minutes."""
+    import random
+
+    from PIL import Image
+
+    stack.env["HASHGUARD_REQUEUE_SECONDS"] = "20"
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
+    media = stack.data_dir / "media"
+    staging = stack.data_dir / "staging"
+    staging.mkdir()
+    worker = stack.worker(concurrency=2)
+    stack.watcher()
+    rng = random.Random(5)
+    banned = {f"burst/{index:03}.jpg" for index in range(0, 500, 50)}
+    (media / "burst").mkdir()
+    for index in range(500):
+        name = f"burst/{index:03}.jpg"
+        if name in banned:
+            image = photo("astronaut").resize((120 + index // 10, 120 + index // 10))
+        else:
+            image = Image.frombytes("RGB", (40, 40), rng.randbytes(40 * 40 * 3))
+        image.save(staging / "next.jpg", "JPEG")
+        os.rename(staging / "next.jpg", media / name)  # write-then-rename, as servers do
+        if index == 150:
+            wait_for(
+                lambda: Upload.objects.filter(state__in=DECIDED).count() >= 50,
+                timeout=120,
+                what="the burst under way",
+            )
+            os.killpg(worker.popen.pid, signal.SIGKILL)
+            worker.popen.wait()
+            stack.processes.remove(worker)
+    stack.worker(concurrency=2)  # as its supervisor would
+
+    wait_for(
+        lambda: Upload.objects.filter(state__in=DECIDED).count() == 500,
+        timeout=120,
+        what="all 500 files decided within two minutes of the restart",
+    )
+    assert Upload.objects.count() == 500, "a file was recorded twice"
+    states = dict(Upload.objects.values_list("path", "state"))
+    assert {path for path, state in states.items() if state == Upload.State.QUARANTINED} == banned
+    assert set(states.values()) == {Upload.State.CLEAN, Upload.State.QUARANTINED}
+    # Decided once: one quarantine each, and every banned file is in quarantine.
+    events = AuditEvent.objects.filter(action="upload_quarantined")
+    assert events.count() == len(banned)
+    for upload in Upload.objects.filter(state=Upload.State.QUARANTINED):
+        assert (stack.data_dir / "quarantine" / upload.quarantine_name).exists()
+        assert not (media / upload.path).exists()
+    assert sum(1 for _ in (media / "burst").iterdir()) == 500 - len(banned)
