@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 FEATURE_SIDE = 640
+_MIN_ORB_SIDE = 32
 REFERENCE_FEATURES = 500
 QUERY_FEATURES = 1500
 REFERENCE_GRID = 3
@@ -180,7 +181,10 @@ def local_features(
     else:
         kept = _shrink(pixels, pixels_side)
     keypoints: list[cv2.KeyPoint] = []
-    for threshold in (20, 5):
+    # ORB's image pyramid cannot shrink a strip a few pixels thin (60000x8, say): such a
+    # picture has no corners to find.
+    thresholds = (20, 5) if min(pixels.shape) >= _MIN_ORB_SIDE else ()
+    for threshold in thresholds:
         orb = cv2.ORB_create(
             nfeatures=count * 4,
             scaleFactor=1.2,

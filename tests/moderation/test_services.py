@@ -755,3 +755,10 @@ def test_rehash_adds_the_grey_copy_to_features_stored_without_it() -> None:
     again = LocalFeatures.from_bytes(bytes(BannedFingerprint.objects.get().features))
     assert again.pixels is not None
     assert services.banned_rehash() == (0, 0)
+
+
+@pytest.mark.parametrize("size", [(60000, 8), (8, 60000), (20000, 9), (3000, 40)])
+def test_odd_shapes_are_decided(media: Path, banned_astronaut, size: tuple[int, int]) -> None:
+    strip = Image.effect_noise(size, 60).convert("RGB")
+    upload = drop(media, "strip.png", encode(strip, "PNG"))
+    assert upload.state == State.CLEAN, upload.error
