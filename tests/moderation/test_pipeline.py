@@ -6,6 +6,7 @@ the file broker, no server at all), started the way the README starts it.
 
 import json
 import os
+import random
 import signal
 import socket
 import stat
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from moderation import selectors, services
 from moderation.models import AuditEvent, Upload
@@ -202,10 +204,6 @@ def test_chaos_killing_the_worker_during_a_burst_loses_nothing(stack: Stack) -> 
     """500 files arrive; the worker's main process and pool processes are killed with
     SIGKILL mid-burst, as a crash or OOM kill would. After a restart every file is
     decided, once, within two minutes."""
-    import random
-
-    from PIL import Image
-
     stack.env["HASHGUARD_REQUEUE_SECONDS"] = "20"
     services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
     media = stack.data_dir / "media"
@@ -251,3 +249,64 @@ def test_chaos_killing_the_worker_during_a_burst_loses_nothing(stack: Stack) -> 
         assert (stack.data_dir / "quarantine" / upload.quarantine_name).exists()
         assert not (media / upload.path).exists()
     assert sum(1 for _ in (media / "burst").iterdir()) == 500 - len(banned)
+
+
+def banned_gif_frame_shown_long(banned: Image.Image) -> bytes:
+    """100 frames: frame 1 is the banned picture, shown for 60 s; the others 20 ms each."""
+    rng = random.Random(3)
+    fillers = [
+        Image.frombytes("RGB", (160, 160), rng.randbytes(160 * 160 * 3)) for _ in range(99)
+    ]
+    durations = [20] * 100
+    durations[1] = 60_000
+    return encode(
+        fillers[0],
+        "GIF",
+        save_all=True,
+        append_images=[banned.resize((160, 160)), *fillers[1:]],
+        duration=durations,
+    )
+
+
+def test_the_tricks_that_let_banned_pictures_through_no_longer_do(stack: Stack) -> None:
+    """Each way a banned picture stayed on the site, through a real watcher and worker."""
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
+    media = stack.data_dir / "media"
+    copy = encode(photo("astronaut").resize((300, 300)), "JPEG", quality=85)
+    stack.worker(concurrency=2)
+    stack.watcher()
+
+    # 1. The same path again, after the first copy was quarantined.
+    (media / "x.jpg").write_bytes(copy)
+    wait_for(lambda: decided("x.jpg"), what="x.jpg decided")
+    (media / "x.jpg").write_bytes(copy)
+    wait_for(
+        lambda: Upload.objects.filter(path="x.jpg", state=Upload.State.QUARANTINED).count() == 2,
+        what="the second copy at the same path quarantined",
+    )
+    assert not (media / "x.jpg").exists()
+
+    # 2. Two bytes cut; 3. names the watcher once skipped; 4. a GIF frame shown long.
+    names = {
+        "cut.jpg": copy[:-2],
+        ".hidden.jpg": copy,
+        ".cache/a.jpg": copy,
+        "~x.jpg": copy,
+        "x.jfif": copy,
+        "noextension": copy,
+        "long/" + "d" * 200 + "/" + "e" * 200 + "/" + "f" * 200 + "/" + "g" * 200 + "/x.jpg": copy,
+        "frames.gif": banned_gif_frame_shown_long(photo("astronaut")),
+    }
+    for name, data in names.items():
+        (media / name).parent.mkdir(parents=True, exist_ok=True)
+        (media / name).write_bytes(data)
+    odd = os.path.join(os.fsencode(media), b"caf\xe9.jpg")  # not UTF-8
+    with open(odd, "wb") as handle:
+        handle.write(copy)
+    names["caf\\xe9.jpg"] = copy
+
+    uploads = wait_decided(*names, timeout=120)
+    for name, upload in uploads.items():
+        assert upload.state == Upload.State.QUARANTINED, (name, upload.error, stack.logs())
+    assert not os.path.exists(odd)
+    assert "frame 1" in AuditEvent.objects.get(upload=uploads["frames.gif"]).detail
