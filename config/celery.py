@@ -12,7 +12,9 @@ app.autodiscover_tasks()
 if app.conf.broker_url.startswith("filesystem://"):
     # The file broker expects its folders to exist; the first process to start makes them.
     for key in ("data_folder_in", "data_folder_out", "control_folder"):
-        Path(app.conf.broker_transport_options[key]).mkdir(parents=True, exist_ok=True)
+        folder = Path(app.conf.broker_transport_options[key])
+        for private in (folder.parent, folder):  # the broker's own folder, then its parts
+            private.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 @signals.worker_init.connect

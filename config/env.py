@@ -74,7 +74,7 @@ def persistent_secret(path: Path) -> str:
         pass
     import secrets
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Write under a temporary name and link it into place, so that processes starting
     # together all end up with the one key that won.
     tmp = path.with_name(f"{path.name}.{os.getpid()}")

@@ -6,6 +6,7 @@ directory of message files, so one machine needs no database or Redis server.
 Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (Redis).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -28,6 +29,21 @@ SECRET_KEY = env_str("DJANGO_SECRET_KEY", "") or persistent_secret(DATA_DIR / "s
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+# Production runs behind a TLS-terminating proxy: cookies only over HTTPS, plain HTTP
+# redirected, HSTS. The proxy must set X-Forwarded-Proto and X-Forwarded-For, replacing
+# whatever the client sent.
+HASHGUARD_HTTPS = env_bool("HASHGUARD_HTTPS", False)
+if HASHGUARD_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("HASHGUARD_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HASHGUARD_HSTS_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("HASHGUARD_HSTS_PRELOAD", True)
+    # The client's address for login throttling: the last proxy's X-Forwarded-For entry.
+    AXES_IPWARE_PROXY_COUNT = 1
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -36,6 +52,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
     "moderation",
 ]
 
@@ -48,7 +65,20 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into a 429 page.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling: after HASHGUARD_LOGIN_FAILURES failed logins for one user name from
+# one address, that pair is locked out for HASHGUARD_LOGIN_LOCKOUT_MINUTES.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env_int("HASHGUARD_LOGIN_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_float("HASHGUARD_LOGIN_LOCKOUT_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 
 ROOT_URLCONF = "config.urls"
 WSGI_APPLICATION = "config.wsgi.application"
@@ -115,6 +145,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HASHGUARD_LOG_LEVEL", "INFO")},
+    # django-axes says at every start how it blocks; lockouts are warnings.
+    "loggers": {"axes": {"level": "WARNING"}},
 }
 
 # --- hashguard ---------------------------------------------------------------------

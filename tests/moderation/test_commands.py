@@ -1,4 +1,8 @@
 import json
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,7 @@ from PIL import Image
 from moderation import services
 from moderation.models import BannedFingerprint, Upload
 from tests.images import encode, photo, save
+from tests.moderation.processes import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -118,3 +123,34 @@ def test_evaluate_writes_a_report_for_two_folders(tmp_path: Path, capsys) -> Non
     assert (tmp_path / "report" / "report.md").exists()
     with pytest.raises(CommandError, match="Unknown edits"):
         call_command("evaluate", str(banned), str(innocent), "--edits", "sepia")
+
+
+def test_production_settings_pass_the_deployment_checks(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HASHGUARD_DATA_DIR": str(tmp_path),
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_ALLOWED_HOSTS": "moderation.example.com",
+        "HASHGUARD_HTTPS": "true",
+    }
+    checked = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    assert "no issues" in checked.stdout
+    # Without HTTPS (the embedded default on 127.0.0.1) the same checks say what is missing.
+    env["HASHGUARD_HTTPS"] = "false"
+    plain = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plain.returncode != 0 and "SESSION_COOKIE_SECURE" in plain.stderr + plain.stdout

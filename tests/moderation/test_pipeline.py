@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from moderation import selectors, services
+from moderation import liveness, selectors, services
 from moderation.models import AuditEvent, Upload
 from tests.images import encode, photo
 from tests.moderation.conftest import REDIS_URL
@@ -194,6 +194,27 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
         }, stack.logs()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/") as response:
             assert response.status == 200
+
+        # What only hashguard may read is private: the database, the queue, the key.
+        for private in (tmp_path, tmp_path / "broker", tmp_path / "broker" / "queue"):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o700, private
+        for private in (tmp_path / "hashguard.sqlite3", tmp_path / "secret_key"):
+            assert stat.S_IMODE(private.stat().st_mode) == 0o600, private
+
+        # A worker that dies is started again by the embedded runner.
+        [worker] = [
+            pid
+            for pid in liveness.children_of(app.popen.pid)
+            if b"celery" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        os.killpg(worker, signal.SIGKILL)
+        app.wait_for_log("the worker stopped (exit code -9); starting it again")
+        photo("rocket").save(media / "rocket.jpg", "JPEG")
+        wait_for(
+            lambda: "rocket.jpg" in stack.manage("uploads", "--state", "clean").stdout,
+            timeout=120,
+            what="a file decided by the restarted worker",
+        )
         assert app.stop(signal.SIGINT) == 0, app.log()
         assert "hashguard stopped." in app.log()
     finally:

@@ -3,12 +3,14 @@
 import os
 
 import pytest
+from django.test import Client
 from pytest_django.asserts import assertNotContains
 
 from moderation import services
 from moderation.models import Upload
 from tests.images import photo as fixture_photo
 from tests.moderation.support import (
+    PASSWORD,
     PDQ,
     UPLOAD_LIST_URL,
     add_upload,
@@ -108,3 +110,20 @@ def test_unknown_image_kinds_and_ids_are_not_found(stores, moderator_client):
     assert moderator_client.get(image_url("upload", 999_999)).status_code == 404
     assert moderator_client.get(image_url("reference", pasted.pk)).status_code == 404
     assert moderator_client.post(image_url("reference", pasted.pk)).status_code == 405
+
+
+def test_logins_are_throttled(client: Client) -> None:
+    make_user("moderator", "view_upload")
+    url = "/admin/login/?next=/admin/"
+    statuses = [
+        client.post(url, {"username": "moderator", "password": "wrong"}).status_code
+        for _ in range(5)
+    ]
+    assert statuses == [200, 200, 200, 200, 429]  # the fifth failure locks the pair out
+    locked = client.post(url, {"username": "moderator", "password": PASSWORD})
+    assert locked.status_code == 429
+    assert "_auth_user_id" not in client.session
+    # Another user name from the same address is not locked out with it.
+    make_user("colleague", "view_upload")
+    other = client.post(url, {"username": "colleague", "password": PASSWORD})
+    assert other.status_code == 302 and client.session["_auth_user_id"]

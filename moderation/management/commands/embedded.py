@@ -37,6 +37,10 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        # The database, the queue's message files and the secret key are this user's
+        # alone; the children inherit it.
+        os.umask(0o077)
+        os.chmod(settings.DATA_DIR, 0o700)
         files.ensure_directories()
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
