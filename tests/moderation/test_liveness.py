@@ -2,7 +2,10 @@
 whose pool processes are stopped or killed."""
 
 import os
+import shutil
 import signal
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from moderation import liveness, selectors
 from moderation.liveness import Judge, Snapshot
 from moderation.models import Upload, WorkerHeartbeat
 from tests.images import photo
-from tests.moderation.processes import Stack, database_url, wait_for
+from tests.moderation.processes import ROOT, Stack, database_url, wait_for
 from tests.moderation.test_pipeline import decided
 
 
@@ -131,3 +134,32 @@ def test_killing_both_pool_processes_loses_nothing(stack: Stack) -> None:
 
     wait_for(all_decided, timeout=150, what="every file decided")
     assert Upload.objects.count() == 3
+
+
+def test_systemd_hears_the_worker(tmp_path: Path, monkeypatch) -> None:
+    address = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        server.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", address)
+        liveness.sd_notify("WATCHDOG=1")
+        assert server.recv(64) == b"WATCHDOG=1"
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    liveness.sd_notify("WATCHDOG=1")  # not run by systemd: nothing to tell, no error
+
+
+UNITS = sorted((ROOT / "config" / "systemd").glob("*.service"))
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="needs systemd-analyze")
+@pytest.mark.parametrize("unit", UNITS, ids=lambda path: path.name)
+def test_systemd_rates_each_unit_ok_or_better(unit: Path) -> None:
+    rated = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    last = rated.stdout.strip().splitlines()[-1]
+    exposure = float(last.split(":")[1].split()[0])
+    assert exposure <= 4.9, last  # 4.9 and under is "OK", under 2 "SAFE"
