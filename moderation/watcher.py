@@ -156,8 +156,9 @@ class MediaWatcher:
                 nominated.complete = True
                 nominated.open_for_writing = False
             elif event_type == "created":
+                # Made here, or renamed in from outside the tree: the events after it
+                # tell which.
                 nominated.complete = False
-                nominated.open_for_writing = not self.polling
             elif not nominated.complete:  # written to, or its attributes changed
                 nominated.open_for_writing = not self.polling
 

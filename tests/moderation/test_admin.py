@@ -10,6 +10,7 @@ import stat
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 from django.utils.html import escape
 from PIL import Image
 from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
@@ -17,7 +18,14 @@ from pytest_django.asserts import assertContains, assertNotContains, assertRedir
 from hashes.algorithms import fingerprint_frames
 from hashes.loading import load_image
 from moderation import services
-from moderation.models import AuditEvent, BannedFingerprint, Category, Match, Upload
+from moderation.models import (
+    AuditEvent,
+    BannedFingerprint,
+    Category,
+    Match,
+    Upload,
+    WorkerHeartbeat,
+)
 from tests.images import encode
 from tests.moderation.support import (
     BAN_URL,
@@ -617,3 +625,42 @@ def test_review_queue_says_how_an_edited_copy_shows_the_banned_image(stores, mod
 
     assertContains(response, '<span class="match-stage">hash</span>', html=False)
     assertContains(response, '<span class="match-variant">mirrored</span>', html=False)
+
+
+def test_review_page_can_let_exact_copies_of_a_released_upload_pass(stores, moderator_client):
+    upload = quarantined_upload(stores)
+    response = moderator_client.post(
+        REVIEW_URL, {"upload": upload.pk, "decision": "allow"}, follow=True
+    )
+    assertContains(response, "exact copies pass the bans they matched")
+    assert upload.matches.get().allowed
+    assert Upload.objects.get(pk=upload.pk).state == Upload.State.RELEASED
+    # The plain Release puts back this file only.
+    other = add_upload(stores, "users/2/again.jpg", re_upload("astronaut"))
+    assert other.state == Upload.State.CLEAN  # its exact copy passes now
+    variant = add_upload(stores, "users/3/variant.jpg", photo("astronaut"))
+    moderator_client.post(REVIEW_URL, {"upload": variant.pk, "decision": "release"})
+    assert not variant.matches.get().allowed
+
+
+def test_stalled_workers_are_shown_to_moderators(stores, moderator_client):
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(
+        name="host-a:123",
+        hostname="host-a",
+        pid=123,
+        started_at=now,
+        beat_at=now,
+        waiting=[41],
+        stalled_since=now,
+        stall="a task received 31 s ago has not started",
+    )
+    WorkerHeartbeat.objects.create(
+        name="host-b:9", hostname="host-b", pid=9, started_at=now, beat_at=now
+    )
+
+    for url in (UPLOAD_LIST_URL, REVIEW_URL):
+        response = moderator_client.get(url)
+        assertContains(response, "Worker host-a:123 stalled")
+        assertContains(response, "has not started")
+        assertNotContains(response, "host-b:9")

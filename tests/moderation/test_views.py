@@ -127,3 +127,23 @@ def test_logins_are_throttled(client: Client) -> None:
     make_user("colleague", "view_upload")
     other = client.post(url, {"username": "colleague", "password": PASSWORD})
     assert other.status_code == 302 and client.session["_auth_user_id"]
+
+
+def test_a_media_directory_swapped_for_a_symlink_serves_nothing(stores):
+    """A staff user without review rights must not reach quarantined images through a
+    clean upload whose directory now leads into quarantine."""
+    quarantined = quarantined_upload(stores)  # users/7/holiday.jpg, now in quarantine
+    clean = add_upload(stores, "users/9/x.jpg", photo("coffee"))
+    media = stores / "media"
+    os.rename(media / "users" / "9", stores / "old-9")
+    (media / "users" / "9").symlink_to(stores / "quarantine" / str(quarantined.pk))
+    os.link(
+        stores / "quarantine" / quarantined.quarantine_name,
+        stores / "quarantine" / str(quarantined.pk) / "x.jpg",
+    )
+    uploads_only = client_for(make_user("uploads", "view_upload"))
+
+    response = uploads_only.get(image_url("upload", clean.pk))
+
+    assert response.status_code == 404
+    assert response["Content-Type"] != "image/jpeg"

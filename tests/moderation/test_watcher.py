@@ -243,3 +243,28 @@ def test_watch_refuses_a_missing_media_directory(settings, tmp_path: Path) -> No
     settings.HASHGUARD_MEDIA_DIR = tmp_path / "nowhere"
     with pytest.raises(CommandError, match="does not exist"):
         call_command("watch")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_file_closed_or_renamed_into_place_is_recorded_without_the_stability_window(
+    stores: Path, tmp_path: Path
+) -> None:
+    media = stores / "media"
+    running = Running(media)
+    running.watcher.stable_seconds = 3600  # only a close or a rename can record it
+    with running:
+        save(photo("coffee"), media / "closed.jpg", "JPEG")
+        save(photo("rocket"), media / ".staged.jpg", "JPEG")
+        os.rename(media / ".staged.jpg", media / "renamed.jpg")
+        wait_for(
+            lambda: live() == {"closed.jpg", "renamed.jpg"},
+            timeout=20,
+            what="both files recorded",
+        )
+        # A file still open for writing waits for its writer to close it.
+        with open(media / "open.jpg", "wb") as handle:
+            handle.write(encode(photo("chelsea"), "JPEG"))
+            handle.flush()
+            time.sleep(0.5)
+            assert "open.jpg" not in recorded()
+        wait_for(lambda: "open.jpg" in recorded(), timeout=20, what="open.jpg once closed")
