@@ -157,7 +157,7 @@ class Upload(models.Model):
     # its mtime and inode, so that a restarted watcher knows it without reading it again.
     file_mode = models.PositiveIntegerField(null=True, blank=True)
     mtime_ns = models.BigIntegerField(null=True, blank=True)
-    inode = models.BigIntegerField(null=True, blank=True)
+    inode = models.BigIntegerField(null=True, blank=True, db_index=True)
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True, db_index=True)

@@ -436,6 +436,11 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     except files.UnsafePath as exc:
         _decide_error(claim, ErrorCode.UNSAFE_PATH, str(exc))
         return
+    except PermissionError as exc:
+        _decide_error(
+            claim, ErrorCode.UNREADABLE, f"hashguard may not read this file ({exc.strerror})."
+        )
+        return
     sha256 = files.sha256_of(data)
     if upload.sha256 and sha256 != upload.sha256:
         _decide_error(
@@ -562,6 +567,10 @@ def _decide_uncheckable(
     except FileNotFoundError:
         if not files.exists(files.quarantine_dir(), quarantined):
             _decide_error(rows, ErrorCode.MISSING, f"The file was removed. {message}")
+    except (OSError, files.UnsafePath) as exc:
+        _decide_error(
+            rows, code, f"{message} It could not be moved to quarantine ({exc}); it was left."
+        )
 
 
 def _released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:

@@ -194,6 +194,8 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
         }, stack.logs()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/") as response:
             assert response.status == 200
+        # Nothing shared with other instances: gunicorn's per-user control socket is off.
+        assert not (Path.home() / ".gunicorn" / "gunicorn.ctl").exists()
 
         # What only hashguard may read is private: the database, the queue, the key.
         for private in (tmp_path, tmp_path / "broker", tmp_path / "broker" / "queue"):

@@ -1,4 +1,5 @@
 import dataclasses
+import errno
 import io
 import os
 import shutil
@@ -762,3 +763,17 @@ def test_odd_shapes_are_decided(media: Path, banned_astronaut, size: tuple[int, 
     strip = Image.effect_noise(size, 60).convert("RGB")
     upload = drop(media, "strip.png", encode(strip, "PNG"))
     assert upload.state == State.CLEAN, upload.error
+
+
+
+def test_only_faults_that_may_pass_are_retried() -> None:
+    from django.db import OperationalError
+
+    from moderation.tasks import is_transient
+
+    assert is_transient(OperationalError("the database restarted"))
+    assert is_transient(OSError(errno.EIO, "input/output error"))
+    assert is_transient(OSError(errno.ESTALE, "stale NFS handle"))
+    assert not is_transient(PermissionError(errno.EACCES, "permission denied"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
+    assert not is_transient(ValueError("a bug"))

@@ -60,6 +60,8 @@ class Command(BaseCommand):
                 "2",
                 "--access-logfile",
                 "-",
+                # Its default control socket is one per user, shared between instances.
+                "--no-control-socket",
             ],
             "worker": [
                 python,
