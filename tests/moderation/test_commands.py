@@ -125,6 +125,17 @@ def test_evaluate_writes_a_report_for_two_folders(tmp_path: Path, capsys) -> Non
         call_command("evaluate", str(banned), str(innocent), "--edits", "sepia")
 
 
+def check_deploy(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_production_settings_pass_the_deployment_checks(tmp_path: Path) -> None:
     env = {
         **os.environ,
@@ -133,24 +144,9 @@ def test_production_settings_pass_the_deployment_checks(tmp_path: Path) -> None:
         "DJANGO_ALLOWED_HOSTS": "moderation.example.com",
         "HASHGUARD_HTTPS": "true",
     }
-    checked = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    checked = check_deploy(env)
     assert checked.returncode == 0, checked.stderr + checked.stdout
     assert "no issues" in checked.stdout
     # Without HTTPS (the embedded default on 127.0.0.1) the same checks say what is missing.
-    env["HASHGUARD_HTTPS"] = "false"
-    plain = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    plain = check_deploy({**env, "HASHGUARD_HTTPS": "false"})
     assert plain.returncode != 0 and "SESSION_COOKIE_SECURE" in plain.stderr + plain.stdout
