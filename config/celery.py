@@ -41,6 +41,8 @@ def note_received(request: object = None, **kwargs: object) -> None:
 @signals.worker_ready.connect
 def start_liveness(sender: object = None, **kwargs: object) -> None:
     """Watch this worker for work it holds and does not get done; see liveness.py."""
+    import time
+
     from celery.worker import state
 
     from moderation import liveness
@@ -64,8 +66,9 @@ def start_liveness(sender: object = None, **kwargs: object) -> None:
             if request_id not in held:
                 del _received[request_id]
         running = {request.id for request in active}
+        now = time.monotonic()
         waiting = {
-            request.id: _received.get(request.id, 0.0)
+            request.id: _received.setdefault(request.id, now)
             for request in reserved
             if request.id not in running
         }
@@ -78,6 +81,12 @@ def start_liveness(sender: object = None, **kwargs: object) -> None:
             running_uploads=upload_ids(active),
         )
 
-    watch = liveness.Liveness(snapshot, on_stall=liveness.exit_for_restart)
+    def connected() -> bool:
+        connection = getattr(sender, "connection", None)
+        return bool(connection is not None and connection.connected)
+
+    watch = liveness.Liveness(
+        snapshot, on_stall=liveness.exit_for_restart, connected=connected
+    )
     sender.timer.call_repeatedly(liveness.BEAT_SECONDS, watch.loop_ticked)  # type: ignore[attr-defined]
     watch.start()

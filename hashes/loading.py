@@ -56,8 +56,9 @@ _KNOWN_NON_IMAGES = (
 )
 
 
-# How many bytes from the start of a file image_kind needs to see.
-SNIFF_BYTES = 4096
+# How many bytes from the start of a file image_kind looks at: an SVG may open with a
+# long XML prologue or comment before its <svg> element.
+SNIFF_BYTES = 65536
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"),
     (b"\x89PNG\r\n\x1a\n", "PNG"),
@@ -113,7 +114,9 @@ def image_kind(head: bytes) -> str | None:
     if len(head) > 2 and head[0:1] == b"P" and head[1:2] in b"1234567" and head[2:3].isspace():
         return "Netpbm"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if text.startswith((b"<?xml", b"<svg", b"<!--", b"<!doctype svg")) and b"<svg" in text:
+    # Markup with an <svg> element shows a picture (maybe an embedded one): held, since it
+    # cannot be checked, rather than passed as text.
+    if text.startswith(b"<") and b"<svg" in text:
         return "SVG"
     return None
 
@@ -314,6 +317,8 @@ def _frames(image: Image.Image, image_format: str, max_pixels: int, max_frames: 
             f"limit of {budget:,}. Upload a shorter or smaller version."
         )
     distinct: dict[bytes, _Distinct] = {}
+    # The later frames whose pixels are held; at most KEPT_FRAMES_FACTOR * max_frames.
+    held: list[_Distinct] = []
     first = None
     for index in range(frame_count):
         frame = _frame(image, index, max_pixels)
@@ -323,28 +328,27 @@ def _frames(image: Image.Image, image_format: str, max_pixels: int, max_frames: 
         key = _identity(frame)
         seen = distinct.get(key)
         if seen is None:
-            distinct[key] = _Distinct(index, shown, _shrunk(frame) if index else first)
-            _forget_shortest(distinct, keep=KEPT_FRAMES_FACTOR * max_frames)
+            seen = distinct[key] = _Distinct(index, shown, None)
         else:
             seen.shown_ms += shown
-            if seen.frame is None:
-                seen.frame = _shrunk(frame)
+        if seen.index and seen.frame is None:
+            seen.frame = _shrunk(frame)
+            held.append(seen)
+            _forget_shortest(held, keep=KEPT_FRAMES_FACTOR * max_frames)
     assert first is not None
-    ranked = sorted(
-        (item for item in distinct.values() if item.index and item.frame is not None),
-        key=lambda item: -item.shown_ms,
-    )
+    ranked = sorted(held, key=lambda item: -item.shown_ms)
     chosen = sorted(ranked[: max_frames - 1], key=lambda item: item.index)
     kept = [first, *(item.frame for item in chosen if item.frame)]
     return _Frames(kept, frame_count, len(distinct))
 
 
-def _forget_shortest(distinct: dict[bytes, _Distinct], *, keep: int) -> None:
-    """Drop the pixels of the frames shown shortest so far, to bound memory; a frame
-    that comes back takes them again."""
-    holding = [item for item in distinct.values() if item.index and item.frame is not None]
-    if len(holding) > keep:
-        min(holding, key=lambda item: item.shown_ms).frame = None
+def _forget_shortest(held: list[_Distinct], *, keep: int) -> None:
+    """Drop the pixels of the frame shown shortest so far once more than keep are held,
+    to bound memory; a frame that comes back takes them again."""
+    if len(held) > keep:
+        shortest = min(held, key=lambda item: item.shown_ms)
+        shortest.frame = None
+        held.remove(shortest)
 
 
 def _shown_ms(duration: object) -> int:
@@ -355,7 +359,9 @@ def _shown_ms(duration: object) -> int:
 
 
 def _identity(frame: Image.Image) -> bytes:
-    return hashlib.blake2b(frame.resize((32, 32)).tobytes(), digest_size=16).digest()
+    # All the pixels: a frame made to look like another in any smaller summary is not
+    # taken for a repeat of it.
+    return hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
 
 
 def _frame(image: Image.Image, index: int, max_pixels: int) -> Image.Image:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import shutil
 import stat
 from collections.abc import Iterator
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.conf import settings
+
+from hashes.loading import SNIFF_BYTES
 
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -29,6 +32,10 @@ _SYMLINK_ERRNOS = (errno.ELOOP, errno.ENOTDIR)
 
 class UnsafePath(Exception):
     """A path that is a symlink, not a regular file, or outside its store."""
+
+
+class FileChangedError(OSError):
+    """The file at a path was replaced by another while hashguard worked on it."""
 
 
 def media_dir() -> Path:
@@ -135,6 +142,24 @@ def _open_regular_at(dir_fd: int, name: bytes, relative: bytes) -> BinaryIO:
 
 
 @contextlib.contextmanager
+def open_directory(store: Path, relative: bytes) -> Iterator[int]:
+    """A descriptor of a directory inside store (b"" for the store itself)."""
+    if not relative:
+        fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+        return
+    with _parent(store, relative) as (dir_fd, name):
+        fd = _child_directory(dir_fd, name, relative, create=False, private=False)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def open_regular(store: Path, relative: bytes) -> Iterator[BinaryIO]:
     with _parent(store, relative) as (dir_fd, name):
         handle = _open_regular_at(dir_fd, name, relative)
@@ -177,7 +202,7 @@ def sha256_of_file(store: Path, relative: bytes) -> tuple[str, int, bytes]:
     with open_regular(store, relative) as handle:
         while block := handle.read(1 << 20):
             if not head:
-                head = block[:64]
+                head = block[:SNIFF_BYTES]
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size, head
@@ -223,12 +248,18 @@ def move_file(
             if not _same_file(source_fd, source_name, info, target_fd, target_name, existing):
                 raise FileExistsError(f"{display(destination)} already exists")
         try:
+            # A file swapped in at the source name meanwhile is not this one: leave it.
+            now = os.stat(source_name, dir_fd=source_fd, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+                raise FileChangedError(f"{display(source)} was replaced while it was moved")
             os.unlink(source_name, dir_fd=source_fd)
         except OSError:
             # Leave the file where it was rather than in two places.
             os.unlink(target_name, dir_fd=target_fd)
             raise
+        # Both directories, so that after a power cut the file is not back where it was.
         os.fsync(target_fd)
+        os.fsync(source_fd)
 
 
 def _place(
@@ -254,9 +285,13 @@ def _place(
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP):
                 raise
         else:
+            linked = os.stat(target_name, dir_fd=target_fd, follow_symlinks=False)
+            if linked.st_ino != info.st_ino:
+                os.unlink(target_name, dir_fd=target_fd)
+                raise FileChangedError(f"{display(source_name)} was replaced while it was moved")
             _chmod_at(target_fd, target_name, mode)
             return
-    _copy_then_link(source_fd, source_name, target_fd, target_name, mode=mode)
+    _copy_then_link(source_fd, source_name, target_fd, target_name, mode=mode, inode=info.st_ino)
 
 
 def _same_file(
@@ -292,18 +327,26 @@ def _chmod_at(dir_fd: int, name: bytes, mode: int) -> None:
 
 
 def _copy_then_link(
-    source_fd: int, source_name: bytes, target_fd: int, target_name: bytes, *, mode: int
+    source_fd: int,
+    source_name: bytes,
+    target_fd: int,
+    target_name: bytes,
+    *,
+    mode: int,
+    inode: int,
 ) -> None:
-    temporary = b".%s.%d.partial" % (target_name, os.getpid())
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(temporary, flags, 0o600, dir_fd=target_fd)
+    """Copy under a fresh temporary name beside the target, flushed, then link it into
+    place; the temporary name is made with O_EXCL, so nothing planted there is used."""
+    temporary, fd = _temporary(target_fd)
     try:
-        os.fchmod(fd, mode)
-        with (
-            os.fdopen(fd, "wb") as target,
-            _open_regular_at(source_fd, source_name, source_name) as origin,
-        ):
-            shutil.copyfileobj(origin, target, 1 << 20)
+        with os.fdopen(fd, "wb") as target:
+            os.fchmod(target.fileno(), mode)
+            with _open_regular_at(source_fd, source_name, source_name) as origin:
+                if os.fstat(origin.fileno()).st_ino != inode:
+                    raise FileChangedError(
+                        f"{display(source_name)} was replaced while it was moved"
+                    )
+                shutil.copyfileobj(origin, target, 1 << 20)
             target.flush()
             os.fsync(target.fileno())
         os.link(temporary, target_name, src_dir_fd=target_fd, dst_dir_fd=target_fd)
@@ -311,12 +354,16 @@ def _copy_then_link(
         os.unlink(temporary, dir_fd=target_fd)
 
 
+def _temporary(dir_fd: int) -> tuple[bytes, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    name = b".hashguard-%s.partial" % secrets.token_hex(8).encode()
+    return name, os.open(name, flags, 0o600, dir_fd=dir_fd)
+
+
 def write_private(store: Path, relative: bytes, data: bytes) -> None:
     """Write a file readable by the service user only, unless it is already there."""
     with _parent(store, relative, create=True, private=True) as (dir_fd, name):
-        temporary = b".%s.%d.partial" % (name, os.getpid())
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temporary, flags, 0o600, dir_fd=dir_fd)
+        temporary, fd = _temporary(dir_fd)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

@@ -87,11 +87,13 @@ class Liveness:
         snapshot: Callable[[], Snapshot],
         *,
         on_stall: Callable[[str], None],
+        connected: Callable[[], bool] = lambda: True,
         beat_seconds: float = BEAT_SECONDS,
         judge: Judge | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.on_stall = on_stall
+        self.connected = connected
         self.beat_seconds = min(beat_seconds, settings.HASHGUARD_STALL_SECONDS / 3)
         stall = settings.HASHGUARD_STALL_SECONDS
         self.judge = judge or Judge(
@@ -116,14 +118,18 @@ class Liveness:
             now = time.monotonic()
             snapshot = self.snapshot()
             stall = self.judge.stall(snapshot, now)
-            if stall is None and now - self.loop_at > LOOP_SECONDS:
+            if not self.connected():
+                # Reconnecting to the broker blocks the main loop; that is no hang.
+                self.loop_at = now
+            elif stall is None and now - self.loop_at > LOOP_SECONDS:
                 stall = f"the main loop has not run for {now - self.loop_at:.0f} s"
+            if stall is None:
+                sd_notify("WATCHDOG=1")  # first: a slow database is no reason to restart
             self.beat(snapshot, stall)
             if stall is not None:
                 logger.error("worker stalled: %s; restarting it", stall)
                 self.on_stall(stall)
                 return
-            sd_notify("WATCHDOG=1")
 
     def beat(self, snapshot: Snapshot, stall: str | None) -> None:
         from moderation.models import WorkerHeartbeat

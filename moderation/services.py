@@ -39,6 +39,7 @@ from moderation.models import (
     Match,
     Upload,
 )
+from moderation.tasks import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +350,11 @@ class _Claim:
         return bool(self.rows.update(lease_expires_at=timezone.now() + LEASE))
 
     def give_back(self) -> None:
-        self.rows.update(state=State.PENDING, lease_expires_at=None)
+        """Hand the upload back after a fault that may pass: that attempt does not count
+        towards MAX_ATTEMPTS, which is for files that kill their worker."""
+        self.rows.update(
+            state=State.PENDING, lease_expires_at=None, attempts=F("attempts") - 1
+        )
 
     @contextlib.contextmanager
     def renewed(self) -> Iterator[None]:
@@ -565,9 +570,14 @@ def _decide_uncheckable(
                     private=True,
                 )
     except FileNotFoundError:
-        if not files.exists(files.quarantine_dir(), quarantined):
+        if files.exists(files.quarantine_dir(), quarantined):
+            # An earlier attempt moved it and died before recording that.
+            _decide_uncheckable(rows, upload, code, message, already_moved=True)
+        else:
             _decide_error(rows, ErrorCode.MISSING, f"The file was removed. {message}")
     except (OSError, files.UnsafePath) as exc:
+        if isinstance(exc, OSError) and is_transient(exc):
+            raise  # the task tries again later
         _decide_error(
             rows, code, f"{message} It could not be moved to quarantine ({exc}); it was left."
         )

@@ -35,6 +35,15 @@ logger = logging.getLogger(__name__)
 OPEN_FILE_WINDOWS = 20
 
 
+# Records whose file left the media tree: a file at their path is a new one.
+_MOVED_AWAY = {
+    Upload.State.QUARANTINED,
+    Upload.State.CONFIRMED,
+    Upload.State.HELD,
+    Upload.State.SUPERSEDED,
+}
+
+
 class ObserverDied(Exception):
     """The filesystem observer thread stopped; the watcher cannot go on without it."""
 
@@ -45,43 +54,31 @@ def _signature(info: os.stat_result) -> tuple[int, int, int]:
 
 def iter_files(root: Path, directory: bytes = b"") -> Iterator[tuple[bytes, os.stat_result]]:
     """Every file under directory (relative to root, b"" for all of it), whatever its
-    name, as a path relative to root with its lstat. Directories are walked through
-    their file descriptors, never following a symlink, so that no path is too long to
-    reach; symlinks and other non-directories are listed for the caller to record."""
-    try:
-        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        logger.warning("cannot open %s: %s", root, exc)
-        return
-    try:
-        for part in directory.split(b"/") if directory else []:
-            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
-            os.close(top)
-            top = child
-    except OSError as exc:
-        os.close(top)
-        logger.warning("cannot open %s under %s: %s", files.display(directory), root, exc)
-        return
-    stack = [(top, directory)]
+    name, as a path relative to root with its lstat. Each directory is opened from the
+    root one component at a time, never through a symlink, and closed before the next, so
+    that neither a deep path nor a wide tree runs out of names or file descriptors;
+    symlinks and other non-directories are listed for the caller to record."""
+    stack = [directory]
     while stack:
-        fd, prefix = stack.pop()
+        prefix = stack.pop()
         try:
-            names = [os.fsencode(name) for name in os.listdir(fd)]
-        except OSError as exc:
-            logger.warning("cannot list %s: %s", files.display(prefix) or root, exc)
-            names = []
-        for name in names:
+            with files.open_directory(root, prefix) as fd:
+                entries = []
+                for name in os.listdir(fd):
+                    raw = os.fsencode(name)
+                    try:
+                        entries.append((raw, os.stat(raw, dir_fd=fd, follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # gone since it was listed
+        except (OSError, files.UnsafePath) as exc:
+            logger.warning("cannot list %s under %s: %s", files.display(prefix), root, exc)
+            continue
+        for name, info in entries:
             relative = prefix + b"/" + name if prefix else name
-            try:
-                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode):
-                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                    stack.append((child, relative))
-                else:
-                    yield relative, info
-            except OSError:
-                continue
-        os.close(fd)
+            if stat.S_ISDIR(info.st_mode):
+                stack.append(relative)
+            else:
+                yield relative, info
 
 
 @dataclass
@@ -199,14 +196,18 @@ class MediaWatcher:
             logger.info("stopped watching %s", self.root)
 
     def load_recorded(self) -> None:
-        """Remember files recorded before this start, so the first scan skips them."""
+        """Remember files recorded before this start, so the first scan skips them: those
+        whose latest record says the file is still in the tree."""
         close_old_connections()
         rows = Upload.objects.order_by("id").values_list(
-            "path", "raw_path", "size", "mtime_ns", "inode"
+            "path", "raw_path", "state", "size", "mtime_ns", "inode"
         )
-        for path, raw_path, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
+        for path, raw_path, state, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
             relative = bytes(raw_path) if raw_path is not None else path.encode()
-            self._recorded[relative] = (size, mtime_ns, inode)
+            if state in _MOVED_AWAY:
+                self._recorded.pop(relative, None)
+            else:
+                self._recorded[relative] = (size, mtime_ns, inode)
 
     def scan(self, directory: bytes = b"") -> int:
         """Nominate every file under directory not yet recorded as it is now."""
@@ -256,23 +257,27 @@ class MediaWatcher:
     def record(self, relative: bytes, info: os.stat_result) -> None:
         close_old_connections()
         shown = files.display(relative)
+        # Taken out first: an event while the file is read nominates it again.
+        self._drop(relative)
         try:
             upload, created = services.upload_register(path=self.root / os.fsdecode(relative))
         except FileNotFoundError:
-            self._drop(relative)  # gone again before it could be recorded
-            return
+            return  # gone again before it could be recorded
         except DatabaseError as exc:
-            # Keep it pending: the next tick tries again once the database is back.
+            # Nominate it again: the next tick tries again once the database is back.
             logger.error("could not record %s, will retry: %s", shown, exc)
+            with self._lock:
+                self._pending.setdefault(relative, _Nominated())
             return
         except Exception as exc:
             # Nothing about one file may stop the watcher; skip it until it changes.
             logger.warning("skipped %s: %s", shown, exc)
-        else:
-            if created:
-                logger.info("recorded upload %s: %s (%s)", upload.pk, upload.path, upload.state)
-        self._drop(relative)
-        self._recorded[relative] = _signature(info)
+            self._recorded[relative] = _signature(info)
+            return
+        if created:
+            logger.info("recorded upload %s: %s (%s)", upload.pk, upload.path, upload.state)
+        # What was read, not what was seen before: a change meanwhile is seen as one.
+        self._recorded[relative] = (upload.size, upload.mtime_ns, upload.inode)
 
     def requeue(self) -> None:
         close_old_connections()

@@ -285,6 +285,7 @@ def test_a_damaged_png_is_decoded_as_far_as_it_goes():
         (lambda: b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic", "HEIF"),
         (lambda: b"\x00\x00\x00\x20ftypavif\x00\x00\x00\x00avifmif1miaf", "AVIF"),
         (lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
+        (lambda: b"<?xml version='1.0'?><!-- " + b"x" * 8000 + b" --><svg></svg>", "SVG"),
         (lambda: b"%PDF-1.7\n", None),
         (lambda: b"<!doctype html><html></html>", None),
         (lambda: b"hello", None),

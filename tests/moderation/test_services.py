@@ -183,6 +183,10 @@ def test_exact_copy_matches_by_sha256_even_without_fingerprints(media: Path) -> 
         (encode(photo("rocket"), "ICO"), State.HELD, "uncheckable_format"),
         (b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic" + bytes(500), State.HELD,
          "uncheckable_format"),
+        # An SVG whose <svg> element comes after a long comment, as editors write them.
+        (b"<?xml version='1.0'?><!-- " + b"made by an editor " * 500 + b"-->"
+         b"<svg xmlns='http://www.w3.org/2000/svg'><image href='x.jpg'/></svg>", State.HELD,
+         "uncheckable_format"),
         (encode(Image.new("RGB", (4, 4)), "PNG"), State.ERROR, "too_small"),
     ],
 )

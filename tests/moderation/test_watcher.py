@@ -1,6 +1,7 @@
 """The watcher loop, run in a thread and stopped with its event, on real files."""
 
 import os
+import resource
 import threading
 import time
 from pathlib import Path
@@ -268,3 +269,16 @@ def test_a_file_closed_or_renamed_into_place_is_recorded_without_the_stability_w
             time.sleep(0.5)
             assert "open.jpg" not in recorded()
         wait_for(lambda: "open.jpg" in recorded(), timeout=20, what="open.jpg once closed")
+
+
+def test_a_wide_tree_is_listed_whole_with_few_file_descriptors(tmp_path: Path) -> None:
+    for index in range(400):
+        (tmp_path / f"d{index}").mkdir()
+        (tmp_path / f"d{index}" / "a.jpg").write_bytes(b"x")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+    try:
+        listed = list(iter_files(tmp_path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(listed) == 400
