@@ -93,6 +93,8 @@ def _parent(
     missing ones are made (0700 when private).
     """
     parts = _parts(relative)
+    if create:
+        store.mkdir(parents=True, exist_ok=True, mode=0o700 if private else 0o777)
     fd = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in parts[:-1]:

@@ -781,3 +781,11 @@ def test_only_faults_that_may_pass_are_retried() -> None:
     assert not is_transient(PermissionError(errno.EACCES, "permission denied"))
     assert not is_transient(FileNotFoundError(errno.ENOENT, "gone"))
     assert not is_transient(ValueError("a bug"))
+
+
+def test_banning_before_any_store_exists_makes_the_reference_store(settings, tmp_path) -> None:
+    settings.HASHGUARD_REFERENCE_DIR = tmp_path / "fresh" / "references"
+    [row] = services.banned_add_image(data=encoded("coffee"))
+    stored = tmp_path / "fresh" / "references" / row.reference_name
+    assert stored.read_bytes() == encoded("coffee")
+    assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
