@@ -179,8 +179,8 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
     )
     print(
         f"  one file at a time: median {statistics.median(latencies):.2f} s from write to "
-        f"decision (min {min(latencies):.2f}, max {max(latencies):.2f}); of that, 1.0 s is "
-        "the wait for the file to stop changing"
+        f"decision (min {min(latencies):.2f}, max {max(latencies):.2f}); copied files are "
+        "recorded when closed, without the 1.0 s stability wait"
     )
     print(
         f"  {len(images)} files at once: all decided in {burst:.2f} s, "
