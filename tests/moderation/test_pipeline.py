@@ -333,3 +333,30 @@ def test_the_tricks_that_let_banned_pictures_through_no_longer_do(stack: Stack) 
         assert upload.state == Upload.State.QUARANTINED, (name, upload.error, stack.logs())
     assert not os.path.exists(odd)
     assert "frame 1" in AuditEvent.objects.get(upload=uploads["frames.gif"]).detail
+
+
+def test_a_directory_swapped_for_a_symlink_before_the_worker_runs(stack: Stack) -> None:
+    """Recorded by the watcher; before a worker checks it, its directory becomes a link
+    to one outside the media tree. The worker moves nothing from outside."""
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
+    media = stack.data_dir / "media"
+    copy = encode(photo("astronaut").resize((300, 300)), "JPEG", quality=85)
+    watcher = stack.watcher()
+    (media / "users").mkdir()
+    (media / "users" / "a.jpg").write_bytes(copy)
+    wait_for(
+        lambda: Upload.objects.filter(path="users/a.jpg").exists(), what="users/a.jpg recorded"
+    )
+    watcher.stop()
+    outside = stack.data_dir / "outside"
+    outside.mkdir()
+    (outside / "a.jpg").write_bytes(copy)
+    os.rename(media / "users", stack.data_dir / "moved-users")
+    (media / "users").symlink_to(outside)
+    stack.processes.clear()
+    stack.worker()
+
+    upload = wait_for(lambda: decided("users/a.jpg"), what="users/a.jpg decided")
+    assert (upload.state, upload.error_code) == (Upload.State.ERROR, "unsafe_path"), upload.error
+    assert (outside / "a.jpg").read_bytes() == copy
+    assert not any((stack.data_dir / "quarantine").rglob("a.jpg"))
