@@ -664,3 +664,22 @@ def test_stalled_workers_are_shown_to_moderators(stores, moderator_client):
         assertContains(response, "Worker host-a:123 stalled")
         assertContains(response, "has not started")
         assertNotContains(response, "host-b:9")
+
+
+def test_a_held_upload_waits_in_the_review_queue_with_its_reason(stores, moderator_client):
+    cut = encode(Image.new("RGB", (64, 64), (200, 30, 30)), "JPEG")[:200]
+    held = add_upload(stores, "users/4/cut.jpg", cut)
+    assert held.state == Upload.State.HELD
+
+    response = moderator_client.get(REVIEW_URL)
+
+    assertContains(response, "1 quarantined or held upload waiting for review")
+    assertContains(response, "Held upload")
+    assertContains(response, "Could not be checked, so it is held for a moderator")
+    # Release puts it back; it was never matched, so there is no copy to let pass.
+    assertNotContains(response, 'value="allow"')
+    response = moderator_client.post(
+        REVIEW_URL, {"upload": held.pk, "decision": "release"}, follow=True
+    )
+    assertContains(response, "1 upload(s) released.")
+    assert (stores / "media" / "users/4/cut.jpg").read_bytes() == cut
