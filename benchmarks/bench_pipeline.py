@@ -58,8 +58,8 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
     import numpy as np
     from PIL import Image
 
-    from hashes.algorithms import Fingerprint, distinct_frames, fingerprint_frames
-    from hashes.detect import BannedPicture, Detector, probe, reference_features
+    from hashes.algorithms import Fingerprint, fingerprint_frames
+    from hashes.detect import BannedPicture, Detector, probes, reference_features
     from hashes.loading import load_image
     from hashes.matching import DEFAULT_RULE_CONFIG, Matcher, MatchRule
 
@@ -97,13 +97,7 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
             matcher.match(frame)
 
     def both_stages(data: bytes) -> None:
-        frames = distinct_frames(load_image(data))
-        detector.detect(
-            [
-                probe(image, print_, regions=index == 0)
-                for index, (image, print_) in enumerate(frames)
-            ]
-        )
+        detector.detect(probes(load_image(data)))
 
     timings = {}
     for name, work in (

@@ -29,7 +29,8 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from hashes.algorithms import ALGORITHMS, Fingerprint
+from hashes.algorithms import ALGORITHMS, Fingerprint, distinct_frames
+from hashes.loading import LoadedImage
 from hashes.local import (
     MIN_AGREEING,
     QUERY_FEATURES,
@@ -246,6 +247,16 @@ def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True)
         image=working_copy(frame, QUERY_FEATURE_SIDE),
         hue_turned=hue_turned_signatures(small),
     )
+
+
+def probes(loaded: LoadedImage) -> list[Probe]:
+    """What the detector compares for a loaded image: one probe per distinct frame, each
+    with its own fingerprint; the first with its views and local features, later frames
+    whole. The worker, the harness and the benchmarks all call this."""
+    return [
+        probe(frame, fingerprint, regions=index == 0)
+        for index, (frame, fingerprint) in enumerate(distinct_frames(loaded))
+    ]
 
 
 def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:

@@ -24,7 +24,7 @@ from hashes.algorithms import (
     distinct_frames,
     parse_hash,
 )
-from hashes.detect import Detection, is_low_detail, probe, reference_features
+from hashes.detect import Detection, is_low_detail, probes, reference_features
 from hashes.errors import ImageError
 from hashes.loading import SNIFF_BYTES, LoadedImage, describe_content, image_kind, load_image
 from hashes.local import LocalFeatures
@@ -467,15 +467,10 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
             else:
                 _decide_error(claim, exc.code, str(exc))
             return
-        probes = []  # an exact copy of a banned file is caught even if it cannot be decoded
+        checked = []  # an exact copy of a banned file is caught even if it cannot be decoded
     else:
-        distinct = distinct_frames(loaded)
-        frames = [fingerprint for _, fingerprint in distinct]
-        # Views and local features for the first frame; later frames are checked whole.
-        probes = [
-            probe(frame, fingerprint, regions=index == 0)
-            for index, (frame, fingerprint) in enumerate(distinct)
-        ]
+        checked = probes(loaded)
+        frames = [item.fingerprint for item in checked]
         decision.update(
             format=loaded.format,
             width=loaded.width,
@@ -488,7 +483,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
                 f"The file is damaged or cut short ({loaded.damage}); it was checked as far "
                 "as it decodes, as a browser would show it."
             )
-    found = blocklist.match(probes, sha256)
+    found = blocklist.match(checked, sha256)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
     with transaction.atomic():

@@ -34,7 +34,7 @@ from hashes.detect import (
     DetectConfig,
     Detector,
     is_low_detail,
-    probe,
+    probes,
     reference_features,
 )
 from hashes.errors import ImageError
@@ -192,20 +192,14 @@ class Harness:
             product: set[int] = set()
             explanation, fingerprint = "unreadable", None
         else:
-            frames = fingerprint_frames(loaded)
-            probes = [
-                probe(frame, fingerprint, regions=index == 0)
-                for index, (frame, fingerprint) in enumerate(
-                    zip(loaded.frames, frames, strict=False)
-                )
-            ]
-            found = self.detector.detect(probes)
+            checked = probes(loaded)
+            found = self.detector.detect(checked)
             product = set(found)
             explanation = "; ".join(
                 f"#{d.key} by {d.stage} ({d.rule}), {d.variant}"
                 for d in sorted(found.values(), key=lambda d: d.key)
             )
-            fingerprint = frames[0]
+            fingerprint = checked[0].fingerprint
         seconds = {"hashguard": time.perf_counter() - start}
         matches, baseline_seconds = self.baselines.match(data)
         matches["hashguard"] = product

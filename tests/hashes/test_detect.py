@@ -11,7 +11,7 @@ from hashes.detect import (
     DetectConfig,
     Detector,
     is_low_detail,
-    probe,
+    probes,
     reference_features,
 )
 from hashes.evaluation.edits import EDITS
@@ -35,11 +35,7 @@ def _detector(*names: str, config: DetectConfig | None = None) -> Detector:
 
 
 def _detect(detector: Detector, data: bytes) -> dict:
-    probes = [
-        probe(frame, fingerprint, regions=index == 0)
-        for index, (frame, fingerprint) in enumerate(distinct_frames(load_image(data)))
-    ]
-    return detector.detect(probes)
+    return detector.detect(probes(load_image(data)))
 
 
 @pytest.fixture(scope="module")

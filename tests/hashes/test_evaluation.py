@@ -1,3 +1,4 @@
+import io
 import json
 import random
 from pathlib import Path
@@ -6,10 +7,10 @@ import pytest
 from PIL import Image
 
 from hashes.evaluation.edits import CATALOGUE, EDITS, EXACT, PARTIAL
-from hashes.evaluation.harness import SYSTEMS, evaluate
+from hashes.evaluation.harness import SYSTEMS, Harness, evaluate
 from hashes.evaluation.report import summary, write_report
 from hashes.loading import load_image
-from tests.images import photo, photo_path
+from tests.images import encode, photo, photo_path
 
 
 def test_the_catalogue_covers_what_the_issue_lists() -> None:
@@ -122,3 +123,20 @@ def test_upscaling_stays_under_the_loaders_pixel_limit() -> None:
     big = Image.new("RGB", (5640, 3172), "red")
     loaded = load_image(EDITS["resize_double"].apply(big, random.Random(0), []))
     assert loaded.width > 5640 and loaded.width * loaded.height <= 40_000_000
+
+
+def test_the_harness_checks_every_frame_with_its_own_fingerprint() -> None:
+    """Frames [A, B, A', C], A' a repeat of A by its hashes though not by its pixels: C's
+    frame, not A', must be checked with C's fingerprint and turns."""
+    a, b, c = (photo(name).resize((240, 180)) for name in ("coffee", "rocket", "chelsea"))
+    almost_a = a.copy()
+    almost_a.putpixel((0, 0), (0, 0, 0))
+    gif = io.BytesIO()
+    a.save(gif, "GIF", save_all=True, append_images=[b, almost_a, c], duration=500)
+    harness = Harness()
+    harness.ban(1, encode(c.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG"))
+    harness.ready()
+
+    matches, _, explanation, _ = harness.check(gif.getvalue())
+
+    assert matches["hashguard"] == {1}, explanation
