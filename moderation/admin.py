@@ -415,8 +415,9 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
     def save_model(
         self, request: HttpRequest, obj: BannedFingerprint, form: object, change: bool
     ) -> None:
-        # Only category and reason are editable here; neither changes what matches.
-        obj.save(update_fields=["category", "reason", "updated_at"])
+        services.banned_update(
+            fingerprint_id=obj.pk, category=obj.category, reason=obj.reason, actor=request.user
+        )
 
     def delete_model(self, request: HttpRequest, obj: BannedFingerprint) -> None:
         services.banned_delete(fingerprint_ids=[obj.pk], actor=request.user)

@@ -238,6 +238,7 @@ class Match(models.Model):
 class AuditEvent(models.Model):
     class Action(models.TextChoices):
         BAN_ADDED = "ban_added", "Banned fingerprint added"
+        BAN_CHANGED = "ban_changed", "Banned fingerprint's category or reason changed"
         BAN_DEACTIVATED = "ban_deactivated", "Banned fingerprint deactivated"
         BAN_ACTIVATED = "ban_activated", "Banned fingerprint reactivated"
         BAN_DELETED = "ban_deleted", "Banned fingerprint deleted"

@@ -904,6 +904,28 @@ def banned_add_hashes(
     return row
 
 
+def banned_update(
+    *, fingerprint_id: int, category: str, reason: str, actor: AbstractBaseUser | None
+) -> BannedFingerprint:
+    """Change a ban's category or reason; neither changes what it matches."""
+    with transaction.atomic():
+        row = BannedFingerprint.objects.select_for_update().get(pk=fingerprint_id)
+        changes = [
+            f"{name} {old or '(empty)'} → {new or '(empty)'}"
+            for name, old, new in (
+                ("category", row.category, category),
+                ("reason", row.reason, reason),
+            )
+            if old != new
+        ]
+        if not changes:
+            return row
+        row.category, row.reason = category, reason
+        row.save(update_fields=["category", "reason", "updated_at"])
+        _audit(Action.BAN_CHANGED, actor=actor, fingerprint=row, detail="; ".join(changes))
+    return row
+
+
 def banned_set_active(
     *, fingerprint_ids: Iterable[int], active: bool, actor: AbstractBaseUser | None
 ) -> int:

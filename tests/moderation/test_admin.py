@@ -277,6 +277,10 @@ def test_editing_a_ban_changes_only_its_category_and_reason(stores, moderator_cl
     row.refresh_from_db()
     assert (row.category, row.reason, row.pdq) == ("violence", "Reclassified", pdq)
     assert blocklist_version() == before
+    # Audited like every other action, with what changed.
+    event = AuditEvent.objects.get(action="ban_changed", fingerprint=row)
+    assert event.actor.username == "moderator"
+    assert "category other → violence" in event.detail and "Reclassified" in event.detail
 
 
 # --- uploads and the review queue ---------------------------------------------------------
