@@ -343,9 +343,9 @@ class Detector:
                 found.setdefault(detection.key, detection)
         # The second stage costs far more, and one proof is enough to quarantine.
         if not found and self.config.local_features and self._load_features and probes:
-            detection = self._local_stage(probes[0])
-            if detection is not None:
-                found[detection.key] = detection
+            proof = self._local_stage(probes[0])
+            if proof is not None:
+                found[proof.key] = proof
         return found
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:

@@ -230,7 +230,7 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
             "to fingerprint it. Upload a larger version."
         )
     _check_pixels(image.size, max_pixels)
-    image_format = "JPEG" if image.format == "MPO" else image.format
+    image_format = "JPEG" if image.format == "MPO" else str(image.format)
     try:
         frames = _frames(image, image_format, max_pixels, max_frames)
         damage = ""
@@ -253,7 +253,7 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
                 f"The {image_format} image data is damaged beyond decoding ({again}). "
                 "Upload the original file again."
             ) from again
-        if all(low == high for low, high in frames.kept[0].getextrema()):
+        if np.ptp(np.asarray(frames.kept[0])) == 0:
             raise CorruptImage(
                 f"The {image_format} image data is damaged ({damage}) and none of its "
                 "picture decodes. Upload the original file again."

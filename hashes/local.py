@@ -19,8 +19,9 @@ blocklist.
 import dataclasses
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -86,16 +87,15 @@ class LocalFeatures:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        arrays = {}
+        arrays: dict[str, Any] = {}
         if self.pixels is not None:
             arrays["pixels"] = _shrink(self.pixels, PIXELS_SIDE)
-        np.savez_compressed(
-            buffer,
+        arrays.update(
             points=self.points.astype(np.float32),
             descriptors=self.descriptors,
             size=np.array(self.size),
-            **arrays,
         )
+        np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
@@ -180,12 +180,12 @@ def local_features(
         kept = _shrink(np.asarray(shown), pixels_side)
     else:
         kept = _shrink(pixels, pixels_side)
-    keypoints: list[cv2.KeyPoint] = []
+    keypoints: Sequence[cv2.KeyPoint] = ()
     # ORB's image pyramid cannot shrink a strip a few pixels thin (60000x8, say): such a
     # picture has no corners to find.
     thresholds = (20, 5) if min(pixels.shape) >= _MIN_ORB_SIDE else ()
     for threshold in thresholds:
-        orb = cv2.ORB_create(
+        orb = cv2.ORB.create(
             nfeatures=count * 4,
             scaleFactor=1.2,
             nlevels=8,
@@ -220,7 +220,7 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 
 
 def _spread(
-    keypoints: "tuple[cv2.KeyPoint, ...]", shape: tuple[int, ...], count: int, grid: int
+    keypoints: Sequence[cv2.KeyPoint], shape: tuple[int, ...], count: int, grid: int
 ) -> list[cv2.KeyPoint]:
     """The strongest ``count / grid**2`` keypoints of each cell, then the strongest others."""
     height, width = shape[:2]
@@ -425,7 +425,7 @@ def _aligned(
     (dx, dy), _ = cv2.phaseCorrelate(reference * window, warped * window)
     if abs(dx) > _MAX_SHIFT or abs(dy) > _MAX_SHIFT or (abs(dx) < 0.25 and abs(dy) < 0.25):
         return warped, inside
-    shift = np.float32([[1, 0, -dx], [0, 1, -dy]])
+    shift = np.array([[1, 0, -dx], [0, 1, -dy]], dtype=np.float32)
     size = (warped.shape[1], warped.shape[0])
     moved = cv2.warpAffine(warped, shift, size, borderMode=cv2.BORDER_REFLECT_101)
     kept = cv2.warpAffine(inside.astype(np.uint8), shift, size, flags=cv2.INTER_NEAREST)

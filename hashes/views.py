@@ -84,7 +84,9 @@ def cut(image: Image.Image, view: View) -> Image.Image:
     )
 
 
-def _fraction(box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, ...]:
+def _fraction(
+    box: tuple[int, int, int, int], width: int, height: int
+) -> tuple[float, float, float, float]:
     left, top, right, bottom = box
     return (left / width, top / height, right / width, bottom / height)
 

@@ -1,6 +1,9 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -50,6 +53,13 @@ class RecordAdmin(admin.ModelAdmin):
         return False
 
 
+def moderator(request: HttpRequest) -> User:
+    """The logged-in moderator acting: every admin page requires a login."""
+    if not isinstance(request.user, User):
+        raise PermissionDenied
+    return request.user
+
+
 def _warn_of_workers(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
     for line in selectors.workers_in_trouble():
         model_admin.message_user(request, line.capitalize(), messages.WARNING)
@@ -86,7 +96,7 @@ class MatchInline(admin.TabularInline):
             return "banned fingerprint deleted since"
         if not match.fingerprint.reference_name:
             return "pasted hash"
-        return image_tag("reference", match.fingerprint_id, alt="banned reference")
+        return image_tag("reference", match.fingerprint.pk, alt="banned reference")
 
     @admin.display(description="distances")
     def distance_list(self, match: Match) -> str:
@@ -160,7 +170,7 @@ class UploadAdmin(RecordAdmin):
     def thumbnail_unless_quarantined(self, upload: Upload) -> str:
         return "quarantined" if upload.quarantine_name else self.thumbnail(upload)
 
-    def _images_for(self, request: HttpRequest, names: Sequence[str]) -> list[str]:
+    def _images_for(self, request: HttpRequest, names: Sequence[Any]) -> list[Any]:
         """Without the review permission quarantined images are refused: show no image."""
         if self.has_review_permission(request):
             return list(names)
@@ -169,13 +179,13 @@ class UploadAdmin(RecordAdmin):
             for name in names
         ]
 
-    def get_list_display(self, request: HttpRequest) -> list[str]:
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
         return self._images_for(request, super().get_list_display(request))
 
-    def get_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[str]:
+    def get_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[Any]:
         return self._images_for(request, super().get_fields(request, obj))
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[Any]:
         return self._images_for(request, super().get_readonly_fields(request, obj))
 
     @admin.display(description="matched")
@@ -226,7 +236,7 @@ class UploadAdmin(RecordAdmin):
                     "uploads": queryset,
                     "form": form,
                     "opts": self.model._meta,
-                    "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                    "action_checkbox_name": ACTION_CHECKBOX_NAME,
                 },
             )
         self._each(
@@ -237,11 +247,13 @@ class UploadAdmin(RecordAdmin):
         )
         return None
 
-    def _each(self, request: HttpRequest, queryset: QuerySet, act: object, done: str) -> None:
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet, act: Callable[..., object], done: str
+    ) -> None:
         count = 0
         for upload in queryset:
             try:
-                act(upload_id=upload.pk, actor=request.user)
+                act(upload_id=upload.pk, actor=moderator(request))
                 count += 1
             except (services.ActionRefused, ImageError, files.UnsafePath) as exc:
                 self.message_user(request, f"{upload.path}: {exc}", messages.WARNING)
@@ -377,7 +389,11 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         form = BanForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
-            common = {"category": data["category"], "reason": data["reason"], "actor": request.user}
+            common = {
+                "category": data["category"],
+                "reason": data["reason"],
+                "actor": moderator(request),
+            }
             try:
                 if data["image"]:
                     rows = services.banned_add_image(data=data["image"].read(), **common)
@@ -416,15 +432,18 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         self, request: HttpRequest, obj: BannedFingerprint, form: object, change: bool
     ) -> None:
         services.banned_update(
-            fingerprint_id=obj.pk, category=obj.category, reason=obj.reason, actor=request.user
+            fingerprint_id=obj.pk,
+            category=obj.category,
+            reason=obj.reason,
+            actor=moderator(request),
         )
 
     def delete_model(self, request: HttpRequest, obj: BannedFingerprint) -> None:
-        services.banned_delete(fingerprint_ids=[obj.pk], actor=request.user)
+        services.banned_delete(fingerprint_ids=[obj.pk], actor=moderator(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
         services.banned_delete(
-            fingerprint_ids=list(queryset.values_list("pk", flat=True)), actor=request.user
+            fingerprint_ids=list(queryset.values_list("pk", flat=True)), actor=moderator(request)
         )
 
     @admin.action(description="Deactivate (stop matching)", permissions=["change"])
@@ -432,7 +451,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         count = services.banned_set_active(
             fingerprint_ids=queryset.values_list("pk", flat=True),
             active=False,
-            actor=request.user,
+            actor=moderator(request),
         )
         self.message_user(request, f"{count} banned fingerprint(s) deactivated.")
 
@@ -441,7 +460,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         count = services.banned_set_active(
             fingerprint_ids=queryset.values_list("pk", flat=True),
             active=True,
-            actor=request.user,
+            actor=moderator(request),
         )
         self.message_user(request, f"{count} banned fingerprint(s) reactivated.")
 

@@ -41,7 +41,7 @@ def detect_config_check(**kwargs: object) -> list[CheckMessage]:
 @register()
 def pipeline_settings_check(**kwargs: object) -> list[CheckMessage]:
     """Refuse to start with pipeline settings that would let files through unchecked."""
-    problems = []
+    problems: list[CheckMessage] = []
     if settings.HASHGUARD_UNCHECKABLE not in ("hold", "leave"):
         problems.append(
             Error(

@@ -66,7 +66,7 @@ class BanForm(forms.Form):
         return self._clean_hash("dhash")
 
     def clean(self) -> dict:
-        data = super().clean()
+        data = super().clean() or {}
         has_image = bool(data.get("image"))
         has_hash = any(data.get(name) for name in ("pdq", "phash", "dhash"))
         if has_image == has_hash and not self.errors:

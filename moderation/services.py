@@ -10,9 +10,10 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
@@ -66,7 +67,7 @@ def _load(data: bytes) -> LoadedImage:
 def _audit(
     action: str,
     *,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
     upload: Upload | None = None,
     fingerprint: BannedFingerprint | None = None,
     detail: str = "",
@@ -297,7 +298,7 @@ def uploads_requeue_stale(*, older_than: timedelta, waiting_in_queue: int | None
     return count
 
 
-def upload_retry(*, upload_id: int, actor: AbstractBaseUser | None) -> Upload:
+def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
     """Check an upload that ended in an error or was held again, e.g. after a fault was
     fixed. A held file is checked where it waits, and put back if it is clean."""
     with transaction.atomic():
@@ -607,7 +608,7 @@ def _describe(found: Mapping[int, Detection]) -> str:
 # --- uploads: moderator actions -------------------------------------------------------
 
 
-def upload_confirm(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
+def upload_confirm(*, upload_id: int, actor: User) -> Upload:
     """Keep a quarantined or held upload out of the media tree."""
     now = timezone.now()
     with transaction.atomic():
@@ -622,7 +623,7 @@ def upload_confirm(*, upload_id: int, actor: AbstractBaseUser) -> Upload:
 
 
 def upload_release(
-    *, upload_id: int, actor: AbstractBaseUser, allow_copies: bool = False
+    *, upload_id: int, actor: User, allow_copies: bool = False
 ) -> Upload:
     """Put a quarantined or held file back where it was.
 
@@ -680,7 +681,7 @@ def upload_release(
 def upload_flag(
     *,
     upload_id: int,
-    actor: AbstractBaseUser,
+    actor: User,
     category: str = Category.OTHER,
     reason: str = "",
 ) -> Upload:
@@ -798,7 +799,7 @@ def banned_add_image(
     data: bytes,
     category: str = Category.OTHER,
     reason: str = "",
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> list[BannedFingerprint]:
     """Ban an image: one row per distinct frame, the image kept as the reference.
 
@@ -822,7 +823,7 @@ def _ban_image(
     *,
     category: str,
     reason: str,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     source: str,
     source_upload: Upload | None,
 ) -> list[BannedFingerprint]:
@@ -869,7 +870,7 @@ def banned_add_hashes(
     pdq_quality: int | None = None,
     category: str = Category.OTHER,
     reason: str = "",
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> BannedFingerprint:
     """Ban pasted hashes, e.g. PDQ hashes shared by another platform.
 
@@ -905,7 +906,7 @@ def banned_add_hashes(
 
 
 def banned_update(
-    *, fingerprint_id: int, category: str, reason: str, actor: AbstractBaseUser | None
+    *, fingerprint_id: int, category: str, reason: str, actor: User | None
 ) -> BannedFingerprint:
     """Change a ban's category or reason; neither changes what it matches."""
     with transaction.atomic():
@@ -927,7 +928,7 @@ def banned_update(
 
 
 def banned_set_active(
-    *, fingerprint_ids: Iterable[int], active: bool, actor: AbstractBaseUser | None
+    *, fingerprint_ids: Iterable[int], active: bool, actor: User | None
 ) -> int:
     """Deactivate (or reactivate) banned fingerprints; returns how many changed."""
     with transaction.atomic():
@@ -948,7 +949,7 @@ def banned_set_active(
     return len(rows)
 
 
-def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | None) -> int:
+def banned_delete(*, fingerprint_ids: Iterable[int], actor: User | None) -> int:
     """Delete banned fingerprints, and their reference images once nothing uses them."""
     with transaction.atomic():
         rows = list(BannedFingerprint.objects.filter(pk__in=list(fingerprint_ids)))
@@ -963,14 +964,12 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: AbstractBaseUser | N
             )
         )
         for name in names - still_used:
-            transaction.on_commit(
-                lambda name=name: files.unlink(files.reference_dir(), name.encode())
-            )
+            transaction.on_commit(partial(files.unlink, files.reference_dir(), name.encode()))
     return len(rows)
 
 
-def _features_stale(data: bytes | None) -> bool:
-    return data is None or LocalFeatures.from_bytes(bytes(data)).pixels is None
+def _features_stale(data: bytes | memoryview) -> bool:
+    return LocalFeatures.from_bytes(bytes(data)).pixels is None
 
 
 def banned_rehash() -> tuple[int, int]:
@@ -989,7 +988,10 @@ def banned_rehash() -> tuple[int, int]:
             row.algorithm_versions.get(name, version) != version
             for name, version in current.items()
         )
-        or (row.reference_name and (row.colours is None or _features_stale(row.features)))
+        or (
+            row.reference_name
+            and (row.colours is None or row.features is None or _features_stale(row.features))
+        )
     ]
     by_reference: dict[str, list[BannedFingerprint]] = {}
     for row in stale:

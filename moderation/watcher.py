@@ -64,8 +64,8 @@ def iter_files(root: Path, directory: bytes = b"") -> Iterator[tuple[bytes, os.s
         try:
             with files.open_directory(root, prefix) as fd:
                 entries = []
-                for name in os.listdir(fd):
-                    raw = os.fsencode(name)
+                for listed in os.listdir(fd):
+                    raw = os.fsencode(listed)
                     try:
                         entries.append((raw, os.stat(raw, dir_fd=fd, follow_symlinks=False)))
                     except FileNotFoundError:

@@ -123,7 +123,7 @@ def _jpeg(quality: int) -> Apply:
     return lambda image, rng, others: encode(image, quality=quality)
 
 
-def _enhance(kind: type[ImageEnhance._Enhance], factor: float) -> Apply:
+def _enhance(kind: Callable[[Image.Image], ImageEnhance._Enhance], factor: float) -> Apply:
     return lambda image, rng, others: encode(kind(image).enhance(factor))
 
 

@@ -4,6 +4,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -30,7 +31,7 @@ def summary(result: Evaluation) -> dict:
     by_edit = defaultdict(list)
     for sample in scored:
         by_edit[sample.edit].append(sample)
-    edits = []
+    edits: list[dict[str, Any]] = []
     for edit in result.edits:
         samples = by_edit[edit.name]
         edits.append(
