@@ -11,18 +11,26 @@ from django.core.exceptions import ImproperlyConfigured
 T = TypeVar("T")
 
 
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def _raw(name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank: every parser below treats
+    an empty or all-space value as not set, so that `FOO=` in an env file means the
+    default."""
+    raw = os.environ.get(name)
+    return None if raw is None or not raw.strip() else raw.strip()
 
 
 def _parsed(name: str, default: T, parse: Callable[[str], T], what: str) -> T:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
         return parse(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be {what}, got {raw!r}") from None
+
+
+def env_str(name: str, default: str) -> str:
+    return _parsed(name, default, str, "text")
 
 
 def env_int(name: str, default: int) -> int:
@@ -33,37 +41,33 @@ def env_float(name: str, default: float) -> float:
     return _parsed(name, default, float, "a number")
 
 
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
+def _boolean(raw: str) -> bool:
     if raw.lower() in {"1", "true", "yes", "on"}:
         return True
     if raw.lower() in {"0", "false", "no", "off"}:
         return False
-    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
+    raise ValueError(raw)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return _parsed(name, default, _boolean, "true or false")
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    return _parsed(
+        name,
+        default,
+        lambda raw: [item.strip() for item in raw.split(",") if item.strip()],
+        "a comma-separated list",
+    )
 
 
 def env_path(name: str, default: Path) -> Path:
-    raw = os.environ.get(name)
-    return Path(raw).expanduser().resolve() if raw else default
+    return _parsed(name, default, lambda raw: Path(raw).expanduser().resolve(), "a path")
 
 
 def env_json(name: str, default: Any) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ImproperlyConfigured(f"{name} must be JSON: {exc}") from None
+    return _parsed(name, default, json.loads, "JSON")
 
 
 def persistent_secret(path: Path) -> str:
