@@ -68,13 +68,43 @@ def fingerprint_image(image: Image.Image) -> Fingerprint:
             "hashes.loading.load_image, which converts and flattens them."
         )
     bits, quality = pdqhash.compute(np.asarray(image))
+    return _fingerprint(image, bits, quality)
+
+
+# The eight ways a picture can be turned or flipped, in pdqhash.compute_dihedral's order:
+# as it is, turned 90, 180 and 270 degrees anticlockwise, flipped top to bottom, left to
+# right, transposed, transversed; each as the transpose that gives that picture.
+DIHEDRAL: tuple[Image.Transpose | None, ...] = (
+    None,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
+    """The fingerprint of an RGB frame turned and flipped each way of ``DIHEDRAL``; PDQ's
+    are computed in one pass, as its dihedral function does."""
+    dihedral, quality = pdqhash.compute_dihedral(np.asarray(image))
+    return [
+        _fingerprint(image.transpose(turn) if turn is not None else image, bits, quality)
+        for turn, bits in zip(DIHEDRAL, dihedral, strict=True)
+    ]
+
+
+def _fingerprint(image: Image.Image, pdq_bits: np.ndarray, pdq_quality: float) -> Fingerprint:
+    """The one place pHash, dHash and PDQ's bits become a fingerprint."""
     return Fingerprint(
         hashes={
             "phash": str(imagehash.phash(image, hash_size=8)),
             "dhash": str(imagehash.dhash(image, hash_size=8)),
-            "pdq": np.packbits(bits.astype(np.uint8)).tobytes().hex(),
+            "pdq": np.packbits(pdq_bits.astype(np.uint8)).tobytes().hex(),
         },
-        pdq_quality=int(quality),
+        pdq_quality=int(pdq_quality),
     )
 
 

@@ -24,12 +24,17 @@ such bans for fuzzy matching and keep only the exact SHA-256.
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image
 
-from hashes.algorithms import ALGORITHMS, Fingerprint, distinct_frames
+from hashes.algorithms import (
+    ALGORITHMS,
+    DIHEDRAL,
+    Fingerprint,
+    distinct_frames,
+    fingerprint_image,
+    fingerprint_turns,
+)
 from hashes.loading import LoadedImage
 from hashes.local import (
     MIN_AGREEING,
@@ -50,18 +55,24 @@ COLOUR_BINS = 4
 HUE_TURNS = 8
 _VIEWS_VERIFIED = 2
 
-# (name, how to describe the upload, the PIL transpose that undoes it). The order is
-# pdqhash.compute_dihedral's: hash of the picture as is, turned 90, 180, 270 degrees
-# anticlockwise, flipped top to bottom, left to right, transposed, transversed.
-TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = (
-    ("as_is", "as is", None),
-    ("turned_right", "turned 90° clockwise", Image.Transpose.ROTATE_90),
-    ("turned_180", "turned 180°", Image.Transpose.ROTATE_180),
-    ("turned_left", "turned 90° anticlockwise", Image.Transpose.ROTATE_270),
-    ("flipped", "flipped upside down", Image.Transpose.FLIP_TOP_BOTTOM),
-    ("mirrored", "mirrored", Image.Transpose.FLIP_LEFT_RIGHT),
-    ("transposed", "mirrored and turned 90°", Image.Transpose.TRANSPOSE),
-    ("transversed", "mirrored and turned 270°", Image.Transpose.TRANSVERSE),
+# (name, how to describe the upload, the PIL transpose that undoes it), in the order of
+# algorithms.DIHEDRAL: an upload whose turn matches was turned the other way.
+TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = tuple(
+    (name, words, undo)
+    for (name, words), undo in zip(
+        (
+            ("as_is", "as is"),
+            ("turned_right", "turned 90° clockwise"),
+            ("turned_180", "turned 180°"),
+            ("turned_left", "turned 90° anticlockwise"),
+            ("flipped", "flipped upside down"),
+            ("mirrored", "mirrored"),
+            ("transposed", "mirrored and turned 90°"),
+            ("transversed", "mirrored and turned 270°"),
+        ),
+        DIHEDRAL,
+        strict=True,
+    )
 )
 
 VIEW_LABELS = {
@@ -192,53 +203,20 @@ def _signature(pixels: np.ndarray) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float16)
 
 
-def _hash_small(image: Image.Image) -> tuple[dict[str, str], int]:
-    bits, quality = pdqhash.compute(np.asarray(image))
-    return (
-        {
-            "phash": str(imagehash.phash(image)),
-            "dhash": str(imagehash.dhash(image)),
-            "pdq": _pdq_hex(bits),
-        },
-        int(quality),
-    )
-
-
-def _pdq_hex(bits: np.ndarray) -> str:
-    return np.packbits(bits.astype(np.uint8)).tobytes().hex()
-
-
 def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True) -> Probe:
     """Everything the detector compares for one RGB frame whose fingerprint is given."""
     work = working_copy(frame)
     small = working_copy(work, HASH_SIDE)
-    dihedral, quality = pdqhash.compute_dihedral(np.asarray(small))
-    turns = []
-    for (name, _, undo), bits in zip(TURNS, dihedral, strict=True):
-        if undo is None:
-            continue
-        turned = small.transpose(undo)
-        turns.append(
-            (
-                name,
-                Fingerprint(
-                    hashes={
-                        "phash": str(imagehash.phash(turned)),
-                        "dhash": str(imagehash.dhash(turned)),
-                        "pdq": _pdq_hex(bits),
-                    },
-                    pdq_quality=int(quality),
-                ),
-            )
-        )
+    turns = [
+        (name, turned)
+        for (name, _, undo), turned in zip(TURNS, fingerprint_turns(small), strict=True)
+        if undo is not None
+    ]
     found = []
     if regions:
         for view in views(work):
             part = working_copy(cut(work, view), HASH_SIDE)
-            hashes, part_quality = _hash_small(part)
-            found.append(
-                (view, Fingerprint(hashes, pdq_quality=part_quality), colour_signature(part))
-            )
+            found.append((view, fingerprint_image(part), colour_signature(part)))
     return Probe(
         fingerprint=fingerprint,
         turns=turns,

@@ -23,12 +23,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import imagehash
 import numpy as np
-import pdqhash
 from PIL import Image
 
-from hashes.algorithms import ALGORITHMS, Fingerprint, fingerprint_frames
+from hashes.algorithms import ALGORITHMS, Fingerprint, fingerprint_frames, fingerprint_image
 from hashes.detect import (
     BannedPicture,
     DetectConfig,
@@ -115,12 +113,13 @@ class _Baselines:
         with Image.open(io.BytesIO(data)) as image, warnings.catch_warnings():
             # As those tools read it: transparency dropped, which Pillow warns about.
             warnings.simplefilter("ignore", UserWarning)
-            rgb = image.convert("RGB")
-        bits, _ = pdqhash.compute(np.asarray(rgb))
+            hashes = fingerprint_image(image.convert("RGB")).hashes
         return (
-            int(str(imagehash.dhash(rgb)), 16),
-            int(str(imagehash.phash(rgb)), 16),
-            bits.astype(bool),
+            int(hashes["dhash"], 16),
+            int(hashes["phash"], 16),
+            np.unpackbits(np.frombuffer(bytes.fromhex(hashes["pdq"]), dtype=np.uint8)).astype(
+                bool
+            ),
         )
 
     def add(self, data: bytes) -> None:
