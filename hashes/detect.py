@@ -23,6 +23,7 @@ such bans for fuzzy matching and keep only the exact SHA-256.
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 import numpy as np
 from PIL import Image
@@ -150,10 +151,18 @@ class Probe:
         return self._features[name]
 
 
+class Stage(StrEnum):
+    """Which rule found a banned picture in an upload."""
+
+    EXACT = "sha256"  # the same file, byte for byte
+    HASH = "hash"  # whole-picture hashes, of the upload, its turns or its views
+    LOCAL = "local features"  # keypoints placed it, its pixels agreed
+
+
 @dataclass(frozen=True)
 class Detection:
     key: int
-    stage: str  # "hash" or "local features"
+    stage: Stage
     rule: str
     distances: dict[str, int]
     variant: str  # how the upload shows the banned picture, in words
@@ -166,6 +175,7 @@ class BannedPicture:
 
     fingerprint: Fingerprint
     colours: np.ndarray | None = None  # None: no reference image, hash stage only
+    sha256: str = ""  # of the banned file: its exact copies match whatever else differs
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
@@ -288,6 +298,8 @@ class Detector:
             )
         )
         self._load_features = load_features
+        self._files: dict[str, list[int]] = {}
+        self._fingerprints: dict[int, Fingerprint] = {}
         self._keys: list[int] = []
         self._colours = np.zeros((0, COLOUR_BINS**3), np.float32)
         self._row: dict[int, int] = {}
@@ -299,7 +311,12 @@ class Detector:
         """Ban many pictures at once (a rebuild); fuzzy matching skips plain ones."""
         keys, colours = [], []
         for key, picture in pictures.items():
-            if is_low_detail(picture.fingerprint, self.rule.pdq_min_quality):
+            self._fingerprints[key] = picture.fingerprint
+            if picture.sha256:
+                self._files.setdefault(picture.sha256, []).append(key)
+            if not picture.fingerprint.hashes or is_low_detail(
+                picture.fingerprint, self.rule.pdq_min_quality
+            ):
                 continue
             for matcher in (self.matcher, self._region, self._near):
                 matcher.add(key, picture.fingerprint)
@@ -313,9 +330,18 @@ class Detector:
             added = np.stack(colours).astype(np.float32)
             self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
 
-    def detect(self, probes: list[Probe]) -> dict[int, Detection]:
-        """The best detection per banned key over the frames in ``probes`` (first first)."""
+    def bans_file(self, sha256: str) -> bool:
+        """Whether a file with this sha256 is banned as it is."""
+        return sha256 in self._files
+
+    def detect(self, probes: list[Probe], sha256: str = "") -> dict[int, Detection]:
+        """The best detection per banned key: exact copies of a banned file (by the
+        upload's ``sha256``), then the hash stage over the frames in ``probes`` (first
+        first), then, when nothing was found, the local-feature stage."""
         found: dict[int, Detection] = {}
+        for key in self._files.get(sha256, []) if sha256 else []:
+            distances = probes[0].fingerprint.distance(self._fingerprints[key]) if probes else {}
+            found[key] = Detection(key, Stage.EXACT, "sha256", distances, "the same file")
         for frame, item in enumerate(probes):
             for detection in self._hash_stage(item, frame):
                 found.setdefault(detection.key, detection)
@@ -328,21 +354,31 @@ class Detector:
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:
         found = [
-            Detection(match.key, "hash", match.rule, match.distances, "as is", frame)
+            Detection(match.key, Stage.HASH, match.rule, match.distances, "as is", frame)
             for match in self.matcher.match(item.fingerprint)
         ]
         for name, turned in item.turns:
             for match in self.matcher.match(turned):
                 found.append(
                     Detection(
-                        match.key, "hash", match.rule, match.distances, _turn_label(name), frame
+                        match.key,
+                        Stage.HASH,
+                        match.rule,
+                        match.distances,
+                        _turn_label(name),
+                        frame,
                     )
                 )
         for view, fingerprint, _ in item.regions:
             for match in self._region.match(fingerprint):
                 found.append(
                     Detection(
-                        match.key, "hash", match.rule, match.distances, _view_label(view), frame
+                        match.key,
+                        Stage.HASH,
+                        match.rule,
+                        match.distances,
+                        _view_label(view),
+                        frame,
                     )
                 )
         return found
@@ -396,7 +432,7 @@ class Detector:
         distances = item.fingerprint.distance(banned) if banned else {}
         return Detection(
             key,
-            "local features",
+            Stage.LOCAL,
             f"ORB+RANSAC, {result.inliers} points" if result.inliers else "pixel comparison",
             distances,
             result.describe(),

@@ -23,9 +23,7 @@ from hashes.detect import (
     DEFAULT_DETECT_CONFIG,
     BannedPicture,
     DetectConfig,
-    Detection,
     Detector,
-    Probe,
 )
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
@@ -61,19 +59,6 @@ class _FeatureCache:
 class Blocklist:
     version: str
     detector: Detector
-    fingerprints: dict[int, Fingerprint]
-    by_sha256: dict[str, list[int]]
-
-    def match(self, probes: list[Probe], sha256: str) -> dict[int, Detection]:
-        """The best detection per banned fingerprint, exact copies first."""
-        found: dict[int, Detection] = {}
-        for key in self.by_sha256.get(sha256, []):
-            banned = self.fingerprints[key]
-            distances = probes[0].fingerprint.distance(banned) if probes else {}
-            found[key] = Detection(key, "sha256", "sha256", distances, "the same file")
-        for key, detection in self.detector.detect(probes).items():
-            found.setdefault(key, detection)
-        return found
 
 
 def match_rule() -> MatchRule:
@@ -93,9 +78,7 @@ def build_blocklist() -> Blocklist:
     # check see a newer version and rebuild, never miss it.
     version = current_version()
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
-    fingerprints: dict[int, Fingerprint] = {}
     pictures: dict[int, BannedPicture] = {}
-    by_sha256: dict[str, list[int]] = {}
     rows = BannedFingerprint.objects.filter(active=True).values_list(
         "id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "colours"
     )
@@ -106,18 +89,14 @@ def build_blocklist() -> Blocklist:
             if value
         }
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=pdq_quality if pdq else None)
-        fingerprints[key] = fingerprint
-        if hashes:
-            signature = (
-                np.frombuffer(bytes(colours), dtype=np.float16)
-                if colours and len(colours) == 2 * COLOUR_BINS**3
-                else None
-            )
-            pictures[key] = BannedPicture(fingerprint, signature)
-        if sha256:
-            by_sha256.setdefault(sha256, []).append(key)
+        signature = (
+            np.frombuffer(bytes(colours), dtype=np.float16)
+            if colours and len(colours) == 2 * COLOUR_BINS**3
+            else None
+        )
+        pictures[key] = BannedPicture(fingerprint, signature, sha256)
     detector.add_all(pictures)
-    return Blocklist(version, detector, fingerprints, by_sha256)
+    return Blocklist(version, detector)
 
 
 _lock = threading.Lock()

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.db import models
 
 from hashes.algorithms import Fingerprint
+from hashes.detect import Stage as DetectionStage
 
 
 class Category(models.TextChoices):
@@ -207,6 +208,12 @@ class Upload(models.Model):
 
 
 class Match(models.Model):
+    class Stage(models.TextChoices):
+        EXACT = DetectionStage.EXACT.value, "the same file"
+        HASH = DetectionStage.HASH.value, "hashes"
+        LOCAL = DetectionStage.LOCAL.value, "local features"
+        MODERATOR = "moderator", "flagged by a moderator"
+
     upload = models.ForeignKey(Upload, on_delete=models.CASCADE, related_name="matches")
     # Kept, with its distances and rule, when the banned fingerprint is deleted: it is the
     # record of why the upload was quarantined.
@@ -217,9 +224,9 @@ class Match(models.Model):
     distances = models.JSONField(default=dict)
     # Which part of the match rule held, e.g. "pdq<=31" or "sha256".
     rule = models.CharField(max_length=100)
-    # Which stage found it ("sha256", "hash" or "local features") and how the upload shows
-    # the banned picture, e.g. "mirrored" or "as one panel of a collage (25% of the upload)".
-    stage = models.CharField(max_length=32, blank=True)
+    # Which stage found it and how the upload shows the banned picture, e.g. "mirrored" or
+    # "as one panel of a collage (25% of the upload)".
+    stage = models.CharField(max_length=32, blank=True, choices=Stage.choices)
     variant = models.CharField(max_length=255, blank=True)
     frame = models.PositiveIntegerField(default=0)
     # A moderator released the upload and said its exact copies may pass this ban.

@@ -460,7 +460,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     try:
         loaded = _load(data)
     except ImageError as exc:
-        if sha256 not in blocklist.by_sha256:
+        if not blocklist.detector.bans_file(sha256):
             if exc.uncheckable:
                 _decide_uncheckable(claim, upload, exc.code, str(exc), already_moved=already_moved)
             elif exc.code == ErrorCode.NOT_IMAGE:
@@ -484,7 +484,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
                 f"The file is damaged or cut short ({loaded.damage}); it was checked as far "
                 "as it decodes, as a browser would show it."
             )
-    found = blocklist.match(checked, sha256)
+    found = blocklist.detector.detect(checked, sha256)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
     with transaction.atomic():
@@ -728,7 +728,7 @@ def upload_flag(
                 defaults={
                     "distances": image.frames[0].fingerprint.distance(row.fingerprint()),
                     "rule": "flagged by moderator",
-                    "stage": "moderator",
+                    "stage": Match.Stage.MODERATOR,
                 },
             )
         _audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)

@@ -13,6 +13,7 @@ The baselines read the file as those tools do: the first frame, no EXIF orientat
 ``write_report`` turns the result into Markdown and PNG plots.
 """
 
+import hashlib
 import io
 import multiprocessing
 import random
@@ -175,7 +176,7 @@ class Harness:
         features, colours = reference_features(loaded.frames[0])
         self.fingerprints[key] = fingerprint
         self.features[key] = features
-        self.pictures[key] = BannedPicture(fingerprint, colours)
+        self.pictures[key] = BannedPicture(fingerprint, colours, hashlib.sha256(data).hexdigest())
         self.baselines.add(data)
         return is_low_detail(fingerprint, self.rule.pdq_min_quality)
 
@@ -185,14 +186,15 @@ class Harness:
     def check(self, data: bytes) -> tuple[dict[str, set[int]], dict[str, float], str, dict]:
         """Which banned keys each system finds in ``data``, and its time."""
         start = time.perf_counter()
+        sha256 = hashlib.sha256(data).hexdigest()
         try:
             loaded = load_image(data)
         except ImageError:
-            product: set[int] = set()
+            product: set[int] = set(self.detector.detect([], sha256))
             explanation, fingerprint = "unreadable", None
         else:
             checked = probes(loaded)
-            found = self.detector.detect(checked)
+            found = self.detector.detect(checked, sha256)
             product = set(found)
             explanation = "; ".join(
                 f"#{d.key} by {d.stage} ({d.rule}), {d.variant}"
