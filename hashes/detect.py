@@ -17,8 +17,8 @@ Two stages, each explaining what it found:
    picture it proves: one is enough to quarantine the upload.
 
 A banned picture too plain to hash reliably (``is_low_detail``) is never matched fuzzily:
-its hashes sit near those of every other smooth image. The moderation services refuse
-such bans for fuzzy matching and keep only the exact SHA-256.
+its hashes sit near those of every other smooth image; only exact copies of its file
+(its SHA-256) are caught.
 """
 
 from collections.abc import Callable, Iterable, Mapping

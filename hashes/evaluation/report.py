@@ -6,16 +6,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from hashes.algorithms import ALGORITHMS  # noqa: E402
-from hashes.evaluation.edits import TARGETS  # noqa: E402
-from hashes.evaluation.harness import SYSTEMS, Evaluation, median_ms, recall  # noqa: E402
+from hashes.algorithms import ALGORITHMS
+from hashes.evaluation.edits import TARGETS
+from hashes.evaluation.harness import SYSTEMS, Evaluation, median_ms, recall
 
 LABELS = {
     "hashguard": "hashguard",
@@ -239,7 +234,18 @@ def _markdown(figures: dict) -> str:
     return "\n".join(lines)
 
 
+def _pyplot() -> Any:
+    """matplotlib, drawing to files: imported only when a report is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _plot_recall(figures: dict, path: Path) -> None:
+    plt = _pyplot()
     edits = figures["edits"]
     fig, ax = plt.subplots(figsize=(12, max(6, len(edits) * 0.28)))
     positions = np.arange(len(edits))
@@ -261,6 +267,7 @@ def _plot_recall(figures: dict, path: Path) -> None:
 
 
 def _plot_distances(result: Evaluation, path: Path) -> None:
+    plt = _pyplot()
     names = list(ALGORITHMS)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4))
     for ax, name in zip(axes, names, strict=True):
