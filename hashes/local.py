@@ -32,7 +32,6 @@ _MIN_ORB_SIDE = 32
 REFERENCE_FEATURES = 500
 QUERY_FEATURES = 1500
 REFERENCE_GRID = 3
-QUERY_GRID = 4
 # Features stored before the photometric check existed have no grey copy; for them the
 # points alone decide, as calibrated with the evaluation harness on 2,549 innocent images
 # against 120 banned ones: chance agreements had under 25 inliers, or a low share of

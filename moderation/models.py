@@ -200,11 +200,6 @@ class Upload(models.Model):
         """The exact bytes of the path inside the media tree."""
         return bytes(self.raw_path) if self.raw_path is not None else self.path.encode()
 
-    def frame_fingerprints(self) -> list[Fingerprint]:
-        return [
-            Fingerprint(hashes=item["hashes"], pdq_quality=item.get("pdq_quality"))
-            for item in self.fingerprints
-        ]
 
 
 class Match(models.Model):

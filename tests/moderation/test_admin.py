@@ -15,7 +15,7 @@ from django.utils.html import escape
 from PIL import Image
 from pytest_django.asserts import assertContains, assertNotContains, assertRedirects
 
-from hashes.algorithms import fingerprint_frames
+from hashes.algorithms import Fingerprint, fingerprint_frames
 from hashes.loading import load_image
 from moderation import services
 from moderation.models import (
@@ -507,7 +507,8 @@ def test_flag_as_banned_asks_for_a_category_then_bans_and_quarantines(
         "hate",
         "Hate symbol on the poster",
     )
-    assert row.fingerprint() == upload.frame_fingerprints()[0]
+    first = upload.fingerprints[0]
+    assert row.fingerprint() == Fingerprint(first["hashes"], first["pdq_quality"])
     assert (stores / "quarantine" / upload.quarantine_name).read_bytes() == photo("rocket")
     assert not (stores / "media" / upload.path).exists()
     assert blocklist_version() != before
