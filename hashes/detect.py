@@ -85,7 +85,8 @@ VIEW_LABELS = {
 
 @dataclass(frozen=True)
 class DetectConfig:
-    """The second-stage and view settings; see ``DEFAULT_DETECT_CONFIG`` for defaults."""
+    """The second-stage and view settings, with their defaults; every configuration is
+    checked here, however it is built."""
 
     region_pdq: int = 31
     near_pdq: int = 90
@@ -105,21 +106,22 @@ class DetectConfig:
                 f"Unknown detection settings {sorted(unknown)}; expected some of "
                 f"{', '.join(cls.__dataclass_fields__)}."
             )
-        result = cls(**config)  # type: ignore[arg-type]
+        return cls(**config)  # type: ignore[arg-type]
+
+    def __post_init__(self) -> None:
         for name in ("region_pdq", "near_pdq"):
-            value = getattr(result, name)
+            value = getattr(self, name)
             if type(value) is not int or not 0 <= value <= 256:
                 raise ValueError(f"{name} must be a whole number from 0 to 256, not {value!r}.")
         for name in ("near_phash", "colour_candidates", "max_candidates"):
-            value = getattr(result, name)
+            value = getattr(self, name)
             if type(value) is not int or not 0 <= value <= 64:
                 raise ValueError(f"{name} must be a whole number from 0 to 64, not {value!r}.")
-        agreement = result.pixel_agreement
+        agreement = self.pixel_agreement
         if type(agreement) not in (int, float) or not 0.5 <= agreement <= 1:
             raise ValueError(f"pixel_agreement must be a share from 0.5 to 1, not {agreement!r}.")
-        if type(result.local_features) is not bool:
+        if type(self.local_features) is not bool:
             raise ValueError("local_features must be true or false.")
-        return result
 
 
 DEFAULT_DETECT_CONFIG: dict[str, object] = asdict(DetectConfig())

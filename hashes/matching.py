@@ -49,22 +49,19 @@ from dataclasses import dataclass
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from hashes.index import HammingIndex
 
-DEFAULT_RULE_CONFIG: dict = {
-    "groups": [
+
+@dataclass(frozen=True)
+class MatchRule:
+    """Which hash distances make a match; the defaults are the calibrated rule, and every
+    rule is checked here, however it is built."""
+
+    groups: tuple[dict[str, int], ...] = (
         {"pdq": 31},
         {"pdq": 60, "phash": 10},
         {"phash": 10, "dhash": 6},
         {"phash": 2},
         {"dhash": 4},
-    ],
-    "pdq_min_quality": 50,
-    "veto": 0.375,
-}
-
-
-@dataclass(frozen=True)
-class MatchRule:
-    groups: tuple[dict[str, int], ...]
+    )
     pdq_min_quality: int = 50
     veto: float = 0.375  # 1: no veto; see the module's notes
 
@@ -118,6 +115,17 @@ class MatchRule:
             pdq_min_quality=config.get("pdq_min_quality", cls.pdq_min_quality),
             veto=config.get("veto", cls.veto),
         )
+
+    def as_config(self) -> dict:
+        """The rule as HASHGUARD_MATCH_RULE writes it."""
+        return {
+            "groups": [dict(group) for group in self.groups],
+            "pdq_min_quality": self.pdq_min_quality,
+            "veto": self.veto,
+        }
+
+
+DEFAULT_RULE_CONFIG: dict = MatchRule().as_config()
 
 
 @dataclass(frozen=True)

@@ -169,10 +169,9 @@ def test_parse_hash_rejects_with_a_clear_message(algorithm, text, message):
         parse_hash(algorithm, text)
 
 
-def test_algorithm_versions():
-    assert algorithm_versions() == {"phash": 1, "dhash": 1, "pdq": 1}
-    assert {name: algorithm.bits for name, algorithm in ALGORITHMS.items()} == {
-        "phash": 64,
-        "dhash": 64,
-        "pdq": 256,
-    }
+def test_each_hash_has_the_bits_its_algorithm_declares():
+    fingerprint = fingerprint_image(photo("rocket"))
+    assert set(fingerprint.hashes) == set(ALGORITHMS) == set(algorithm_versions())
+    for name, code in fingerprint.hashes.items():
+        assert len(code) * 4 == ALGORITHMS[name].bits, name
+        assert parse_hash(name, code) == code

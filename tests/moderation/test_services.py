@@ -4,11 +4,12 @@ import io
 import os
 import shutil
 import stat
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
+from django.db import connections
 from django.utils import timezone
 from PIL import Image, ImageOps
 
@@ -55,11 +56,6 @@ def drop(media: Path, relative: str, data: bytes) -> Upload:
 @pytest.fixture
 def media(stores: Path) -> Path:
     return stores / "media"
-
-
-@pytest.fixture
-def moderator():
-    return get_user_model().objects.create_superuser("mod", password="x")
 
 
 @pytest.fixture
@@ -300,25 +296,60 @@ def test_a_file_moved_by_a_lost_attempt_goes_back_if_its_ban_is_gone(
     assert not (files.quarantine_dir() / f"{upload.pk}/a.jpg").exists()
 
 
+class Paused:
+    """Holds the first worker inside its check (where it reads the blocklist) until let
+    go, as a worker that stalls or is presumed dead would be."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.inside = threading.Event()
+        self.go = threading.Event()
+        real = services.current_blocklist
+
+        def current_blocklist():  # noqa: ANN202
+            if threading.get_ident() == self.thread.ident:
+                self.inside.set()
+                self.go.wait(30)
+            return real()
+
+        monkeypatch.setattr(services, "current_blocklist", current_blocklist)
+        self.thread = threading.Thread(target=lambda: None)
+
+    def start(self, upload_id: int) -> None:
+        def work() -> None:
+            try:
+                services.upload_process(upload_id=upload_id)
+            finally:
+                connections.close_all()
+
+        self.thread = threading.Thread(target=work)
+        self.thread.start()
+        assert self.inside.wait(30), "the first worker never reached its check"
+
+    def finish(self) -> None:
+        self.go.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_worker_presumed_dead_cannot_overwrite_the_decision_of_its_successor(
-    media: Path, banned_astronaut
+    media: Path, banned_astronaut, monkeypatch
 ) -> None:
     path = media / "a.jpg"
     path.write_bytes(encoded("astronaut"))
     upload, _ = services.upload_register(path=path)
-    stuck_since = timezone.now() - timedelta(minutes=5)
-    Upload.objects.filter(pk=upload.pk).update(
-        state=State.PROCESSING, claimed_at=stuck_since, lease_expires_at=stuck_since
-    )
-    # A redelivered task takes over the claim whose lease ran out.
+    first = Paused(monkeypatch)
+    first.start(upload.pk)
+    # Its lease runs out; a redelivered task takes over and decides.
+    Upload.objects.filter(pk=upload.pk).update(lease_expires_at=timezone.now())
     successor = services.upload_process(upload_id=upload.pk)
     assert successor.state == State.QUARANTINED
     # The first worker wakes up and finishes under its old claim: nothing changes.
-    old_claim = Upload.objects.filter(pk=upload.pk, state=State.PROCESSING, claimed_at=stuck_since)
-    services._process_claimed(Upload.objects.get(pk=upload.pk), old_claim)
+    first.finish()
     assert Upload.objects.get(pk=upload.pk).state == State.QUARANTINED
     assert (files.quarantine_dir() / successor.quarantine_name).exists()
     assert Match.objects.filter(upload=upload).count() == 1
+    assert AuditEvent.objects.filter(upload=upload, action="upload_quarantined").count() == 1
 
 
 def test_an_exact_copy_is_caught_even_when_it_cannot_be_decoded(media: Path, settings) -> None:
@@ -616,14 +647,18 @@ def test_the_lease_is_renewed_while_the_worker_works(media: Path, monkeypatch) -
     path.write_bytes(encoded("coffee"))
     upload, _ = services.upload_register(path=path)
     monkeypatch.setattr(services, "LEASE", timedelta(seconds=0.3))
-    claim = services._Claim.take(upload.pk)
+    worker = Paused(monkeypatch)
+    worker.start(upload.pk)
     first = Upload.objects.get(pk=upload.pk).lease_expires_at
-    with claim.renewed():
-        wait_for(
-            lambda: Upload.objects.get(pk=upload.pk).lease_expires_at > first,
-            timeout=10,
-            what="the lease renewed",
-        )
+    wait_for(
+        lambda: Upload.objects.get(pk=upload.pk).lease_expires_at > first,
+        timeout=10,
+        what="the lease renewed",
+    )
+    # A second delivery meanwhile finds the lease held and does nothing.
+    assert services.upload_process(upload_id=upload.pk).state == State.PROCESSING
+    worker.finish()
+    assert Upload.objects.get(pk=upload.pk).state == State.CLEAN
 
 
 def test_a_file_that_keeps_killing_workers_is_held(media: Path) -> None:
