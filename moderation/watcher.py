@@ -134,6 +134,8 @@ class MediaWatcher:
         # skip them.
         self._recorded: dict[bytes, tuple[int | None, int | None, int | None]] = {}
         self.observer: BaseObserver | None = None
+        # Set once events are watched and the files already there are nominated.
+        self.ready = threading.Event()
 
     # -- called from the observer thread ------------------------------------------------
 
@@ -175,6 +177,7 @@ class MediaWatcher:
         try:
             self.load_recorded()
             self.scan()
+            self.ready.set()
             next_rescan = time.monotonic() + self.rescan_seconds
             next_requeue = time.monotonic()  # at once: what waited while no watcher ran
             while not self.stop.is_set():
@@ -249,6 +252,19 @@ class MediaWatcher:
             window = self.stable_seconds * (OPEN_FILE_WINDOWS if nominated.open_for_writing else 1)
             if nominated.complete or quiet >= window:
                 self.record(relative, info)
+
+    def idle(self) -> bool:
+        """Whether no file waits to be recorded."""
+        with self._lock:
+            return not self._pending and not self._scan_requests
+
+    def nominated(self, relative: bytes) -> tuple[bool, float] | None:
+        """Whether a nominated file is open for writing, and how long it has been quiet."""
+        with self._lock:
+            item = self._pending.get(relative)
+            if item is None:
+                return None
+            return item.open_for_writing, time.monotonic() - item.changed_at
 
     def _drop(self, relative: bytes) -> None:
         with self._lock:

@@ -89,7 +89,7 @@ class Running:
 
     def __enter__(self) -> MediaWatcher:
         self.thread.start()
-        time.sleep(0.5)  # let the observer start before files arrive
+        assert self.watcher.ready.wait(15), "the watcher did not start"
         return self.watcher
 
     def __exit__(self, *exc: object) -> None:
@@ -107,7 +107,7 @@ def recorded() -> set[str]:
 def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: Path) -> None:
     media = stores / "media"
     save(photo("coffee"), media / "existing.jpg", "JPEG")  # there before the watcher starts
-    with Running(media):
+    with Running(media) as watcher:
         save(photo("rocket"), media / "copied.jpg", "JPEG")
         save(photo("chelsea"), media / ".upload-123.tmp", "PNG")
         os.rename(media / ".upload-123.tmp", media / "renamed.png")
@@ -151,7 +151,7 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
             long_path,
         }
         wait_for(lambda: live() >= expected, timeout=20, what="all files recorded")
-        time.sleep(0.5)
+        wait_for(watcher.idle, timeout=20, what="nothing left to record")
     assert live() == expected
     live_uploads = Upload.objects.exclude(state=Upload.State.SUPERSEDED)
     states = dict(live_uploads.values_list("path", "state"))
@@ -222,9 +222,13 @@ def test_a_scan_finds_files_no_event_announced(stores: Path) -> None:
     watcher = MediaWatcher(media, stop=threading.Event(), stable_seconds=0.2)
     assert watcher.scan() == 1
     watcher.settle()  # first sight: size and mtime noted
-    time.sleep(0.3)
-    watcher.settle()  # unchanged since: recorded
-    assert recorded() == {"late.jpg"}
+    assert not recorded()
+
+    def settled() -> bool:
+        watcher.settle()  # recorded once unchanged for the stability window
+        return recorded() == {"late.jpg"}
+
+    wait_for(settled, timeout=10, what="late.jpg recorded")
     assert watcher.scan() == 0
 
 
@@ -266,7 +270,14 @@ def test_a_file_closed_or_renamed_into_place_is_recorded_without_the_stability_w
         with open(media / "open.jpg", "wb") as handle:
             handle.write(encode(photo("chelsea"), "JPEG"))
             handle.flush()
-            time.sleep(0.5)
+            # Quiet for longer than the stability window, still open: not recorded.
+            running.watcher.stable_seconds = 0.3
+
+            def quiet_while_open() -> bool:
+                state = running.watcher.nominated(b"open.jpg")
+                return state is not None and state[0] and state[1] > 0.6
+
+            wait_for(quiet_while_open, timeout=20, what="open.jpg quiet while open")
             assert "open.jpg" not in recorded()
         wait_for(lambda: "open.jpg" in recorded(), timeout=20, what="open.jpg once closed")
 
