@@ -33,9 +33,8 @@ REFERENCE_FEATURES = 500
 QUERY_FEATURES = 1500
 REFERENCE_GRID = 3
 # Features stored before the photometric check existed have no grey copy; for them the
-# points alone decide, as calibrated with the evaluation harness on 2,549 innocent images
-# against 120 banned ones: chance agreements had under 25 inliers, or a low share of
-# agreeing matches, or a hull under 15% of the banned picture (an app's toolbar).
+# points alone decide: enough inliers, a high share of agreeing matches, and a hull over
+# a fair part of the banned picture (not an app's toolbar). Figures: docs/calibration.md.
 MIN_INLIERS = 20
 MIN_INLIER_SHARE = 0.7
 MIN_COVERAGE = 0.15
@@ -53,15 +52,10 @@ _MAX_STRETCH = 2.5
 # its features) is split into a _CELLS x _CELLS grid; a cell counts where the upload
 # covers nine tenths of it and the banned picture has detail there. At least MIN_OVERLAP
 # of the banned picture must be inside the upload (crops up to 20% keep 64%), and at
-# least MIN_AGREEING of at least MIN_CELLS cells must correlate at _CELL_NCC or more.
-# Calibrated with the evaluation harness's edits of 120 banned images, and 250 innocent
-# images and an edit of each compared with all of them (56,273 fits and overlays): copies
-# reach 0.75 in 98% of edits (the rest are low-detail bans and smooth bursts), stickers
-# and captions costing a few cells; the innocent pairs agreed in 0.46 at most (game
-# panels over loading screens, both in a dark frame). On a 5x5 grid, a sticker and a
-# watermark spoiled a quarter of the cells, and innocent pairs reached 0.64. The detail
-# is a band of wavelengths of a few pixels (_DETAIL_SIGMAS), coarse enough to survive
-# resampling.
+# least MIN_AGREEING of at least MIN_CELLS cells must correlate at _CELL_NCC or more:
+# copies reach it with a sticker or caption spoiling a few cells, innocent pairs stay far
+# below it (docs/calibration.md). The detail is a band of wavelengths of a few pixels
+# (_DETAIL_SIGMAS), coarse enough to survive resampling.
 PIXELS_SIDE = 160
 MIN_OVERLAP = 0.5
 MIN_CELLS = 10

@@ -2,46 +2,21 @@
 
 The rule is a list of groups, each a set of ``{algorithm: max_distance}`` limits. A banned
 fingerprint matches when, for any one group, every algorithm in that group is present on
-both sides and within its limit. The defaults, ``DEFAULT_RULE_CONFIG``, were checked with
-``benchmarks/distances.py`` on 32 real photos and wallpapers, each resized 0.5x and 2x,
-recompressed as JPEG q30 and WebP, re-encoded as PNG and brightened or darkened by 10%:
+both sides and within its limit. The default groups, and why:
 
-- ``pdq <= 31``: Meta's recommended PDQ threshold. Distinct images were never closer
-  than 84 of 256 bits, but halving fine textures (brick, printed page) moved PDQ by up to
-  60, so the 64-bit groups below are needed as well.
-- ``phash <= 10 and dhash <= 6``: one 64-bit hash alone at distance 10 has too many chance
-  matches among real photos, so both must agree. dHash is the one that separates: the two
-  stereo shots of one motorcycle scene are only phash 4 apart but dhash 9, while the 41
-  edits that PDQ missed or could not vote on moved dHash by at most 2 (one exception,
-  below). 6 leaves room on both sides; at ``dhash <= 10`` the stereo pair matched.
-- ``phash <= 2`` and ``dhash <= 4``: either hash alone this close is a near-identical
-  copy; these also let a single pasted pHash or dHash be banned on its own. pHash
-  distances are always even (every pHash has exactly 32 ones, split at the median), so 2
-  is the step below the stereo pair's 4; no two distinct images were closer than dhash 6.
-- ``pdq_min_quality = 50``: a PDQ quality below 50 means a flat, low-detail image whose
-  hash is unreliable (Meta's guidance), so PDQ does not vote when either side's quality is
-  below it. A fingerprint without a quality (a pasted PDQ hash) is taken as it comes.
+- ``pdq <= 31``: Meta's recommended PDQ threshold.
+- ``pdq <= 60 and phash <= 10``: fine stripes and textures, whose PDQ moves further; no
+  innocent pair came within ``pdq <= 70 and phash <= 10``.
+- ``phash <= 10 and dhash <= 6``: the edits PDQ misses; one 64-bit hash alone at 10 has
+  too many chance matches, and two shots of one scene are dHash 9 apart.
+- ``phash <= 2``, ``dhash <= 4``: near-identical copies, and bans pasted as one hash.
+- ``pdq_min_quality = 50``: below it PDQ does not vote (a flat image's hash is unreliable,
+  Meta's guidance); a pHash or dHash votes only when it is informative (not a repeated
+  row, not near all ones or zeros).
+- ``veto = 0.375``: a group's match does not count when another hash both sides have,
+  and that may vote, is as far apart as unrelated pictures (3/8 of its bits).
 
-With these, no two distinct images matched and 223 of 224 edits did; the miss is a
-near-flat wallpaper (PDQ quality 25) at JPEG q30, which moved pHash by 10 and dHash by 11.
-
-Later, the evaluation harness (``manage.py evaluate``) against 1,396 innocent images found
-16 of them within ``dhash <= 4`` of three banned images whose dHash is a repeated row
-(``e0e0e0e0e0e0e0e0``, a smooth vertical gradient) or all ones (a printed page), though
-their PDQ quality is 100. A pHash or dHash now votes only when it is ``informative``.
-
-That left a striped wallpaper (dHash ``e0e0...``, uninformative) unmatched after plain
-JPEG, brightness and contrast edits, which moved its PDQ by 34 to 58 and its pHash by 4 to
-10. Hence ``pdq <= 60 and phash <= 10``: of the 3.56 million pairs of the 2,669 distinct
-innocent images (``benchmarks/fetch_innocent.py``), none was within even ``pdq <= 70 and
-phash <= 10``, and the stereo motorcycle pair is PDQ 84 apart.
-
-Against 120 banned images of that set (``--distractors`` aside), a blue clip-art pane
-matched a photo of a green sign at ``dhash <= 4``, turned upside down, though their pHash
-was 20 and their PDQ 126 apart, as far as unrelated pictures are. Hence ``veto``: a group's
-match does not count when another hash that both sides have and that may vote is further
-apart than this share of its bits (0.375: 24 of 64, 96 of 256). Copies are never that far
-on a hash that votes: their 90th percentiles are well under it for whole-picture edits.
+How these were measured, with the figures: docs/calibration.md.
 """
 
 from dataclasses import dataclass
