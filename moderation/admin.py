@@ -371,7 +371,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
 
     @admin.display(description="matches")
     def matching(self, banned: BannedFingerprint) -> str:
-        if services.banned_low_detail(rows=[banned]):
+        if selectors.banned_low_detail(rows=[banned]):
             return "exact copies only (too plain to match edited copies)"
         if banned.features:
             return "edited copies (hashes and local features)"
@@ -412,8 +412,8 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
                     f"Banned as {ids}; every worker uses it from the next file on.",
                     messages.SUCCESS,
                 )
-                for row in services.banned_low_detail(rows=rows):
-                    self.message_user(request, services.low_detail_message(row), messages.WARNING)
+                for row in selectors.banned_low_detail(rows=rows):
+                    self.message_user(request, selectors.low_detail_message(row), messages.WARNING)
                 return HttpResponseRedirect(
                     reverse("admin:moderation_bannedfingerprint_changelist")
                 )

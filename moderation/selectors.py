@@ -6,7 +6,9 @@ from collections.abc import Iterable
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from moderation.models import Upload, WorkerHeartbeat
+from hashes.detect import is_low_detail
+from moderation.blocklist import match_rule
+from moderation.models import BannedFingerprint, Upload, WorkerHeartbeat
 
 
 def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
@@ -81,3 +83,20 @@ def workers_in_trouble() -> list[str]:
                 "stopped, or its main process hangs"
             )
     return lines
+
+
+def banned_low_detail(*, rows: Iterable[BannedFingerprint]) -> list[BannedFingerprint]:
+    """The rows too plain to match fuzzily: only exact copies of their file are caught."""
+    minimum = match_rule().pdq_min_quality
+    return [row for row in rows if is_low_detail(row.fingerprint(), minimum)]
+
+
+def low_detail_message(row: BannedFingerprint) -> str:
+    """Why a ban catches exact copies only, for the moderator who made it."""
+    quality = f"PDQ quality {row.pdq_quality}" if row.pdq_quality is not None else "its hashes"
+    return (
+        f"#{row.pk} is too plain to match edited copies ({quality}, below "
+        f"{match_rule().pdq_min_quality}): a flat colour, gradient or near-blank image hashes "
+        "like every other smooth image, so matching it approximately would quarantine "
+        "innocent uploads. Only exact copies of this file will be caught."
+    )

@@ -19,6 +19,7 @@ from hashes.local import LocalFeatures
 from moderation import files, selectors, services
 from moderation.blocklist import current_blocklist
 from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
+from moderation.services import uploads
 from tests.images import encode, photo
 from tests.moderation.processes import wait_for
 
@@ -303,7 +304,7 @@ class Paused:
     def __init__(self, monkeypatch) -> None:
         self.inside = threading.Event()
         self.go = threading.Event()
-        real = services.current_blocklist
+        real = uploads.current_blocklist
 
         def current_blocklist():  # noqa: ANN202
             if threading.get_ident() == self.thread.ident:
@@ -311,7 +312,7 @@ class Paused:
                 self.go.wait(30)
             return real()
 
-        monkeypatch.setattr(services, "current_blocklist", current_blocklist)
+        monkeypatch.setattr(uploads, "current_blocklist", current_blocklist)
         self.thread = threading.Thread(target=lambda: None)
 
     def start(self, upload_id: int) -> None:
@@ -646,7 +647,7 @@ def test_the_lease_is_renewed_while_the_worker_works(media: Path, monkeypatch) -
     path = media / "a.jpg"
     path.write_bytes(encoded("coffee"))
     upload, _ = services.upload_register(path=path)
-    monkeypatch.setattr(services, "LEASE", timedelta(seconds=0.3))
+    monkeypatch.setattr(uploads, "LEASE", timedelta(seconds=0.3))
     worker = Paused(monkeypatch)
     worker.start(upload.pk)
     first = Upload.objects.get(pk=upload.pk).lease_expires_at
@@ -758,8 +759,8 @@ def test_edited_copies_are_quarantined_with_the_stage_and_variant_that_found_the
 def test_a_plain_image_is_banned_for_exact_copies_only(media: Path) -> None:
     data = _gradient()
     rows = services.banned_add_image(data=data)
-    assert services.banned_low_detail(rows=rows) == rows
-    assert "Only exact copies of this file will be caught" in services.low_detail_message(rows[0])
+    assert selectors.banned_low_detail(rows=rows) == rows
+    assert "Only exact copies of this file will be caught" in selectors.low_detail_message(rows[0])
     # Its recompressed copy, and every other smooth image, pass; the same file is caught.
     assert drop(media, "copy.jpg", encode(Image.open(io.BytesIO(data)), "JPEG")).state == (
         State.CLEAN

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from hashes.errors import ImageError
-from moderation import services
+from moderation import selectors, services
 from moderation.models import Category
 
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
                 continue
             ids = ", ".join(f"#{row.pk}" for row in rows)
             self.stdout.write(f"{path}: banned as {ids}")
-            for row in services.banned_low_detail(rows=rows):
-                self.stderr.write(f"{path}: warning: {services.low_detail_message(row)}")
+            for row in selectors.banned_low_detail(rows=rows):
+                self.stderr.write(f"{path}: warning: {selectors.low_detail_message(row)}")
         if failures:
             raise CommandError(f"{failures} of {len(options['files'])} files were not banned")

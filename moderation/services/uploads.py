@@ -1,4 +1,4 @@
-"""Everything that changes state: uploads, banned fingerprints, files and the audit trail."""
+"""The pipeline: recording files, queueing them, claiming, checking and deciding them."""
 
 import contextlib
 import hashlib
@@ -6,11 +6,8 @@ import logging
 import os
 import stat
 import threading
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta
-from functools import partial
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -18,77 +15,20 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from hashes.algorithms import (
-    ALGORITHMS,
-    Fingerprint,
-    algorithm_versions,
-    distinct_frames,
-    parse_hash,
-)
-from hashes.detect import Detection, is_low_detail, probes, reference_features
+from hashes.detect import Detection, probes
 from hashes.errors import ImageError
-from hashes.loading import SNIFF_BYTES, LoadedImage, describe_content, image_kind, load_image
-from hashes.local import LocalFeatures
+from hashes.loading import SNIFF_BYTES, describe_content, image_kind
 from moderation import files
-from moderation.blocklist import current_blocklist, match_rule
+from moderation.blocklist import current_blocklist
 from moderation.models import (
-    AuditEvent,
-    BannedFingerprint,
-    BlocklistVersion,
-    Category,
     ErrorCode,
     Match,
     Upload,
 )
+from moderation.services.common import Action, ActionRefused, State, audit, load, quarantine_name
 from moderation.tasks import is_transient
 
 logger = logging.getLogger(__name__)
-
-State = Upload.State
-Action = AuditEvent.Action
-
-
-class ActionRefused(Exception):
-    """A moderator action that cannot be done in the object's current state."""
-
-
-# --- helpers ------------------------------------------------------------------------
-
-
-def _load(data: bytes) -> LoadedImage:
-    return load_image(
-        data,
-        max_bytes=settings.HASHGUARD_MAX_BYTES,
-        max_pixels=settings.HASHGUARD_MAX_PIXELS,
-        max_frames=settings.HASHGUARD_MAX_FRAMES,
-    )
-
-
-def _audit(
-    action: str,
-    *,
-    actor: User | None = None,
-    upload: Upload | None = None,
-    fingerprint: BannedFingerprint | None = None,
-    detail: str = "",
-) -> None:
-    AuditEvent.objects.create(
-        action=action, actor=actor, upload=upload, fingerprint=fingerprint, detail=detail
-    )
-
-
-def blocklist_bump() -> None:
-    """Tell every worker that the banned fingerprints changed (call inside the change)."""
-    BlocklistVersion.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
-
-
-def _quarantine_name(upload: Upload) -> bytes:
-    """Where an upload goes in quarantine: its id, then its file name as text (escaped
-    where it is not UTF-8), or a short stand-in when that is too long for a name."""
-    name = files.display(upload.relative_path().rsplit(b"/", 1)[-1])
-    if len(name.encode()) > 200:
-        name = "long-name" + os.path.splitext(name)[1][:16]
-    return f"{upload.pk}/{name}".encode()
 
 
 def _path_fields(relative: bytes) -> dict[str, object]:
@@ -302,9 +242,9 @@ def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
     """Check an upload that ended in an error or was held again, e.g. after a fault was
     fixed. A held file is checked where it waits, and put back if it is clean."""
     with transaction.atomic():
-        failed = Upload.objects.filter(
-            pk=upload_id, state__in=[State.ERROR, State.HELD]
-        ).exclude(sha256="")
+        failed = Upload.objects.filter(pk=upload_id, state__in=[State.ERROR, State.HELD]).exclude(
+            sha256=""
+        )
         if not failed.update(
             state=State.PENDING, error_code="", error="", decided_at=None, attempts=0
         ):
@@ -313,7 +253,7 @@ def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
                 "again; a file that could not be read is recorded anew once it changes."
             )
         upload = Upload.objects.get(pk=upload_id)
-        _audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload)
+        audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload)
         upload_enqueue(upload_id=upload_id)
     return upload
 
@@ -353,9 +293,7 @@ class _Claim:
     def give_back(self) -> None:
         """Hand the upload back after a fault that may pass: that attempt does not count
         towards MAX_ATTEMPTS, which is for files that kill their worker."""
-        self.rows.update(
-            state=State.PENDING, lease_expires_at=None, attempts=F("attempts") - 1
-        )
+        self.rows.update(state=State.PENDING, lease_expires_at=None, attempts=F("attempts") - 1)
 
     @contextlib.contextmanager
     def renewed(self) -> Iterator[None]:
@@ -424,7 +362,7 @@ def upload_fail(*, upload_id: int, code: str, message: str) -> None:
 def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     media = files.media_dir()
     source = upload.relative_path()
-    quarantined = _quarantine_name(upload)
+    quarantined = quarantine_name(upload)
     already_moved = False
     try:
         data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
@@ -458,7 +396,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
     blocklist = current_blocklist()
     decision: dict[str, object] = {"decided_at": timezone.now(), "error_code": "", "error": ""}
     try:
-        loaded = _load(data)
+        loaded = load(data)
     except ImageError as exc:
         if not blocklist.detector.bans_file(sha256):
             if exc.uncheckable:
@@ -521,7 +459,7 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
             )
             for key, detection in found.items()
         )
-        _audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
+        audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
         if not already_moved:
             files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
 
@@ -544,7 +482,7 @@ def _decide_uncheckable(
     if settings.HASHGUARD_UNCHECKABLE != "hold":
         _decide_error(rows, code, message)
         return
-    quarantined = _quarantine_name(upload)
+    quarantined = quarantine_name(upload)
     try:
         with transaction.atomic():
             if not rows.update(
@@ -556,7 +494,7 @@ def _decide_uncheckable(
                 lease_expires_at=None,
             ):
                 return
-            _audit(Action.UPLOAD_HELD, upload=upload, detail=message)
+            audit(Action.UPLOAD_HELD, upload=upload, detail=message)
             if not already_moved:
                 files.move_file(
                     files.media_dir(),
@@ -603,413 +541,3 @@ def _describe(found: Mapping[int, Detection]) -> str:
             f"{detection.variant}: {distances}"
         )
     return "; ".join(parts)
-
-
-# --- uploads: moderator actions -------------------------------------------------------
-
-
-def upload_confirm(*, upload_id: int, actor: User) -> Upload:
-    """Keep a quarantined or held upload out of the media tree."""
-    now = timezone.now()
-    with transaction.atomic():
-        updated = Upload.objects.filter(
-            pk=upload_id, state__in=[State.QUARANTINED, State.HELD]
-        ).update(state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now)
-        if not updated:
-            raise ActionRefused("Only an upload waiting for review can be confirmed.")
-        upload = Upload.objects.get(pk=upload_id)
-        _audit(Action.UPLOAD_CONFIRMED, actor=actor, upload=upload)
-    return upload
-
-
-def upload_release(
-    *, upload_id: int, actor: User, allow_copies: bool = False
-) -> Upload:
-    """Put a quarantined or held file back where it was.
-
-    With allow_copies, later exact copies of the same file pass the bans this one
-    matched; without, only this file goes back, and a copy uploaded again is caught.
-    """
-    with transaction.atomic():
-        upload = (
-            Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=[State.QUARANTINED, State.CONFIRMED, State.HELD])
-            .first()
-        )
-        if upload is None:
-            raise ActionRefused("Only a quarantined or held upload can be released.")
-        source = upload.quarantine_name.encode()
-        upload.state = State.RELEASED
-        upload.quarantine_name = ""
-        upload.reviewed_by = actor
-        upload.reviewed_at = timezone.now()
-        upload.save()
-        if allow_copies:
-            upload.matches.update(allowed=True)
-        _audit(
-            Action.UPLOAD_RELEASED,
-            actor=actor,
-            upload=upload,
-            detail="exact copies may pass its bans from now on" if allow_copies else "",
-        )
-        try:
-            files.move_file(
-                files.quarantine_dir(),
-                source,
-                files.media_dir(),
-                upload.relative_path(),
-                private=False,
-                mode=upload.file_mode,
-            )
-        except FileExistsError:
-            raise ActionRefused(
-                f"A file now exists at {upload.path}; move it away, then release again."
-            ) from None
-        except FileNotFoundError:
-            raise ActionRefused(
-                f"The quarantined file {upload.quarantine_name} is missing; nothing was released."
-            ) from None
-        except files.UnsafePath as exc:
-            raise ActionRefused(f"{upload.path} cannot be put back safely: {exc}") from None
-        # The watcher sees the file come back: as it is now, it is this record's own file.
-        info = files.lstat(files.media_dir(), upload.relative_path())
-        upload.inode, upload.mtime_ns = info.st_ino, info.st_mtime_ns
-        upload.save(update_fields=["inode", "mtime_ns"])
-    return upload
-
-
-def upload_flag(
-    *,
-    upload_id: int,
-    actor: User,
-    category: str = Category.OTHER,
-    reason: str = "",
-) -> Upload:
-    """Ban an upload that was let through: add its fingerprints and quarantine it."""
-    flaggable = [State.CLEAN, State.RELEASED]
-    upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
-    if upload is None:
-        raise ActionRefused("Only a clean or released upload can be flagged as banned.")
-    media = files.media_dir()
-    source = upload.relative_path()
-    try:
-        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
-        mode = stat.S_IMODE(files.lstat(media, source).st_mode)
-    except FileNotFoundError:
-        raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
-    # Decoded before the transaction: on SQLite a transaction holds the write lock.
-    image = _BanImage.read(data)
-    if image.sha256 != upload.sha256:
-        raise ActionRefused(f"{upload.path} has changed since it was checked; nothing was done.")
-    with transaction.atomic():
-        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
-        if upload is None or upload.state not in flaggable:
-            raise ActionRefused("Only a clean or released upload can be flagged as banned.")
-        banned = _ban_image(
-            image,
-            category=category,
-            reason=reason,
-            actor=actor,
-            source=BannedFingerprint.Source.UPLOAD,
-            source_upload=upload,
-        )
-        quarantined = _quarantine_name(upload)
-        upload.state = State.CONFIRMED
-        upload.quarantine_name = files.display(quarantined)
-        upload.file_mode = mode
-        upload.reviewed_by = actor
-        upload.reviewed_at = timezone.now()
-        upload.save()
-        upload.matches.update(allowed=False)
-        for row in banned:
-            Match.objects.get_or_create(
-                upload=upload,
-                fingerprint=row,
-                defaults={
-                    "distances": image.frames[0].fingerprint.distance(row.fingerprint()),
-                    "rule": "flagged by moderator",
-                    "stage": Match.Stage.MODERATOR,
-                },
-            )
-        _audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
-        try:
-            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
-        except (FileExistsError, files.UnsafePath) as exc:
-            raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
-    return upload
-
-
-# --- banned fingerprints --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _BanFrame:
-    fingerprint: Fingerprint
-    colours: bytes
-    features: bytes
-
-    @classmethod
-    def of(cls, loaded: LoadedImage) -> "list[_BanFrame]":
-        frames = []
-        for frame, fingerprint in distinct_frames(loaded):
-            features, colours = reference_features(frame)
-            frames.append(cls(fingerprint, colours.tobytes(), features.to_bytes()))
-        return frames
-
-    def fields(self) -> dict[str, object]:
-        return {
-            **_hash_fields(self.fingerprint),
-            "colours": self.colours,
-            "features": self.features,
-        }
-
-
-@dataclass(frozen=True)
-class _BanImage:
-    data: bytes
-    sha256: str
-    format: str
-    frames: list[_BanFrame]
-
-    @classmethod
-    def read(cls, data: bytes) -> "_BanImage":
-        loaded = _load(data)
-        return cls(data, files.sha256_of(data), loaded.format, _BanFrame.of(loaded))
-
-
-def banned_low_detail(*, rows: Iterable[BannedFingerprint]) -> list[BannedFingerprint]:
-    """The rows too plain to match fuzzily: only exact copies of their file are caught."""
-    minimum = match_rule().pdq_min_quality
-    return [row for row in rows if is_low_detail(row.fingerprint(), minimum)]
-
-
-def low_detail_message(row: BannedFingerprint) -> str:
-    """Why a ban catches exact copies only, for the moderator who made it."""
-    quality = f"PDQ quality {row.pdq_quality}" if row.pdq_quality is not None else "its hashes"
-    return (
-        f"#{row.pk} is too plain to match edited copies ({quality}, below "
-        f"{match_rule().pdq_min_quality}): a flat colour, gradient or near-blank image hashes "
-        "like every other smooth image, so matching it approximately would quarantine "
-        "innocent uploads. Only exact copies of this file will be caught."
-    )
-
-
-def banned_add_image(
-    *,
-    data: bytes,
-    category: str = Category.OTHER,
-    reason: str = "",
-    actor: User | None = None,
-) -> list[BannedFingerprint]:
-    """Ban an image: one row per distinct frame, the image kept as the reference.
-
-    Banning the same file again reactivates and returns the rows it made before.
-    Raises hashes.errors.ImageError for files that are not usable images.
-    """
-    image = _BanImage.read(data)
-    with transaction.atomic():
-        return _ban_image(
-            image,
-            category=category,
-            reason=reason,
-            actor=actor,
-            source=BannedFingerprint.Source.IMAGE,
-            source_upload=None,
-        )
-
-
-def _ban_image(
-    image: _BanImage,
-    *,
-    category: str,
-    reason: str,
-    actor: User | None,
-    source: str,
-    source_upload: Upload | None,
-) -> list[BannedFingerprint]:
-    existing = list(BannedFingerprint.objects.filter(sha256=image.sha256).order_by("frame"))
-    if existing:
-        inactive = [row for row in existing if not row.active]
-        if inactive:
-            banned_set_active(fingerprint_ids=[r.pk for r in inactive], active=True, actor=actor)
-            for row in inactive:
-                row.active = True
-        return existing
-    reference_name = f"{image.sha256}.{image.format.lower()}"
-    files.write_private(files.reference_dir(), reference_name.encode(), image.data)
-    rows = [
-        BannedFingerprint.objects.create(
-            **frame.fields(),
-            sha256=image.sha256,
-            frame=index,
-            reference_name=reference_name,
-            algorithm_versions=algorithm_versions(),
-            source=source,
-            source_upload=source_upload,
-            category=category,
-            reason=reason,
-            added_by=actor,
-        )
-        for index, frame in enumerate(image.frames)
-    ]
-    for row in rows:
-        _audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
-    blocklist_bump()
-    return rows
-
-
-def _hash_fields(fingerprint: Fingerprint) -> dict[str, object]:
-    fields: dict[str, object] = {name: fingerprint.hashes.get(name, "") for name in ALGORITHMS}
-    fields["pdq_quality"] = fingerprint.pdq_quality if "pdq" in fingerprint.hashes else None
-    return fields
-
-
-def banned_add_hashes(
-    *,
-    hashes: Mapping[str, str],
-    pdq_quality: int | None = None,
-    category: str = Category.OTHER,
-    reason: str = "",
-    actor: User | None = None,
-) -> BannedFingerprint:
-    """Ban pasted hashes, e.g. PDQ hashes shared by another platform.
-
-    Raises ValueError with a message for the moderator when a hash is malformed.
-    """
-    parsed = {name: parse_hash(name, text) for name, text in hashes.items() if text.strip()}
-    if not parsed:
-        raise ValueError("Give at least one hash: PDQ, pHash or dHash.")
-    if "pdq" not in parsed:
-        pdq_quality = None
-    elif pdq_quality is None:
-        pdq_quality = 100
-    fingerprint = Fingerprint(hashes=parsed, pdq_quality=pdq_quality)
-    if is_low_detail(fingerprint, match_rule().pdq_min_quality):
-        raise ValueError(
-            "These hashes are of a plain picture (a flat colour, gradient or near-blank image: "
-            "almost all bits are the same, or the PDQ quality is too low). They would match "
-            "every other smooth image, so they cannot be banned as hashes; ban the image file "
-            "instead to catch exact copies of it."
-        )
-    with transaction.atomic():
-        row = BannedFingerprint.objects.create(
-            **_hash_fields(fingerprint),
-            algorithm_versions={name: ALGORITHMS[name].version for name in parsed},
-            source=BannedFingerprint.Source.HASH,
-            category=category,
-            reason=reason,
-            added_by=actor,
-        )
-        _audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
-        blocklist_bump()
-    return row
-
-
-def banned_update(
-    *, fingerprint_id: int, category: str, reason: str, actor: User | None
-) -> BannedFingerprint:
-    """Change a ban's category or reason; neither changes what it matches."""
-    with transaction.atomic():
-        row = BannedFingerprint.objects.select_for_update().get(pk=fingerprint_id)
-        changes = [
-            f"{name} {old or '(empty)'} → {new or '(empty)'}"
-            for name, old, new in (
-                ("category", row.category, category),
-                ("reason", row.reason, reason),
-            )
-            if old != new
-        ]
-        if not changes:
-            return row
-        row.category, row.reason = category, reason
-        row.save(update_fields=["category", "reason", "updated_at"])
-        _audit(Action.BAN_CHANGED, actor=actor, fingerprint=row, detail="; ".join(changes))
-    return row
-
-
-def banned_set_active(
-    *, fingerprint_ids: Iterable[int], active: bool, actor: User | None
-) -> int:
-    """Deactivate (or reactivate) banned fingerprints; returns how many changed."""
-    with transaction.atomic():
-        rows = list(
-            BannedFingerprint.objects.select_for_update()
-            .filter(pk__in=list(fingerprint_ids))
-            .exclude(active=active)
-        )
-        if not rows:
-            return 0
-        BannedFingerprint.objects.filter(pk__in=[r.pk for r in rows]).update(
-            active=active, updated_at=timezone.now()
-        )
-        action = Action.BAN_ACTIVATED if active else Action.BAN_DEACTIVATED
-        for row in rows:
-            _audit(action, actor=actor, fingerprint=row)
-        blocklist_bump()
-    return len(rows)
-
-
-def banned_delete(*, fingerprint_ids: Iterable[int], actor: User | None) -> int:
-    """Delete banned fingerprints, and their reference images once nothing uses them."""
-    with transaction.atomic():
-        rows = list(BannedFingerprint.objects.filter(pk__in=list(fingerprint_ids)))
-        for row in rows:
-            _audit(Action.BAN_DELETED, actor=actor, detail=f"{row} (sha256 {row.sha256})")
-        BannedFingerprint.objects.filter(pk__in=[r.pk for r in rows]).delete()
-        blocklist_bump()
-        names = {row.reference_name for row in rows if row.reference_name}
-        still_used = set(
-            BannedFingerprint.objects.filter(reference_name__in=names).values_list(
-                "reference_name", flat=True
-            )
-        )
-        for name in names - still_used:
-            transaction.on_commit(partial(files.unlink, files.reference_dir(), name.encode()))
-    return len(rows)
-
-
-def _features_stale(data: bytes | memoryview) -> bool:
-    return LocalFeatures.from_bytes(bytes(data)).pixels is None
-
-
-def banned_rehash() -> tuple[int, int]:
-    """Recompute, from their reference images, fingerprints an older algorithm made,
-    and the second stage's colours and features where they are missing or lack the grey
-    copy that the photometric check compares.
-
-    Returns (rows recomputed, rows left as they are because they were pasted as hashes
-    and have no image to recompute from).
-    """
-    current = algorithm_versions()
-    stale = [
-        row
-        for row in BannedFingerprint.objects.all().iterator()
-        if any(
-            row.algorithm_versions.get(name, version) != version
-            for name, version in current.items()
-        )
-        or (
-            row.reference_name
-            and (row.colours is None or row.features is None or _features_stale(row.features))
-        )
-    ]
-    by_reference: dict[str, list[BannedFingerprint]] = {}
-    for row in stale:
-        if row.reference_name:
-            by_reference.setdefault(row.reference_name, []).append(row)
-    recomputed = 0
-    for name, rows in by_reference.items():
-        data = files.read_regular_file(
-            files.reference_dir(), name.encode(), max_bytes=settings.HASHGUARD_MAX_BYTES
-        )
-        frames = _BanFrame.of(_load(data))
-        with transaction.atomic():
-            for row in rows:
-                if row.frame < len(frames):
-                    for field, value in frames[row.frame].fields().items():
-                        setattr(row, field, value)
-                row.algorithm_versions = current
-                row.save()
-                recomputed += 1
-            blocklist_bump()
-    return recomputed, len(stale) - recomputed

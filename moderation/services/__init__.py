@@ -1,0 +1,48 @@
+"""Everything that changes state, by entity: uploads (the pipeline), review (moderators'
+decisions), bans (the blocklist). Callers import from here."""
+
+from moderation.services.bans import (
+    banned_add_hashes,
+    banned_add_image,
+    banned_delete,
+    banned_rehash,
+    banned_set_active,
+    banned_update,
+    blocklist_bump,
+)
+from moderation.services.common import ActionRefused
+from moderation.services.review import upload_confirm, upload_flag, upload_release
+from moderation.services.uploads import (
+    LEASE,
+    MAX_ATTEMPTS,
+    upload_enqueue,
+    upload_fail,
+    upload_path_key,
+    upload_process,
+    upload_register,
+    upload_retry,
+    uploads_requeue_stale,
+)
+
+__all__ = [
+    "LEASE",
+    "MAX_ATTEMPTS",
+    "ActionRefused",
+    "banned_add_hashes",
+    "banned_add_image",
+    "banned_delete",
+    "banned_rehash",
+    "banned_set_active",
+    "banned_update",
+    "blocklist_bump",
+    "upload_confirm",
+    "upload_enqueue",
+    "upload_fail",
+    "upload_flag",
+    "upload_path_key",
+    "upload_process",
+    "upload_register",
+    "upload_release",
+    "upload_retry",
+    "uploads_requeue_stale",
+]

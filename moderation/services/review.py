@@ -1,0 +1,149 @@
+"""Moderators' decisions on uploads: confirm, release, flag."""
+
+import stat
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from moderation import files
+from moderation.models import (
+    BannedFingerprint,
+    Category,
+    Match,
+    Upload,
+)
+from moderation.services.bans import BanImage, ban_image
+from moderation.services.common import Action, ActionRefused, State, audit, quarantine_name
+
+# --- uploads: moderator actions -------------------------------------------------------
+
+
+def upload_confirm(*, upload_id: int, actor: User) -> Upload:
+    """Keep a quarantined or held upload out of the media tree."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Upload.objects.filter(
+            pk=upload_id, state__in=[State.QUARANTINED, State.HELD]
+        ).update(state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now)
+        if not updated:
+            raise ActionRefused("Only an upload waiting for review can be confirmed.")
+        upload = Upload.objects.get(pk=upload_id)
+        audit(Action.UPLOAD_CONFIRMED, actor=actor, upload=upload)
+    return upload
+
+
+def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -> Upload:
+    """Put a quarantined or held file back where it was.
+
+    With allow_copies, later exact copies of the same file pass the bans this one
+    matched; without, only this file goes back, and a copy uploaded again is caught.
+    """
+    with transaction.atomic():
+        upload = (
+            Upload.objects.select_for_update()
+            .filter(pk=upload_id, state__in=[State.QUARANTINED, State.CONFIRMED, State.HELD])
+            .first()
+        )
+        if upload is None:
+            raise ActionRefused("Only a quarantined or held upload can be released.")
+        source = upload.quarantine_name.encode()
+        upload.state = State.RELEASED
+        upload.quarantine_name = ""
+        upload.reviewed_by = actor
+        upload.reviewed_at = timezone.now()
+        upload.save()
+        if allow_copies:
+            upload.matches.update(allowed=True)
+        audit(
+            Action.UPLOAD_RELEASED,
+            actor=actor,
+            upload=upload,
+            detail="exact copies may pass its bans from now on" if allow_copies else "",
+        )
+        try:
+            files.move_file(
+                files.quarantine_dir(),
+                source,
+                files.media_dir(),
+                upload.relative_path(),
+                private=False,
+                mode=upload.file_mode,
+            )
+        except FileExistsError:
+            raise ActionRefused(
+                f"A file now exists at {upload.path}; move it away, then release again."
+            ) from None
+        except FileNotFoundError:
+            raise ActionRefused(
+                f"The quarantined file {upload.quarantine_name} is missing; nothing was released."
+            ) from None
+        except files.UnsafePath as exc:
+            raise ActionRefused(f"{upload.path} cannot be put back safely: {exc}") from None
+        # The watcher sees the file come back: as it is now, it is this record's own file.
+        info = files.lstat(files.media_dir(), upload.relative_path())
+        upload.inode, upload.mtime_ns = info.st_ino, info.st_mtime_ns
+        upload.save(update_fields=["inode", "mtime_ns"])
+    return upload
+
+
+def upload_flag(
+    *,
+    upload_id: int,
+    actor: User,
+    category: str = Category.OTHER,
+    reason: str = "",
+) -> Upload:
+    """Ban an upload that was let through: add its fingerprints and quarantine it."""
+    flaggable = [State.CLEAN, State.RELEASED]
+    upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
+    if upload is None:
+        raise ActionRefused("Only a clean or released upload can be flagged as banned.")
+    media = files.media_dir()
+    source = upload.relative_path()
+    try:
+        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        mode = stat.S_IMODE(files.lstat(media, source).st_mode)
+    except FileNotFoundError:
+        raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
+    # Decoded before the transaction: on SQLite a transaction holds the write lock.
+    image = BanImage.read(data)
+    if image.sha256 != upload.sha256:
+        raise ActionRefused(f"{upload.path} has changed since it was checked; nothing was done.")
+    with transaction.atomic():
+        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+        if upload is None or upload.state not in flaggable:
+            raise ActionRefused("Only a clean or released upload can be flagged as banned.")
+        banned = ban_image(
+            image,
+            category=category,
+            reason=reason,
+            actor=actor,
+            source=BannedFingerprint.Source.UPLOAD,
+            source_upload=upload,
+        )
+        quarantined = quarantine_name(upload)
+        upload.state = State.CONFIRMED
+        upload.quarantine_name = files.display(quarantined)
+        upload.file_mode = mode
+        upload.reviewed_by = actor
+        upload.reviewed_at = timezone.now()
+        upload.save()
+        upload.matches.update(allowed=False)
+        for row in banned:
+            Match.objects.get_or_create(
+                upload=upload,
+                fingerprint=row,
+                defaults={
+                    "distances": image.frames[0].fingerprint.distance(row.fingerprint()),
+                    "rule": "flagged by moderator",
+                    "stage": Match.Stage.MODERATOR,
+                },
+            )
+        audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
+        try:
+            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
+        except (FileExistsError, files.UnsafePath) as exc:
+            raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
+    return upload
