@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -359,94 +360,134 @@ def upload_fail(*, upload_id: int, code: str, message: str) -> None:
         _decide_uncheckable(rows, upload, code, message)
 
 
+@dataclass(frozen=True)
+class _Decision:
+    """What checking an upload found, before anything is written."""
+
+    state: str  # CLEAN, QUARANTINED, or one of _decide_error's and _decide_uncheckable's
+    code: str = ""
+    message: str = ""
+    # Where the file is: still in media, or already in quarantine from a lost attempt.
+    already_moved: bool = False
+    # What was learned of the image: format, size, frames, fingerprints.
+    fields: Mapping[str, object] = field(default_factory=dict)
+    found: Mapping[int, Detection] = field(default_factory=dict)
+
+
 def _process_claimed(upload: Upload, claim: QuerySet) -> None:
-    media = files.media_dir()
-    source = upload.relative_path()
-    quarantined = quarantine_name(upload)
-    already_moved = False
+    _apply(upload, claim, _decide(upload))
+
+
+def _decide(upload: Upload) -> _Decision:
+    """Read and check the upload's file; writes nothing."""
+    # 1. Read the file, from quarantine if a lost attempt already moved it there.
     try:
-        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        data, already_moved = _read(upload)
     except FileNotFoundError:
-        if not files.exists(files.quarantine_dir(), quarantined):
-            _decide_error(
-                claim, ErrorCode.MISSING, "The file was removed before it could be checked."
-            )
-            return
-        # An earlier attempt moved it but did not get to record that.
-        data = files.read_regular_file(
-            files.quarantine_dir(), quarantined, max_bytes=settings.HASHGUARD_MAX_BYTES
+        return _Decision(
+            State.ERROR, ErrorCode.MISSING, "The file was removed before it could be checked."
         )
-        already_moved = True
     except files.UnsafePath as exc:
-        _decide_error(claim, ErrorCode.UNSAFE_PATH, str(exc))
-        return
+        return _Decision(State.ERROR, ErrorCode.UNSAFE_PATH, str(exc))
     except PermissionError as exc:
-        _decide_error(
-            claim, ErrorCode.UNREADABLE, f"hashguard may not read this file ({exc.strerror})."
+        return _Decision(
+            State.ERROR,
+            ErrorCode.UNREADABLE,
+            f"hashguard may not read this file ({exc.strerror}).",
         )
-        return
+    # 2. It must be what was recorded.
     sha256 = files.sha256_of(data)
     if upload.sha256 and sha256 != upload.sha256:
-        _decide_error(
-            claim,
+        return _Decision(
+            State.ERROR,
             ErrorCode.CHANGED,
             "The file changed after it was recorded; its new content is a new upload.",
         )
-        return
-    blocklist = current_blocklist()
-    decision: dict[str, object] = {"decided_at": timezone.now(), "error_code": "", "error": ""}
+    # 3. Decode it; an exact copy of a banned file is caught even if it cannot be decoded.
+    detector = current_blocklist().detector
+    fields: dict[str, object] = {"error_code": "", "error": ""}
     try:
         loaded = load(data)
     except ImageError as exc:
-        if not blocklist.detector.bans_file(sha256):
+        if not detector.bans_file(sha256):
             if exc.uncheckable:
-                _decide_uncheckable(claim, upload, exc.code, str(exc), already_moved=already_moved)
-            elif exc.code == ErrorCode.NOT_IMAGE:
-                _decide_error(claim, exc.code, str(exc), state=State.NOT_IMAGE)
-            else:
-                _decide_error(claim, exc.code, str(exc))
-            return
-        checked = []  # an exact copy of a banned file is caught even if it cannot be decoded
+                return _Decision(State.HELD, exc.code, str(exc), already_moved)
+            if exc.code == ErrorCode.NOT_IMAGE:
+                return _Decision(State.NOT_IMAGE, exc.code, str(exc), already_moved)
+            return _Decision(State.ERROR, exc.code, str(exc), already_moved)
+        checked = []
     else:
         checked = probes(loaded)
-        frames = [item.fingerprint for item in checked]
-        decision.update(
+        fields.update(
             format=loaded.format,
             width=loaded.width,
             height=loaded.height,
             frame_count=loaded.frame_count,
-            fingerprints=[{"hashes": f.hashes, "pdq_quality": f.pdq_quality} for f in frames],
+            fingerprints=[
+                {"hashes": item.fingerprint.hashes, "pdq_quality": item.fingerprint.pdq_quality}
+                for item in checked
+            ],
         )
         if loaded.damage:
-            decision["error"] = (
+            fields["error"] = (
                 f"The file is damaged or cut short ({loaded.damage}); it was checked as far "
                 "as it decodes, as a browser would show it."
             )
-    found = blocklist.detector.detect(checked, sha256)
+    # 4. Match it, leaving out the bans a moderator let this content pass.
+    found = detector.detect(checked, sha256)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
+    state = State.QUARANTINED if found else State.CLEAN
+    return _Decision(state, already_moved=already_moved, fields=fields, found=found)
+
+
+def _read(upload: Upload) -> tuple[bytes, bool]:
+    """The upload's bytes, and whether they were found already moved to quarantine."""
+    limit = settings.HASHGUARD_MAX_BYTES
+    try:
+        media = files.media_dir()
+        return files.read_regular_file(media, upload.relative_path(), max_bytes=limit), False
+    except FileNotFoundError:
+        # An earlier attempt moved it but did not get to record that.
+        quarantined = quarantine_name(upload)
+        return files.read_regular_file(files.quarantine_dir(), quarantined, max_bytes=limit), True
+
+
+def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
+    """Write a decision, only while the claim holds, and move the file to match it."""
+    if decision.state == State.HELD:
+        _decide_uncheckable(
+            claim,
+            upload,
+            decision.code,
+            decision.message,
+            already_moved=decision.already_moved,
+        )
+        return
+    if decision.state not in (State.CLEAN, State.QUARANTINED):
+        _decide_error(claim, decision.code, decision.message, state=decision.state)
+        return
+    media, quarantine = files.media_dir(), files.quarantine_dir()
+    source, quarantined = upload.relative_path(), quarantine_name(upload)
     with transaction.atomic():
-        if not found:
-            if claim.update(state=State.CLEAN, lease_expires_at=None, **decision) and (
-                already_moved
-            ):
-                # The ban that quarantined it is gone: put the file back.
+        # 1. The conditional update: nothing more happens if the claim was lost.
+        written = claim.update(
+            state=decision.state,
+            quarantine_name=files.display(quarantined) if decision.found else "",
+            decided_at=timezone.now(),
+            lease_expires_at=None,
+            **decision.fields,
+        )
+        if not written:
+            return
+        if decision.state == State.CLEAN:
+            if decision.already_moved:
+                # 2. The ban that quarantined it is gone: put the file back.
                 files.move_file(
-                    files.quarantine_dir(),
-                    quarantined,
-                    media,
-                    source,
-                    private=False,
-                    mode=upload.file_mode,
+                    quarantine, quarantined, media, source, private=False, mode=upload.file_mode
                 )
             return
-        if not claim.update(
-            state=State.QUARANTINED,
-            quarantine_name=files.display(quarantined),
-            lease_expires_at=None,
-            **decision,
-        ):
-            return
+        # 2. Why it was quarantined: a match row per banned fingerprint, and the audit.
         Match.objects.bulk_create(
             Match(
                 upload=upload,
@@ -457,11 +498,13 @@ def _process_claimed(upload: Upload, claim: QuerySet) -> None:
                 variant=detection.variant[:255],
                 frame=detection.frame,
             )
-            for key, detection in found.items()
+            for key, detection in decision.found.items()
         )
-        audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(found))
-        if not already_moved:
-            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
+        audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(decision.found))
+        # 3. The file leaves the media tree, inside the transaction: if it cannot, nothing
+        # was decided and the task tries again.
+        if not decision.already_moved:
+            files.move_file(media, source, quarantine, quarantined, private=True)
 
 
 def _decide_error(claim: QuerySet, code: str, message: str, *, state: str = State.ERROR) -> None:
