@@ -18,6 +18,7 @@ from hashes.errors import ImageError
 from hashes.loading import load_image
 from moderation import files
 from moderation.models import BannedFingerprint, Upload
+from moderation.services.common import reference_of, where_is
 
 THUMBNAIL_SIZE = (240, 240)
 FULL_SIZE = (1600, 1600)
@@ -25,13 +26,10 @@ FULL_SIZE = (1600, 1600)
 
 def _upload_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
     upload = get_object_or_404(Upload, pk=pk)
-    if upload.quarantine_name:
-        if not request.user.has_perm("moderation.review_upload"):
-            raise PermissionDenied
-        return files.quarantine_dir(), upload.quarantine_name.encode()
-    if not request.user.has_perm("moderation.view_upload"):
+    needed = "review_upload" if upload.quarantine_name else "view_upload"
+    if not request.user.has_perm(f"moderation.{needed}"):
         raise PermissionDenied
-    return files.media_dir(), upload.relative_path()
+    return where_is(upload)
 
 
 def _reference_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
@@ -44,7 +42,7 @@ def _reference_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
     banned = get_object_or_404(BannedFingerprint, pk=pk)
     if not banned.reference_name:
         raise Http404("This banned fingerprint was pasted as a hash; it has no image.")
-    return files.reference_dir(), banned.reference_name.encode()
+    return reference_of(banned)
 
 
 @require_GET

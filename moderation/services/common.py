@@ -2,6 +2,7 @@
 limits, the audit trail, and where a quarantined upload goes."""
 
 import os
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import User
@@ -47,10 +48,32 @@ def audit(
     )
 
 
-def quarantine_name(upload: Upload) -> bytes:
-    """Where an upload goes in quarantine: its id, then its file name as text (escaped
-    where it is not UTF-8), or a short stand-in when that is too long for a name."""
+# --- where files live: a store and a path inside it -------------------------------------
+
+Location = tuple[Path, bytes]
+
+
+def in_media(upload: Upload) -> Location:
+    """Where the upload's file is in the media tree (or was, or goes back to)."""
+    return files.media_dir(), upload.relative_path()
+
+
+def in_quarantine(upload: Upload) -> Location:
+    """Where the upload's file is or goes in quarantine: its id, then its file name as text
+    (escaped where it is not UTF-8), or a short stand-in when that is too long."""
+    if upload.quarantine_name:
+        return files.quarantine_dir(), upload.quarantine_name.encode()
     name = files.display(upload.relative_path().rsplit(b"/", 1)[-1])
     if len(name.encode()) > 200:
         name = "long-name" + os.path.splitext(name)[1][:16]
-    return f"{upload.pk}/{name}".encode()
+    return files.quarantine_dir(), f"{upload.pk}/{name}".encode()
+
+
+def where_is(upload: Upload) -> Location:
+    """Where the upload's file is now."""
+    return in_quarantine(upload) if upload.quarantine_name else in_media(upload)
+
+
+def reference_of(banned: BannedFingerprint) -> Location:
+    """Where a banned image's reference file is kept."""
+    return files.reference_dir(), banned.reference_name.encode()

@@ -15,7 +15,14 @@ from moderation.models import (
     Upload,
 )
 from moderation.services.bans import BanImage, ban_image
-from moderation.services.common import Action, ActionRefused, State, audit, quarantine_name
+from moderation.services.common import (
+    Action,
+    ActionRefused,
+    State,
+    audit,
+    in_media,
+    in_quarantine,
+)
 
 # --- uploads: moderator actions -------------------------------------------------------
 
@@ -48,7 +55,7 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
         )
         if upload is None:
             raise ActionRefused("Only a quarantined or held upload can be released.")
-        source = upload.quarantine_name.encode()
+        source = in_quarantine(upload)
         upload.state = State.RELEASED
         upload.quarantine_name = ""
         upload.reviewed_by = actor
@@ -63,26 +70,20 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
             detail="exact copies may pass its bans from now on" if allow_copies else "",
         )
         try:
-            files.move_file(
-                files.quarantine_dir(),
-                source,
-                files.media_dir(),
-                upload.relative_path(),
-                private=False,
-                mode=upload.file_mode,
-            )
+            files.move_file(*source, *in_media(upload), private=False, mode=upload.file_mode)
         except FileExistsError:
             raise ActionRefused(
                 f"A file now exists at {upload.path}; move it away, then release again."
             ) from None
         except FileNotFoundError:
             raise ActionRefused(
-                f"The quarantined file {upload.quarantine_name} is missing; nothing was released."
+                f"The quarantined file {files.display(source[1])} is missing; nothing was "
+                "released."
             ) from None
         except files.UnsafePath as exc:
             raise ActionRefused(f"{upload.path} cannot be put back safely: {exc}") from None
         # The watcher sees the file come back: as it is now, it is this record's own file.
-        info = files.lstat(files.media_dir(), upload.relative_path())
+        info = files.lstat(*in_media(upload))
         upload.inode, upload.mtime_ns = info.st_ino, info.st_mtime_ns
         upload.save(update_fields=["inode", "mtime_ns"])
     return upload
@@ -100,11 +101,10 @@ def upload_flag(
     upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
     if upload is None:
         raise ActionRefused("Only a clean or released upload can be flagged as banned.")
-    media = files.media_dir()
-    source = upload.relative_path()
+    source = in_media(upload)
     try:
-        data = files.read_regular_file(media, source, max_bytes=settings.HASHGUARD_MAX_BYTES)
-        mode = stat.S_IMODE(files.lstat(media, source).st_mode)
+        data = files.read_regular_file(*source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+        mode = stat.S_IMODE(files.lstat(*source).st_mode)
     except FileNotFoundError:
         raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
     # Decoded before the transaction: on SQLite a transaction holds the write lock.
@@ -123,9 +123,9 @@ def upload_flag(
             source=BannedFingerprint.Source.UPLOAD,
             source_upload=upload,
         )
-        quarantined = quarantine_name(upload)
+        quarantined = in_quarantine(upload)
         upload.state = State.CONFIRMED
-        upload.quarantine_name = files.display(quarantined)
+        upload.quarantine_name = files.display(quarantined[1])
         upload.file_mode = mode
         upload.reviewed_by = actor
         upload.reviewed_at = timezone.now()
@@ -143,7 +143,7 @@ def upload_flag(
             )
         audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
         try:
-            files.move_file(media, source, files.quarantine_dir(), quarantined, private=True)
+            files.move_file(*source, *quarantined, private=True)
         except (FileExistsError, files.UnsafePath) as exc:
             raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload

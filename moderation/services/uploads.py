@@ -26,7 +26,15 @@ from moderation.models import (
     Match,
     Upload,
 )
-from moderation.services.common import Action, ActionRefused, State, audit, load, quarantine_name
+from moderation.services.common import (
+    Action,
+    ActionRefused,
+    State,
+    audit,
+    in_media,
+    in_quarantine,
+    load,
+)
 from moderation.tasks import is_transient
 
 logger = logging.getLogger(__name__)
@@ -161,7 +169,7 @@ def _supersede(upload: Upload) -> None:
 def _still_there(upload: Upload) -> bool:
     """Whether the file the record describes is still at its path."""
     try:
-        info = files.lstat(files.media_dir(), upload.relative_path())
+        info = files.lstat(*in_media(upload))
     except (OSError, files.UnsafePath):
         return False
     return info.st_ino == upload.inode
@@ -445,12 +453,10 @@ def _read(upload: Upload) -> tuple[bytes, bool]:
     """The upload's bytes, and whether they were found already moved to quarantine."""
     limit = settings.HASHGUARD_MAX_BYTES
     try:
-        media = files.media_dir()
-        return files.read_regular_file(media, upload.relative_path(), max_bytes=limit), False
+        return files.read_regular_file(*in_media(upload), max_bytes=limit), False
     except FileNotFoundError:
         # An earlier attempt moved it but did not get to record that.
-        quarantined = quarantine_name(upload)
-        return files.read_regular_file(files.quarantine_dir(), quarantined, max_bytes=limit), True
+        return files.read_regular_file(*in_quarantine(upload), max_bytes=limit), True
 
 
 def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
@@ -467,13 +473,12 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
     if decision.state not in (State.CLEAN, State.QUARANTINED):
         _decide_error(claim, decision.code, decision.message, state=decision.state)
         return
-    media, quarantine = files.media_dir(), files.quarantine_dir()
-    source, quarantined = upload.relative_path(), quarantine_name(upload)
+    source, quarantined = in_media(upload), in_quarantine(upload)
     with transaction.atomic():
         # 1. The conditional update: nothing more happens if the claim was lost.
         written = claim.update(
             state=decision.state,
-            quarantine_name=files.display(quarantined) if decision.found else "",
+            quarantine_name=files.display(quarantined[1]) if decision.found else "",
             decided_at=timezone.now(),
             lease_expires_at=None,
             **decision.fields,
@@ -483,9 +488,7 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
         if decision.state == State.CLEAN:
             if decision.already_moved:
                 # 2. The ban that quarantined it is gone: put the file back.
-                files.move_file(
-                    quarantine, quarantined, media, source, private=False, mode=upload.file_mode
-                )
+                files.move_file(*quarantined, *source, private=False, mode=upload.file_mode)
             return
         # 2. Why it was quarantined: a match row per banned fingerprint, and the audit.
         Match.objects.bulk_create(
@@ -504,7 +507,7 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
         # 3. The file leaves the media tree, inside the transaction: if it cannot, nothing
         # was decided and the task tries again.
         if not decision.already_moved:
-            files.move_file(media, source, quarantine, quarantined, private=True)
+            files.move_file(*source, *quarantined, private=True)
 
 
 def _decide_error(claim: QuerySet, code: str, message: str, *, state: str = State.ERROR) -> None:
@@ -525,29 +528,23 @@ def _decide_uncheckable(
     if settings.HASHGUARD_UNCHECKABLE != "hold":
         _decide_error(rows, code, message)
         return
-    quarantined = quarantine_name(upload)
+    quarantined = in_quarantine(upload)
     try:
         with transaction.atomic():
             if not rows.update(
                 state=State.HELD,
                 error_code=code,
                 error=f"Could not be checked, so it is held for a moderator: {message}",
-                quarantine_name=files.display(quarantined),
+                quarantine_name=files.display(quarantined[1]),
                 decided_at=timezone.now(),
                 lease_expires_at=None,
             ):
                 return
             audit(Action.UPLOAD_HELD, upload=upload, detail=message)
             if not already_moved:
-                files.move_file(
-                    files.media_dir(),
-                    upload.relative_path(),
-                    files.quarantine_dir(),
-                    quarantined,
-                    private=True,
-                )
+                files.move_file(*in_media(upload), *quarantined, private=True)
     except FileNotFoundError:
-        if files.exists(files.quarantine_dir(), quarantined):
+        if files.exists(*quarantined):
             # An earlier attempt moved it and died before recording that.
             _decide_uncheckable(rows, upload, code, message, already_moved=True)
         else:
