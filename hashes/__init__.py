@@ -20,14 +20,13 @@ from hashes.detect import (
     Detector,
     Probe,
     Stage,
-    is_low_detail,
     probes,
     reference_features,
 )
 from hashes.errors import ImageError
 from hashes.loading import SNIFF_BYTES, LoadedImage, describe_content, image_kind, load_image
 from hashes.local import LocalFeatures
-from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 
 __all__ = [
     "ALGORITHMS",

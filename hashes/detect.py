@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image
 
 from hashes.algorithms import (
-    ALGORITHMS,
     DIHEDRAL,
     Fingerprint,
     distinct_frames,
@@ -46,7 +45,7 @@ from hashes.local import (
     verify,
     verify_whole,
 )
-from hashes.matching import Matcher, MatchRule
+from hashes.matching import Matcher, MatchRule, is_low_detail
 from hashes.views import View, cut, views, working_copy
 
 HASH_SIDE = 256
@@ -252,24 +251,6 @@ def probes(loaded: LoadedImage) -> list[Probe]:
 def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:
     """The local features and colour signature to store for a banned frame."""
     return local_features(frame), colour_signature(working_copy(frame, HASH_SIDE))
-
-
-def is_low_detail(fingerprint: Fingerprint, pdq_min_quality: int) -> bool:
-    """Whether a banned fingerprint is too plain to match anything but exact copies.
-
-    PDQ's quality measures the gradient detail the hash was computed from; below
-    ``pdq_min_quality`` Meta's guidance is not to trust the hash. A fingerprint without a
-    PDQ quality (pasted hashes) is judged by its bits: a flat picture's pHash and dHash are
-    almost all zeros, its PDQ all zeros, where a picture with detail sets about half.
-    """
-    if fingerprint.pdq_quality is not None and "pdq" in fingerprint.hashes:
-        return fingerprint.pdq_quality < pdq_min_quality
-    for name, code in fingerprint.hashes.items():
-        bits = ALGORITHMS[name].bits
-        ones = int(code, 16).bit_count()
-        if ones < bits // 8 or ones > bits - bits // 8:
-            return True
-    return False
 
 
 class Detector:

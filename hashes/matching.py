@@ -181,11 +181,28 @@ class Matcher:
 
     def _votes(self, name: str, fingerprint: Fingerprint) -> bool:
         if name == "pdq":
-            return (
-                fingerprint.pdq_quality is None
-                or fingerprint.pdq_quality >= self.rule.pdq_min_quality
-            )
+            return _pdq_trusted(fingerprint, self.rule.pdq_min_quality) is not False
         return informative(fingerprint.hashes[name]) if name in fingerprint.hashes else True
+
+
+# --- too plain to match -----------------------------------------------------------------
+# A flat colour, gradient or near-blank picture hashes like every other smooth picture:
+# matching it approximately would match innocent ones. These are the rules for that.
+
+
+def _pdq_trusted(fingerprint: Fingerprint, pdq_min_quality: int) -> bool | None:
+    """Whether PDQ's own quality (the gradient detail it was computed from) is at least
+    the minimum, Meta's guidance for trusting the hash; None without a quality (pasted)."""
+    if fingerprint.pdq_quality is None or "pdq" not in fingerprint.hashes:
+        return None
+    return fingerprint.pdq_quality >= pdq_min_quality
+
+
+def _balanced(code: str, bits: int) -> bool:
+    """At least an eighth of the hash's bits set and an eighth unset: a flat picture's
+    hashes are nearly all zeros (or ones)."""
+    ones = int(code, 16).bit_count()
+    return bits // 8 <= ones <= bits - bits // 8
 
 
 def informative(code: str) -> bool:
@@ -193,13 +210,24 @@ def informative(code: str) -> bool:
 
     A smooth gradient's dHash is one row repeated (``e0e0e0e0e0e0e0e0``) and a flat
     image's is all zeros or all ones, whatever the picture's detail elsewhere; such a hash
-    lies within a few bits of thousands of unrelated smooth images. It needs at least an
-    eighth of its bits set and unset, and three different rows.
+    lies within a few bits of thousands of unrelated smooth images. It must be balanced
+    and have three different rows.
     """
     value = int(code, 16)
-    ones = value.bit_count()
     rows = {(value >> shift) & 0xFF for shift in range(0, 64, 8)}
-    return 8 <= ones <= 56 and len(rows) >= 3
+    return _balanced(code, 64) and len(rows) >= 3
+
+
+def is_low_detail(fingerprint: Fingerprint, pdq_min_quality: int) -> bool:
+    """Whether a banned fingerprint is too plain to match anything but exact copies: its
+    PDQ quality is below the minimum, or, without one (pasted hashes), any of its hashes
+    is unbalanced."""
+    trusted = _pdq_trusted(fingerprint, pdq_min_quality)
+    if trusted is not None:
+        return not trusted
+    return not all(
+        _balanced(code, ALGORITHMS[name].bits) for name, code in fingerprint.hashes.items()
+    )
 
 
 def _describe(group: dict[str, int]) -> str:

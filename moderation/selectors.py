@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from hashes.detect import is_low_detail
+from hashes.matching import is_low_detail
 from moderation.blocklist import match_rule
 from moderation.models import BannedFingerprint, Upload, WorkerHeartbeat
 

@@ -32,7 +32,6 @@ from hashes.detect import (
     BannedPicture,
     DetectConfig,
     Detector,
-    is_low_detail,
     probes,
     reference_features,
 )
@@ -40,7 +39,7 @@ from hashes.errors import ImageError
 from hashes.evaluation.edits import CATALOGUE, Edit
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
-from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 
 BASELINES = ("dhash_exact", "phash_10", "pdq_31")
 SYSTEMS = ("hashguard", *BASELINES)

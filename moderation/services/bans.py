@@ -17,9 +17,10 @@ from hashes.algorithms import (
     distinct_frames,
     parse_hash,
 )
-from hashes.detect import is_low_detail, reference_features
+from hashes.detect import reference_features
 from hashes.loading import LoadedImage
 from hashes.local import LocalFeatures
+from hashes.matching import is_low_detail
 from moderation import files
 from moderation.blocklist import match_rule
 from moderation.models import (

@@ -10,13 +10,12 @@ from hashes.detect import (
     BannedPicture,
     DetectConfig,
     Detector,
-    is_low_detail,
     probes,
     reference_features,
 )
 from hashes.evaluation.edits import EDITS
 from hashes.loading import load_image
-from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 from tests.images import PHOTOS, encode, photo
 
 RULE = MatchRule.from_config(DEFAULT_RULE_CONFIG)
