@@ -1,7 +1,7 @@
 """Reads: what the commands, the admin and the tests ask of the database."""
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -100,3 +100,23 @@ def low_detail_message(row: BannedFingerprint) -> str:
         "like every other smooth image, so matching it approximately would quarantine "
         "innocent uploads. Only exact copies of this file will be caught."
     )
+
+
+# Records whose file left the media tree: a file at their path is a new one.
+_MOVED_AWAY = {
+    Upload.State.QUARANTINED,
+    Upload.State.CONFIRMED,
+    Upload.State.HELD,
+    Upload.State.SUPERSEDED,
+}
+
+
+def recorded_files() -> Iterator[tuple[bytes, tuple[int, int | None, int | None] | None]]:
+    """Each recorded path, oldest record first, with the size, mtime and inode it was
+    recorded with, or None when that record's file left the media tree."""
+    rows = Upload.objects.order_by("id").values_list(
+        "path", "raw_path", "state", "size", "mtime_ns", "inode"
+    )
+    for path, raw_path, state, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
+        relative = bytes(raw_path) if raw_path is not None else path.encode()
+        yield relative, None if state in _MOVED_AWAY else (size, mtime_ns, inode)

@@ -23,8 +23,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from moderation import files, services
-from moderation.models import Upload
+from moderation import files, selectors, services
 from moderation.tasks import waiting_in_queue
 
 logger = logging.getLogger(__name__)
@@ -33,15 +32,6 @@ logger = logging.getLogger(__name__)
 # it has not changed for this many stability windows (the writer hung or the close
 # event was lost); a copy recorded half-written is superseded by the finished file.
 OPEN_FILE_WINDOWS = 20
-
-
-# Records whose file left the media tree: a file at their path is a new one.
-_MOVED_AWAY = {
-    Upload.State.QUARANTINED,
-    Upload.State.CONFIRMED,
-    Upload.State.HELD,
-    Upload.State.SUPERSEDED,
-}
 
 
 class ObserverDied(Exception):
@@ -202,15 +192,11 @@ class MediaWatcher:
         """Remember files recorded before this start, so the first scan skips them: those
         whose latest record says the file is still in the tree."""
         close_old_connections()
-        rows = Upload.objects.order_by("id").values_list(
-            "path", "raw_path", "state", "size", "mtime_ns", "inode"
-        )
-        for path, raw_path, state, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
-            relative = bytes(raw_path) if raw_path is not None else path.encode()
-            if state in _MOVED_AWAY:
+        for relative, signature in selectors.recorded_files():
+            if signature is None:
                 self._recorded.pop(relative, None)
             else:
-                self._recorded[relative] = (size, mtime_ns, inode)
+                self._recorded[relative] = signature
 
     def scan(self, directory: bytes = b"") -> int:
         """Nominate every file under directory not yet recorded as it is now."""
