@@ -1,3 +1,5 @@
+from enum import Enum
+
 from django.conf import settings
 from django.db import models
 
@@ -200,6 +202,52 @@ class Upload(models.Model):
         """The exact bytes of the path inside the media tree."""
         return bytes(self.raw_path) if self.raw_path is not None else self.path.encode()
 
+
+class Transition(Enum):
+    """Every way an upload's state changes: (from these states, to these). Services change
+    an upload's state only along one of these, with a conditional update on its sources."""
+
+    CLAIM = ((Upload.State.PENDING, Upload.State.PROCESSING), (Upload.State.PROCESSING,))
+    GIVE_BACK = ((Upload.State.PROCESSING,), (Upload.State.PENDING,))
+    DECIDE = (
+        (Upload.State.PROCESSING,),
+        (
+            Upload.State.CLEAN,
+            Upload.State.QUARANTINED,
+            Upload.State.HELD,
+            Upload.State.ERROR,
+            Upload.State.NOT_IMAGE,
+        ),
+    )
+    FAIL = (
+        (Upload.State.PENDING, Upload.State.PROCESSING),
+        (Upload.State.HELD, Upload.State.ERROR),
+    )
+    RETRY = ((Upload.State.ERROR, Upload.State.HELD), (Upload.State.PENDING,))
+    SUPERSEDE = (
+        (
+            Upload.State.PENDING,
+            Upload.State.PROCESSING,
+            Upload.State.CLEAN,
+            Upload.State.NOT_IMAGE,
+            Upload.State.ERROR,
+        ),
+        (Upload.State.SUPERSEDED,),
+    )
+    CONFIRM = ((Upload.State.QUARANTINED, Upload.State.HELD), (Upload.State.CONFIRMED,))
+    RELEASE = (
+        (Upload.State.QUARANTINED, Upload.State.CONFIRMED, Upload.State.HELD),
+        (Upload.State.RELEASED,),
+    )
+    FLAG = ((Upload.State.CLEAN, Upload.State.RELEASED), (Upload.State.CONFIRMED,))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.value[0])
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.value[1])
 
 
 class Match(models.Model):

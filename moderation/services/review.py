@@ -12,6 +12,7 @@ from moderation.models import (
     BannedFingerprint,
     Category,
     Match,
+    Transition,
     Upload,
 )
 from moderation.services.bans import BanImage, ban_image
@@ -31,9 +32,9 @@ def upload_confirm(*, upload_id: int, actor: User) -> Upload:
     """Keep a quarantined or held upload out of the media tree."""
     now = timezone.now()
     with transaction.atomic():
-        updated = Upload.objects.filter(
-            pk=upload_id, state__in=[State.QUARANTINED, State.HELD]
-        ).update(state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now)
+        updated = Upload.objects.filter(pk=upload_id, state__in=Transition.CONFIRM.sources).update(
+            state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now
+        )
         if not updated:
             raise ActionRefused("Only an upload waiting for review can be confirmed.")
         upload = Upload.objects.get(pk=upload_id)
@@ -50,7 +51,7 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
     with transaction.atomic():
         upload = (
             Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=[State.QUARANTINED, State.CONFIRMED, State.HELD])
+            .filter(pk=upload_id, state__in=Transition.RELEASE.sources)
             .first()
         )
         if upload is None:
@@ -77,8 +78,7 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
             ) from None
         except FileNotFoundError:
             raise ActionRefused(
-                f"The quarantined file {files.display(source[1])} is missing; nothing was "
-                "released."
+                f"The quarantined file {files.display(source[1])} is missing; nothing was released."
             ) from None
         except files.UnsafePath as exc:
             raise ActionRefused(f"{upload.path} cannot be put back safely: {exc}") from None
@@ -97,7 +97,7 @@ def upload_flag(
     reason: str = "",
 ) -> Upload:
     """Ban an upload that was let through: add its fingerprints and quarantine it."""
-    flaggable = [State.CLEAN, State.RELEASED]
+    flaggable = Transition.FLAG.sources
     upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
     if upload is None:
         raise ActionRefused("Only a clean or released upload can be flagged as banned.")

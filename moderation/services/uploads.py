@@ -24,6 +24,7 @@ from moderation.blocklist import current_blocklist
 from moderation.models import (
     ErrorCode,
     Match,
+    Transition,
     Upload,
 )
 from moderation.services.common import (
@@ -59,7 +60,7 @@ def upload_path_key(path: str | bytes | os.PathLike) -> str:
 
 # States whose record still describes the file at its path; a newer file there supersedes
 # them. Quarantined, held and released records stay: they are moderators' history.
-_LIVE = [State.PENDING, State.PROCESSING, State.CLEAN, State.NOT_IMAGE, State.ERROR]
+_LIVE = Transition.SUPERSEDE.sources
 
 
 def upload_register(*, path: str | bytes | os.PathLike) -> tuple[Upload, bool]:
@@ -251,7 +252,7 @@ def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
     """Check an upload that ended in an error or was held again, e.g. after a fault was
     fixed. A held file is checked where it waits, and put back if it is clean."""
     with transaction.atomic():
-        failed = Upload.objects.filter(pk=upload_id, state__in=[State.ERROR, State.HELD]).exclude(
+        failed = Upload.objects.filter(pk=upload_id, state__in=Transition.RETRY.sources).exclude(
             sha256=""
         )
         if not failed.update(
@@ -362,7 +363,7 @@ def upload_process(*, upload_id: int) -> Upload | None:
 
 def upload_fail(*, upload_id: int, code: str, message: str) -> None:
     """Record that an upload could not be checked: held or left, by HASHGUARD_UNCHECKABLE."""
-    rows = Upload.objects.filter(pk=upload_id, state__in=[State.PENDING, State.PROCESSING])
+    rows = Upload.objects.filter(pk=upload_id, state__in=Transition.FAIL.sources)
     upload = rows.first()
     if upload is not None:
         _decide_uncheckable(rows, upload, code, message)

@@ -18,7 +18,7 @@ from hashes.loading import load_image
 from hashes.local import LocalFeatures
 from moderation import files, selectors, services
 from moderation.blocklist import current_blocklist
-from moderation.models import AuditEvent, BannedFingerprint, Match, Upload
+from moderation.models import AuditEvent, BannedFingerprint, Match, Transition, Upload
 from moderation.services import uploads
 from tests.images import encode, photo
 from tests.moderation.processes import wait_for
@@ -825,3 +825,52 @@ def test_banning_before_any_store_exists_makes_the_reference_store(settings, tmp
     stored = tmp_path / "fresh" / "references" / row.reference_name
     assert stored.read_bytes() == encoded("coffee")
     assert stat.S_IMODE(stored.parent.stat().st_mode) == 0o700
+
+
+def test_the_transitions_table_is_a_sound_state_graph() -> None:
+    reached = {State.PENDING}
+    changed = True
+    while changed:
+        changed = False
+        for transition in Transition:
+            if reached & set(transition.sources) and not set(transition.targets) <= reached:
+                reached |= set(transition.targets)
+                changed = True
+    assert reached == set(State)  # every state can be reached from a new upload
+    # Superseded is the end: nothing leaves it.
+    assert not any(State.SUPERSEDED in t.sources for t in Transition)
+    # A decision is made only under a claim.
+    assert Transition.DECIDE.sources == [State.PROCESSING]
+
+
+def test_every_state_change_the_services_made_followed_the_table(
+    media: Path, banned_astronaut, moderator
+) -> None:
+    """Run uploads through every action and check each change of state against it."""
+    seen: list[tuple[str, str]] = []
+    last: dict[int, str] = {}
+
+    def note() -> None:
+        for pk, state in Upload.objects.values_list("pk", "state"):
+            if last.get(pk, State.PENDING) != state:
+                seen.append((last.get(pk, State.PENDING), state))
+            last[pk] = state
+
+    quarantined = drop(media, "a.jpg", encoded("astronaut", size=(300, 300)))
+    note()
+    services.upload_release(upload_id=quarantined.pk, actor=moderator)
+    note()
+    services.upload_flag(upload_id=quarantined.pk, actor=moderator)
+    note()
+    held = drop(media, "b.jpg", encoded("rocket")[:300])
+    note()
+    services.upload_retry(upload_id=held.pk, actor=moderator)
+    note()
+    services.upload_process(upload_id=held.pk)
+    note()
+    services.upload_confirm(upload_id=held.pk, actor=moderator)
+    note()
+    allowed = {(a, b) for t in Transition for a in t.sources for b in t.targets}
+    # The processing step inside upload_process is not seen from here; allow its hops.
+    allowed |= {(State.PENDING, b) for b in Transition.DECIDE.targets}
+    assert seen and set(seen) <= allowed, set(seen) - allowed
