@@ -320,19 +320,23 @@ class Detector:
     def detect(self, probes: list[Probe], sha256: str = "") -> dict[int, Detection]:
         """The best detection per banned key: exact copies of a banned file (by the
         upload's ``sha256``), then the hash stage over the frames in ``probes`` (first
-        first), then, when nothing was found, the local-feature stage."""
+        first), then, when the hash stage found nothing, the local-feature stage."""
         found: dict[int, Detection] = {}
         for key in self._files.get(sha256, []) if sha256 else []:
             distances = probes[0].fingerprint.distance(self._fingerprints[key]) if probes else {}
             found[key] = Detection(key, Stage.EXACT, "sha256", distances, "the same file")
+        hashed: dict[int, Detection] = {}
         for frame, item in enumerate(probes):
             for detection in self._hash_stage(item, frame):
-                found.setdefault(detection.key, detection)
-        # The second stage costs far more, and one proof is enough to quarantine.
-        if not found and self.config.local_features and self._load_features and probes:
+                hashed.setdefault(detection.key, detection)
+        # The second stage costs far more, and one proof is enough to quarantine; an exact
+        # copy does not stand in for it, since a moderator may let that one pass.
+        if not hashed and self.config.local_features and self._load_features and probes:
             proof = self._local_stage(probes[0])
             if proof is not None:
-                found[proof.key] = proof
+                hashed[proof.key] = proof
+        for key, detection in hashed.items():
+            found.setdefault(key, detection)
         return found
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:

@@ -253,7 +253,8 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
                 f"The {image_format} image data is damaged beyond decoding ({again}). "
                 "Upload the original file again."
             ) from again
-        if np.ptp(np.asarray(frames.kept[0])) == 0:
+        pixels = np.asarray(frames.kept[0])
+        if (pixels == pixels[0, 0]).all():
             raise CorruptImage(
                 f"The {image_format} image data is damaged ({damage}) and none of its "
                 "picture decodes. Upload the original file again."

@@ -1,3 +1,4 @@
+import hashlib
 import io
 import random
 
@@ -10,6 +11,7 @@ from hashes.detect import (
     BannedPicture,
     DetectConfig,
     Detector,
+    Stage,
     probes,
     reference_features,
 )
@@ -180,3 +182,18 @@ def test_a_copy_with_its_hues_turned_is_nominated_by_its_turned_colours() -> Non
     probed = _detect(detector, data)
     assert list(probed) == [2], probed
     assert probed[2].stage == "local features"
+
+
+def test_an_exact_copy_does_not_stand_in_for_the_other_stages() -> None:
+    """A file banned by its bytes alone (too plain, say) and a picture that only the
+    local-feature stage finds in it: both are reported, since a moderator may have let the
+    exact copy pass."""
+    cropped = EDITS["crop_side_20"].apply(photo("astronaut"), random.Random(3), [])
+    detector = _detector("astronaut")
+    exact = hashlib.sha256(cropped).hexdigest()
+    detector.add_all({7: BannedPicture(Fingerprint(hashes={}), None, exact)})
+
+    found = detector.detect(probes(load_image(cropped)), exact)
+
+    assert found[7].stage == Stage.EXACT
+    assert found[0].stage == Stage.LOCAL

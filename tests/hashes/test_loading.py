@@ -468,3 +468,16 @@ def test_unreadable_path_is_left_to_the_caller(tmp_path):
     # A vanished file is a pipeline problem worth retrying, not a verdict on the upload.
     with pytest.raises(FileNotFoundError):
         load_image(tmp_path / "gone.jpg")
+
+
+def test_a_file_of_which_nothing_decodes_is_corrupt_whatever_its_palette():
+    # A palette picture whose first colour is not grey, cut right after its IDAT header:
+    # decoded as far as it goes, it is that one colour all over.
+    image = Image.effect_noise((64, 64), 80).convert("P")
+    palette = image.getpalette()
+    image.putpalette([200, 30, 30, *palette[3:]])
+    data = encode(image, "PNG")
+    cut = data[: data.index(b"IDAT") + 4]
+
+    with pytest.raises(CorruptImage, match="none of its picture decodes"):
+        load_image(cut)
