@@ -177,6 +177,7 @@ class BannedPicture:
     fingerprint: Fingerprint
     colours: np.ndarray | None = None  # None: no reference image, hash stage only
     sha256: str = ""  # of the banned file: its exact copies match whatever else differs
+    md5: str = ""  # the same, as shared hash lists give it
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
@@ -295,8 +296,9 @@ class Detector:
         keys, colours = [], []
         for key, picture in pictures.items():
             self._fingerprints[key] = picture.fingerprint
-            if picture.sha256:
-                self._files.setdefault(picture.sha256, []).append(key)
+            for digest in (picture.sha256, picture.md5):
+                if digest:
+                    self._files.setdefault(digest, []).append(key)
             if not picture.fingerprint.hashes or is_low_detail(
                 picture.fingerprint, self.rule.pdq_min_quality
             ):
@@ -313,18 +315,24 @@ class Detector:
             added = np.stack(colours).astype(np.float32)
             self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
 
-    def bans_file(self, sha256: str) -> bool:
-        """Whether a file with this sha256 is banned as it is."""
-        return sha256 in self._files
+    def bans_file(self, *digests: str) -> bool:
+        """Whether a file with this sha256 (or MD5) is banned as it is."""
+        return any(digest in self._files for digest in digests if digest)
 
-    def detect(self, probes: list[Probe], sha256: str = "") -> dict[int, Detection]:
+    def detect(
+        self, probes: list[Probe], sha256: str = "", md5: str = ""
+    ) -> dict[int, Detection]:
         """The best detection per banned key: exact copies of a banned file (by the
-        upload's ``sha256``), then the hash stage over the frames in ``probes`` (first
-        first), then, when the hash stage found nothing, the local-feature stage."""
+        upload's ``sha256`` or ``md5``), then the hash stage over the frames in ``probes``
+        (first first), then, when the hash stage found nothing, the local-feature stage."""
         found: dict[int, Detection] = {}
-        for key in self._files.get(sha256, []) if sha256 else []:
-            distances = probes[0].fingerprint.distance(self._fingerprints[key]) if probes else {}
-            found[key] = Detection(key, Stage.EXACT, "sha256", distances, "the same file")
+        for rule, digest in (("sha256", sha256), ("md5", md5)):
+            for key in self._files.get(digest, []) if digest else []:
+                banned = self._fingerprints[key]
+                distances = probes[0].fingerprint.distance(banned) if probes else {}
+                found.setdefault(
+                    key, Detection(key, Stage.EXACT, rule, distances, "the same file")
+                )
         hashed: dict[int, Detection] = {}
         for frame, item in enumerate(probes):
             for detection in self._hash_stage(item, frame):

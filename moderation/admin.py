@@ -5,7 +5,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -14,7 +14,14 @@ from django.utils.html import format_html, format_html_join
 from hashes.errors import ImageError
 from moderation import files, selectors, services
 from moderation.forms import BanForm, FlagForm, ReviewDecisionForm
-from moderation.models import AuditEvent, BannedFingerprint, Match, Upload, WorkerHeartbeat
+from moderation.models import (
+    AuditEvent,
+    Bank,
+    BannedFingerprint,
+    Match,
+    Upload,
+    WorkerHeartbeat,
+)
 
 State = Upload.State
 
@@ -331,6 +338,7 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
     list_display = (
         "thumbnail",
         "__str__",
+        "bank",
         "category",
         "source",
         "active",
@@ -338,9 +346,9 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
         "added_by",
         "created_at",
     )
-    list_filter = ("active", "category", "source")
+    list_filter = ("bank", "active", "category", "source")
     search_fields = ("pdq", "phash", "dhash", "sha256", "reason")
-    list_select_related = ("added_by",)
+    list_select_related = ("added_by", "bank")
     actions = ["deactivate", "reactivate"]
     fields = (
         "preview",
@@ -488,3 +496,47 @@ class WorkerHeartbeatAdmin(RecordAdmin):
         "stalled_since",
         "stall",
     )
+
+
+@admin.register(Bank)
+class BankAdmin(admin.ModelAdmin):
+    list_display = ("name", "source", "enabled", "fingerprints", "hits", "created_at")
+    list_filter = ("enabled", "source")
+    fields = ("name", "description", "source", "enabled", "created_at")
+    readonly_fields = ("enabled", "created_at")
+    actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                active_count=Count("fingerprints", filter=Q(fingerprints__active=True)),
+                hit_count=Count("fingerprints__matches"),
+            )
+        )
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # a bank goes with its fingerprints: disable it instead
+
+    @admin.display(description="fingerprints", ordering="active_count")
+    def fingerprints(self, bank: Bank) -> int:
+        return bank.active_count  # type: ignore[attr-defined]
+
+    @admin.display(description="hits", ordering="hit_count")
+    def hits(self, bank: Bank) -> int:
+        return bank.hit_count  # type: ignore[attr-defined]
+
+    @admin.action(description="Enable (match its fingerprints)", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.bank_set_enabled(
+            bank_ids=queryset.values_list("pk", flat=True), enabled=True, actor=moderator(request)
+        )
+        self.message_user(request, f"{count} bank(s) enabled.", messages.SUCCESS)
+
+    @admin.action(description="Disable (stop matching)", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.bank_set_enabled(
+            bank_ids=queryset.values_list("pk", flat=True), enabled=False, actor=moderator(request)
+        )
+        self.message_user(request, f"{count} bank(s) disabled.", messages.SUCCESS)

@@ -79,10 +79,12 @@ def build_blocklist() -> Blocklist:
     version = current_version()
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
     pictures: dict[int, BannedPicture] = {}
-    rows = BannedFingerprint.objects.filter(active=True).values_list(
-        "id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "colours"
+    rows = BannedFingerprint.objects.filter(active=True, bank__enabled=True).values_list(
+        "id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours"
     )
-    for key, phash, dhash, pdq, pdq_quality, sha256, colours in rows.iterator(chunk_size=10_000):
+    for key, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows.iterator(
+        chunk_size=10_000
+    ):
         hashes = {
             name: value
             for name, value in (("phash", phash), ("dhash", dhash), ("pdq", pdq))
@@ -94,7 +96,7 @@ def build_blocklist() -> Blocklist:
             if colours and len(colours) == 2 * COLOUR_BINS**3
             else None
         )
-        pictures[key] = BannedPicture(fingerprint, signature, sha256)
+        pictures[key] = BannedPicture(fingerprint, signature, sha256, md5)
     detector.add_all(pictures)
     return Blocklist(version, detector)
 

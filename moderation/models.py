@@ -38,13 +38,45 @@ class ErrorCode(models.TextChoices):
     INTERNAL = "internal", "Internal error"
 
 
+class Bank(models.Model):
+    """A named list of banned fingerprints: the moderators' own (``local``), or one fed by
+    a hash-sharing programme or a partner's list. A disabled bank matches nothing."""
+
+    class Source(models.TextChoices):
+        MANUAL = "manual", "Added by moderators"
+        FILE = "file", "Imported from hash lists"
+        API = "api", "Fed through the API"
+
+    LOCAL = "local"
+
+    name = models.SlugField(max_length=64, unique=True)
+    description = models.TextField(blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.MANUAL)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class BannedFingerprint(models.Model):
-    """The fingerprints of one banned image (one row per distinct frame of an animation)."""
+    """The fingerprints of one banned image (one row per distinct frame of an animation),
+    or one hash from a list."""
 
     class Source(models.TextChoices):
         IMAGE = "image", "Image upload"
         HASH = "hash", "Pasted hash"
         UPLOAD = "upload", "Flagged upload"
+        LIST = "list", "Imported hash list"
+
+    bank = models.ForeignKey(Bank, on_delete=models.PROTECT, related_name="fingerprints")
+    # Where an imported hash came from: its id in the list, and the list's labels.
+    external_id = models.CharField(max_length=255, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    imported_at = models.DateTimeField(null=True, blank=True)
 
     phash = models.CharField("pHash", max_length=16, blank=True, db_index=True)
     dhash = models.CharField("dHash", max_length=16, blank=True, db_index=True)
@@ -53,8 +85,10 @@ class BannedFingerprint(models.Model):
     # Which version of each algorithm computed the hashes, so they can be recomputed
     # from the reference image when an algorithm changes.
     algorithm_versions = models.JSONField(default=dict, blank=True)
-    # sha256 of the banned file: exact copies match whatever their fingerprints say.
+    # sha256 (or, from shared lists, MD5) of the banned file: exact copies match whatever
+    # their fingerprints say.
     sha256 = models.CharField("SHA-256", max_length=64, blank=True, db_index=True)
+    md5 = models.CharField("MD5", max_length=32, blank=True, db_index=True)
     frame = models.PositiveIntegerField(default=0)
     # File name in HASHGUARD_REFERENCE_DIR; served to staff only, through a view.
     reference_name = models.CharField(max_length=255, blank=True)
@@ -83,13 +117,13 @@ class BannedFingerprint(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.CheckConstraint(
-                condition=~models.Q(phash="", dhash="", pdq="", sha256=""),
+                condition=~models.Q(phash="", dhash="", pdq="", sha256="", md5=""),
                 name="banned_fingerprint_has_a_hash",
             )
         ]
 
     def __str__(self) -> str:
-        label = self.pdq[:12] or self.phash or self.dhash or self.sha256[:12]
+        label = self.pdq[:12] or self.phash or self.dhash or self.sha256[:12] or self.md5[:12]
         return f"#{self.pk} {self.get_category_display()} ({label}…)"
 
     def fingerprint(self) -> Fingerprint:
@@ -292,6 +326,9 @@ class AuditEvent(models.Model):
         BAN_DEACTIVATED = "ban_deactivated", "Banned fingerprint deactivated"
         BAN_ACTIVATED = "ban_activated", "Banned fingerprint reactivated"
         BAN_DELETED = "ban_deleted", "Banned fingerprint deleted"
+        BANS_IMPORTED = "bans_imported", "Hash list imported"
+        BANK_ENABLED = "bank_enabled", "Bank enabled"
+        BANK_DISABLED = "bank_disabled", "Bank disabled"
         UPLOAD_QUARANTINED = "upload_quarantined", "Upload quarantined"
         UPLOAD_HELD = "upload_held", "Upload held (could not be checked)"
         UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"

@@ -1,6 +1,14 @@
 """Everything that changes state, by entity: uploads (the pipeline), review (moderators'
 decisions), bans (the blocklist). Callers import from here."""
 
+from moderation.services.banks import (
+    ImportReport,
+    bank_entries,
+    bank_export,
+    bank_get_or_create,
+    bank_import,
+    bank_set_enabled,
+)
 from moderation.services.bans import (
     banned_add_hashes,
     banned_add_image,
@@ -28,6 +36,12 @@ __all__ = [
     "LEASE",
     "MAX_ATTEMPTS",
     "ActionRefused",
+    "ImportReport",
+    "bank_entries",
+    "bank_export",
+    "bank_get_or_create",
+    "bank_import",
+    "bank_set_enabled",
     "banned_add_hashes",
     "banned_add_image",
     "banned_delete",

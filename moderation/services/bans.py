@@ -24,6 +24,7 @@ from hashes.matching import is_low_detail
 from moderation import files
 from moderation.blocklist import match_rule
 from moderation.models import (
+    Bank,
     BannedFingerprint,
     BlocklistVersion,
     Category,
@@ -99,6 +100,14 @@ def banned_add_image(
         )
 
 
+def local_bank() -> Bank:
+    """The moderators' own bank, where images and pasted hashes they ban go."""
+    bank, _ = Bank.objects.get_or_create(
+        name=Bank.LOCAL, defaults={"description": "Banned by this site's moderators."}
+    )
+    return bank
+
+
 def ban_image(
     image: BanImage,
     *,
@@ -127,6 +136,7 @@ def ban_image(
             algorithm_versions=algorithm_versions(),
             source=source,
             source_upload=source_upload,
+            bank=local_bank(),
             category=category,
             reason=reason,
             added_by=actor,
@@ -177,6 +187,7 @@ def banned_add_hashes(
             **_hash_fields(fingerprint),
             algorithm_versions={name: ALGORITHMS[name].version for name in parsed},
             source=BannedFingerprint.Source.HASH,
+            bank=local_bank(),
             category=category,
             reason=reason,
             added_by=actor,

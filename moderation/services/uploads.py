@@ -406,6 +406,7 @@ def _decide(upload: Upload) -> _Decision:
         )
     # 2. It must be what was recorded.
     sha256 = files.sha256_of(data)
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     if upload.sha256 and sha256 != upload.sha256:
         return _Decision(
             State.ERROR,
@@ -418,7 +419,7 @@ def _decide(upload: Upload) -> _Decision:
     try:
         loaded = load(data)
     except ImageError as exc:
-        if not detector.bans_file(sha256):
+        if not detector.bans_file(sha256, md5):
             if exc.uncheckable:
                 return _Decision(State.HELD, exc.code, str(exc), already_moved)
             if exc.code == ErrorCode.NOT_IMAGE:
@@ -443,7 +444,7 @@ def _decide(upload: Upload) -> _Decision:
                 "as it decodes, as a browser would show it."
             )
     # 4. Match it, leaving out the bans a moderator let this content pass.
-    found = detector.detect(checked, sha256)
+    found = detector.detect(checked, sha256, md5)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
     state = State.QUARANTINED if found else State.CLEAN

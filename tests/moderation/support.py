@@ -28,6 +28,8 @@ MODERATOR_PERMISSIONS = (
     "add_bannedfingerprint",
     "change_bannedfingerprint",
     "delete_bannedfingerprint",
+    "view_bank",
+    "change_bank",
 )
 PASSWORD = "correct horse battery"
 PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"

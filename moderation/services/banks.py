@@ -1,0 +1,233 @@
+"""Banks of banned fingerprints, and hash lists imported into them and exported from them."""
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from hashes.algorithms import ALGORITHMS, Fingerprint
+from hashes.hashlists import Entry, Problem, detect_format, read, write
+from hashes.matching import is_low_detail
+from moderation.blocklist import match_rule
+from moderation.models import AuditEvent, Bank, BannedFingerprint, Category
+from moderation.services.bans import blocklist_bump
+from moderation.services.common import audit
+
+Action = AuditEvent.Action
+BATCH = 5000
+# The first lines looked at to tell a list's format.
+_SNIFF_LINES = 5
+
+
+@dataclass
+class ImportReport:
+    bank: str
+    format: str
+    added: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    refused: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    skipped_kinds: Counter[str] = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{count} {kind}" for kind, count in self.skipped_kinds.items())
+        bad = sum(1 for p in self.problems if not p.unknown_kind)
+        return (
+            f"{self.format} list into bank {self.bank}: {self.added} added, {self.removed} "
+            f"removed, {self.unchanged} unchanged, {self.refused} refused, {bad} bad lines"
+            + (f"; skipped signal types: {skipped}" if skipped else "")
+        )
+
+
+def bank_get_or_create(*, name: str, source: str = Bank.Source.FILE) -> Bank:
+    bank, _ = Bank.objects.get_or_create(name=name, defaults={"source": source})
+    return bank
+
+
+def bank_set_enabled(*, bank_ids: Iterable[int], enabled: bool, actor: User | None) -> int:
+    """Turn banks on or off; a disabled bank matches nothing, in every worker at once."""
+    with transaction.atomic():
+        banks = list(Bank.objects.select_for_update().filter(pk__in=list(bank_ids)))
+        changed = [bank for bank in banks if bank.enabled != enabled]
+        Bank.objects.filter(pk__in=[bank.pk for bank in changed]).update(enabled=enabled)
+        for bank in changed:
+            audit(
+                Action.BANK_ENABLED if enabled else Action.BANK_DISABLED,
+                actor=actor,
+                detail=f"bank {bank.name}",
+            )
+        if changed:
+            blocklist_bump()
+    return len(changed)
+
+
+def bank_import(
+    *,
+    lines: Iterable[str],
+    bank: str,
+    fmt: str = "auto",
+    replace: bool = False,
+    actor: User | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Import a hash list into a bank, made if it does not exist.
+
+    Idempotent: a hash already in the bank is left as it is; a line marked deleted
+    removes its hash; with ``replace`` the bank ends up holding exactly the list. Bad
+    lines are reported with their numbers and the good ones imported. Written in batches
+    of BATCH lines, each in its own transaction, so a crash leaves whole batches and a
+    second run finishes the job; the workers see the change once, at the end.
+    """
+    stream = iter(lines)
+    head = list(itertools.islice(stream, _SNIFF_LINES))
+    chosen = detect_format(head) if fmt == "auto" else fmt
+    target = bank_get_or_create(name=bank)
+    report = ImportReport(bank=target.name, format=chosen)
+    seen: set[tuple[str, str]] = set()
+    try:
+        parsed = read(itertools.chain(head, stream), chosen)
+        while batch := list(itertools.islice(parsed, BATCH)):
+            entries = []
+            for item in batch:
+                if isinstance(item, Problem):
+                    report.problems.append(item)
+                    if item.unknown_kind:
+                        report.skipped_kinds[item.unknown_kind] += 1
+                else:
+                    entries.append(item)
+            with transaction.atomic():
+                _import_batch(target, entries, report, seen)
+            if progress:
+                progress(len(batch))
+        if replace:
+            with transaction.atomic():
+                report.removed += _remove_all_but(target, seen)
+    finally:
+        blocklist_bump()
+    audit(Action.BANS_IMPORTED, actor=actor, detail=report.summary())
+    return report
+
+
+def _import_batch(
+    bank: Bank, entries: list[Entry], report: ImportReport, seen: set[tuple[str, str]]
+) -> None:
+    existing = _existing(bank, entries)
+    minimum = match_rule().pdq_min_quality
+    now = timezone.now()
+    new: dict[tuple[str, str], BannedFingerprint] = {}
+    for entry in entries:
+        if entry.deleted:
+            ids = existing.pop(entry.key, [])
+            if ids:
+                report.removed += BannedFingerprint.objects.filter(pk__in=ids).delete()[0]
+            new.pop(entry.key, None)
+            seen.discard(entry.key)
+            continue
+        refusal = _refusal(entry, minimum)
+        if refusal:
+            report.refused += 1
+            continue
+        seen.add(entry.key)
+        if entry.key in existing or entry.key in new:
+            report.unchanged += 1
+            continue
+        new[entry.key] = _row(bank, entry, now)
+    BannedFingerprint.objects.bulk_create(new.values(), batch_size=1000)
+    report.added += len(new)
+
+
+def _existing(bank: Bank, entries: list[Entry]) -> dict[tuple[str, str], list[int]]:
+    by_kind: dict[str, set[str]] = {}
+    for entry in entries:
+        by_kind.setdefault(entry.kind, set()).add(entry.value)
+    found: dict[tuple[str, str], list[int]] = {}
+    for kind, values in by_kind.items():
+        rows = BannedFingerprint.objects.filter(bank=bank, **{f"{kind}__in": values})
+        for value, pk in rows.values_list(kind, "pk"):
+            found.setdefault((kind, value), []).append(pk)
+    return found
+
+
+def _refusal(entry: Entry, pdq_min_quality: int) -> str:
+    """Why an entry cannot be banned fuzzily, or "" when it can."""
+    if entry.kind not in ALGORITHMS:
+        return ""  # file digests match exact copies only
+    fingerprint = Fingerprint(
+        hashes={entry.kind: entry.value},
+        pdq_quality=entry.quality if entry.kind == "pdq" else None,
+    )
+    if is_low_detail(fingerprint, pdq_min_quality):
+        return "too plain to match fuzzily (PDQ quality below the minimum, or a flat hash)"
+    return ""
+
+
+def _row(bank: Bank, entry: Entry, now: datetime) -> BannedFingerprint:
+    known = entry.category.lower() in Category.values
+    tags = list(entry.tags)
+    if entry.category and not known:
+        tags.append(f"category:{entry.category}")
+    fields: dict[str, object] = {entry.kind: entry.value}
+    if entry.kind == "pdq":
+        fields["pdq_quality"] = entry.quality if entry.quality is not None else 100
+    if entry.kind in ALGORITHMS:
+        fields["algorithm_versions"] = {entry.kind: ALGORITHMS[entry.kind].version}
+    return BannedFingerprint(
+        **fields,
+        bank=bank,
+        source=BannedFingerprint.Source.LIST,
+        category=entry.category.lower() if known else Category.OTHER,
+        reason=entry.reason,
+        external_id=entry.external_id[:255],
+        tags=tags,
+        imported_at=now,
+    )
+
+
+def _remove_all_but(bank: Bank, kept: set[tuple[str, str]]) -> int:
+    """Delete the bank's fingerprints whose hashes are none of ``kept``."""
+    stale = []
+    kinds = ("pdq", "phash", "dhash", "md5", "sha256")
+    rows = BannedFingerprint.objects.filter(bank=bank).values_list("pk", *kinds)
+    for pk, *values in rows.iterator(chunk_size=10_000):
+        keys = {(kind, value) for kind, value in zip(kinds, values, strict=True) if value}
+        if not keys & kept:
+            stale.append(pk)
+    removed = 0
+    for start in range(0, len(stale), BATCH):
+        removed += BannedFingerprint.objects.filter(pk__in=stale[start : start + BATCH]).delete()[
+            0
+        ]
+    return removed
+
+
+def bank_entries(*, bank: str) -> Iterator[Entry]:
+    """Every hash of a bank's active fingerprints, as list entries."""
+    rows = BannedFingerprint.objects.filter(bank__name=bank, active=True).order_by("pk")
+    for row in rows.iterator(chunk_size=10_000):
+        tags = tuple(tag for tag in row.tags if not tag.startswith("category:"))
+        raw = [tag.removeprefix("category:") for tag in row.tags if tag.startswith("category:")]
+        for kind in ("pdq", "phash", "dhash", "md5", "sha256"):
+            value = getattr(row, kind)
+            if value:
+                yield Entry(
+                    kind,
+                    value,
+                    quality=row.pdq_quality if kind == "pdq" else None,
+                    category=raw[0] if raw else row.category,
+                    tags=tags,
+                    external_id=row.external_id,
+                    reason=row.reason,
+                )
+
+
+def bank_export(*, bank: str, fmt: str) -> Iterator[str]:
+    """A bank as a hash list in format ``fmt``, line by line."""
+    if not Bank.objects.filter(name=bank).exists():
+        raise ValueError(f"There is no bank named {bank!r}.")
+    return write(bank_entries(bank=bank), fmt)

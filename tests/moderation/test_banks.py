@@ -1,0 +1,168 @@
+"""Banks, and hash lists imported into them and exported from them, on the real database."""
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+from hashes.hashlists import FORMATS
+from moderation import services
+from moderation.blocklist import current_blocklist
+from moderation.models import AuditEvent, Bank, BannedFingerprint, Upload
+from tests.images import encode, photo
+from tests.moderation.support import BANNED_LIST_URL, run_action
+
+pytestmark = pytest.mark.django_db
+PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+MD5 = "0cc175b9c0f1b6a831c399e269772661"
+
+
+def random_pdq(rng: random.Random) -> str:
+    return rng.randbytes(32).hex()
+
+
+def import_lines(lines: list[str], bank: str = "partner", **options: object):
+    return services.bank_import(lines=[line + "\n" for line in lines], bank=bank, **options)
+
+
+def test_existing_bans_are_in_the_local_bank(stores: Path) -> None:
+    [row] = services.banned_add_image(data=encode(photo("coffee"), "JPEG"))
+    assert row.bank.name == Bank.LOCAL
+    pasted = services.banned_add_hashes(hashes={"pdq": PDQ})
+    assert pasted.bank == row.bank
+
+
+def test_an_hma_list_is_imported_once_with_its_problems_reported() -> None:
+    lines = [f"pdq {PDQ}", f"md5 {MD5}", "video_md5 " + MD5, "pdq 12", "pdq " + "0" * 64]
+    report = import_lines(lines)
+    assert (report.format, report.added, report.refused) == ("hma", 2, 1)
+    assert [p.line for p in report.problems] == [3, 4]
+    assert report.skipped_kinds == {"video_md5": 1}
+    bank = Bank.objects.get(name="partner")
+    assert bank.source == Bank.Source.FILE
+    assert set(bank.fingerprints.values_list("pdq", "md5")) == {(PDQ, ""), ("", MD5)}
+    assert BannedFingerprint.objects.filter(bank=bank, source="list").count() == 2
+
+    again = import_lines(lines)
+    assert (again.added, again.unchanged) == (0, 2)
+    assert bank.fingerprints.count() == 2
+    events = AuditEvent.objects.filter(action="bans_imported")
+    assert events.count() == 2 and "2 added" in events.order_by("id").first().detail
+
+
+def test_rows_marked_deleted_remove_their_hashes() -> None:
+    import_lines(["algorithm,hash,category", f"pdq,{PDQ},nudity", f"md5,{MD5},scam"])
+    report = import_lines(["algorithm,hash,deleted", f"md5,{MD5},yes"])
+    assert report.removed == 1
+    assert list(Bank.objects.get(name="partner").fingerprints.values_list("pdq", flat=True)) == [
+        PDQ
+    ]
+
+
+def test_replace_makes_the_bank_hold_exactly_the_list() -> None:
+    rng = random.Random(1)
+    old = [random_pdq(rng) for _ in range(3)]
+    import_lines([f"pdq {code}" for code in old])
+    report = import_lines([f"pdq {old[0]}", f"md5 {MD5}"], replace=True)
+    assert (report.added, report.unchanged, report.removed) == (1, 1, 2)
+    bank = Bank.objects.get(name="partner")
+    assert {(r.pdq, r.md5) for r in bank.fingerprints.all()} == {(old[0], ""), ("", MD5)}
+
+
+def test_provenance_is_kept() -> None:
+    import_lines(
+        [
+            "signal_type,signal_str,collab,category,tags",
+            f"pdq,{PDQ},partner-a,terrorism,violent extremist",
+        ]
+    )
+    row = BannedFingerprint.objects.get(pdq=PDQ)
+    assert (row.external_id, row.category, row.imported_at is not None) == (
+        "partner-a",
+        "other",
+        True,
+    )
+    assert row.tags == ["violent", "extremist", "category:terrorism"]
+
+
+def test_a_hundred_thousand_lines_import_in_batches() -> None:
+    rng = random.Random(2)
+    lines = [f"pdq {random_pdq(rng)}" for _ in range(100_000)]
+    seen = []
+    report = import_lines(lines, bank="big", progress=seen.append)
+    assert report.added + report.refused == 100_000 and report.refused < 10
+    assert sum(seen) == 100_000 and len(seen) == 100_000 // services.banks.BATCH
+    assert Bank.objects.get(name="big").fingerprints.count() == report.added
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_export_imported_into_an_empty_bank_gives_the_same_bank(fmt: str) -> None:
+    rng = random.Random(3)
+    lines = ["algorithm,hash,category,tags,external_id"]
+    lines += [f"pdq,{random_pdq(rng)},nudity,a b,{i}" for i in range(20)]
+    lines += [f"md5,{hashlib.md5(bytes([i])).hexdigest()},scam,,m{i}" for i in range(5)]
+    lines += ["phash,8f373714acfcf4d0,other,,p"]
+    import_lines(lines, bank="source")
+
+    exported = list(services.bank_export(bank="source", fmt=fmt))
+    services.bank_import(lines=exported, bank="copy", fmt=fmt)
+
+    carried = {"hma": {"pdq", "md5"}, "pdq-hasher": {"pdq"}}.get(fmt, {"pdq", "md5", "phash"})
+
+    def held(bank: str) -> set:
+        return {
+            (e.kind, e.value, e.category if fmt in ("csv", "te-csv") else "")
+            for e in services.bank_entries(bank=bank)
+            if e.kind in carried
+        }
+
+    assert held("copy") == held("source") and len(held("copy")) > 0
+
+
+def test_an_md5_from_a_list_catches_exact_copies(stores: Path) -> None:
+    data = encode(photo("rocket"), "PNG")
+    import_lines([f"md5 {hashlib.md5(data).hexdigest()}"])
+    path = stores / "media" / "copy.png"
+    path.write_bytes(data)
+    upload, _ = services.upload_register(path=path)
+    upload = services.upload_process(upload_id=upload.pk)
+    assert upload.state == Upload.State.QUARANTINED
+    match = upload.matches.get()
+    assert (match.stage, match.rule, match.fingerprint.bank.name) == ("sha256", "md5", "partner")
+
+
+def test_a_disabled_bank_matches_nothing_in_every_worker_at_once(moderator) -> None:
+    import_lines([f"pdq {PDQ}"])
+    bank = Bank.objects.get(name="partner")
+    assert len(current_blocklist().detector) == 1
+    assert services.bank_set_enabled(bank_ids=[bank.pk], enabled=False, actor=moderator) == 1
+    assert len(current_blocklist().detector) == 0
+    assert AuditEvent.objects.filter(action="bank_disabled", actor=moderator).exists()
+    services.bank_set_enabled(bank_ids=[bank.pk], enabled=True, actor=moderator)
+    assert len(current_blocklist().detector) == 1
+
+
+def test_the_command_imports_and_exports(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "list.txt"
+    source.write_text(f"pdq {PDQ}\npdq 12\n")
+    call_command("hashlist", "import", str(source), "--bank", "ncmec")
+    captured = capsys.readouterr()
+    assert "1 added" in captured.out and f"{source}:2:" in captured.err
+    target = tmp_path / "out.csv"
+    call_command("hashlist", "export", "--bank", "ncmec", "--format", "csv", "-o", str(target))
+    assert PDQ in target.read_text()
+
+
+def test_moderators_see_banks_with_counts_and_can_disable_one(moderator_client) -> None:
+    import_lines([f"pdq {PDQ}", f"md5 {MD5}"])
+    response = moderator_client.get("/admin/moderation/bank/")
+    assert response.status_code == 200
+    assert b"partner" in response.content
+    bank = Bank.objects.get(name="partner")
+    run_action(moderator_client, "/admin/moderation/bank/", "disable", [bank.pk])
+    bank.refresh_from_db()
+    assert not bank.enabled
+    listed = moderator_client.get(BANNED_LIST_URL, {"bank__id__exact": bank.pk})
+    assert listed.status_code == 200 and PDQ[:12].encode() in listed.content
