@@ -1,0 +1,97 @@
+"""How fast a hash list imports into a bank, beside reading the list alone.
+
+    DATABASE_URL=postgres://... .venv/bin/python -m benchmarks.bench_import [--lines 1000000]
+
+Writes a list of random PDQ hashes in HMA's format, then times reading it (parsing and
+checking every line, the baseline: the least any import does) and importing it into a
+fresh bank of a throwaway database: PostgreSQL when DATABASE_URL names one (a database
+``<name>_bench`` beside it is made and dropped), else SQLite in a temporary folder.
+Re-importing the same list (all unchanged) is timed too. Figures only.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-import-"))
+    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
+    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    url = os.environ.get("DATABASE_URL", "")
+    bench_url = None
+    if url.startswith("postgres"):
+        bench_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1].split("?")[0] + "_bench"
+        os.environ["DATABASE_URL"] = bench_url
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from hashes.hashlists import read
+    from moderation import services
+
+    if bench_url:
+        _recreate(connection)
+    try:
+        call_command("migrate", verbosity=0)
+        rng = random.Random(1)
+        path = data_dir / "list.txt"
+        with path.open("w") as out:
+            for _ in range(args.lines):
+                out.write(f"pdq {rng.randbytes(32).hex()}\n")
+        started = time.perf_counter()
+        with path.open() as lines:
+            parsed = sum(1 for _ in read(lines, "hma"))
+        parse = time.perf_counter() - started
+        started = time.perf_counter()
+        with path.open() as lines:
+            report = services.bank_import(lines=lines, bank="bench", fmt="hma")
+        full = time.perf_counter() - started
+        started = time.perf_counter()
+        with path.open() as lines:
+            again = services.bank_import(lines=lines, bank="bench", fmt="hma")
+        repeat = time.perf_counter() - started
+        engine = connection.vendor
+        print(f"{args.lines:,} PDQ lines (HMA format) into {engine}:")
+        print(f"  reading the list alone: {parse:6.1f} s  ({parsed / parse:,.0f} lines/s)")
+        print(
+            f"  importing it:           {full:6.1f} s  ({args.lines / full:,.0f} lines/s, "
+            f"{full / parse:.1f}x reading); {report.summary()}"
+        )
+        print(
+            f"  importing it again:     {repeat:6.1f} s  ({repeat / parse:.1f}x reading); "
+            f"{again.unchanged:,} unchanged"
+        )
+    finally:
+        if bench_url:
+            connection.close()
+            _drop(connection)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _recreate(connection) -> None:
+    name = connection.settings_dict["NAME"]
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        cursor.execute(f'CREATE DATABASE "{name}"')
+
+
+def _drop(connection) -> None:
+    name = connection.settings_dict["NAME"]
+    with connection._nodb_cursor() as cursor:
+        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+if __name__ == "__main__":
+    main()
