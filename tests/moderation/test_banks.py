@@ -1,7 +1,10 @@
 """Banks, and hash lists imported into them and exported from them, on the real database."""
 
 import hashlib
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from moderation import services
 from moderation.blocklist import current_blocklist
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Upload
 from tests.images import encode, photo
+from tests.moderation.processes import ROOT
 from tests.moderation.support import BANNED_LIST_URL, run_action
 
 pytestmark = pytest.mark.django_db
@@ -166,3 +170,33 @@ def test_moderators_see_banks_with_counts_and_can_disable_one(moderator_client) 
     assert not bank.enabled
     listed = moderator_client.get(BANNED_LIST_URL, {"bank__id__exact": bank.pk})
     assert listed.status_code == 200 and PDQ[:12].encode() in listed.content
+
+
+def test_the_embedded_default_imports_and_exports(tmp_path: Path) -> None:
+    """SQLite, as `bin/run` sets it up: no PostgreSQL involved."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "CELERY_BROKER_URL")
+    }
+    env.update(HASHGUARD_DATA_DIR=str(tmp_path), DJANGO_SECRET_KEY="embedded")
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert manage("migrate", "-v0").returncode == 0
+    source = tmp_path / "list.csv"
+    source.write_text(f"{PDQ},90,a.jpg\n")
+    imported = manage("hashlist", "import", str(source), "--bank", "partner")
+    assert imported.returncode == 0, imported.stderr
+    assert "pdq-hasher list into bank partner: 1 added" in imported.stdout
+    exported = manage("hashlist", "export", "--bank", "partner", "--format", "hma")
+    assert exported.stdout == f"pdq {PDQ}\n"
+    assert (tmp_path / "hashguard.sqlite3").exists()
