@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.contrib.auth.models import User
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
@@ -143,13 +143,18 @@ def _import_batch(
 
 
 def _insert(rows: list[BannedFingerprint]) -> None:
-    """Insert many rows: with PostgreSQL's COPY, some fifteen times faster than INSERTs."""
+    """Insert many rows: with PostgreSQL's COPY, a few times faster than INSERTs."""
     if connection.vendor != "postgresql":
         BannedFingerprint.objects.bulk_create(rows, batch_size=1000)
         return
     fields = [field for field in BannedFingerprint._meta.concrete_fields if not field.primary_key]
     table = connection.ops.quote_name(BannedFingerprint._meta.db_table)
-    columns = ", ".join(connection.ops.quote_name(field.column) for field in fields)
+    columns = ", ".join(connection.ops.quote_name(str(field.column)) for field in fields)
+    # Plain values go as they are; only JSON needs preparing, the costly part per value.
+    prepare = [
+        (field.attname, field if isinstance(field, models.JSONField) else None)
+        for field in fields
+    ]
     with (
         connection.cursor() as cursor,
         cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
@@ -157,8 +162,10 @@ def _insert(rows: list[BannedFingerprint]) -> None:
         for row in rows:
             copy.write_row(
                 [
-                    field.get_db_prep_save(getattr(row, field.attname), connection)
-                    for field in fields
+                    field.get_db_prep_save(getattr(row, name), connection)
+                    if field is not None
+                    else getattr(row, name)
+                    for name, field in prepare
                 ]
             )
 
@@ -169,10 +176,25 @@ def _existing(bank: Bank, entries: list[Entry]) -> dict[tuple[str, str], list[in
         by_kind.setdefault(entry.kind, set()).add(entry.value)
     found: dict[tuple[str, str], list[int]] = {}
     for kind, values in by_kind.items():
-        rows = BannedFingerprint.objects.filter(bank=bank, **{f"{kind}__in": values})
-        for value, pk in rows.values_list(kind, "pk"):
+        for value, pk in _lookup(bank, kind, values):
             found.setdefault((kind, value), []).append(pk)
     return found
+
+
+def _lookup(bank: Bank, kind: str, values: set[str]) -> Iterable[tuple[str, int]]:
+    """(hash, id) of the bank's rows holding any of values; on PostgreSQL as one array
+    parameter, which is far cheaper to send than thousands of IN parameters."""
+    if connection.vendor != "postgresql":
+        rows = BannedFingerprint.objects.filter(bank=bank, **{f"{kind}__in": values})
+        return rows.values_list(kind, "pk")
+    table = connection.ops.quote_name(BannedFingerprint._meta.db_table)
+    column = connection.ops.quote_name(kind)  # the hash fields' columns bear their names
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {column}, id FROM {table} WHERE bank_id = %s AND {column} = ANY(%s)",
+            [bank.pk, list(values)],
+        )
+        return list(cursor.fetchall())
 
 
 def _refusal(entry: Entry, pdq_min_quality: int) -> str:
