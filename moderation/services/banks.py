@@ -11,7 +11,7 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
-from hashes.hashlists import Entry, Problem, detect_format, read, write
+from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
 from hashes.matching import is_low_detail
 from moderation.blocklist import match_rule
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Category
@@ -84,6 +84,8 @@ def bank_import(
     of BATCH lines, each in its own transaction, so a crash leaves whole batches and a
     second run finishes the job; the workers see the change once, at the end.
     """
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"Unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}.")
     stream = iter(lines)
     head = list(itertools.islice(stream, _SNIFF_LINES))
     chosen = detect_format(head) if fmt == "auto" else fmt

@@ -200,3 +200,11 @@ def test_the_embedded_default_imports_and_exports(tmp_path: Path) -> None:
     exported = manage("hashlist", "export", "--bank", "partner", "--format", "hma")
     assert exported.stdout == f"pdq {PDQ}\n"
     assert (tmp_path / "hashguard.sqlite3").exists()
+
+
+def test_a_list_that_cannot_be_read_changes_nothing() -> None:
+    with pytest.raises(ValueError, match="Unknown format"):
+        import_lines([f"pdq {PDQ}"], fmt="xml")
+    with pytest.raises(ValueError, match="Cannot tell"):
+        import_lines(["<html>not a list</html>"])
+    assert not Bank.objects.filter(name="partner").exists()
