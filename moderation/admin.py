@@ -6,18 +6,19 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from hashes.errors import ImageError
 from moderation import files, selectors, services
-from moderation.forms import BanForm, FlagForm, ReviewDecisionForm
+from moderation.forms import BanForm, FlagForm, HashListForm, ReviewDecisionForm
 from moderation.models import (
     AuditEvent,
     Bank,
     BannedFingerprint,
+    ImportJob,
     Match,
     Upload,
     WorkerHeartbeat,
@@ -504,7 +505,68 @@ class BankAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "source")
     fields = ("name", "description", "source", "enabled", "created_at")
     readonly_fields = ("enabled", "created_at")
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "export_csv", "export_hma"]
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "import/",
+                self.admin_site.admin_view(self.import_view),
+                name="moderation_bank_import",
+            ),
+            *super().get_urls(),
+        ]
+
+    def import_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("moderation.add_bannedfingerprint"):
+            raise PermissionDenied
+        form = HashListForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            job = services.import_job_create(
+                chunks=data["file"].chunks(),
+                bank=data["bank"],
+                fmt=data["format"],
+                replace=data["replace"],
+                actor=moderator(request),
+            )
+            self.message_user(
+                request, f"{job} queued; this page shows its progress.", messages.SUCCESS
+            )
+            return HttpResponseRedirect(reverse("admin:moderation_importjob_change", args=[job.pk]))
+        return TemplateResponse(
+            request,
+            "admin/moderation/bank/import.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Import a hash list",
+                "form": form,
+                "opts": self.model._meta,
+            },
+        )
+
+    def _export(
+        self, request: HttpRequest, queryset: QuerySet, fmt: str
+    ) -> StreamingHttpResponse | None:
+        banks = list(queryset)
+        if len(banks) != 1:
+            self.message_user(request, "Choose one bank to export.", messages.WARNING)
+            return None
+        suffix = "csv" if fmt == "csv" else "txt"
+        response = StreamingHttpResponse(
+            services.bank_export(bank=banks[0].name, fmt=fmt), content_type="text/plain"
+        )
+        name = f"{banks[0].name}-{fmt}.{suffix}"
+        response["Content-Disposition"] = f'attachment; filename="{name}"'
+        return response
+
+    @admin.action(description="Export as CSV (every hash)", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet) -> StreamingHttpResponse | None:
+        return self._export(request, queryset, "csv")
+
+    @admin.action(description="Export as an HMA file (PDQ and MD5)", permissions=["view"])
+    def export_hma(self, request: HttpRequest, queryset: QuerySet) -> StreamingHttpResponse | None:
+        return self._export(request, queryset, "hma")
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return (
@@ -540,3 +602,33 @@ class BankAdmin(admin.ModelAdmin):
             bank_ids=queryset.values_list("pk", flat=True), enabled=False, actor=moderator(request)
         )
         self.message_user(request, f"{count} bank(s) disabled.", messages.SUCCESS)
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(RecordAdmin):
+    list_display = ("__str__", "state", "progress", "summary", "created_by", "created_at")
+    list_filter = ("state",)
+    fields = (
+        "bank",
+        "format",
+        "replace",
+        "state",
+        "progress",
+        "summary",
+        "problem_lines",
+        "created_by",
+        "created_at",
+        "finished_at",
+    )
+    readonly_fields = fields
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("moderation.add_bannedfingerprint")
+
+    @admin.display(description="progress")
+    def progress(self, job: ImportJob) -> str:
+        return f"{job.lines_done:,} of {job.lines_total:,} lines"
+
+    @admin.display(description="bad lines")
+    def problem_lines(self, job: ImportJob) -> str:
+        return format_html_join("", "<div>{}</div>", ((line,) for line in job.problems)) or "—"

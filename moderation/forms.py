@@ -2,6 +2,7 @@ from django import forms
 from django.conf import settings
 
 from hashes.algorithms import parse_hash
+from hashes.hashlists import FORMATS
 from moderation.models import Category, Upload
 
 
@@ -90,4 +91,18 @@ class ReviewDecisionForm(forms.Form):
             ("release", "Release this file only"),
             ("allow", "Release, and let exact copies pass its bans from now on"),
         ]
+    )
+
+
+class HashListForm(forms.Form):
+    file = forms.FileField(help_text="A hash list: HMA, threatexchange CSV, CSV or PDQ hasher.")
+    bank = forms.SlugField(
+        max_length=64, help_text="The bank to import into; made if it does not exist."
+    )
+    format = forms.ChoiceField(
+        choices=[("auto", "Tell by content"), *((name, name) for name in FORMATS)],
+        initial="auto",
+    )
+    replace = forms.BooleanField(
+        required=False, help_text="Make the bank hold exactly this list: remove what it lacks."
     )

@@ -46,6 +46,9 @@ class Snapshot:
     pool_size: int
     waiting_uploads: list[int] = field(default_factory=list)
     running_uploads: list[int] = field(default_factory=list)
+    # Tasks that may rightly run for long (a hash-list import): they hold pool processes
+    # but are not judged by the uploads' time limit.
+    long_running: int = 0
 
 
 class Judge:
@@ -66,7 +69,7 @@ class Judge:
             self.progress_at = now
             return None
         oldest = min(snapshot.waiting.values(), default=now)
-        free = snapshot.pool_size - len(snapshot.running)
+        free = snapshot.pool_size - len(snapshot.running) - snapshot.long_running
         if free > 0 and now - oldest > self.start_seconds and now - self.progress_at > (
             self.start_seconds
         ):
@@ -74,7 +77,7 @@ class Judge:
                 f"{free} pool process(es) free, but a task received {now - oldest:.0f} s ago "
                 "has not started"
             )
-        if now - self.progress_at > self.progress_seconds:
+        if not snapshot.long_running and now - self.progress_at > self.progress_seconds:
             return f"no task started or finished for {now - self.progress_at:.0f} s"
         return None
 

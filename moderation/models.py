@@ -387,3 +387,35 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ImportJob(models.Model):
+    """A hash list uploaded in the admin, imported by a worker in the background."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Importing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    bank = models.SlugField(max_length=64)
+    format = models.CharField(max_length=16, default="auto")
+    replace = models.BooleanField(default=False)
+    # The uploaded list, kept in HASHGUARD_DATA_DIR/imports until it is imported.
+    file_name = models.CharField(max_length=255)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    lines_total = models.PositiveIntegerField(default=0)
+    lines_done = models.PositiveIntegerField(default=0)
+    summary = models.TextField(blank=True)
+    problems = models.JSONField(default=list, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"import #{self.pk} into {self.bank}"

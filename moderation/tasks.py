@@ -67,6 +67,14 @@ def process_upload(self, upload_id: int) -> None:  # noqa: ANN001
         raise self.retry(exc=exc, countdown=min(120, 2 ** (self.request.retries + 1))) from exc
 
 
+# A long list takes minutes, not the seconds an upload does.
+@shared_task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=7200, time_limit=7260)
+def run_import(job_id: int) -> None:
+    from moderation import services
+
+    services.import_job_run(job_id=job_id)
+
+
 def waiting_in_queue() -> int | None:
     """How many messages wait in the broker's queue, or None if it cannot be asked."""
     try:

@@ -8,6 +8,8 @@ from moderation.services.banks import (
     bank_get_or_create,
     bank_import,
     bank_set_enabled,
+    import_job_create,
+    import_job_run,
 )
 from moderation.services.bans import (
     banned_add_hashes,
@@ -42,6 +44,8 @@ __all__ = [
     "bank_get_or_create",
     "bank_import",
     "bank_set_enabled",
+    "import_job_create",
+    "import_job_run",
     "banned_add_hashes",
     "banned_add_image",
     "banned_delete",

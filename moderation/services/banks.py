@@ -1,10 +1,12 @@
 """Banks of banned fingerprints, and hash lists imported into them and exported from them."""
 
 import itertools
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
@@ -13,8 +15,9 @@ from django.utils import timezone
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
 from hashes.matching import is_low_detail
+from moderation import files
 from moderation.blocklist import match_rule
-from moderation.models import AuditEvent, Bank, BannedFingerprint, Category
+from moderation.models import AuditEvent, Bank, BannedFingerprint, Category, ImportJob
 from moderation.services.bans import blocklist_bump
 from moderation.services.common import audit
 
@@ -276,3 +279,85 @@ def bank_export(*, bank: str, fmt: str) -> Iterator[str]:
     if not Bank.objects.filter(name=bank).exists():
         raise ValueError(f"There is no bank named {bank!r}.")
     return write(bank_entries(bank=bank), fmt)
+
+
+# --- imports from the admin, run by a worker ------------------------------------------------
+
+
+def imports_dir() -> Path:
+    """Where uploaded lists wait for a worker: beside the reference images, a store every
+    machine sees."""
+    return files.reference_dir() / "imports"
+
+
+def import_job_create(
+    *, chunks: Iterable[bytes], bank: str, fmt: str, replace: bool, actor: User | None
+) -> ImportJob:
+    """Keep an uploaded list privately and queue its import for a worker."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise ValueError(f"Unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}.")
+    name = f"{uuid.uuid4().hex}.list"
+    lines = 0
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        lines += chunk.count(b"\n")
+    files.write_private(imports_dir(), name.encode(), bytes(data))
+    with transaction.atomic():
+        job = ImportJob.objects.create(
+            bank=bank,
+            format=fmt,
+            replace=replace,
+            file_name=name,
+            lines_total=lines + (1 if data and not data.endswith(b"\n") else 0),
+            created_by=actor,
+        )
+        transaction.on_commit(lambda: _queue_import(job.pk))
+    return job
+
+
+def _queue_import(job_id: int) -> None:
+    from moderation.tasks import run_import
+
+    run_import.delay(job_id)
+
+
+def import_job_run(*, job_id: int) -> ImportJob | None:
+    """Import a queued list; a second delivery of the same job does nothing."""
+    if not ImportJob.objects.filter(pk=job_id, state=ImportJob.State.QUEUED).update(
+        state=ImportJob.State.RUNNING
+    ):
+        return ImportJob.objects.filter(pk=job_id).first()
+    job = ImportJob.objects.get(pk=job_id)
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        done += count
+        ImportJob.objects.filter(pk=job_id).update(lines_done=done)
+
+    path = imports_dir() / job.file_name
+    try:
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            report = bank_import(
+                lines=lines,
+                bank=job.bank,
+                fmt=job.format,
+                replace=job.replace,
+                actor=job.created_by,
+                progress=progress,
+            )
+    except (OSError, ValueError) as exc:
+        ImportJob.objects.filter(pk=job_id).update(
+            state=ImportJob.State.FAILED, summary=str(exc), finished_at=timezone.now()
+        )
+    else:
+        ImportJob.objects.filter(pk=job_id).update(
+            state=ImportJob.State.DONE,
+            lines_done=done,
+            summary=report.summary(),
+            problems=[f"line {p.line}: {p.message}" for p in report.problems[:200]],
+            finished_at=timezone.now(),
+        )
+        files.unlink(imports_dir(), job.file_name.encode())
+    return ImportJob.objects.get(pk=job_id)

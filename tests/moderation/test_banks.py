@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
 from hashes.hashlists import FORMATS
 from moderation import services
 from moderation.blocklist import current_blocklist
-from moderation.models import AuditEvent, Bank, BannedFingerprint, Upload
+from moderation.models import AuditEvent, Bank, BannedFingerprint, ImportJob, Upload
 from tests.images import encode, photo
 from tests.moderation.processes import ROOT
 from tests.moderation.support import BANNED_LIST_URL, run_action
@@ -208,3 +209,37 @@ def test_a_list_that_cannot_be_read_changes_nothing() -> None:
     with pytest.raises(ValueError, match="Cannot tell"):
         import_lines(["<html>not a list</html>"])
     assert not Bank.objects.filter(name="partner").exists()
+
+
+def test_a_list_uploaded_in_the_admin_is_imported_by_a_worker(
+    moderator_client, stores: Path
+) -> None:
+    page = moderator_client.get("/admin/moderation/bank/")
+    assert b"Import a hash list" in page.content
+    upload = SimpleUploadedFile("list.txt", f"pdq {PDQ}\nmd5 {MD5}\npdq 12\n".encode())
+    response = moderator_client.post(
+        "/admin/moderation/bank/import/",
+        {"file": upload, "bank": "partner", "format": "auto"},
+    )
+    job = ImportJob.objects.get()
+    assert response.status_code == 302 and response.url.endswith(f"/importjob/{job.pk}/change/")
+    assert (job.state, job.lines_total) == (ImportJob.State.QUEUED, 3)
+    assert b'http-equiv="refresh"' in moderator_client.get(response.url).content
+
+    services.import_job_run(job_id=job.pk)  # as the worker the commit queued it for does
+
+    job.refresh_from_db()
+    assert (job.state, job.lines_done) == (ImportJob.State.DONE, 3)
+    assert "2 added" in job.summary and job.problems[0].startswith("line 3:")
+    assert not list((stores / "references" / "imports").iterdir())  # the list is not kept
+    shown = moderator_client.get(f"/admin/moderation/importjob/{job.pk}/change/")
+    assert b"2 added" in shown.content and b'http-equiv="refresh"' not in shown.content
+    assert services.import_job_run(job_id=job.pk).state == ImportJob.State.DONE  # once
+
+
+def test_a_bank_is_exported_from_the_admin(moderator_client) -> None:
+    import_lines([f"pdq {PDQ}", f"md5 {MD5}"])
+    bank = Bank.objects.get(name="partner")
+    response = run_action(moderator_client, "/admin/moderation/bank/", "export_hma", [bank.pk])
+    assert response["Content-Disposition"] == 'attachment; filename="partner-hma.txt"'
+    assert b"".join(response.streaming_content).decode() == f"pdq {PDQ}\nmd5 {MD5}\n"

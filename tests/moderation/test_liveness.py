@@ -163,3 +163,13 @@ def test_systemd_rates_each_unit_ok_or_better(unit: Path) -> None:
     last = rated.stdout.strip().splitlines()[-1]
     exposure = float(last.split(":")[1].split()[0])
     assert exposure <= 4.9, last  # 4.9 and under is "OK", under 2 "SAFE"
+
+
+def test_a_long_import_is_not_judged_by_the_uploads_time_limit() -> None:
+    judge = Judge(start_seconds=30, progress_seconds=330)
+    importing = Snapshot(waiting={}, running=set(), done=0, pool_size=2, long_running=1)
+    assert judge.stall(importing, now=0) is None
+    assert judge.stall(importing, now=3600) is None
+    # Both pool processes importing while an upload waits: no free process, no stall.
+    both = Snapshot(waiting={"u": 0}, running=set(), done=0, pool_size=2, long_running=2)
+    assert judge.stall(both, now=3600) is None

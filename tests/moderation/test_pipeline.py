@@ -360,3 +360,24 @@ def test_a_directory_swapped_for_a_symlink_before_the_worker_runs(stack: Stack) 
     assert (upload.state, upload.error_code) == (Upload.State.ERROR, "unsafe_path"), upload.error
     assert (outside / "a.jpg").read_bytes() == copy
     assert not any((stack.data_dir / "quarantine").rglob("a.jpg"))
+
+
+def test_a_hash_list_is_imported_by_a_real_worker(stack: Stack) -> None:
+    from moderation.models import ImportJob
+
+    stack.worker()
+    lines = b"".join(b"pdq %s\n" % random.Random(i).randbytes(32).hex().encode() for i in range(50))
+    job = services.import_job_create(
+        chunks=[lines], bank="partner", fmt="auto", replace=False, actor=None
+    )
+    # Queued as the web process queues it, through the deployment's broker.
+    sent = stack.manage(
+        "shell", "-c", f"from moderation.tasks import run_import; run_import.delay({job.pk})"
+    )
+    assert sent.returncode == 0, sent.stderr
+    done = wait_for(
+        lambda: ImportJob.objects.filter(pk=job.pk, state=ImportJob.State.DONE).first(),
+        timeout=60,
+        what="the import done",
+    )
+    assert done.lines_done == 50 and "50 added" in done.summary, stack.logs()
