@@ -18,6 +18,7 @@ number, so that a caller imports what it can and reports the rest.
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -81,7 +82,11 @@ class _Columns:
 
 def detect_format(first_lines: list[str]) -> str:
     """The format of a list from its first lines; raises ValueError when none fits."""
-    lines = [line.strip() for line in first_lines if line.strip() and not line.startswith("#")]
+    lines = [
+        line.lstrip("\ufeff").strip()
+        for line in first_lines
+        if line.lstrip("\ufeff").strip() and not line.lstrip("\ufeff").startswith("#")
+    ]
     if not lines:
         raise ValueError("The list is empty.")
     first = lines[0]
@@ -94,7 +99,7 @@ def detect_format(first_lines: list[str]) -> str:
         return "te-csv"
     if any(cell in _HASH_COLUMNS for cell in cells) and any(c in _KIND_COLUMNS for c in cells):
         return "csv"
-    if len(cells) == 3 and len(cells[0]) == 64 and cells[1].isdigit():
+    if len(cells) == 3 and len(cells[0]) == 64 and _quality(cells[1]) is not None:
         return "pdq-hasher"
     if len(cells) >= 2 and _kind(cells[0]) is not None:
         return "te-csv"
@@ -106,10 +111,11 @@ def read(lines: Iterable[str], fmt: str) -> Iterator[Entry | Problem]:
     wrong with it. Blank lines and lines starting with # are skipped."""
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+    unmarked = (line.lstrip("\ufeff") if n == 0 else line for n, line in enumerate(lines))
     if fmt == "hma":
-        yield from _read_hma(lines)
+        yield from _read_hma(unmarked)
     else:
-        yield from _read_csv(lines, fmt)
+        yield from _read_csv(unmarked, fmt)
 
 
 def _read_hma(lines: Iterable[str]) -> Iterator[Entry | Problem]:
@@ -158,11 +164,12 @@ def _read_csv(lines: Iterable[str], fmt: str) -> Iterator[Entry | Problem]:
                 external_id=cells[2] if len(cells) > 2 else "",
             )
         elif fmt == "pdq-hasher":
-            if len(cells) < 2 or not cells[1].isdigit():
-                yield Problem(number, "expected hash,quality,filename")
+            quality = _quality(cells[1]) if len(cells) > 1 else None
+            if quality is None:
+                yield Problem(number, "expected hash,quality,filename with a quality of 0-100")
                 continue
             name = cells[2] if len(cells) > 2 else ""
-            yield _entry(number, "pdq", cells[0], quality=int(cells[1]), external_id=name)
+            yield _entry(number, "pdq", cells[0], quality=quality, external_id=name)
         else:
             assert columns is not None
             yield _csv_entry(number, cells, columns)
@@ -201,7 +208,7 @@ def _csv_entry(number: int, cells: list[str], columns: _Columns) -> Entry | Prob
         number,
         cells[columns.kind],
         cells[columns.hash],
-        quality=int(quality) if quality.isdigit() else None,
+        quality=_quality(quality),
         category=cell("category"),
         reason=cell("reason"),
         external_id=cell("external_id", "id"),
@@ -210,19 +217,42 @@ def _csv_entry(number: int, cells: list[str], columns: _Columns) -> Entry | Prob
     )
 
 
+def _quality(text: str) -> int | None:
+    """PDQ's quality, 0 to 100, or None when the text is not one."""
+    if re.fullmatch(r"[0-9]{1,3}", text.strip()) and int(text) <= 100:
+        return int(text)
+    return None
+
+
+def _clean(text: str) -> str:
+    """A text field as stored: no NUL (which databases refuse), on one line."""
+    return " ".join(text.replace("\x00", "").split())
+
+
 def _kind(name: str) -> str | None:
     name = name.strip().lower()
     name = _ALIASES.get(name, name)
     return name if name in KINDS else None
 
 
-def _entry(number: int, kind_name: str, value: str, **details: object) -> Entry | Problem:
+def _entry(
+    number: int,
+    kind_name: str,
+    value: str,
+    *,
+    quality: int | None = None,
+    category: str = "",
+    tags: tuple[str, ...] = (),
+    external_id: str = "",
+    reason: str = "",
+    deleted: bool = False,
+) -> Entry | Problem:
     kind = _kind(kind_name)
     if kind is None:
         return Problem(
             number,
-            f"signal type {kind_name!r} is not one hashguard matches; skipped",
-            unknown_kind=kind_name.strip().lower(),
+            f"signal type {kind_name[:40]!r} is not one hashguard matches; skipped",
+            unknown_kind=kind_name.strip().lower()[:40],
         )
     try:
         if kind in DIGESTS:
@@ -230,10 +260,19 @@ def _entry(number: int, kind_name: str, value: str, **details: object) -> Entry 
             if len(code) != DIGESTS[kind] or any(c not in "0123456789abcdef" for c in code):
                 raise ValueError(f"a {kind} digest is {DIGESTS[kind]} hex digits")
         else:
-            code = parse_hash(kind, value)
+            code = parse_hash(kind, value[:200])
     except ValueError as exc:
         return Problem(number, f"{kind}: {exc}")
-    return Entry(kind, code, **details)  # type: ignore[arg-type]
+    return Entry(
+        kind,
+        code,
+        quality=quality,
+        category=_clean(category)[:64],
+        tags=tuple(_clean(tag)[:64] for tag in tags)[:32],
+        external_id=_clean(external_id)[:255],
+        reason=_clean(reason)[:1000],
+        deleted=deleted,
+    )
 
 
 def write(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
@@ -275,5 +314,5 @@ def write(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
 
 def _csv_line(cells: list[str]) -> str:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(cells)
+    csv.writer(buffer, lineterminator="\n").writerow([_clean(cell) for cell in cells])
     return buffer.getvalue()

@@ -505,6 +505,10 @@ class BankAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "source")
     fields = ("name", "description", "source", "enabled", "created_at")
     readonly_fields = ("enabled", "created_at")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Bank | None = None) -> list[Any]:
+        # A bank's name is how lists and the API find it; local is where bans made here go.
+        return [*self.readonly_fields, "name"] if obj else list(self.readonly_fields)
     actions = ["enable", "disable", "export_csv", "export_hma"]
 
     def get_urls(self) -> list[URLPattern]:
@@ -523,6 +527,10 @@ class BankAdmin(admin.ModelAdmin):
         form = HashListForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
+            if data["replace"] and not request.user.has_perm(
+                "moderation.delete_bannedfingerprint"
+            ):
+                raise PermissionDenied
             job = services.import_job_create(
                 chunks=data["file"].chunks(),
                 bank=data["bank"],
@@ -573,8 +581,10 @@ class BankAdmin(admin.ModelAdmin):
             super()
             .get_queryset(request)
             .annotate(
-                active_count=Count("fingerprints", filter=Q(fingerprints__active=True)),
-                hit_count=Count("fingerprints__matches"),
+                active_count=Count(
+                    "fingerprints", filter=Q(fingerprints__active=True), distinct=True
+                ),
+                hit_count=Count("fingerprints__matches", distinct=True),
             )
         )
 

@@ -77,7 +77,10 @@ class Judge:
                 f"{free} pool process(es) free, but a task received {now - oldest:.0f} s ago "
                 "has not started"
             )
-        if not snapshot.long_running and now - self.progress_at > self.progress_seconds:
+        # Uploads running with no progress hang; uploads only waiting while imports hold
+        # every pool process are in line, not stuck.
+        judged = snapshot.running or not snapshot.long_running
+        if judged and now - self.progress_at > self.progress_seconds:
             return f"no task started or finished for {now - self.progress_at:.0f} s"
         return None
 

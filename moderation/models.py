@@ -406,6 +406,8 @@ class ImportJob(models.Model):
     state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
     lines_total = models.PositiveIntegerField(default=0)
     lines_done = models.PositiveIntegerField(default=0)
+    # Renewed with each batch; a job whose worker died is taken over once it is old.
+    beat_at = models.DateTimeField(null=True, blank=True)
     summary = models.TextField(blank=True)
     problems = models.JSONField(default=list, blank=True)
     created_by = models.ForeignKey(

@@ -1,15 +1,17 @@
 """Banks of banned fingerprints, and hash lists imported into them and exported from them."""
 
 import itertools
+import logging
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
@@ -22,9 +24,14 @@ from moderation.services.bans import blocklist_bump
 from moderation.services.common import audit
 
 Action = AuditEvent.Action
+logger = logging.getLogger(__name__)
 BATCH = 5000
-# The first lines looked at to tell a list's format.
+# The first lines that are not comments looked at to tell a list's format, and at most
+# how many lines are read to find them.
 _SNIFF_LINES = 5
+_SNIFF_LIMIT = 1000
+KEPT_PROBLEMS = 1000
+KEPT_KINDS = 20
 
 
 @dataclass
@@ -35,12 +42,25 @@ class ImportReport:
     removed: int = 0
     unchanged: int = 0
     refused: int = 0
+    # The first KEPT_PROBLEMS problems; bad_lines counts them all.
     problems: list[Problem] = field(default_factory=list)
+    bad_lines: int = 0
     skipped_kinds: Counter[str] = field(default_factory=Counter)
+
+    def note(self, problem: Problem) -> None:
+        if len(self.problems) < KEPT_PROBLEMS:
+            self.problems.append(problem)
+        if not problem.unknown_kind:
+            self.bad_lines += 1
+            return
+        kind = problem.unknown_kind
+        if kind not in self.skipped_kinds and len(self.skipped_kinds) >= KEPT_KINDS:
+            kind = "other"
+        self.skipped_kinds[kind] += 1
 
     def summary(self) -> str:
         skipped = ", ".join(f"{count} {kind}" for kind, count in self.skipped_kinds.items())
-        bad = sum(1 for p in self.problems if not p.unknown_kind)
+        bad = self.bad_lines
         return (
             f"{self.format} list into bank {self.bank}: {self.added} added, {self.removed} "
             f"removed, {self.unchanged} unchanged, {self.refused} refused, {bad} bad lines"
@@ -89,8 +109,13 @@ def bank_import(
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}.")
+    if bank == Bank.LOCAL:
+        raise ValueError(
+            "The local bank holds this site's moderators' own bans; import lists into a bank "
+            "of their own (a list's deleted rows and --replace remove what is not in it)."
+        )
     stream = iter(lines)
-    head = list(itertools.islice(stream, _SNIFF_LINES))
+    head = _head(stream)
     chosen = detect_format(head) if fmt == "auto" else fmt
     target = bank_get_or_create(name=bank)
     report = ImportReport(bank=target.name, format=chosen)
@@ -101,22 +126,39 @@ def bank_import(
             entries = []
             for item in batch:
                 if isinstance(item, Problem):
-                    report.problems.append(item)
-                    if item.unknown_kind:
-                        report.skipped_kinds[item.unknown_kind] += 1
+                    report.note(item)
                 else:
                     entries.append(item)
             with transaction.atomic():
                 _import_batch(target, entries, report, seen)
             if progress:
                 progress(len(batch))
-        if replace:
+        if replace and (report.bad_lines or not seen):
+            # A list read wrongly must not empty a bank.
+            report.note(
+                Problem(0, "--replace was not applied: the list had bad lines or no hashes")
+            )
+        elif replace:
             with transaction.atomic():
                 report.removed += _remove_all_but(target, seen)
     finally:
         blocklist_bump()
     audit(Action.BANS_IMPORTED, actor=actor, detail=report.summary())
     return report
+
+
+def _head(stream: Iterator[str]) -> list[str]:
+    """The first lines of a list, up to _SNIFF_LINES that are not blank or comments."""
+    head: list[str] = []
+    found = 0
+    for line in itertools.islice(stream, _SNIFF_LIMIT):
+        head.append(line)
+        text = line.lstrip("\ufeff").strip()
+        if text and not text.startswith("#"):
+            found += 1
+            if found == _SNIFF_LINES:
+                break
+    return head
 
 
 def _import_batch(
@@ -303,6 +345,8 @@ def import_job_create(
         data += chunk
         lines += chunk.count(b"\n")
     files.write_private(imports_dir(), name.encode(), bytes(data))
+    if bank == Bank.LOCAL:
+        raise ValueError("Import lists into a bank of their own, not local.")
     with transaction.atomic():
         job = ImportJob.objects.create(
             bank=bank,
@@ -322,10 +366,21 @@ def _queue_import(job_id: int) -> None:
     run_import.delay(job_id)
 
 
+# A running import renews its beat with every batch of BATCH lines; one silent this long
+# lost its worker, and the job's next delivery takes it over.
+IMPORT_LEASE = timedelta(minutes=10)
+
+
 def import_job_run(*, job_id: int) -> ImportJob | None:
-    """Import a queued list; a second delivery of the same job does nothing."""
-    if not ImportJob.objects.filter(pk=job_id, state=ImportJob.State.QUEUED).update(
-        state=ImportJob.State.RUNNING
+    """Import a queued list; a second delivery of the same job does nothing while the
+    first runs, and takes over once its worker went silent (imports are idempotent)."""
+    now = timezone.now()
+    free = Q(state=ImportJob.State.QUEUED) | Q(
+        Q(beat_at__lt=now - IMPORT_LEASE) | Q(beat_at__isnull=True),
+        state=ImportJob.State.RUNNING,
+    )
+    if not ImportJob.objects.filter(free, pk=job_id).update(
+        state=ImportJob.State.RUNNING, beat_at=now, lines_done=0
     ):
         return ImportJob.objects.filter(pk=job_id).first()
     job = ImportJob.objects.get(pk=job_id)
@@ -334,11 +389,11 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
     def progress(count: int) -> None:
         nonlocal done
         done += count
-        ImportJob.objects.filter(pk=job_id).update(lines_done=done)
+        ImportJob.objects.filter(pk=job_id).update(lines_done=done, beat_at=timezone.now())
 
     path = imports_dir() / job.file_name
     try:
-        with path.open(encoding="utf-8", errors="replace") as lines:
+        with path.open(encoding="utf-8-sig", errors="replace") as lines:
             report = bank_import(
                 lines=lines,
                 bank=job.bank,
@@ -347,9 +402,10 @@ def import_job_run(*, job_id: int) -> ImportJob | None:
                 actor=job.created_by,
                 progress=progress,
             )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # recorded for the moderator who queued it, whatever it was
+        logger.exception("import #%s failed", job_id)
         ImportJob.objects.filter(pk=job_id).update(
-            state=ImportJob.State.FAILED, summary=str(exc), finished_at=timezone.now()
+            state=ImportJob.State.FAILED, summary=f"{exc}", finished_at=timezone.now()
         )
     else:
         ImportJob.objects.filter(pk=job_id).update(

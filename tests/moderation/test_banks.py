@@ -243,3 +243,38 @@ def test_a_bank_is_exported_from_the_admin(moderator_client) -> None:
     response = run_action(moderator_client, "/admin/moderation/bank/", "export_hma", [bank.pk])
     assert response["Content-Disposition"] == 'attachment; filename="partner-hma.txt"'
     assert b"".join(response.streaming_content).decode() == f"pdq {PDQ}\nmd5 {MD5}\n"
+
+
+def test_a_list_read_wrongly_does_not_empty_a_bank_on_replace() -> None:
+    import_lines([f"pdq {PDQ}", f"md5 {MD5}"])
+    # Cells swapped under their header: no line gives a hash.
+    report = import_lines(["algorithm,hash", f"{PDQ},pdq"], fmt="csv", replace=True)
+    assert report.removed == 0 and "--replace was not applied" in report.problems[-1].message
+    assert Bank.objects.get(name="partner").fingerprints.count() == 2
+
+
+def test_hostile_lists_are_reported_not_crashed_on() -> None:
+    report = import_lines(
+        [
+            "algorithm,hash,reason,quality",
+            f"pdq,{PDQ},a reason with a \x00 NUL,99999",
+            f"pdq,{PDQ.replace('f', 'a')},fine,²",
+            *(f"kind{n},{MD5}," for n in range(50)),
+        ],
+        fmt="csv",
+    )
+    assert report.added == 2
+    assert len(report.skipped_kinds) <= services.banks.KEPT_KINDS + 1
+    row = BannedFingerprint.objects.get(pdq=PDQ)
+    assert "\x00" not in row.reason and row.pdq_quality == 100  # a quality out of range is none
+
+
+def test_the_local_bank_takes_no_lists() -> None:
+    with pytest.raises(ValueError, match="local"):
+        import_lines([f"pdq {PDQ}"], bank=Bank.LOCAL)
+
+
+def test_a_byte_order_mark_and_leading_comments_do_not_hide_the_format() -> None:
+    lines = ["\ufeff# exported by a partner", *(["# note"] * 6), f"pdq {PDQ}", f"md5 {MD5}"]
+    report = import_lines(lines)
+    assert (report.format, report.added) == ("hma", 2)

@@ -40,8 +40,12 @@ class Command(BaseCommand):
         path: Path = options["file"]
         if str(path) != "-" and not path.is_file():
             raise CommandError(f"{path} is not a file.")
-        handle = sys.stdin if str(path) == "-" else path.open(encoding="utf-8", errors="replace")
-        total = None if str(path) == "-" else sum(1 for _ in path.open("rb"))
+        if str(path) == "-":
+            handle, total = sys.stdin, None
+        else:
+            with path.open("rb") as counted:
+                total = sum(1 for _ in counted)
+            handle = path.open(encoding="utf-8-sig", errors="replace")
         try:
             with tqdm(total=total, desc="importing", unit="line", disable=None) as bar:
                 report = services.bank_import(
