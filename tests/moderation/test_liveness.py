@@ -173,3 +173,10 @@ def test_a_long_import_is_not_judged_by_the_uploads_time_limit() -> None:
     # Both pool processes importing while an upload waits: no free process, no stall.
     both = Snapshot(waiting={"u": 0}, running=set(), done=0, pool_size=2, long_running=2)
     assert judge.stall(both, now=3600) is None
+
+
+def test_uploads_that_hang_beside_an_import_are_still_a_stall() -> None:
+    judge = Judge(start_seconds=30, progress_seconds=330)
+    hung = Snapshot(waiting={}, running={"u"}, done=0, pool_size=2, long_running=1)
+    assert judge.stall(hung, now=0) is None
+    assert "no task started or finished" in judge.stall(hung, now=400)
