@@ -78,17 +78,18 @@ class BannedFingerprint(models.Model):
     tags = models.JSONField(default=list, blank=True)
     imported_at = models.DateTimeField(null=True, blank=True)
 
-    phash = models.CharField("pHash", max_length=16, blank=True, db_index=True)
-    dhash = models.CharField("dHash", max_length=16, blank=True, db_index=True)
-    pdq = models.CharField("PDQ", max_length=64, blank=True, db_index=True)
+    # Each hash column is indexed where it is set (see Meta): a row holds one or a few.
+    phash = models.CharField("pHash", max_length=16, blank=True)
+    dhash = models.CharField("dHash", max_length=16, blank=True)
+    pdq = models.CharField("PDQ", max_length=64, blank=True)
     pdq_quality = models.PositiveSmallIntegerField("PDQ quality", null=True, blank=True)
     # Which version of each algorithm computed the hashes, so they can be recomputed
     # from the reference image when an algorithm changes.
     algorithm_versions = models.JSONField(default=dict, blank=True)
     # sha256 (or, from shared lists, MD5) of the banned file: exact copies match whatever
     # their fingerprints say.
-    sha256 = models.CharField("SHA-256", max_length=64, blank=True, db_index=True)
-    md5 = models.CharField("MD5", max_length=32, blank=True, db_index=True)
+    sha256 = models.CharField("SHA-256", max_length=64, blank=True)
+    md5 = models.CharField("MD5", max_length=32, blank=True)
     frame = models.PositiveIntegerField(default=0)
     # File name in HASHGUARD_REFERENCE_DIR; served to staff only, through a view.
     reference_name = models.CharField(max_length=255, blank=True)
@@ -120,6 +121,10 @@ class BannedFingerprint(models.Model):
                 condition=~models.Q(phash="", dhash="", pdq="", sha256="", md5=""),
                 name="banned_fingerprint_has_a_hash",
             )
+        ]
+        indexes = [
+            models.Index(fields=[name], condition=~models.Q(**{name: ""}), name=f"banned_{name}")
+            for name in ("pdq", "phash", "dhash", "sha256", "md5")
         ]
 
     def __str__(self) -> str:

@@ -238,8 +238,9 @@ def _lookup(bank: Bank, kind: str, values: set[str]) -> Iterable[tuple[str, int]
     column = connection.ops.quote_name(kind)  # the hash fields' columns bear their names
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {column}, id FROM {table} WHERE bank_id = %s AND {column} = ANY(%s)",
-            [bank.pk, list(values)],
+            f"SELECT {column}, id FROM {table} "
+            f"WHERE {column} = ANY(%s) AND {column} <> '' AND bank_id = %s",
+            [list(values), bank.pk],
         )
         return list(cursor.fetchall())
 
