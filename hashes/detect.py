@@ -168,6 +168,10 @@ class Detection:
     distances: dict[str, int]
     variant: str  # how the upload shows the banned picture, in words
     frame: int = 0
+    partial: bool = False  # found as a part of the upload (a view, a crop), not whole
+
+
+Limits = tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,8 @@ class BannedPicture:
     colours: np.ndarray | None = None  # None: no reference image, hash stage only
     sha256: str = ""  # of the banned file: its exact copies match whatever else differs
     md5: str = ""  # the same, as shared hash lists give it
+    limits: "Limits" = ()  # its own (algorithm, distance) limits, in place of the rule's
+    allow: bool = False  # known-good: found whole, it voids every other detection
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
@@ -255,7 +261,15 @@ def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:
 
 
 class Detector:
-    """The banned pictures, searched by both stages."""
+    """The banned pictures, searched by both stages.
+
+    A picture may carry its own distance limits (its bank's), which take the place of
+    that algorithm's distance in every group of the rule; pictures with the same limits
+    share one set of indexes. A picture may also be known-good (``allow``): when it is
+    found whole in an upload (the same file, or the whole picture however turned), every
+    other detection is void (``void``); found only as a part (a panel, a crop), it voids
+    nothing, since the rest of the upload may still show a banned picture.
+    """
 
     def __init__(
         self,
@@ -265,14 +279,7 @@ class Detector:
     ) -> None:
         self.rule = rule
         self.config = config or DetectConfig()
-        self.matcher = Matcher(rule)
-        self._region = Matcher(
-            MatchRule(
-                groups=({"pdq": self.config.region_pdq},),
-                pdq_min_quality=rule.pdq_min_quality,
-                veto=rule.veto,
-            )
-        )
+        self._matchers: dict[Limits, tuple[Matcher, Matcher | None]] = {}
         # Candidates only: a crop moves PDQ far while pHash stays near, so no veto here.
         self._near = Matcher(
             MatchRule(
@@ -284,18 +291,41 @@ class Detector:
         self._load_features = load_features
         self._files: dict[str, list[int]] = {}
         self._fingerprints: dict[int, Fingerprint] = {}
+        self._allow: set[int] = set()
         self._keys: list[int] = []
         self._colours = np.zeros((0, COLOUR_BINS**3), np.float32)
         self._row: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return len(self.matcher)
+        return sum(len(matcher) for matcher, _ in self._matchers.values())
+
+    def _matchers_for(self, limits: Limits) -> tuple[Matcher, Matcher | None]:
+        """The whole-picture and view matchers of pictures with these limits."""
+        if limits not in self._matchers:
+            rule = self.rule.with_limits(dict(limits))
+            pdq = [group["pdq"] for group in rule.groups if "pdq" in group]
+            region = (
+                Matcher(
+                    MatchRule(
+                        groups=({"pdq": min(self.config.region_pdq, max(pdq))},),
+                        pdq_min_quality=rule.pdq_min_quality,
+                        veto=rule.veto,
+                    )
+                )
+                if pdq
+                else None
+            )
+            self._matchers[limits] = (Matcher(rule), region)
+        return self._matchers[limits]
 
     def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
         """Ban many pictures at once (a rebuild); fuzzy matching skips plain ones."""
         keys, colours = [], []
+        self._matchers_for(())
         for key, picture in pictures.items():
             self._fingerprints[key] = picture.fingerprint
+            if picture.allow:
+                self._allow.add(key)
             for digest in (picture.sha256, picture.md5):
                 if digest:
                     self._files.setdefault(digest, []).append(key)
@@ -303,9 +333,11 @@ class Detector:
                 picture.fingerprint, self.rule.pdq_min_quality
             ):
                 continue
-            for matcher in (self.matcher, self._region, self._near):
-                matcher.add(key, picture.fingerprint)
-            if picture.colours is not None:
+            whole, region = self._matchers_for(picture.limits)
+            for matcher in (whole, region, self._near):
+                if matcher is not None:
+                    matcher.add(key, picture.fingerprint)
+            if picture.colours is not None and not picture.allow:
                 keys.append(key)
                 colours.append(picture.colours)
         start = len(self._keys)
@@ -316,15 +348,27 @@ class Detector:
             self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
 
     def bans_file(self, *digests: str) -> bool:
-        """Whether a file with this sha256 (or MD5) is banned as it is."""
-        return any(digest in self._files for digest in digests if digest)
+        """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
+        keys = {key for digest in digests if digest for key in self._files.get(digest, [])}
+        return bool(keys) and not keys & self._allow
+
+    def is_allowed(self, key: int) -> bool:
+        return key in self._allow
+
+    def void(self, found: Mapping[int, Detection]) -> Detection | None:
+        """The known-good picture found whole in the upload, which voids every other
+        detection; None when there is none."""
+        return next(
+            (hit for key, hit in found.items() if key in self._allow and not hit.partial), None
+        )
 
     def detect(
         self, probes: list[Probe], sha256: str = "", md5: str = ""
     ) -> dict[int, Detection]:
         """The best detection per banned key: exact copies of a banned file (by the
         upload's ``sha256`` or ``md5``), then the hash stage over the frames in ``probes``
-        (first first), then, when the hash stage found nothing, the local-feature stage."""
+        (first first), then, when the hash stage found nothing it could act on (only
+        known-good pictures, and none of them whole), the local-feature stage."""
         found: dict[int, Detection] = {}
         for rule, digest in (("sha256", sha256), ("md5", md5)):
             for key in self._files.get(digest, []) if digest else []:
@@ -339,7 +383,14 @@ class Detector:
                 hashed.setdefault(detection.key, detection)
         # The second stage costs far more, and one proof is enough to quarantine; an exact
         # copy does not stand in for it, since a moderator may let that one pass.
-        if not hashed and self.config.local_features and self._load_features and probes:
+        decisive = [key for key in hashed if key not in self._allow]
+        if (
+            not decisive
+            and self.void(hashed) is None
+            and self.config.local_features
+            and self._load_features
+            and probes
+        ):
             proof = self._local_stage(probes[0])
             if proof is not None:
                 hashed[proof.key] = proof
@@ -348,34 +399,33 @@ class Detector:
         return found
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:
-        found = [
-            Detection(match.key, Stage.HASH, match.rule, match.distances, "as is", frame)
-            for match in self.matcher.match(item.fingerprint)
-        ]
-        for name, turned in item.turns:
-            for match in self.matcher.match(turned):
-                found.append(
-                    Detection(
-                        match.key,
-                        Stage.HASH,
-                        match.rule,
-                        match.distances,
-                        _turn_label(name),
-                        frame,
+        found = []
+        for whole, region in self._matchers.values():
+            for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
+                for match in whole.match(fingerprint):
+                    found.append(
+                        Detection(
+                            match.key,
+                            Stage.HASH,
+                            match.rule,
+                            match.distances,
+                            _turn_label(name),
+                            frame,
+                        )
                     )
-                )
-        for view, fingerprint, _ in item.regions:
-            for match in self._region.match(fingerprint):
-                found.append(
-                    Detection(
-                        match.key,
-                        Stage.HASH,
-                        match.rule,
-                        match.distances,
-                        _view_label(view),
-                        frame,
+            for view, fingerprint, _ in item.regions if region is not None else ():
+                for match in region.match(fingerprint):  # type: ignore[union-attr]
+                    found.append(
+                        Detection(
+                            match.key,
+                            Stage.HASH,
+                            match.rule,
+                            match.distances,
+                            _view_label(view),
+                            frame,
+                            partial=True,
+                        )
                     )
-                )
         return found
 
     def _local_stage(self, item: Probe) -> Detection | None:
@@ -423,7 +473,7 @@ class Detector:
         return None
 
     def _local_detection(self, key: int, item: Probe, result: Verification) -> Detection:
-        banned = self.matcher.fingerprint(key)
+        banned = self._fingerprints.get(key)
         distances = item.fingerprint.distance(banned) if banned else {}
         return Detection(
             key,
@@ -431,6 +481,7 @@ class Detector:
             f"ORB+RANSAC, {result.inliers} points" if result.inliers else "pixel comparison",
             distances,
             result.describe(),
+            partial=True,
         )
 
     def _nearest_colours(

@@ -91,6 +91,15 @@ class MatchRule:
             veto=config.get("veto", cls.veto),
         )
 
+    def with_limits(self, limits: "dict[str, int]") -> "MatchRule":
+        """The rule with each algorithm's distance in ``limits`` put in place of that
+        algorithm's distance in every group naming it (a bank's own limits)."""
+        if not limits:
+            return self
+        groups = tuple({name: limits.get(name, limit) for name, limit in group.items()}
+                       for group in self.groups)
+        return MatchRule(groups=groups, pdq_min_quality=self.pdq_min_quality, veto=self.veto)
+
     def as_config(self) -> dict:
         """The rule as HASHGUARD_MATCH_RULE writes it."""
         return {

@@ -86,7 +86,17 @@ class StateFilter(admin.SimpleListFilter):
 
 class MatchInline(admin.TabularInline):
     model = Match
-    fields = ("reference", "fingerprint", "stage", "rule", "variant", "distance_list", "frame")
+    fields = (
+        "reference",
+        "fingerprint",
+        "bank",
+        "stage",
+        "rule",
+        "variant",
+        "distance_list",
+        "frame",
+        "voided",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
@@ -109,6 +119,13 @@ class MatchInline(admin.TabularInline):
     @admin.display(description="distances")
     def distance_list(self, match: Match) -> str:
         return distances_text(match.distances)
+
+    @admin.display(description="bank (its action)")
+    def bank(self, match: Match) -> str:
+        if match.fingerprint is None:
+            return "—"
+        bank = match.fingerprint.bank
+        return f"{bank.name} ({bank.get_action_display().lower()})"
 
 
 @admin.register(Upload)
@@ -163,6 +180,7 @@ class UploadAdmin(RecordAdmin):
         if upload.state not in (
             State.CLEAN,
             State.QUARANTINED,
+            State.REVIEW,
             State.CONFIRMED,
             State.RELEASED,
             State.HELD,
@@ -201,8 +219,11 @@ class UploadAdmin(RecordAdmin):
         return (
             format_html_join(
                 ", ",
-                "#{} ({})",
-                ((m.fingerprint_id, m.variant or m.rule) for m in upload.matches.all()),
+                "#{} ({}){}",
+                (
+                    (m.fingerprint_id, m.variant or m.rule, " void" if m.voided else "")
+                    for m in upload.matches.all()
+                ),
             )
             or "—"
         )
@@ -501,9 +522,28 @@ class WorkerHeartbeatAdmin(RecordAdmin):
 
 @admin.register(Bank)
 class BankAdmin(admin.ModelAdmin):
-    list_display = ("name", "source", "enabled", "fingerprints", "hits", "created_at")
-    list_filter = ("enabled", "source")
-    fields = ("name", "description", "source", "enabled", "created_at")
+    list_display = (
+        "name",
+        "source",
+        "action",
+        "enabled",
+        "limits",
+        "fingerprints",
+        "hits",
+        "created_at",
+    )
+    list_filter = ("enabled", "source", "action")
+    fields = (
+        "name",
+        "description",
+        "source",
+        "action",
+        "pdq_limit",
+        "phash_limit",
+        "dhash_limit",
+        "enabled",
+        "created_at",
+    )
     readonly_fields = ("enabled", "created_at")
 
     def get_readonly_fields(self, request: HttpRequest, obj: Bank | None = None) -> list[Any]:
@@ -598,6 +638,14 @@ class BankAdmin(admin.ModelAdmin):
     @admin.display(description="hits", ordering="hit_count")
     def hits(self, bank: Bank) -> int:
         return bank.hit_count  # type: ignore[attr-defined]
+
+    @admin.display(description="match limits")
+    def limits(self, bank: Bank) -> str:
+        return ", ".join(f"{name} ≤ {limit}" for name, limit in bank.limits()) or "the rule's"
+
+    def save_model(self, request: HttpRequest, obj: Bank, form: Any, change: bool) -> None:
+        services.bank_save(bank=obj, changed=form.changed_data if change else None,
+                           actor=moderator(request))
 
     @admin.action(description="Enable (match its fingerprints)", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:

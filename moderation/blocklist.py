@@ -27,7 +27,7 @@ from hashes.detect import (
 )
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
-from moderation.models import BannedFingerprint, BlocklistVersion
+from moderation.models import Bank, BannedFingerprint, BlocklistVersion
 
 _CACHED_FEATURES = 2048
 
@@ -59,6 +59,8 @@ class _FeatureCache:
 class Blocklist:
     version: str
     detector: Detector
+    # The fingerprints of banks whose action is review: a match leaves the file in place.
+    review: frozenset[int] = frozenset()
 
 
 def match_rule() -> MatchRule:
@@ -79,10 +81,13 @@ def build_blocklist() -> Blocklist:
     version = current_version()
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
     pictures: dict[int, BannedPicture] = {}
+    banks = {bank.pk: bank for bank in Bank.objects.filter(enabled=True)}
+    limits = {pk: bank.limits() for pk, bank in banks.items()}
+    review: set[int] = set()
     rows = BannedFingerprint.objects.filter(active=True, bank__enabled=True).values_list(
-        "id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours"
+        "id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours"
     )
-    for key, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows.iterator(
+    for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows.iterator(
         chunk_size=10_000
     ):
         hashes = {
@@ -96,9 +101,16 @@ def build_blocklist() -> Blocklist:
             if colours and len(colours) == 2 * COLOUR_BINS**3
             else None
         )
-        pictures[key] = BannedPicture(fingerprint, signature, sha256, md5)
+        if bank not in banks:
+            continue  # enabled since the banks were read: the next check rebuilds
+        action = banks[bank].action
+        if action == Bank.Act.REVIEW:
+            review.add(key)
+        pictures[key] = BannedPicture(
+            fingerprint, signature, sha256, md5, limits[bank], action == Bank.Act.ALLOW
+        )
     detector.add_all(pictures)
-    return Blocklist(version, detector)
+    return Blocklist(version, detector, frozenset(review))
 
 
 _lock = threading.Lock()

@@ -1,6 +1,7 @@
 from enum import Enum
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 
 from hashes.algorithms import Fingerprint
@@ -47,12 +48,30 @@ class Bank(models.Model):
         FILE = "file", "Imported from hash lists"
         API = "api", "Fed through the API"
 
+    class Act(models.TextChoices):
+        QUARANTINE = "quarantine", "Quarantine the upload"
+        REVIEW = "review", "Leave the file in place and queue it for review"
+        ALLOW = "allow", "Known-good: a whole-picture match voids the other banks' matches"
+
     LOCAL = "local"
+    LIMITS = {"pdq": "pdq_limit", "phash": "phash_limit", "dhash": "dhash_limit"}
 
     name = models.SlugField(max_length=64, unique=True)
     description = models.TextField(blank=True)
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.MANUAL)
     enabled = models.BooleanField(default=True)
+    action = models.CharField(max_length=16, choices=Act.choices, default=Act.QUARANTINE)
+    # This bank's own match distances, in place of that algorithm's in every group of the
+    # match rule; empty: the rule's.
+    pdq_limit = models.PositiveSmallIntegerField(
+        "PDQ limit", null=True, blank=True, validators=[MaxValueValidator(256)]
+    )
+    phash_limit = models.PositiveSmallIntegerField(
+        "pHash limit", null=True, blank=True, validators=[MaxValueValidator(64)]
+    )
+    dhash_limit = models.PositiveSmallIntegerField(
+        "dHash limit", null=True, blank=True, validators=[MaxValueValidator(64)]
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -60,6 +79,14 @@ class Bank(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def limits(self) -> tuple[tuple[str, int], ...]:
+        """The (algorithm, distance) limits this bank sets, for hashes.detect."""
+        return tuple(
+            (name, getattr(self, column))
+            for name, column in self.LIMITS.items()
+            if getattr(self, column) is not None
+        )
 
 
 class BannedFingerprint(models.Model):
@@ -162,6 +189,8 @@ class Upload(models.Model):
         PROCESSING = "processing", "Processing"
         CLEAN = "clean", "Clean"
         QUARANTINED = "quarantined", "Quarantined (to review)"
+        # Matched a bank whose action is review: the file stays where it is.
+        REVIEW = "review", "Left in place (to review)"
         CONFIRMED = "confirmed", "Quarantined (confirmed)"
         RELEASED = "released", "Released"
         # Could not be checked (damaged beyond decoding, too large, too long an animation,
@@ -253,6 +282,7 @@ class Transition(Enum):
         (
             Upload.State.CLEAN,
             Upload.State.QUARANTINED,
+            Upload.State.REVIEW,
             Upload.State.HELD,
             Upload.State.ERROR,
             Upload.State.NOT_IMAGE,
@@ -268,14 +298,18 @@ class Transition(Enum):
             Upload.State.PENDING,
             Upload.State.PROCESSING,
             Upload.State.CLEAN,
+            Upload.State.REVIEW,
             Upload.State.NOT_IMAGE,
             Upload.State.ERROR,
         ),
         (Upload.State.SUPERSEDED,),
     )
-    CONFIRM = ((Upload.State.QUARANTINED, Upload.State.HELD), (Upload.State.CONFIRMED,))
+    CONFIRM = (
+        (Upload.State.QUARANTINED, Upload.State.HELD, Upload.State.REVIEW),
+        (Upload.State.CONFIRMED,),
+    )
     RELEASE = (
-        (Upload.State.QUARANTINED, Upload.State.CONFIRMED, Upload.State.HELD),
+        (Upload.State.QUARANTINED, Upload.State.CONFIRMED, Upload.State.HELD, Upload.State.REVIEW),
         (Upload.State.RELEASED,),
     )
     FLAG = ((Upload.State.CLEAN, Upload.State.RELEASED), (Upload.State.CONFIRMED,))
@@ -313,6 +347,9 @@ class Match(models.Model):
     frame = models.PositiveIntegerField(default=0)
     # A moderator released the upload and said its exact copies may pass this ban.
     allowed = models.BooleanField(default=False)
+    # A known-good picture of an allow bank was found whole in the upload: this match
+    # did not count.
+    voided = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -336,6 +373,9 @@ class AuditEvent(models.Model):
         BANK_DISABLED = "bank_disabled", "Bank disabled"
         UPLOAD_QUARANTINED = "upload_quarantined", "Upload quarantined"
         UPLOAD_HELD = "upload_held", "Upload held (could not be checked)"
+        UPLOAD_TO_REVIEW = "upload_to_review", "Upload left in place for review"
+        UPLOAD_ALLOWED = "upload_allowed", "Upload matched a known-good picture"
+        BANK_CHANGED = "bank_changed", "Bank settings changed"
         UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"
         UPLOAD_RELEASED = "upload_released", "Upload released"
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"

@@ -52,12 +52,16 @@ def upload_state_counts(*, ids: Iterable[int]) -> Counter[str]:
 
 
 def review_queue() -> QuerySet:
-    """Quarantined and held uploads no moderator has looked at yet, oldest first."""
+    """Quarantined, held and left-for-review uploads no moderator has looked at yet,
+    oldest first."""
     return (
-        Upload.objects.filter(state__in=[Upload.State.QUARANTINED, Upload.State.HELD])
+        Upload.objects.filter(
+            state__in=[Upload.State.QUARANTINED, Upload.State.HELD, Upload.State.REVIEW]
+        )
         .prefetch_related(
             "matches",
             "matches__fingerprint",
+            "matches__fingerprint__bank",
         )
         .order_by("decided_at", "id")
     )

@@ -73,6 +73,33 @@ def bank_get_or_create(*, name: str, source: str = Bank.Source.FILE) -> Bank:
     return bank
 
 
+def bank_save(*, bank: Bank, changed: list[str] | None, actor: User | None) -> Bank:
+    """Create a bank (``changed`` None) or save a change to its settings: its action and
+    limits take effect in every worker at once, and the change is audited."""
+    with transaction.atomic():
+        bank.full_clean()
+        bank.save()
+        if changed is None:
+            audit(
+                Action.BANK_CHANGED,
+                actor=actor,
+                detail=f"bank {bank.name} created: {_settings(bank)}",
+            )
+        elif changed:
+            audit(
+                Action.BANK_CHANGED,
+                actor=actor,
+                detail=f"bank {bank.name}: {', '.join(changed)} changed; now {_settings(bank)}",
+            )
+        blocklist_bump()
+    return bank
+
+
+def _settings(bank: Bank) -> str:
+    limits = ", ".join(f"{name} <= {limit}" for name, limit in bank.limits())
+    return f"action {bank.action}, limits {limits or 'as the match rule'}"
+
+
 def bank_set_enabled(*, bank_ids: Iterable[int], enabled: bool, actor: User | None) -> int:
     """Turn banks on or off; a disabled bank matches nothing, in every worker at once."""
     with transaction.atomic():

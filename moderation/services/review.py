@@ -29,21 +29,45 @@ from moderation.services.common import (
 
 
 def upload_confirm(*, upload_id: int, actor: User) -> Upload:
-    """Keep a quarantined or held upload out of the media tree."""
-    now = timezone.now()
+    """Keep a quarantined or held upload out of the media tree; one left in place for
+    review (a review bank's match) is moved into quarantine now."""
     with transaction.atomic():
-        updated = Upload.objects.filter(pk=upload_id, state__in=Transition.CONFIRM.sources).update(
-            state=State.CONFIRMED, reviewed_by=actor, reviewed_at=now
+        upload = (
+            Upload.objects.select_for_update()
+            .filter(pk=upload_id, state__in=Transition.CONFIRM.sources)
+            .first()
         )
-        if not updated:
+        if upload is None:
             raise ActionRefused("Only an upload waiting for review can be confirmed.")
-        upload = Upload.objects.get(pk=upload_id)
+        in_place = upload.state == State.REVIEW
+        if in_place:
+            source = in_media(upload)
+            try:
+                data = files.read_regular_file(*source, max_bytes=settings.HASHGUARD_MAX_BYTES)
+            except FileNotFoundError:
+                raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
+            if files.sha256_of(data) != upload.sha256:
+                raise ActionRefused(
+                    f"{upload.path} has changed since it was checked; nothing was done."
+                )
+            upload.file_mode = stat.S_IMODE(files.lstat(*source).st_mode)
+            upload.quarantine_name = files.display(in_quarantine(upload)[1])
+        upload.state = State.CONFIRMED
+        upload.reviewed_by = actor
+        upload.reviewed_at = timezone.now()
+        upload.save()
         audit(Action.UPLOAD_CONFIRMED, actor=actor, upload=upload)
+        if in_place:
+            try:
+                files.move_file(*source, *in_quarantine(upload), private=True)
+            except (FileExistsError, files.UnsafePath) as exc:
+                raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload
 
 
 def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -> Upload:
-    """Put a quarantined or held file back where it was.
+    """Put a quarantined or held file back where it was (one left in place for review
+    stays where it is).
 
     With allow_copies, later exact copies of the same file pass the bans this one
     matched; without, only this file goes back, and a copy uploaded again is caught.
@@ -56,6 +80,7 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
         )
         if upload is None:
             raise ActionRefused("Only a quarantined or held upload can be released.")
+        in_place = upload.state == State.REVIEW
         source = in_quarantine(upload)
         upload.state = State.RELEASED
         upload.quarantine_name = ""
@@ -70,6 +95,8 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
             upload=upload,
             detail="exact copies may pass its bans from now on" if allow_copies else "",
         )
+        if in_place:
+            return upload  # it never left the media tree
         try:
             files.move_file(*source, *in_media(upload), private=False, mode=upload.file_mode)
         except FileExistsError:

@@ -150,8 +150,12 @@ def _same_upload(latest: Upload, fields: Mapping[str, object]) -> bool:
         return same_file  # unhashed (unreadable, too large): only its metadata tells
     if latest.state in (State.PENDING, State.PROCESSING):
         return True  # the same bytes again while the first copy waits for its decision
-    # A released file is put back as it was: it is the record's own file.
-    return latest.state in (State.CLEAN, State.NOT_IMAGE, State.RELEASED) and same_file
+    # A released file is put back as it was: it is the record's own file. One left in place
+    # for review never moved.
+    return (
+        latest.state in (State.CLEAN, State.NOT_IMAGE, State.RELEASED, State.REVIEW)
+        and same_file
+    )
 
 
 def _supersede(upload: Upload) -> None:
@@ -381,6 +385,9 @@ class _Decision:
     # What was learned of the image: format, size, frames, fingerprints.
     fields: Mapping[str, object] = field(default_factory=dict)
     found: Mapping[int, Detection] = field(default_factory=dict)
+    # Known-good pictures found (allow banks), and the matches one found whole voided.
+    allowed: frozenset[int] = frozenset()
+    voided: frozenset[int] = frozenset()
 
 
 def _process_claimed(upload: Upload, claim: QuerySet) -> None:
@@ -414,7 +421,8 @@ def _decide(upload: Upload) -> _Decision:
             "The file changed after it was recorded; its new content is a new upload.",
         )
     # 3. Decode it; an exact copy of a banned file is caught even if it cannot be decoded.
-    detector = current_blocklist().detector
+    blocklist = current_blocklist()
+    detector = blocklist.detector
     fields: dict[str, object] = {"error_code": "", "error": ""}
     try:
         loaded = load(data)
@@ -447,8 +455,25 @@ def _decide(upload: Upload) -> _Decision:
     found = detector.detect(checked, sha256, md5)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
-    state = State.QUARANTINED if found else State.CLEAN
-    return _Decision(state, already_moved=already_moved, fields=fields, found=found)
+    # 5. Act as the matching banks say: a known-good picture found whole voids the rest;
+    # any quarantine bank's match quarantines; review banks' alone leave it in place.
+    voiding = detector.void(found)
+    counted = [] if voiding else [key for key in found if not detector.is_allowed(key)]
+    if any(key not in blocklist.review for key in counted):
+        state = State.QUARANTINED
+    else:
+        state = State.REVIEW if counted else State.CLEAN
+    allowed = frozenset(key for key in found if detector.is_allowed(key))
+    return _Decision(
+        state,
+        already_moved=already_moved,
+        fields=fields,
+        found=found,
+        allowed=allowed,
+        voided=frozenset(found) - allowed if voiding else frozenset(),
+    )
+
+
 
 
 def _read(upload: Upload) -> tuple[bytes, bool]:
@@ -472,27 +497,23 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
             already_moved=decision.already_moved,
         )
         return
-    if decision.state not in (State.CLEAN, State.QUARANTINED):
+    if decision.state not in (State.CLEAN, State.QUARANTINED, State.REVIEW):
         _decide_error(claim, decision.code, decision.message, state=decision.state)
         return
     source, quarantined = in_media(upload), in_quarantine(upload)
+    quarantine = decision.state == State.QUARANTINED
     with transaction.atomic():
         # 1. The conditional update: nothing more happens if the claim was lost.
         written = claim.update(
             state=decision.state,
-            quarantine_name=files.display(quarantined[1]) if decision.found else "",
+            quarantine_name=files.display(quarantined[1]) if quarantine else "",
             decided_at=timezone.now(),
             lease_expires_at=None,
             **decision.fields,
         )
         if not written:
             return
-        if decision.state == State.CLEAN:
-            if decision.already_moved:
-                # 2. The ban that quarantined it is gone: put the file back.
-                files.move_file(*quarantined, *source, private=False, mode=upload.file_mode)
-            return
-        # 2. Why it was quarantined: a match row per banned fingerprint, and the audit.
+        # 2. What it matched: a row per fingerprint (known-good ones too), and the audit.
         Match.objects.bulk_create(
             Match(
                 upload=upload,
@@ -502,14 +523,22 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
                 stage=detection.stage,
                 variant=detection.variant[:255],
                 frame=detection.frame,
+                voided=key in decision.voided,
             )
             for key, detection in decision.found.items()
         )
-        audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(decision.found))
+        if quarantine:
+            audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(decision))
+        elif decision.state == State.REVIEW:
+            audit(Action.UPLOAD_TO_REVIEW, upload=upload, detail=_describe(decision))
+        elif decision.voided:
+            audit(Action.UPLOAD_ALLOWED, upload=upload, detail=_describe(decision))
         # 3. The file leaves the media tree, inside the transaction: if it cannot, nothing
-        # was decided and the task tries again.
-        if not decision.already_moved:
+        # was decided and the task tries again. One whose ban is gone since goes back.
+        if quarantine and not decision.already_moved:
             files.move_file(*source, *quarantined, private=True)
+        elif not quarantine and decision.already_moved:
+            files.move_file(*quarantined, *source, private=False, mode=upload.file_mode)
 
 
 def _decide_error(claim: QuerySet, code: str, message: str, *, state: str = State.ERROR) -> None:
@@ -573,13 +602,15 @@ def _released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
     )
 
 
-def _describe(found: Mapping[int, Detection]) -> str:
+def _describe(decision: _Decision) -> str:
     parts = []
-    for key, detection in found.items():
+    for key, detection in decision.found.items():
         distances = ", ".join(f"{name} {value}" for name, value in detection.distances.items())
         where = f" (frame {detection.frame})" if detection.frame else ""
+        kind = "known-good" if key in decision.allowed else "banned"
+        void = " (void: a known-good picture was found whole)" if key in decision.voided else ""
         parts.append(
-            f"banned #{key} by {detection.stage} ({detection.rule}){where}, "
+            f"{kind} #{key}{void} by {detection.stage} ({detection.rule}){where}, "
             f"{detection.variant}: {distances}"
         )
     return "; ".join(parts)

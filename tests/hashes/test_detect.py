@@ -197,3 +197,68 @@ def test_an_exact_copy_does_not_stand_in_for_the_other_stages() -> None:
 
     assert found[7].stage == Stage.EXACT
     assert found[0].stage == Stage.LOCAL
+
+
+def _picture(name: str, **options: object) -> tuple[BannedPicture, object]:
+    frame, fingerprint = distinct_frames(load_image(encode(photo(name), "JPEG")))[0]
+    features, colours = reference_features(frame)
+    return BannedPicture(fingerprint, colours, **options), features  # type: ignore[arg-type]
+
+
+def _collage(*names: str) -> bytes:
+    canvas = Image.new("RGB", (640, 640), "white")
+    for index, name in enumerate(names):
+        canvas.paste(photo(name).resize((316, 316)), (index % 2 * 324, index // 2 * 324))
+    return encode(canvas, "JPEG", quality=90)
+
+
+def test_a_known_good_picture_found_whole_voids_the_other_detections() -> None:
+    banned, features = _picture("astronaut")
+    allowed, _ = _picture("astronaut", allow=True)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: banned, 1: allowed})
+
+    found = _detect(detector, encode(photo("astronaut").resize((400, 400)), "JPEG"))
+
+    assert set(found) == {0, 1}
+    assert detector.void(found) == found[1] and not found[1].partial
+    assert detector.is_allowed(1) and not detector.is_allowed(0)
+
+
+def test_a_known_good_picture_found_as_a_part_voids_nothing() -> None:
+    """The site's logo pasted beside a banned picture must not let the banned one pass."""
+    banned, features = _picture("coffee")
+    allowed, _ = _picture("astronaut", allow=True)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: banned, 1: allowed})
+
+    found = _detect(detector, _collage("astronaut", "coffee", "rocket", "chelsea"))
+
+    assert 0 in found and found[0].partial
+    assert detector.void(found) is None
+
+
+def test_a_file_banned_by_its_bytes_in_an_allow_bank_only_is_not_banned() -> None:
+    detector = Detector(RULE)
+    detector.add_all({3: BannedPicture(Fingerprint(hashes={}), None, "ab" * 32, allow=True)})
+    assert not detector.bans_file("ab" * 32)
+    detector.add_all({4: BannedPicture(Fingerprint(hashes={}), None, "cd" * 32)})
+    assert detector.bans_file("cd" * 32)
+
+
+def test_a_picture_s_own_limits_take_the_place_of_the_rule_s() -> None:
+    _, fingerprint = distinct_frames(load_image(encode(photo("rocket"), "JPEG")))[0]
+    pasted = Fingerprint(hashes={"pdq": fingerprint.hashes["pdq"]}, pdq_quality=100)
+    detector = Detector(RULE)
+    detector.add_all(
+        {
+            0: BannedPicture(pasted),
+            1: BannedPicture(pasted, limits=(("pdq", 0),)),
+            2: BannedPicture(pasted, limits=(("pdq", 120),)),
+        }
+    )
+    resized = _detect(detector, encode(photo("rocket").resize((150, 130)), "JPEG", quality=60))
+    assert 0 in resized and 2 in resized and 1 not in resized
+    assert resized[0].distances["pdq"] > 0
+    assert RULE.with_limits({"pdq": 20}).groups[0] == {"pdq": 20}
+    assert RULE.with_limits({}) is RULE
