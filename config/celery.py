@@ -27,6 +27,21 @@ def refuse_to_start_misconfigured(**kwargs: object) -> None:
         raise SystemExit("\n".join(str(message) for message in serious))
 
 
+@signals.worker_process_init.connect
+def write_metrics(**kwargs: object) -> None:
+    """Each pool process writes what it counted for /metrics every few seconds."""
+    from moderation import metrics
+
+    metrics.start_flushing()
+
+
+@signals.worker_process_shutdown.connect
+def write_last_metrics(**kwargs: object) -> None:
+    from moderation import metrics
+
+    metrics.flush()
+
+
 _received: dict[str, float] = {}
 # Tasks that may rightly take minutes; the liveness check does not judge them by time.
 LONG_TASKS = {"moderation.tasks.run_import"}

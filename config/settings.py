@@ -180,6 +180,9 @@ HASHGUARD_MAX_BYTES = env_int("HASHGUARD_MAX_BYTES", 100 * 1024 * 1024)
 HASHGUARD_MAX_PIXELS = env_int("HASHGUARD_MAX_PIXELS", 50_000_000)
 # Distinct frames of an animation checked: the first, then those shown longest.
 HASHGUARD_MAX_FRAMES = env_int("HASHGUARD_MAX_FRAMES", 32)
+# Addresses or networks (comma-separated) that may read /metrics without a token: the
+# Prometheus server's, where it connects directly rather than through the proxy.
+HASHGUARD_METRICS_ALLOW = env_list("HASHGUARD_METRICS_ALLOW", [])
 
 # --- Celery ------------------------------------------------------------------------
 BROKER_DIR = DATA_DIR / "broker"

@@ -45,7 +45,7 @@ from hashes.local import (
     verify,
     verify_whole,
 )
-from hashes.matching import Matcher, MatchRule, is_low_detail
+from hashes.matching import Match, Matcher, MatchRule, is_low_detail
 from hashes.views import View, cut, views, working_copy
 
 HASH_SIDE = 256
@@ -169,6 +169,12 @@ class Detection:
     variant: str  # how the upload shows the banned picture, in words
     frame: int = 0
     partial: bool = False  # found as a part of the upload (a view, a crop), not whole
+
+    def describe(self) -> str:
+        """How it was found, in the review queue's words."""
+        distances = ", ".join(f"{name} {value}" for name, value in self.distances.items())
+        where = f" (frame {self.frame})" if self.frame else ""
+        return f"by {self.stage} ({self.rule}){where}, {self.variant}: {distances}"
 
 
 Limits = tuple[tuple[str, int], ...]
@@ -351,6 +357,18 @@ class Detector:
         """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
         keys = {key for digest in digests if digest for key in self._files.get(digest, [])}
         return bool(keys) and not keys & self._allow
+
+    def files(self, digest: str) -> list[int]:
+        """The keys banned (or allowed) as files with this sha256 or MD5."""
+        return list(self._files.get(digest, ()))
+
+    def lookup(self, fingerprint: Fingerprint) -> list[Match]:
+        """The pictures a bare fingerprint matches as it is (no turns, views or local
+        features: there is no image), under the rule and each picture's own limits."""
+        found = [
+            match for whole, _ in self._matchers.values() for match in whole.match(fingerprint)
+        ]
+        return sorted(found, key=lambda match: (sum(match.distances.values()), match.key))
 
     def is_allowed(self, key: int) -> bool:
         return key in self._allow

@@ -275,6 +275,19 @@ def _entry(
     )
 
 
+def parse_signal(kind_name: str, value: str, *, quality: int | None = None) -> Entry:
+    """One hash given on its own (an API's ``signal_type`` and ``signal``), checked as a
+    list's line is; raises ValueError saying what is wrong."""
+    parsed = _entry(0, kind_name, value, quality=quality)
+    if isinstance(parsed, Problem):
+        if parsed.unknown_kind:
+            raise ValueError(
+                f"Unknown signal type {kind_name[:40]!r}; expected one of {', '.join(KINDS)}."
+            )
+        raise ValueError(parsed.message)
+    return parsed
+
+
 def write(entries: Iterable[Entry], fmt: str) -> Iterator[str]:
     """Lines (with their newline) of a list in format ``fmt``; entries a format cannot
     carry (a pHash in an HMA file, say) are left out."""

@@ -13,8 +13,9 @@ from django.utils.html import format_html, format_html_join
 
 from hashes.errors import ImageError
 from moderation import files, selectors, services
-from moderation.forms import BanForm, FlagForm, HashListForm, ReviewDecisionForm
+from moderation.forms import ApiTokenForm, BanForm, FlagForm, HashListForm, ReviewDecisionForm
 from moderation.models import (
+    ApiToken,
     AuditEvent,
     Bank,
     BannedFingerprint,
@@ -690,3 +691,53 @@ class ImportJobAdmin(RecordAdmin):
     @admin.display(description="bad lines")
     def problem_lines(self, job: ImportJob) -> str:
         return format_html_join("", "<div>{}</div>", ((line,) for line in job.problems)) or "—"
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Clients of the HTTP API: made here (the secret is shown once), revoked, never edited."""
+
+    fields = ("name", "scope", "prefix", "created_by", "created_at", "last_used_at", "revoked_at")
+    list_display = fields
+    list_filter = ("scope",)
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # revoked tokens stay, as the audit log names them
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ApiTokenForm(request.POST or None)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta}
+        if request.method == "POST" and form.is_valid():
+            token, secret = services.apitoken_create(
+                name=form.cleaned_data["name"],
+                scope=form.cleaned_data["scope"],
+                actor=moderator(request),
+            )
+            response = TemplateResponse(
+                request,
+                "admin/moderation/apitoken/created.html",
+                {**context, "title": "API token made", "token": token, "secret": secret},
+            )
+            response["Cache-Control"] = "no-store"
+            return response
+        return TemplateResponse(
+            request,
+            "admin/moderation/apitoken/add.html",
+            {**context, "title": "Make an API token", "form": form},
+        )
+
+    @admin.action(description="Revoke (refuse from now on)", permissions=["add"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.apitoken_revoke(
+            token_ids=queryset.values_list("pk", flat=True), actor=moderator(request)
+        )
+        self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -9,13 +9,20 @@ candidates the second stage verifies are read from the database when needed, and
 a small cache that lives as long as this version of the blocklist.
 """
 
+import logging
+import os
+import socket
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
 from hashes.detect import (
@@ -23,12 +30,14 @@ from hashes.detect import (
     DEFAULT_DETECT_CONFIG,
     BannedPicture,
     DetectConfig,
+    Detection,
     Detector,
 )
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
-from moderation.models import Bank, BannedFingerprint, BlocklistVersion
+from moderation.models import Bank, BannedFingerprint, BlocklistLoad, BlocklistVersion, Upload
 
+logger = logging.getLogger(__name__)
 _CACHED_FEATURES = 2048
 
 
@@ -56,11 +65,35 @@ class _FeatureCache:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """What the banks say of an upload's detections."""
+
+    state: str  # Upload.State: CLEAN, QUARANTINED or REVIEW
+    allowed: frozenset[int]  # the known-good pictures found (allow banks)
+    voided: frozenset[int]  # the detections one of them, found whole, voided
+
+
+@dataclass(frozen=True)
 class Blocklist:
     version: str
     detector: Detector
     # The fingerprints of banks whose action is review: a match leaves the file in place.
     review: frozenset[int] = frozenset()
+    built_at: float = field(default_factory=time.time)
+
+    def verdict(self, found: Mapping[int, Detection]) -> Verdict:
+        """Act as the matching banks say: a known-good picture found whole voids the rest;
+        any quarantine bank's match quarantines; review banks' alone leave it in place."""
+        detector = self.detector
+        allowed = frozenset(key for key in found if detector.is_allowed(key))
+        if detector.void(found) is not None:
+            return Verdict(Upload.State.CLEAN, allowed, frozenset(found) - allowed)
+        counted = [key for key in found if key not in allowed]
+        if any(key not in self.review for key in counted):
+            state = Upload.State.QUARANTINED
+        else:
+            state = Upload.State.REVIEW if counted else Upload.State.CLEAN
+        return Verdict(state, allowed, frozenset())
 
 
 def match_rule() -> MatchRule:
@@ -115,6 +148,9 @@ def build_blocklist() -> Blocklist:
 
 _lock = threading.Lock()
 _current: Blocklist | None = None
+_recorded_at = 0.0
+# How often a process says, in BlocklistLoad, that it still holds its blocklist.
+RECORD_SECONDS = 30.0
 
 
 def current_blocklist() -> Blocklist:
@@ -122,6 +158,39 @@ def current_blocklist() -> Blocklist:
     global _current
     version = current_version()
     with _lock:
-        if _current is None or _current.version != version:
+        rebuilt = _current is None or _current.version != version
+        if rebuilt:
             _current = build_blocklist()
-        return _current
+        current = _current
+        assert current is not None
+    _record(current, rebuilt)
+    return current
+
+
+def _record(blocklist: Blocklist, rebuilt: bool) -> None:
+    """Say which blocklist this process holds, for /metrics: after each rebuild, and
+    every RECORD_SECONDS while it checks."""
+    global _recorded_at
+    now = time.monotonic()
+    if not rebuilt and now - _recorded_at < RECORD_SECONDS:
+        return
+    _recorded_at = now
+    at = timezone.now()
+    try:
+        with transaction.atomic():  # a savepoint, should a caller's transaction be open
+            _write_load(blocklist, at)
+    except DatabaseError as exc:
+        logger.warning("could not record this process's blocklist: %s", exc)
+
+
+def _write_load(blocklist: Blocklist, at: datetime) -> None:
+    BlocklistLoad.objects.update_or_create(
+        process=f"{socket.gethostname()}:{os.getpid()}",
+        defaults={
+            "version": blocklist.version,
+            "built_at": datetime.fromtimestamp(blocklist.built_at, tz=UTC),
+            "checked_at": at,
+            "fingerprints": len(blocklist.detector),
+        },
+    )
+    BlocklistLoad.objects.filter(checked_at__lt=at - timedelta(days=1)).delete()

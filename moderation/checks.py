@@ -61,3 +61,21 @@ def pipeline_settings_check(**kwargs: object) -> list[CheckMessage]:
             )
         )
     return problems
+
+
+@register()
+def metrics_allow_check(**kwargs: object) -> list[CheckMessage]:
+    """Refuse to start with a HASHGUARD_METRICS_ALLOW entry that is no address."""
+    from moderation.api import metrics_networks
+
+    try:
+        metrics_networks()
+    except ValueError as exc:
+        return [
+            Error(
+                f"HASHGUARD_METRICS_ALLOW is not a list of addresses or networks: {exc}",
+                hint="Give addresses or networks separated by commas, e.g. 10.0.0.5,10.1.0.0/16.",
+                id="hashguard.E005",
+            )
+        ]
+    return []

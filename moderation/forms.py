@@ -3,7 +3,7 @@ from django.conf import settings
 
 from hashes.algorithms import parse_hash
 from hashes.hashlists import FORMATS
-from moderation.models import Category, Upload
+from moderation.models import ApiToken, Category, Upload
 
 
 class BanForm(forms.Form):
@@ -106,3 +106,17 @@ class HashListForm(forms.Form):
     replace = forms.BooleanField(
         required=False, help_text="Make the bank hold exactly this list: remove what it lacks."
     )
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.SlugField(
+        max_length=64,
+        help_text="Who uses it: the calling service's name, in letters, digits and -.",
+    )
+    scope = forms.ChoiceField(choices=ApiToken.Scope.choices, initial=ApiToken.Scope.LOOKUP)
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if ApiToken.objects.filter(name=name).exists():
+            raise forms.ValidationError("A token of that name exists; revoke it or choose another.")
+        return name

@@ -98,6 +98,7 @@ class BannedFingerprint(models.Model):
         HASH = "hash", "Pasted hash"
         UPLOAD = "upload", "Flagged upload"
         LIST = "list", "Imported hash list"
+        API = "api", "Added through the API"
 
     bank = models.ForeignKey(Bank, on_delete=models.PROTECT, related_name="fingerprints")
     # Where an imported hash came from: its id in the list, and the list's labels.
@@ -376,6 +377,8 @@ class AuditEvent(models.Model):
         UPLOAD_TO_REVIEW = "upload_to_review", "Upload left in place for review"
         UPLOAD_ALLOWED = "upload_allowed", "Upload matched a known-good picture"
         BANK_CHANGED = "bank_changed", "Bank settings changed"
+        TOKEN_CREATED = "token_created", "API token created"
+        TOKEN_REVOKED = "token_revoked", "API token revoked"
         UPLOAD_CONFIRMED = "upload_confirmed", "Quarantine confirmed"
         UPLOAD_RELEASED = "upload_released", "Upload released"
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"
@@ -466,3 +469,69 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"import #{self.pk} into {self.bank}"
+
+
+class ApiToken(models.Model):
+    """A client of the HTTP API. The secret is shown once, when it is made; only its
+    SHA-256 is kept (it is 256 random bits, so a fast hash is as good as a slow one)."""
+
+    class Scope(models.TextChoices):
+        LOOKUP = "lookup", "Look up hashes and images"
+        WRITE = "write", "Look up, and add hashes to banks"
+
+    name = models.SlugField(max_length=64, unique=True)
+    scope = models.CharField(max_length=16, choices=Scope.choices, default=Scope.LOOKUP)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    # The secret's first characters, to tell tokens apart without keeping the secret.
+    prefix = models.CharField(max_length=16, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def allows(self, scope: str) -> bool:
+        return self.scope == scope or self.scope == self.Scope.WRITE
+
+
+class MetricCount(models.Model):
+    """One Prometheus counter series (a name and its labels), summed over every process:
+    each process adds what it counted every few seconds (moderation/metrics.py)."""
+
+    name = models.CharField(max_length=100)
+    labels = models.CharField(max_length=255, blank=True)  # as Prometheus writes them
+    value = models.FloatField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["name", "labels"], name="metric_series_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name}{{{self.labels}}} {self.value}"
+
+
+class BlocklistLoad(models.Model):
+    """Which blocklist a process (a worker's pool process, a web process) holds, and since
+    when: how /metrics tells how current each one is."""
+
+    process = models.CharField(max_length=255, unique=True)  # host:pid
+    version = models.CharField(max_length=32)
+    built_at = models.DateTimeField()
+    checked_at = models.DateTimeField(db_index=True)
+    fingerprints = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.process} holds blocklist {self.version}"

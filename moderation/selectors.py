@@ -3,12 +3,12 @@
 from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from hashes.matching import is_low_detail
 from moderation.blocklist import match_rule
-from moderation.models import BannedFingerprint, Upload, WorkerHeartbeat
+from moderation.models import Bank, BannedFingerprint, Upload, WorkerHeartbeat
 
 
 def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
@@ -65,6 +65,16 @@ def review_queue() -> QuerySet:
         )
         .order_by("decided_at", "id")
     )
+
+
+def banks_with_counts(*, name: str | None = None) -> list[tuple[Bank, int]]:
+    """Banks by name, each with its number of active fingerprints."""
+    banks = Bank.objects.annotate(
+        active=Count("fingerprints", filter=Q(fingerprints__active=True))
+    ).order_by("name")
+    if name is not None:
+        banks = banks.filter(name=name)
+    return [(bank, bank.active) for bank in banks]  # type: ignore[attr-defined]
 
 
 def workers_in_trouble() -> list[str]:

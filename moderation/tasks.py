@@ -84,3 +84,13 @@ def waiting_in_queue() -> int | None:
     except Exception as exc:  # the broker is down or its transport cannot count
         logger.debug("could not count the queue: %s", exc)
         return None
+
+
+def broker_problem() -> str | None:
+    """Why the broker cannot be reached, or None when it can."""
+    try:
+        with current_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:  # any transport's failure to connect
+        return f"the task queue's broker is unavailable: {exc}"
+    return None

@@ -5,45 +5,105 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('moderation', '0007_hash_indexes_where_set'),
+        ("moderation", "0007_hash_indexes_where_set"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='bank',
-            name='action',
-            field=models.CharField(choices=[('quarantine', 'Quarantine the upload'), ('review', 'Leave the file in place and queue it for review'), ('allow', "Known-good: a whole-picture match voids the other banks' matches")], default='quarantine', max_length=16),
+            model_name="bank",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("quarantine", "Quarantine the upload"),
+                    ("review", "Leave the file in place and queue it for review"),
+                    ("allow", "Known-good: a whole-picture match voids the other banks' matches"),
+                ],
+                default="quarantine",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='bank',
-            name='dhash_limit',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MaxValueValidator(64)], verbose_name='dHash limit'),
+            model_name="bank",
+            name="dhash_limit",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                null=True,
+                validators=[django.core.validators.MaxValueValidator(64)],
+                verbose_name="dHash limit",
+            ),
         ),
         migrations.AddField(
-            model_name='bank',
-            name='pdq_limit',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MaxValueValidator(256)], verbose_name='PDQ limit'),
+            model_name="bank",
+            name="pdq_limit",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                null=True,
+                validators=[django.core.validators.MaxValueValidator(256)],
+                verbose_name="PDQ limit",
+            ),
         ),
         migrations.AddField(
-            model_name='bank',
-            name='phash_limit',
-            field=models.PositiveSmallIntegerField(blank=True, null=True, validators=[django.core.validators.MaxValueValidator(64)], verbose_name='pHash limit'),
+            model_name="bank",
+            name="phash_limit",
+            field=models.PositiveSmallIntegerField(
+                blank=True,
+                null=True,
+                validators=[django.core.validators.MaxValueValidator(64)],
+                verbose_name="pHash limit",
+            ),
         ),
         migrations.AddField(
-            model_name='match',
-            name='voided',
+            model_name="match",
+            name="voided",
             field=models.BooleanField(default=False),
         ),
         migrations.AlterField(
-            model_name='auditevent',
-            name='action',
-            field=models.CharField(choices=[('ban_added', 'Banned fingerprint added'), ('ban_changed', "Banned fingerprint's category or reason changed"), ('ban_deactivated', 'Banned fingerprint deactivated'), ('ban_activated', 'Banned fingerprint reactivated'), ('ban_deleted', 'Banned fingerprint deleted'), ('bans_imported', 'Hash list imported'), ('bank_enabled', 'Bank enabled'), ('bank_disabled', 'Bank disabled'), ('upload_quarantined', 'Upload quarantined'), ('upload_held', 'Upload held (could not be checked)'), ('upload_to_review', 'Upload left in place for review'), ('upload_allowed', 'Upload matched a known-good picture'), ('bank_changed', 'Bank settings changed'), ('upload_confirmed', 'Quarantine confirmed'), ('upload_released', 'Upload released'), ('upload_flagged', 'Upload flagged as banned'), ('upload_retried', 'Upload checked again')], max_length=32),
+            model_name="auditevent",
+            name="action",
+            field=models.CharField(
+                choices=[
+                    ("ban_added", "Banned fingerprint added"),
+                    ("ban_changed", "Banned fingerprint's category or reason changed"),
+                    ("ban_deactivated", "Banned fingerprint deactivated"),
+                    ("ban_activated", "Banned fingerprint reactivated"),
+                    ("ban_deleted", "Banned fingerprint deleted"),
+                    ("bans_imported", "Hash list imported"),
+                    ("bank_enabled", "Bank enabled"),
+                    ("bank_disabled", "Bank disabled"),
+                    ("upload_quarantined", "Upload quarantined"),
+                    ("upload_held", "Upload held (could not be checked)"),
+                    ("upload_to_review", "Upload left in place for review"),
+                    ("upload_allowed", "Upload matched a known-good picture"),
+                    ("bank_changed", "Bank settings changed"),
+                    ("upload_confirmed", "Quarantine confirmed"),
+                    ("upload_released", "Upload released"),
+                    ("upload_flagged", "Upload flagged as banned"),
+                    ("upload_retried", "Upload checked again"),
+                ],
+                max_length=32,
+            ),
         ),
         migrations.AlterField(
-            model_name='upload',
-            name='state',
-            field=models.CharField(choices=[('pending', 'Pending'), ('processing', 'Processing'), ('clean', 'Clean'), ('quarantined', 'Quarantined (to review)'), ('review', 'Left in place (to review)'), ('confirmed', 'Quarantined (confirmed)'), ('released', 'Released'), ('held', 'Held (could not be checked)'), ('error', 'Error'), ('not_image', 'Not an image'), ('superseded', 'Superseded')], db_index=True, default='pending', max_length=16),
+            model_name="upload",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("processing", "Processing"),
+                    ("clean", "Clean"),
+                    ("quarantined", "Quarantined (to review)"),
+                    ("review", "Left in place (to review)"),
+                    ("confirmed", "Quarantined (confirmed)"),
+                    ("released", "Released"),
+                    ("held", "Held (could not be checked)"),
+                    ("error", "Error"),
+                    ("not_image", "Not an image"),
+                    ("superseded", "Superseded"),
+                ],
+                db_index=True,
+                default="pending",
+                max_length=16,
+            ),
         ),
     ]

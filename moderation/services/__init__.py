@@ -1,6 +1,15 @@
 """Everything that changes state, by entity: uploads (the pipeline), review (moderators'
-decisions), bans (the blocklist). Callers import from here."""
+decisions), bans (the blocklist), banks, and the API. Callers import from here."""
 
+from moderation.services.api import (
+    apitoken_authenticate,
+    apitoken_create,
+    apitoken_revoke,
+    bank_add_signal,
+    hash_image,
+    lookup_image,
+    lookup_signal,
+)
 from moderation.services.banks import (
     ImportReport,
     bank_entries,
@@ -40,6 +49,13 @@ __all__ = [
     "MAX_ATTEMPTS",
     "ActionRefused",
     "ImportReport",
+    "apitoken_authenticate",
+    "apitoken_create",
+    "apitoken_revoke",
+    "bank_add_signal",
+    "hash_image",
+    "lookup_image",
+    "lookup_signal",
     "bank_entries",
     "bank_export",
     "bank_get_or_create",

@@ -17,7 +17,7 @@ from django.utils import timezone
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
 from hashes.matching import is_low_detail
-from moderation import files
+from moderation import files, metrics
 from moderation.blocklist import match_rule
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Category, ImportJob
 from moderation.services.bans import blocklist_bump
@@ -171,6 +171,10 @@ def bank_import(
     finally:
         blocklist_bump()
     audit(Action.BANS_IMPORTED, actor=actor, detail=report.summary())
+    metrics.IMPORTS.inc(bank=report.bank)
+    for result in ("added", "removed", "unchanged", "refused"):
+        metrics.IMPORTED.inc(getattr(report, result), bank=report.bank, result=result)
+    metrics.flush()  # a command's process may end before a flushing thread would run
     return report
 
 
@@ -203,7 +207,7 @@ def _import_batch(
             new.pop(entry.key, None)
             seen.discard(entry.key)
             continue
-        refusal = _refusal(entry, minimum)
+        refusal = entry_refusal(entry, minimum)
         if refusal:
             report.refused += 1
             continue
@@ -211,7 +215,7 @@ def _import_batch(
         if entry.key in existing or entry.key in new:
             report.unchanged += 1
             continue
-        new[entry.key] = _row(bank, entry, now)
+        new[entry.key] = entry_row(bank, entry, now)
     _insert(list(new.values()))
     report.added += len(new)
 
@@ -272,7 +276,7 @@ def _lookup(bank: Bank, kind: str, values: set[str]) -> Iterable[tuple[str, int]
         return list(cursor.fetchall())
 
 
-def _refusal(entry: Entry, pdq_min_quality: int) -> str:
+def entry_refusal(entry: Entry, pdq_min_quality: int) -> str:
     """Why an entry cannot be banned fuzzily, or "" when it can."""
     if entry.kind not in ALGORITHMS:
         return ""  # file digests match exact copies only
@@ -285,7 +289,7 @@ def _refusal(entry: Entry, pdq_min_quality: int) -> str:
     return ""
 
 
-def _row(bank: Bank, entry: Entry, now: datetime) -> BannedFingerprint:
+def entry_row(bank: Bank, entry: Entry, now: datetime) -> BannedFingerprint:
     known = entry.category.lower() in Category.values
     tags = list(entry.tags)
     if entry.category and not known:

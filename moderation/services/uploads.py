@@ -19,7 +19,7 @@ from django.utils import timezone
 from hashes.detect import Detection, probes
 from hashes.errors import ImageError
 from hashes.loading import SNIFF_BYTES, describe_content, image_kind
-from moderation import files
+from moderation import files, metrics
 from moderation.blocklist import current_blocklist
 from moderation.models import (
     ErrorCode,
@@ -131,6 +131,8 @@ def upload_register(*, path: str | bytes | os.PathLike) -> tuple[Upload, bool]:
             _supersede(upload)
             if upload.state == State.PENDING:
                 upload_enqueue(upload_id=upload.pk)
+            else:
+                _count_decision(upload, upload.state)
     except IntegrityError:
         # Another process recorded the same file between the check and the insert.
         upload = Upload.objects.filter(path_key=path_fields["path_key"]).latest("id")
@@ -455,22 +457,14 @@ def _decide(upload: Upload) -> _Decision:
     found = detector.detect(checked, sha256, md5)
     released = _released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
-    # 5. Act as the matching banks say: a known-good picture found whole voids the rest;
-    # any quarantine bank's match quarantines; review banks' alone leave it in place.
-    voiding = detector.void(found)
-    counted = [] if voiding else [key for key in found if not detector.is_allowed(key)]
-    if any(key not in blocklist.review for key in counted):
-        state = State.QUARANTINED
-    else:
-        state = State.REVIEW if counted else State.CLEAN
-    allowed = frozenset(key for key in found if detector.is_allowed(key))
+    verdict = blocklist.verdict(found)
     return _Decision(
-        state,
+        verdict.state,
         already_moved=already_moved,
         fields=fields,
         found=found,
-        allowed=allowed,
-        voided=frozenset(found) - allowed if voiding else frozenset(),
+        allowed=verdict.allowed,
+        voided=verdict.voided,
     )
 
 
@@ -498,7 +492,7 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
         )
         return
     if decision.state not in (State.CLEAN, State.QUARANTINED, State.REVIEW):
-        _decide_error(claim, decision.code, decision.message, state=decision.state)
+        _decide_error(claim, upload, decision.code, decision.message, state=decision.state)
         return
     source, quarantined = in_media(upload), in_quarantine(upload)
     quarantine = decision.state == State.QUARANTINED
@@ -513,6 +507,7 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
         )
         if not written:
             return
+        _count_decision(upload, decision.state)
         # 2. What it matched: a row per fingerprint (known-good ones too), and the audit.
         Match.objects.bulk_create(
             Match(
@@ -541,14 +536,28 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
             files.move_file(*quarantined, *source, private=False, mode=upload.file_mode)
 
 
-def _decide_error(claim: QuerySet, code: str, message: str, *, state: str = State.ERROR) -> None:
-    claim.update(
+def _decide_error(
+    claim: QuerySet, upload: Upload, code: str, message: str, *, state: str = State.ERROR
+) -> None:
+    if claim.update(
         state=state,
         error_code=code,
         error=message,
         decided_at=timezone.now(),
         lease_expires_at=None,
-    )
+    ):
+        _count_decision(upload, state)
+
+
+def _count_decision(upload: Upload, state: str) -> None:
+    """For /metrics: a decision and how long after the file was recorded, once written."""
+    seconds = (timezone.now() - upload.created_at).total_seconds()
+
+    def count() -> None:
+        metrics.DECISIONS.inc(state=state)
+        metrics.DECISION_SECONDS.observe(seconds)
+
+    transaction.on_commit(count)
 
 
 def _decide_uncheckable(
@@ -557,7 +566,7 @@ def _decide_uncheckable(
     """A file that may show a picture but could not be checked: held in quarantine for a
     moderator, or left in place as an error, as HASHGUARD_UNCHECKABLE says."""
     if settings.HASHGUARD_UNCHECKABLE != "hold":
-        _decide_error(rows, code, message)
+        _decide_error(rows, upload, code, message)
         return
     quarantined = in_quarantine(upload)
     try:
@@ -572,6 +581,7 @@ def _decide_uncheckable(
             ):
                 return
             audit(Action.UPLOAD_HELD, upload=upload, detail=message)
+            _count_decision(upload, State.HELD)
             if not already_moved:
                 files.move_file(*in_media(upload), *quarantined, private=True)
     except FileNotFoundError:
@@ -579,12 +589,15 @@ def _decide_uncheckable(
             # An earlier attempt moved it and died before recording that.
             _decide_uncheckable(rows, upload, code, message, already_moved=True)
         else:
-            _decide_error(rows, ErrorCode.MISSING, f"The file was removed. {message}")
+            _decide_error(rows, upload, ErrorCode.MISSING, f"The file was removed. {message}")
     except (OSError, files.UnsafePath) as exc:
         if isinstance(exc, OSError) and is_transient(exc):
             raise  # the task tries again later
         _decide_error(
-            rows, code, f"{message} It could not be moved to quarantine ({exc}); it was left."
+            rows,
+            upload,
+            code,
+            f"{message} It could not be moved to quarantine ({exc}); it was left.",
         )
 
 
@@ -605,12 +618,7 @@ def _released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
 def _describe(decision: _Decision) -> str:
     parts = []
     for key, detection in decision.found.items():
-        distances = ", ".join(f"{name} {value}" for name, value in detection.distances.items())
-        where = f" (frame {detection.frame})" if detection.frame else ""
         kind = "known-good" if key in decision.allowed else "banned"
         void = " (void: a known-good picture was found whole)" if key in decision.voided else ""
-        parts.append(
-            f"{kind} #{key}{void} by {detection.stage} ({detection.rule}){where}, "
-            f"{detection.variant}: {distances}"
-        )
+        parts.append(f"{kind} #{key}{void} {detection.describe()}")
     return "; ".join(parts)

@@ -50,9 +50,7 @@ def test_a_review_bank_leaves_the_file_in_place_for_a_moderator(stores: Path, mo
     assert (stores / "quarantine" / confirmed.quarantine_name).exists()
 
 
-def test_releasing_an_upload_left_for_review_leaves_it_on_the_site(
-    stores: Path, moderator
-) -> None:
+def test_releasing_an_upload_left_for_review_leaves_it_on_the_site(stores: Path, moderator) -> None:
     bank_of("watch", Bank.Act.REVIEW, "coffee")
     upload = drop(stores, "a.jpg", photo("coffee"))
     released = services.upload_release(upload_id=upload.pk, actor=moderator)

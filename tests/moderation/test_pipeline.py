@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 
 from moderation import liveness, selectors, services
@@ -22,6 +23,7 @@ from moderation.models import AuditEvent, Upload
 from tests.images import encode, photo
 from tests.moderation.conftest import REDIS_URL
 from tests.moderation.processes import Stack, database_url, wait_for
+from tests.moderation.support import PDQ
 
 pytestmark = pytest.mark.pipeline
 
@@ -194,6 +196,24 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
         }, stack.logs()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/") as response:
             assert response.status == 200
+        # Other services ask the API, on SQLite too: a list imported, a token made.
+        hashes = tmp_path / "list.txt"
+        hashes.write_text(f"pdq {PDQ}\n")
+        assert stack.manage("hashlist", "import", str(hashes), "--bank", "partner").returncode == 0
+        secret = stack.manage("apitoken", "create", "site").stdout.strip()
+        api = f"http://127.0.0.1:{port}"
+        headers = {"Authorization": f"Bearer {secret}"}
+        found = requests.get(
+            f"{api}/m/lookup", params={"signal_type": "pdq", "signal": PDQ}, headers=headers
+        )
+        assert list(found.json()) == ["partner"], found.text
+        decided = requests.post(
+            f"{api}/m/lookup",
+            files={"photo": encode(photo("astronaut").resize((300, 300)), "JPEG")},
+            headers=headers,
+        )
+        assert decided.json()["decision"] == "quarantine", decided.text
+        assert requests.get(f"{api}/status", timeout=30).status_code == 200
         # Nothing shared with other instances: gunicorn's per-user control socket is off.
         assert not (Path.home() / ".gunicorn" / "gunicorn.ctl").exists()
 

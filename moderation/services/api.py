@@ -1,0 +1,194 @@
+"""What the HTTP API does for other services: tokens, lookups, hashing, and adding hashes to
+banks. The views (moderation/api.py) only parse requests and shape answers."""
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from hashes.algorithms import ALGORITHMS, Fingerprint, distinct_frames
+from hashes.detect import probes
+from hashes.hashlists import DIGESTS, KINDS, parse_signal
+from moderation.blocklist import Verdict, current_blocklist, match_rule
+from moderation.models import ApiToken, Bank, BannedFingerprint
+from moderation.services.banks import entry_refusal, entry_row
+from moderation.services.bans import blocklist_bump
+from moderation.services.common import Action, audit, load
+
+# A token's last use is written at most this often: a lookup should not cost a write.
+_USE_RECORDED_EVERY = timedelta(minutes=1)
+TOKEN_PREFIX = "hg_"
+SIGNAL_KINDS = KINDS
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def apitoken_create(*, name: str, scope: str, actor: User | None) -> tuple[ApiToken, str]:
+    """Make a token; returns it and its secret, which is shown this once and never kept."""
+    if scope not in ApiToken.Scope.values:
+        raise ValueError(f"Unknown scope {scope!r}; expected one of {', '.join(ApiToken.Scope)}.")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(
+        name=name, scope=scope, digest=_digest(secret), prefix=secret[:10], created_by=actor
+    )
+    with transaction.atomic():
+        token.full_clean()
+        token.save()
+        audit(Action.TOKEN_CREATED, actor=actor, detail=f"token {name} ({scope})")
+    return token, secret
+
+
+def apitoken_revoke(*, token_ids: Iterable[int], actor: User | None) -> int:
+    """Revoke tokens at once; a revoked token gets 401 from its next request on."""
+    with transaction.atomic():
+        tokens = list(
+            ApiToken.objects.select_for_update().filter(pk__in=list(token_ids), revoked_at=None)
+        )
+        ApiToken.objects.filter(pk__in=[t.pk for t in tokens]).update(revoked_at=timezone.now())
+        for token in tokens:
+            audit(Action.TOKEN_REVOKED, actor=actor, detail=f"token {token.name}")
+    return len(tokens)
+
+
+def apitoken_authenticate(*, secret: str) -> ApiToken | None:
+    """The live token with this secret, or None."""
+    if not secret.startswith(TOKEN_PREFIX) or len(secret) > 100:
+        return None
+    token = ApiToken.objects.filter(digest=_digest(secret), revoked_at=None).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.last_used_at is None or now - token.last_used_at > _USE_RECORDED_EVERY:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+    return token
+
+
+# --- lookups ----------------------------------------------------------------------------
+
+
+def _banks_of(keys: Iterable[int]) -> dict[int, tuple[str, str]]:
+    """(bank name, bank action) of banned fingerprints."""
+    rows = BannedFingerprint.objects.filter(pk__in=list(keys)).values_list(
+        "id", "bank__name", "bank__action"
+    )
+    return {key: (name, action) for key, name, action in rows}
+
+
+def lookup_signal(
+    *, signal_type: str, signal: str, banks: set[str] | None = None
+) -> dict[str, list[dict[str, object]]]:
+    """The banned fingerprints one hash matches, by bank, as HMA's ``/m/lookup`` answers:
+    a PDQ, pHash or dHash under the match rule (and each bank's own limits), an MD5 or
+    SHA-256 by equality. Raises ValueError for a malformed hash."""
+    entry = parse_signal(signal_type, signal)
+    detector = current_blocklist().detector
+    if entry.kind in DIGESTS:
+        hits = [(key, 0) for key in detector.files(entry.value)]
+    else:
+        fingerprint = Fingerprint(hashes={entry.kind: entry.value})
+        hits = [
+            (match.key, match.distances.get(entry.kind, 0))
+            for match in detector.lookup(fingerprint)
+        ]
+    found: dict[str, list[dict[str, object]]] = {}
+    owners = _banks_of(key for key, _ in hits)
+    for key, distance in hits:
+        if key not in owners:
+            continue  # deleted since the blocklist was built
+        bank, _ = owners[key]
+        if banks is None or bank in banks:
+            found.setdefault(bank, []).append({"bank_content_id": key, "distance": str(distance)})
+    return found
+
+
+@dataclass(frozen=True)
+class ImageLookup:
+    hashes: dict[str, object]
+    verdict: Verdict
+    matches: list[dict[str, object]]
+
+
+def lookup_image(*, data: bytes) -> ImageLookup:
+    """The whole decision a worker would make on this image, written nowhere. Raises
+    hashes.errors.ImageError for what the workers' loader refuses."""
+    loaded = load(data)
+    checked = probes(loaded)
+    blocklist = current_blocklist()
+    sha256 = hashlib.sha256(data).hexdigest()
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    found = blocklist.detector.detect(checked, sha256, md5)
+    verdict = blocklist.verdict(found)
+    owners = _banks_of(found)
+    matches = []
+    for key, detection in found.items():
+        bank, action = owners.get(key, ("", ""))
+        matches.append(
+            {
+                "bank": bank,
+                "bank_action": action,
+                "bank_content_id": key,
+                "stage": str(detection.stage),
+                "rule": detection.rule,
+                "variant": detection.variant,
+                "frame": detection.frame,
+                "distances": detection.distances,
+                "voided": key in verdict.voided,
+                "explanation": detection.describe(),
+            }
+        )
+    first = checked[0].fingerprint
+    return ImageLookup(
+        hashes={**first.hashes, "pdq_quality": first.pdq_quality, "sha256": sha256, "md5": md5},
+        verdict=verdict,
+        matches=matches,
+    )
+
+
+def hash_image(*, data: bytes) -> dict[str, object]:
+    """The hashes of an image's first frame, as the workers compute them."""
+    _, fingerprint = distinct_frames(load(data))[0]
+    return {
+        **{name: fingerprint.hashes[name] for name in ALGORITHMS if name in fingerprint.hashes},
+        "pdq_quality": fingerprint.pdq_quality,
+    }
+
+
+# --- writes -----------------------------------------------------------------------------
+
+
+def bank_add_signal(
+    *, bank: str, signal_type: str, signal: str, token: ApiToken, quality: int | None = None
+) -> tuple[BannedFingerprint, bool]:
+    """Ban one hash in a bank (HMA's ``/c/bank/<name>/signal``); returns the row and
+    whether it is new. Raises Bank.DoesNotExist, and ValueError for a malformed hash or
+    one too plain to ban."""
+    entry = parse_signal(signal_type, signal, quality=quality)
+    target = Bank.objects.get(name=bank)
+    refusal = entry_refusal(entry, match_rule().pdq_min_quality)
+    if refusal:
+        raise ValueError(f"This {entry.kind} hash is {refusal}.")
+    with transaction.atomic():
+        existing = (
+            BannedFingerprint.objects.select_for_update()
+            .filter(bank=target, **{entry.kind: entry.value})
+            .first()
+        )
+        if existing is not None:
+            return existing, False
+        row = entry_row(target, entry, timezone.now())
+        row.source = BannedFingerprint.Source.API
+        row.save()
+        audit(
+            Action.BAN_ADDED,
+            fingerprint=row,
+            detail=f"through the API by token {token.name}: {entry.kind} {entry.value}",
+        )
+        blocklist_bump()
+    return row, True
