@@ -86,7 +86,9 @@ def lookup_signal(
 ) -> dict[str, list[dict[str, object]]]:
     """The banned fingerprints one hash matches, by bank, as HMA's ``/m/lookup`` answers:
     a PDQ, pHash or dHash under the match rule (and each bank's own limits), an MD5 or
-    SHA-256 by equality. Raises ValueError for a malformed hash."""
+    SHA-256 by equality. As in the pipeline, a match in an allow bank (known-good) voids
+    the others; an allow bank's own matches are listed only when ``banks`` names it.
+    Raises ValueError for a malformed hash."""
     entry = parse_signal(signal_type, signal)
     detector = current_blocklist().detector
     if entry.kind in DIGESTS:
@@ -97,12 +99,14 @@ def lookup_signal(
             (match.key, match.distances.get(entry.kind, 0))
             for match in detector.lookup(fingerprint)
         ]
+    owners = _banks_of(key for key, _ in hits)  # rows deleted since the build drop out
+    hits = [(key, distance) for key, distance in hits if key in owners]
+    allowed = [(key, d) for key, d in hits if owners[key][1] == Bank.Act.ALLOW]
+    if allowed:
+        hits = [(key, d) for key, d in allowed if banks is not None and owners[key][0] in banks]
     found: dict[str, list[dict[str, object]]] = {}
-    owners = _banks_of(key for key, _ in hits)
     for key, distance in hits:
-        if key not in owners:
-            continue  # deleted since the blocklist was built
-        bank, _ = owners[key]
+        bank = owners[key][0]
         if banks is None or bank in banks:
             found.setdefault(bank, []).append({"bank_content_id": key, "distance": str(distance)})
     return found

@@ -15,7 +15,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from moderation import services
-from moderation.models import ApiToken, AuditEvent, BannedFingerprint, Upload
+from moderation.models import ApiToken, AuditEvent, Bank, BannedFingerprint, Upload
 from tests.images import encode, photo
 from tests.moderation.support import PDQ
 
@@ -295,3 +295,14 @@ def test_lookups_are_exact_among_many_hashes(lookup: Client) -> None:
     services.bank_import(lines=lines, bank="big")
     found = lookup("GET", "/m/lookup", params={"signal_type": "pdq", "signal": query}).json()
     assert sorted(int(hit["distance"]) for hit in found["big"]) == [0, 3, 31]
+
+
+def test_a_hash_in_an_allow_bank_voids_the_other_matches(lookup: Client, partner: int) -> None:
+    services.bank_import(lines=[f"pdq {near(PDQ, 2)}\n"], bank="site-art")
+    bank = Bank.objects.get(name="site-art")
+    bank.action = Bank.Act.ALLOW
+    services.bank_save(bank=bank, changed=["action"], actor=None)
+    query = {"signal_type": "pdq", "signal": PDQ}
+    assert lookup("GET", "/m/lookup", params=query).json() == {}
+    named = lookup("GET", "/m/lookup", params={**query, "banks": "site-art,partner"}).json()
+    assert list(named) == ["site-art"] and named["site-art"][0]["distance"] == "2"

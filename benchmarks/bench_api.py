@@ -1,0 +1,218 @@
+"""How fast the API answers, over real HTTP, with a large bank.
+
+    DATABASE_URL=postgres://... .venv/bin/python -m benchmarks.bench_api \
+        [--bans 1000000] [--lookups 2000] [--images DIR]
+
+Imports --bans random PDQ hashes into a bank of a throwaway database (``<name>_bench``
+beside DATABASE_URL's, made and dropped; SQLite in a temporary folder without one),
+starts gunicorn as the web unit runs it (one process, database connections kept as
+the example environment file keeps them), and times:
+
+- ``GET /m/lookup`` of random hashes, a tenth of them within a few bits of a ban, beside
+  the index's query alone (the least any lookup costs) in the same run;
+- ``POST /m/lookup`` of each image in --images (the whole two-stage decision), beside
+  what a worker's task spends on the same file against the same blocklist (claiming,
+  reading, decoding, both stages, writing the decision).
+
+Figures only; nothing is asserted.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.bench_import import _drop, _recreate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentiles(samples: list[float]) -> str:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return (
+        f"p50 {statistics.median(ordered) * 1000:6.2f} ms, p99 {p99 * 1000:6.2f} ms, "
+        f"max {ordered[-1] * 1000:6.2f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bans", type=int, default=1_000_000)
+    parser.add_argument("--lookups", type=int, default=2000)
+    parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "corpus")
+    args = parser.parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-api-"))
+    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
+    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
+    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    url = os.environ.get("DATABASE_URL", "")
+    bench_url = None
+    if url.startswith("postgres"):
+        bench_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1].split("?")[0] + "_bench"
+        os.environ["DATABASE_URL"] = bench_url
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    from moderation import services
+
+    if bench_url:
+        _recreate(connection)
+    server = None
+    try:
+        call_command("migrate", verbosity=0)
+        rng = random.Random(1)
+        bans = [rng.randbytes(32).hex() for _ in range(args.bans)]
+        started = time.perf_counter()
+        services.bank_import(lines=(f"pdq {code}\n" for code in bans), bank="bench", fmt="hma")
+        print(f"{args.bans:,} PDQ bans imported in {time.perf_counter() - started:.1f} s")
+        images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".png"})
+        for path in images[::4]:  # some of the images are banned, with their features
+            services.banned_add_image(data=path.read_bytes())
+        _, secret = services.apitoken_create(name="bench", scope="lookup", actor=None)
+        connection.close()
+
+        port = _free_port()
+        # As config/systemd/hashguard.env.example runs it: connections kept for a minute.
+        env = {**os.environ, "HASHGUARD_DATA_DIR": str(data_dir), "DATABASE_CONN_MAX_AGE": "60"}
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "1",
+                "--no-control-socket",
+                "--timeout",
+                "600",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        lookups(f"http://127.0.0.1:{port}", secret, bans, args.lookups, rng)
+        images_compared(f"http://127.0.0.1:{port}", secret, images)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+        if bench_url:
+            connection.close()
+            _drop(connection)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _flip(code: str, bits: int, rng: random.Random) -> str:
+    value = int(code, 16)
+    for bit in rng.sample(range(256), bits):
+        value ^= 1 << bit
+    return f"{value:064x}"
+
+
+def lookups(base: str, secret: str, bans: list[str], count: int, rng: random.Random) -> None:
+    import requests
+
+    from hashes.index import HammingIndex
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {secret}"
+    deadline = time.monotonic() + 120
+    while True:  # the server is up once it answers
+        try:
+            started = time.perf_counter()
+            first = session.get(f"{base}/status", timeout=600)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    print(
+        f"  first request (builds the blocklist): {time.perf_counter() - started:.1f} s, "
+        f"status {first.status_code}"
+    )
+    queries = [
+        _flip(rng.choice(bans), rng.randint(0, 20), rng)
+        if index % 10 == 0
+        else rng.randbytes(32).hex()
+        for index in range(count)
+    ]
+    times, hits = [], 0
+    for query in queries:
+        started = time.perf_counter()
+        response = session.get(
+            f"{base}/m/lookup", params={"signal_type": "pdq", "signal": query}, timeout=60
+        )
+        times.append(time.perf_counter() - started)
+        response.raise_for_status()
+        hits += bool(response.json())
+    print(f"GET /m/lookup, {count:,} queries against {len(bans):,} PDQ bans ({hits} found):")
+    print(f"  over HTTP:        {percentiles(times)}")
+    index = HammingIndex(256)
+    for key, code in enumerate(bans):
+        index.add(key, code)
+    alone = []
+    for query in queries[:500]:
+        started = time.perf_counter()
+        index.query(query, 31)
+        alone.append(time.perf_counter() - started)
+    print(f"  the index alone:  {percentiles(alone)}")
+    print(
+        f"  HTTP, token, database and JSON add "
+        f"{(statistics.median(times) - statistics.median(alone)) * 1000:.2f} ms at the median"
+    )
+
+
+def images_compared(base: str, secret: str, images: list[Path]) -> None:
+    import requests
+
+    from moderation import files, services
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {secret}"
+    over_http, in_worker = [], []
+    files.ensure_directories()
+    for index, path in enumerate(images):
+        data = path.read_bytes()
+        # What a worker's task does with the same file: claim, read, digests, decode,
+        # both stages, and write the decision (and move it, when banned).
+        dropped = files.media_dir() / f"{index}{path.suffix}"
+        dropped.write_bytes(data)
+        upload, _ = services.upload_register(path=dropped)
+        started = time.perf_counter()
+        services.upload_process(upload_id=upload.pk)
+        in_worker.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        response = session.post(f"{base}/m/lookup", files={"photo": data}, timeout=120)
+        over_http.append(time.perf_counter() - started)
+        response.raise_for_status()
+    print(f"POST /m/lookup, {len(images)} images (the same blocklist):")
+    print(f"  over HTTP:               {percentiles(over_http)}")
+    print(f"  a worker's task:         {percentiles(in_worker)}")
+    print(
+        f"  ratio at the median: {statistics.median(over_http) / statistics.median(in_worker):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
