@@ -19,6 +19,7 @@ Each algorithm has a version: bump it whenever the computation changes (resampli
 preprocessing, library upgrade that alters output) so stored values can be recomputed.
 """
 
+import re
 from dataclasses import dataclass
 
 import imagehash
@@ -136,6 +137,9 @@ def hamming(a_hex: str, b_hex: str) -> int:
     return (int(a_hex, 16) ^ int(b_hex, 16)).bit_count()
 
 
+_HEX = re.compile(r"[0-9a-f]+")
+
+
 def parse_hash(algorithm: str, text: str) -> str:
     """Normalise a pasted hash to lowercase hex, or raise ValueError saying what is wrong."""
     if algorithm not in ALGORITHMS:
@@ -146,8 +150,8 @@ def parse_hash(algorithm: str, text: str) -> str:
     code = "".join(text.split()).lower()
     if not code:
         raise ValueError(f"The {algorithm} hash is empty; paste its {digits} hex digits.")
-    bad = sorted({char for char in code if char not in "0123456789abcdef"})
-    if bad:
+    if _HEX.fullmatch(code) is None:
+        bad = sorted({char for char in code if char not in "0123456789abcdef"})
         raise ValueError(
             f"The {algorithm} hash contains {''.join(bad)!r}, which are not hex digits; "
             f"a {algorithm} hash is {digits} characters of 0-9 and a-f."

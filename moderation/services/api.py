@@ -16,7 +16,7 @@ from hashes.detect import probes
 from hashes.hashlists import DIGESTS, KINDS, parse_signal
 from moderation.blocklist import Verdict, current_blocklist, match_rule
 from moderation.models import ApiToken, Bank, BannedFingerprint
-from moderation.services.banks import entry_refusal, entry_row
+from moderation.services.banks import entry_fields, entry_refusal
 from moderation.services.bans import blocklist_bump
 from moderation.services.common import Action, audit, load
 
@@ -186,7 +186,7 @@ def bank_add_signal(
         )
         if existing is not None:
             return existing, False
-        row = entry_row(target, entry, timezone.now())
+        row = BannedFingerprint(**entry_fields(target, entry, timezone.now()))
         row.source = BannedFingerprint.Source.API
         row.save()
         audit(
