@@ -189,7 +189,7 @@ class BannedPicture:
     sha256: str = ""  # of the banned file: its exact copies match whatever else differs
     md5: str = ""  # the same, as shared hash lists give it
     limits: "Limits" = ()  # its own (algorithm, distance) limits, in place of the rule's
-    allow: bool = False  # known-good: found whole, it voids every other detection
+    allow: bool = False  # known-good: see Detector.voided
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
@@ -271,10 +271,9 @@ class Detector:
 
     A picture may carry its own distance limits (its bank's), which take the place of
     that algorithm's distance in every group of the rule; pictures with the same limits
-    share one set of indexes. A picture may also be known-good (``allow``): when it is
-    found whole in an upload (the same file, or the whole picture however turned), every
-    other detection is void (``void``); found only as a part (a panel, a crop), it voids
-    nothing, since the rest of the upload may still show a banned picture.
+    share one set of indexes. A picture may also be known-good (``allow``): found in an
+    upload, it voids the detections it accounts for (``voided``); its limits may only
+    make the rule stricter, so that a loose known-good list cannot void real matches.
     """
 
     def __init__(
@@ -285,7 +284,7 @@ class Detector:
     ) -> None:
         self.rule = rule
         self.config = config or DetectConfig()
-        self._matchers: dict[Limits, tuple[Matcher, Matcher | None]] = {}
+        self._matchers: dict[tuple[Limits, bool], tuple[Matcher, Matcher | None]] = {}
         # Candidates only: a crop moves PDQ far while pHash stays near, so no veto here.
         self._near = Matcher(
             MatchRule(
@@ -305,10 +304,13 @@ class Detector:
     def __len__(self) -> int:
         return sum(len(matcher) for matcher, _ in self._matchers.values())
 
-    def _matchers_for(self, limits: Limits) -> tuple[Matcher, Matcher | None]:
-        """The whole-picture and view matchers of pictures with these limits."""
-        if limits not in self._matchers:
-            rule = self.rule.with_limits(dict(limits))
+    def _matchers_for(
+        self, limits: Limits, *, tighten: bool = False
+    ) -> tuple[Matcher, Matcher | None]:
+        """The whole-picture and view matchers of pictures with these limits (which, with
+        ``tighten``, may only make the rule stricter)."""
+        if (limits, tighten) not in self._matchers:
+            rule = self.rule.with_limits(dict(limits), tighten=tighten)
             pdq = [group["pdq"] for group in rule.groups if "pdq" in group]
             region = (
                 Matcher(
@@ -321,8 +323,8 @@ class Detector:
                 if pdq
                 else None
             )
-            self._matchers[limits] = (Matcher(rule), region)
-        return self._matchers[limits]
+            self._matchers[(limits, tighten)] = (Matcher(rule), region)
+        return self._matchers[(limits, tighten)]
 
     def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
         """Ban many pictures at once (a rebuild); fuzzy matching skips plain ones."""
@@ -339,7 +341,7 @@ class Detector:
                 picture.fingerprint, self.rule.pdq_min_quality
             ):
                 continue
-            whole, region = self._matchers_for(picture.limits)
+            whole, region = self._matchers_for(picture.limits, tighten=picture.allow)
             for matcher in (whole, region, self._near):
                 if matcher is not None:
                     matcher.add(key, picture.fingerprint)
@@ -373,11 +375,25 @@ class Detector:
     def is_allowed(self, key: int) -> bool:
         return key in self._allow
 
-    def void(self, found: Mapping[int, Detection]) -> Detection | None:
-        """The known-good picture found whole in the upload, which voids every other
-        detection; None when there is none."""
-        return next(
-            (hit for key, hit in found.items() if key in self._allow and not hit.partial), None
+    def voided(self, found: Mapping[int, Detection]) -> frozenset[int]:
+        """The detections a known-good picture accounts for, which do not count.
+
+        The upload being a known-good file byte for byte voids every other detection.
+        Otherwise a known-good picture found whole in a frame voids only the banned
+        pictures also found whole in that frame by their hashes: both are then the same
+        picture as that frame. A banned picture found as a part (a panel, a crop, one
+        placed inside the known-good picture) or in another frame is other content, and
+        counts.
+        """
+        allowed = [hit for key, hit in found.items() if key in self._allow]
+        others = {key: hit for key, hit in found.items() if key not in self._allow}
+        if any(hit.stage == Stage.EXACT for hit in allowed):
+            return frozenset(others)
+        frames = {hit.frame for hit in allowed if not hit.partial}
+        return frozenset(
+            key
+            for key, hit in others.items()
+            if hit.stage == Stage.HASH and not hit.partial and hit.frame in frames
         )
 
     def detect(
@@ -385,8 +401,8 @@ class Detector:
     ) -> dict[int, Detection]:
         """The best detection per banned key: exact copies of a banned file (by the
         upload's ``sha256`` or ``md5``), then the hash stage over the frames in ``probes``
-        (first first), then, when the hash stage found nothing it could act on (only
-        known-good pictures, and none of them whole), the local-feature stage."""
+        (first first), then, when the hash stage found no banned picture (known-good ones
+        do not count), the local-feature stage."""
         found: dict[int, Detection] = {}
         for rule, digest in (("sha256", sha256), ("md5", md5)):
             for key in self._files.get(digest, []) if digest else []:
@@ -401,14 +417,8 @@ class Detector:
                 hashed.setdefault(detection.key, detection)
         # The second stage costs far more, and one proof is enough to quarantine; an exact
         # copy does not stand in for it, since a moderator may let that one pass.
-        decisive = [key for key in hashed if key not in self._allow]
-        if (
-            not decisive
-            and self.void(hashed) is None
-            and self.config.local_features
-            and self._load_features
-            and probes
-        ):
+        only_known_good = all(key in self._allow for key in hashed)
+        if only_known_good and self.config.local_features and self._load_features and probes:
             proof = self._local_stage(probes[0])
             if proof is not None:
                 hashed[proof.key] = proof

@@ -91,13 +91,21 @@ class MatchRule:
             veto=config.get("veto", cls.veto),
         )
 
-    def with_limits(self, limits: "dict[str, int]") -> "MatchRule":
+    def with_limits(self, limits: "dict[str, int]", *, tighten: bool = False) -> "MatchRule":
         """The rule with each algorithm's distance in ``limits`` put in place of that
-        algorithm's distance in every group naming it (a bank's own limits)."""
+        algorithm's distance in every group naming it (a bank's own limits); with
+        ``tighten``, a limit only lowers a group's distance, never raises it."""
         if not limits:
             return self
-        groups = tuple({name: limits.get(name, limit) for name, limit in group.items()}
-                       for group in self.groups)
+
+        def limit_of(name: str, limit: int) -> int:
+            own = limits.get(name, limit)
+            return min(own, limit) if tighten else own
+
+        groups = tuple(
+            {name: limit_of(name, limit) for name, limit in group.items()}
+            for group in self.groups
+        )
         return MatchRule(groups=groups, pdq_min_quality=self.pdq_min_quality, veto=self.veto)
 
     def as_config(self) -> dict:

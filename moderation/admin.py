@@ -625,7 +625,11 @@ class BankAdmin(admin.ModelAdmin):
                 active_count=Count(
                     "fingerprints", filter=Q(fingerprints__active=True), distinct=True
                 ),
-                hit_count=Count("fingerprints__matches", distinct=True),
+                hit_count=Count(
+                    "fingerprints__matches",
+                    filter=Q(fingerprints__matches__voided=False),
+                    distinct=True,
+                ),
             )
         )
 

@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from hashes.errors import ImageError
 from moderation import metrics, openapi, selectors, services
-from moderation.blocklist import current_blocklist, current_version
+from moderation.blocklist import current_version, held_blocklist, load_in_background
 from moderation.models import ApiToken, Bank, Upload
 from moderation.services.api import SIGNAL_KINDS
 from moderation.tasks import broker_problem, waiting_in_queue
@@ -196,6 +196,8 @@ def bank_signal(request: HttpRequest, name: str) -> HttpResponse:
         )
     except Bank.DoesNotExist:
         return _error(404, f"There is no bank named {name!r}; make it in the admin first.")
+    except services.ActionRefused as exc:
+        return _error(403, str(exc))
     except ValueError as exc:
         return _error(400, str(exc))
     kind = next(kind for kind in SIGNAL_KINDS if getattr(row, kind))
@@ -205,28 +207,48 @@ def bank_signal(request: HttpRequest, name: str) -> HttpResponse:
     )
 
 
+_BROKER_CHECKED_EVERY = 5.0
+_broker: tuple[float, str | None] = (-_BROKER_CHECKED_EVERY, None)
+
+
+def _broker_problem() -> str | None:
+    """broker_problem, asked at most every few seconds: a health check polled often must
+    not hold a web process for the broker's time-out each time."""
+    global _broker
+    at, problem = _broker
+    if time.monotonic() - at >= _BROKER_CHECKED_EVERY:
+        problem = broker_problem()
+        _broker = (time.monotonic(), problem)
+    return problem
+
+
 @require_GET
 def status(request: HttpRequest) -> HttpResponse:
-    """200 when the database answers, the broker is reachable and this process's blocklist
-    is the current one; 503 with the reasons otherwise."""
+    """200 when the database answers, the broker is reachable and this process holds the
+    current blocklist; 503 with the reasons otherwise (loading the blocklist starts, in
+    the background, when it is missing or old). No token: the reasons say what is down,
+    not why; the logs say why."""
     problems = []
     body: dict[str, object] = {}
     try:
         version = current_version()
-        blocklist = current_blocklist()
-        body["blocklist"] = {
-            "version": blocklist.version,
-            "fingerprints": len(blocklist.detector),
-            "age_seconds": round(time.time() - blocklist.built_at, 1),
-        }
-        if blocklist.version != version:
-            problems.append("the blocklist is not the current one")
-        body["workers"] = selectors.workers_in_trouble()
-    except DatabaseError as exc:
-        problems.append(f"the database is unavailable: {exc}")
-    broker = broker_problem()
-    if broker:
-        problems.append(broker)
+    except DatabaseError:
+        logger.exception("status: the database is unavailable")
+        problems.append("the database is unavailable")
+    else:
+        held = held_blocklist()
+        if held is None or held.version != version:
+            load_in_background()
+            problems.append("the blocklist is loading")
+        if held is not None:
+            body["blocklist"] = {
+                "version": held.version,
+                "current": held.version == version,
+                "fingerprints": len(held.detector),
+                "age_seconds": round(time.time() - held.built_at, 1),
+            }
+    if _broker_problem():
+        problems.append("the task queue's broker is unavailable")
     body["status"] = "unavailable" if problems else "ok"
     body["problems"] = problems
     return JsonResponse(body, status=503 if problems else 200)
@@ -247,10 +269,13 @@ _metrics_with_token = token_required(ApiToken.Scope.LOOKUP)(_render_metrics)
 
 @require_GET
 def prometheus(request: HttpRequest) -> HttpResponse:
-    """Metrics for Prometheus: to the addresses HASHGUARD_METRICS_ALLOW lists, or with a
-    token."""
+    """Metrics for Prometheus: to the addresses HASHGUARD_METRICS_ALLOW lists, when they
+    connect directly, or with a token."""
     address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "0.0.0.0")
-    if any(address in network for network in metrics_networks()):
+    # Through the proxy every request comes from its address: the list is for scrapers
+    # that connect directly, so a forwarded request needs a token.
+    forwarded = "X-Forwarded-For" in request.headers
+    if not forwarded and any(address in network for network in metrics_networks()):
         return _render_metrics(request)
     return _metrics_with_token(request)
 

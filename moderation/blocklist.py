@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
@@ -70,7 +70,7 @@ class Verdict:
 
     state: str  # Upload.State: CLEAN, QUARANTINED or REVIEW
     allowed: frozenset[int]  # the known-good pictures found (allow banks)
-    voided: frozenset[int]  # the detections one of them, found whole, voided
+    voided: frozenset[int]  # the detections they account for, which do not count
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,18 @@ class Blocklist:
     built_at: float = field(default_factory=time.time)
 
     def verdict(self, found: Mapping[int, Detection]) -> Verdict:
-        """Act as the matching banks say: a known-good picture found whole voids the rest;
-        any quarantine bank's match quarantines; review banks' alone leave it in place."""
+        """Act as the matching banks say: matches a known-good picture accounts for do not
+        count (Detector.voided); of the rest, any quarantine bank's match quarantines, and
+        review banks' alone leave the file in place."""
         detector = self.detector
         allowed = frozenset(key for key in found if detector.is_allowed(key))
-        if detector.void(found) is not None:
-            return Verdict(Upload.State.CLEAN, allowed, frozenset(found) - allowed)
-        counted = [key for key in found if key not in allowed]
+        voided = detector.voided(found)
+        counted = [key for key in found if key not in allowed and key not in voided]
         if any(key not in self.review for key in counted):
             state = Upload.State.QUARANTINED
         else:
             state = Upload.State.REVIEW if counted else Upload.State.CLEAN
-        return Verdict(state, allowed, frozenset())
+        return Verdict(state, allowed, voided)
 
 
 def match_rule() -> MatchRule:
@@ -165,6 +165,32 @@ def current_blocklist() -> Blocklist:
         assert current is not None
     _record(current, rebuilt)
     return current
+
+
+def held_blocklist() -> Blocklist | None:
+    """The blocklist this process holds now, current or not, without building one."""
+    return _current
+
+
+_loading = threading.Lock()
+
+
+def load_in_background() -> None:
+    """Build this process's blocklist in a thread, unless one is building it already:
+    a new web process becomes ready for lookups without a request waiting for it."""
+    if not _loading.acquire(blocking=False):
+        return
+
+    def load() -> None:
+        try:
+            current_blocklist()
+        except Exception:
+            logger.exception("loading the blocklist failed")
+        finally:
+            connections.close_all()
+            _loading.release()
+
+    threading.Thread(target=load, name="hashguard-blocklist", daemon=True).start()
 
 
 def _record(blocklist: Blocklist, rebuilt: bool) -> None:

@@ -12,10 +12,12 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import defaultdict
 from datetime import timedelta
 
-from django.db import DatabaseError, connection, connections, transaction
+from django.db import Error as DatabaseError
+from django.db import connection, connections, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -40,30 +42,29 @@ class _Buffer:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.counts: defaultdict[tuple[str, str], float] = defaultdict(float)
-        self.pid = os.getpid()
-        self.flushing_pid = 0
+        self.flushing = False
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        # What the parent counted is the parent's to write; a lock some other thread of
+        # the parent held is no one's here; a flushing parent's thread did not come along.
+        self.lock = threading.Lock()
+        self.counts = defaultdict(float)
+        if self.flushing:
+            self._start_thread()
 
     def add(self, name: str, labels: str, amount: float) -> None:
         with self.lock:
-            if self.pid != os.getpid():
-                # A forked child: what the parent counted is the parent's to write.
-                self.pid = os.getpid()
-                self.counts.clear()
-                if self.flushing_pid:
-                    self._start_thread()
             self.counts[(name, labels)] += amount
 
     def flush(self) -> None:
         with self.lock:
-            if self.pid != os.getpid():
-                self.pid = os.getpid()
-                self.counts.clear()
             taken, self.counts = self.counts, defaultdict(float)
         if not taken:
             return
         try:
             _add_to_database(taken)
-        except DatabaseError as exc:
+        except DatabaseError as exc:  # any database fault: kept for the next try
             logger.warning("could not record metrics (kept for the next try): %s", exc)
             with self.lock:
                 for key, amount in taken.items():
@@ -71,19 +72,23 @@ class _Buffer:
 
     def start(self) -> None:
         with self.lock:
-            if self.flushing_pid != os.getpid():
+            if not self.flushing:
+                self.flushing = True
                 self._start_thread()
 
     def _start_thread(self) -> None:
-        self.flushing_pid = os.getpid()
         threading.Thread(target=self._run, name="hashguard-metrics", daemon=True).start()
 
     def _run(self) -> None:
         pid = os.getpid()
-        stop = threading.Event()
-        while not stop.wait(FLUSH_SECONDS) and self.flushing_pid == pid == os.getpid():
-            self.flush()
-            connections.close_all()  # this thread's own connection
+        while os.getpid() == pid:
+            time.sleep(FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # a bug here must not end the counting for good
+                logger.exception("recording metrics failed")
+            finally:
+                connections.close_all()  # this thread's own connection
 
 
 _buffer = _Buffer()

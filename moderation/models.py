@@ -1,6 +1,7 @@
 from enum import Enum
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
 
@@ -51,7 +52,7 @@ class Bank(models.Model):
     class Act(models.TextChoices):
         QUARANTINE = "quarantine", "Quarantine the upload"
         REVIEW = "review", "Leave the file in place and queue it for review"
-        ALLOW = "allow", "Known-good: a whole-picture match voids the other banks' matches"
+        ALLOW = "allow", "Known-good: voids the matches of the same picture in other banks"
 
     LOCAL = "local"
     LIMITS = {"pdq": "pdq_limit", "phash": "phash_limit", "dhash": "dhash_limit"}
@@ -79,6 +80,12 @@ class Bank(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.name == self.LOCAL and self.action != self.Act.QUARANTINE:
+            raise ValidationError(
+                {"action": "The local bank holds this site's own bans: it always quarantines."}
+            )
 
     def limits(self) -> tuple[tuple[str, int], ...]:
         """The (algorithm, distance) limits this bank sets, for hashes.detect."""
@@ -348,8 +355,8 @@ class Match(models.Model):
     frame = models.PositiveIntegerField(default=0)
     # A moderator released the upload and said its exact copies may pass this ban.
     allowed = models.BooleanField(default=False)
-    # A known-good picture of an allow bank was found whole in the upload: this match
-    # did not count.
+    # The same picture as a known-good one of an allow bank found in the upload: this
+    # match did not count (hashes.detect.Detector.voided).
     voided = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -40,6 +40,7 @@ def upload_as_dict(upload: Upload) -> dict[str, object]:
                 "rule": m.rule,
                 "distances": m.distances,
                 "frame": m.frame,
+                "voided": m.voided,
             }
             for m in upload.matches.all()
         ],

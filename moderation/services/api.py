@@ -18,7 +18,8 @@ from moderation.blocklist import Verdict, current_blocklist, match_rule
 from moderation.models import ApiToken, Bank, BannedFingerprint
 from moderation.services.banks import entry_fields, entry_refusal
 from moderation.services.bans import blocklist_bump
-from moderation.services.common import Action, audit, load
+from moderation.services.common import Action, ActionRefused, audit, load
+from moderation.services.uploads import judge
 
 # A token's last use is written at most this often: a lookup should not cost a write.
 _USE_RECORDED_EVERY = timedelta(minutes=1)
@@ -127,8 +128,7 @@ def lookup_image(*, data: bytes) -> ImageLookup:
     blocklist = current_blocklist()
     sha256 = hashlib.sha256(data).hexdigest()
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    found = blocklist.detector.detect(checked, sha256, md5)
-    verdict = blocklist.verdict(found)
+    found, verdict = judge(blocklist, checked, sha256, md5)
     owners = _banks_of(found)
     matches = []
     for key, detection in found.items():
@@ -171,10 +171,17 @@ def bank_add_signal(
     *, bank: str, signal_type: str, signal: str, token: ApiToken, quality: int | None = None
 ) -> tuple[BannedFingerprint, bool]:
     """Ban one hash in a bank (HMA's ``/c/bank/<name>/signal``); returns the row and
-    whether it is new. Raises Bank.DoesNotExist, and ValueError for a malformed hash or
-    one too plain to ban."""
+    whether it is new. A hash the bank holds deactivated is banned again. Raises
+    Bank.DoesNotExist; ActionRefused for the local bank (moderators' own) and allow banks
+    (a known-good hash voids bans: moderators add those); ValueError for a malformed
+    hash or one too plain to ban."""
     entry = parse_signal(signal_type, signal, quality=quality)
     target = Bank.objects.get(name=bank)
+    if target.name == Bank.LOCAL or target.action == Bank.Act.ALLOW:
+        raise ActionRefused(
+            f"Bank {target.name} takes hashes from moderators only: "
+            + ("it is this site's own." if target.name == Bank.LOCAL else "it is an allow bank.")
+        )
     refusal = entry_refusal(entry, match_rule().pdq_min_quality)
     if refusal:
         raise ValueError(f"This {entry.kind} hash is {refusal}.")
@@ -184,15 +191,17 @@ def bank_add_signal(
             .filter(bank=target, **{entry.kind: entry.value})
             .first()
         )
+        detail = f"through the API by token {token.name}: {entry.kind} {entry.value}"
         if existing is not None:
+            if not existing.active:
+                existing.active = True
+                existing.save(update_fields=["active", "updated_at"])
+                audit(Action.BAN_ACTIVATED, fingerprint=existing, detail=detail)
+                blocklist_bump()
             return existing, False
         row = BannedFingerprint(**entry_fields(target, entry, timezone.now()))
         row.source = BannedFingerprint.Source.API
         row.save()
-        audit(
-            Action.BAN_ADDED,
-            fingerprint=row,
-            detail=f"through the API by token {token.name}: {entry.kind} {entry.value}",
-        )
+        audit(Action.BAN_ADDED, fingerprint=row, detail=detail)
         blocklist_bump()
     return row, True

@@ -1,5 +1,6 @@
 """Banks of banned fingerprints, and hash lists imported into them and exported from them."""
 
+import contextlib
 import itertools
 import json
 import logging
@@ -28,6 +29,7 @@ Action = AuditEvent.Action
 logger = logging.getLogger(__name__)
 BATCH = 5000
 _ANALYZE_AFTER = 10_000
+_IMPORT_LOCK = 0x68670001  # the advisory lock's first key: hashguard's bank imports
 # The first lines that are not comments looked at to tell a list's format, and at most
 # how many lines are read to find them.
 _SNIFF_LINES = 5
@@ -147,6 +149,35 @@ def bank_import(
     head = _head(stream)
     chosen = detect_format(head) if fmt == "auto" else fmt
     target = bank_get_or_create(name=bank)
+    with _importing(target):
+        return _import_into(target, head, stream, chosen, replace, actor, progress)
+
+
+@contextlib.contextmanager
+def _importing(bank: Bank) -> Iterator[None]:
+    """One import into a bank at a time (on PostgreSQL, where imports run in parallel
+    workers): a second waits, so that each sees what the first wrote."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", [_IMPORT_LOCK, bank.pk])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [_IMPORT_LOCK, bank.pk])
+
+
+def _import_into(
+    target: Bank,
+    head: list[str],
+    stream: Iterator[str],
+    chosen: str,
+    replace: bool,
+    actor: User | None,
+    progress: Callable[[int], None] | None,
+) -> ImportReport:
     # A bank empty at the start holds only what this import wrote: no need to ask it.
     was_empty = not target.fingerprints.exists()
     report = ImportReport(bank=target.name, format=chosen)

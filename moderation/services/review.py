@@ -1,5 +1,6 @@
 """Moderators' decisions on uploads: confirm, release, flag."""
 
+import os
 import stat
 
 from django.conf import settings
@@ -30,7 +31,11 @@ from moderation.services.common import (
 
 def upload_confirm(*, upload_id: int, actor: User) -> Upload:
     """Keep a quarantined or held upload out of the media tree; one left in place for
-    review (a review bank's match) is moved into quarantine now."""
+    review (a review bank's match) is moved into quarantine now, if it is still the file
+    that was checked."""
+    seen = Upload.objects.filter(pk=upload_id).first()
+    # Read before the transaction: on SQLite a transaction holds the write lock.
+    before = _unchanged_in_place(seen) if seen and seen.state == State.REVIEW else None
     with transaction.atomic():
         upload = (
             Upload.objects.select_for_update()
@@ -42,15 +47,12 @@ def upload_confirm(*, upload_id: int, actor: User) -> Upload:
         in_place = upload.state == State.REVIEW
         if in_place:
             source = in_media(upload)
-            try:
-                data = files.read_regular_file(*source, max_bytes=settings.HASHGUARD_MAX_BYTES)
-            except FileNotFoundError:
-                raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
-            if files.sha256_of(data) != upload.sha256:
+            info = _stat_in_place(upload)
+            if before is None or _identity(info) != _identity(before):
                 raise ActionRefused(
                     f"{upload.path} has changed since it was checked; nothing was done."
                 )
-            upload.file_mode = stat.S_IMODE(files.lstat(*source).st_mode)
+            upload.file_mode = stat.S_IMODE(info.st_mode)
             upload.quarantine_name = files.display(in_quarantine(upload)[1])
         upload.state = State.CONFIRMED
         upload.reviewed_by = actor
@@ -60,9 +62,37 @@ def upload_confirm(*, upload_id: int, actor: User) -> Upload:
         if in_place:
             try:
                 files.move_file(*source, *in_quarantine(upload), private=True)
-            except (FileExistsError, files.UnsafePath) as exc:
+            except (OSError, files.UnsafePath) as exc:
                 raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload
+
+
+def _stat_in_place(upload: Upload) -> os.stat_result:
+    try:
+        return files.lstat(*in_media(upload))
+    except FileNotFoundError:
+        raise ActionRefused(f"{upload.path} is no longer in the media directory.") from None
+    except (OSError, files.UnsafePath) as exc:
+        raise ActionRefused(f"{upload.path} cannot be reached safely: {exc}") from None
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _unchanged_in_place(upload: Upload) -> os.stat_result:
+    """The file of an upload left in place, once its bytes are shown to be the ones that
+    were checked; ActionRefused otherwise."""
+    info = _stat_in_place(upload)
+    try:
+        data = files.read_regular_file(*in_media(upload), max_bytes=settings.HASHGUARD_MAX_BYTES)
+    except (OSError, files.UnsafePath) as exc:
+        raise ActionRefused(f"{upload.path} cannot be read: {exc}") from None
+    if files.sha256_of(data) != upload.sha256 or _identity(_stat_in_place(upload)) != _identity(
+        info
+    ):
+        raise ActionRefused(f"{upload.path} has changed since it was checked; nothing was done.")
+    return info
 
 
 def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -> Upload:

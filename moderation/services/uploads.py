@@ -16,11 +16,11 @@ from django.db import DatabaseError, IntegrityError, connections, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from hashes.detect import Detection, probes
+from hashes.detect import Detection, Probe, probes
 from hashes.errors import ImageError
 from hashes.loading import SNIFF_BYTES, describe_content, image_kind
 from moderation import files, metrics
-from moderation.blocklist import current_blocklist
+from moderation.blocklist import Blocklist, Verdict, current_blocklist
 from moderation.models import (
     ErrorCode,
     Match,
@@ -387,7 +387,7 @@ class _Decision:
     # What was learned of the image: format, size, frames, fingerprints.
     fields: Mapping[str, object] = field(default_factory=dict)
     found: Mapping[int, Detection] = field(default_factory=dict)
-    # Known-good pictures found (allow banks), and the matches one found whole voided.
+    # Known-good pictures found (allow banks), and the matches they account for.
     allowed: frozenset[int] = frozenset()
     voided: frozenset[int] = frozenset()
 
@@ -453,11 +453,8 @@ def _decide(upload: Upload) -> _Decision:
                 f"The file is damaged or cut short ({loaded.damage}); it was checked as far "
                 "as it decodes, as a browser would show it."
             )
-    # 4. Match it, leaving out the bans a moderator let this content pass.
-    found = detector.detect(checked, sha256, md5)
-    released = _released_keys(sha256, found)
-    found = {key: hit for key, hit in found.items() if key not in released}
-    verdict = blocklist.verdict(found)
+    # 4. Match it, and act as the banks say.
+    found, verdict = judge(blocklist, checked, sha256, md5)
     return _Decision(
         verdict.state,
         already_moved=already_moved,
@@ -468,6 +465,15 @@ def _decide(upload: Upload) -> _Decision:
     )
 
 
+def judge(
+    blocklist: Blocklist, checked: list[Probe], sha256: str, md5: str
+) -> tuple[dict[int, Detection], Verdict]:
+    """Both stages on a file's probes, less the bans a moderator let this content pass,
+    and what the banks say of the rest: what a worker decides, and the API answers."""
+    found = blocklist.detector.detect(checked, sha256, md5)
+    released = released_keys(sha256, found)
+    found = {key: hit for key, hit in found.items() if key not in released}
+    return found, blocklist.verdict(found)
 
 
 def _read(upload: Upload) -> tuple[bytes, bool]:
@@ -601,7 +607,7 @@ def _decide_uncheckable(
         )
 
 
-def _released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
+def released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
     """Banned fingerprints a moderator said this same content may pass from now on."""
     if not found:
         return set()
@@ -619,6 +625,6 @@ def _describe(decision: _Decision) -> str:
     parts = []
     for key, detection in decision.found.items():
         kind = "known-good" if key in decision.allowed else "banned"
-        void = " (void: a known-good picture was found whole)" if key in decision.voided else ""
+        void = " (void: it is the known-good picture found)" if key in decision.voided else ""
         parts.append(f"{kind} #{key}{void} {detection.describe()}")
     return "; ".join(parts)

@@ -205,6 +205,11 @@ def _picture(name: str, **options: object) -> tuple[BannedPicture, object]:
     return BannedPicture(fingerprint, colours, **options), features  # type: ignore[arg-type]
 
 
+def _flip_pdq(fingerprint: Fingerprint, bits: int) -> Fingerprint:
+    value = int(fingerprint.hashes["pdq"], 16) ^ ((1 << bits) - 1)
+    return Fingerprint(hashes={"pdq": f"{value:064x}"}, pdq_quality=100)
+
+
 def _collage(*names: str) -> bytes:
     canvas = Image.new("RGB", (640, 640), "white")
     for index, name in enumerate(names):
@@ -212,7 +217,7 @@ def _collage(*names: str) -> bytes:
     return encode(canvas, "JPEG", quality=90)
 
 
-def test_a_known_good_picture_found_whole_voids_the_other_detections() -> None:
+def test_a_known_good_picture_voids_the_same_picture_banned_elsewhere() -> None:
     banned, features = _picture("astronaut")
     allowed, _ = _picture("astronaut", allow=True)
     detector = Detector(RULE, None, lambda keys: {0: features})
@@ -220,12 +225,12 @@ def test_a_known_good_picture_found_whole_voids_the_other_detections() -> None:
 
     found = _detect(detector, encode(photo("astronaut").resize((400, 400)), "JPEG"))
 
-    assert set(found) == {0, 1}
-    assert detector.void(found) == found[1] and not found[1].partial
+    assert set(found) == {0, 1} and not found[1].partial
+    assert detector.voided(found) == {0}
     assert detector.is_allowed(1) and not detector.is_allowed(0)
 
 
-def test_a_known_good_picture_found_as_a_part_voids_nothing() -> None:
+def test_a_known_good_picture_beside_a_banned_one_voids_nothing() -> None:
     """The site's logo pasted beside a banned picture must not let the banned one pass."""
     banned, features = _picture("coffee")
     allowed, _ = _picture("astronaut", allow=True)
@@ -235,7 +240,60 @@ def test_a_known_good_picture_found_as_a_part_voids_nothing() -> None:
     found = _detect(detector, _collage("astronaut", "coffee", "rocket", "chelsea"))
 
     assert 0 in found and found[0].partial
-    assert detector.void(found) is None
+    assert detector.voided(found) == frozenset()
+
+
+def test_a_banned_picture_pasted_inside_a_known_good_one_is_still_found() -> None:
+    """The known-good picture matches the whole upload; the local-feature stage must still
+    look for, and count, the banned picture inside it."""
+    banned, features = _picture("coffee")
+    allowed, _ = _picture("astronaut", allow=True)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: banned, 1: allowed})
+    canvas = photo("astronaut").resize((512, 512))
+    canvas.paste(photo("coffee").resize((200, 134)), (290, 360))
+
+    found = _detect(detector, encode(canvas, "JPEG", quality=90))
+
+    assert found[1].stage == Stage.HASH and not found[1].partial, found
+    assert found[0].stage == Stage.LOCAL and found[0].partial
+    assert detector.voided(found) == frozenset()
+
+
+def test_a_known_good_frame_does_not_void_a_banned_frame() -> None:
+    banned, features = _picture("coffee")
+    allowed, _ = _picture("astronaut", allow=True)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: banned, 1: allowed})
+    frames = [photo("astronaut").resize((300, 300)), photo("coffee").resize((300, 300))]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=[100, 5000])
+
+    found = _detect(detector, gif)
+
+    assert found[1].frame != found[0].frame
+    assert detector.voided(found) == frozenset()
+
+
+def test_a_known_good_file_byte_for_byte_voids_every_match() -> None:
+    data = encode(photo("coffee"), "JPEG")
+    banned, features = _picture("coffee")
+    exact = hashlib.sha256(data).hexdigest()
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: banned, 1: BannedPicture(Fingerprint(hashes={}), None, exact, allow=True)})
+
+    found = detector.detect(probes(load_image(data)), exact)
+
+    assert found[1].stage == Stage.EXACT and detector.voided(found) == {0}
+
+
+def test_a_known_good_picture_s_limits_only_tighten_the_rule() -> None:
+    _, fingerprint = distinct_frames(load_image(encode(photo("rocket"), "JPEG")))[0]
+    pasted = Fingerprint(hashes={"pdq": fingerprint.hashes["pdq"]}, pdq_quality=100)
+    detector = Detector(RULE)
+    detector.add_all({1: BannedPicture(pasted, limits=(("pdq", 120),), allow=True)})
+    far = _flip_pdq(pasted, 60)
+    assert detector.lookup(far) == []
+    assert RULE.with_limits({"phash": 10}, tighten=True).groups[3] == {"phash": 2}
 
 
 def test_a_file_banned_by_its_bytes_in_an_allow_bank_only_is_not_banned() -> None:

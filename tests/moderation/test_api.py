@@ -14,9 +14,10 @@ from django.urls import get_resolver
 from openapi_spec_validator import validate
 from PIL import Image
 
-from moderation import services
+from moderation import api, services
 from moderation.models import ApiToken, AuditEvent, Bank, BannedFingerprint, Upload
 from tests.images import encode, photo
+from tests.moderation.processes import wait_for
 from tests.moderation.support import PDQ
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -196,17 +197,44 @@ def test_a_signal_for_a_bank_that_does_not_exist_is_404(writer: Client) -> None:
     assert response.status_code == 404
 
 
+def test_the_api_adds_nothing_to_the_local_bank_or_an_allow_bank(writer: Client) -> None:
+    services.banned_add_hashes(hashes={"pdq": PDQ})
+    services.bank_save(bank=Bank(name="site-art", action="allow"), changed=None, actor=None)
+    for bank in ("local", "site-art"):
+        response = writer("POST", f"/c/bank/{bank}/signal", json={"pdq": near(PDQ, 100)})
+        assert response.status_code == 403 and "moderators only" in response.json()["error"]
+    assert BannedFingerprint.objects.count() == 1
+
+
+def test_a_deactivated_hash_added_again_is_banned_again(writer: Client, partner: int) -> None:
+    services.banned_set_active(fingerprint_ids=[partner], active=False, actor=None)
+    response = writer("POST", "/c/bank/partner/signal", json={"pdq": PDQ})
+    assert response.status_code == 200 and response.json()["id"] == partner
+    assert BannedFingerprint.objects.get(pk=partner).active
+    assert AuditEvent.objects.filter(action="ban_activated", detail__contains="feeder").exists()
+
+
 def test_status_says_what_is_down(live_server) -> None:
-    status = requests.get(live_server.url + "/status", timeout=30)
-    assert status.status_code == 200 and status.json()["status"] == "ok"
+    services.banned_add_hashes(hashes={"pdq": PDQ})  # a new blocklist, not yet loaded
+    loading = requests.get(live_server.url + "/status", timeout=30)
+    assert loading.status_code == 503 or loading.json()["blocklist"]["current"]
+
+    def ready() -> requests.Response | None:
+        response = requests.get(live_server.url + "/status", timeout=30)
+        return response if response.status_code == 200 else None
+
+    status = wait_for(ready, timeout=60, what="the blocklist loaded in the background")
+    assert status.json()["status"] == "ok" and status.json()["blocklist"]["fingerprints"] == 1
     original = current_app.conf.broker_write_url
     current_app.conf.broker_write_url = "redis://127.0.0.1:9/0"  # where uploads are sent
+    api._broker = (float("-inf"), None)  # asked again at once, not in a few seconds
     try:
         down = requests.get(live_server.url + "/status", timeout=30)
     finally:
         current_app.conf.broker_write_url = original
+        api._broker = (float("-inf"), None)
     assert down.status_code == 503
-    assert "broker is unavailable" in down.json()["problems"][0]
+    assert down.json()["problems"] == ["the task queue's broker is unavailable"]
 
 
 def test_the_openapi_description_is_valid_and_covers_every_route(live_server) -> None:
@@ -241,6 +269,11 @@ def test_metrics_need_a_token_or_an_allowed_address(
     assert re.search(r'^hashguard_blocklist_current\{process="[^"]+"\} 1$', text, re.M)
     settings.HASHGUARD_METRICS_ALLOW = ["127.0.0.0/8"]
     assert requests.get(live_server.url + "/metrics", timeout=30).status_code == 200
+    # Through a proxy every request comes from its address: those need a token.
+    proxied = {"X-Forwarded-For": "203.0.113.9"}
+    assert (
+        requests.get(live_server.url + "/metrics", headers=proxied, timeout=30).status_code == 401
+    )
 
 
 def test_decisions_are_counted_with_their_latency(stores: Path, lookup: Client) -> None:

@@ -8,7 +8,7 @@ from PIL import Image
 from moderation import selectors, services
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Upload
 from tests.images import encode, photo
-from tests.moderation.support import REVIEW_URL
+from tests.moderation.support import PDQ, REVIEW_URL
 
 State = Upload.State
 pytestmark = pytest.mark.django_db
@@ -134,3 +134,14 @@ def test_the_review_queue_says_when_a_file_is_still_on_the_site(
     drop(stores, "a.jpg", photo("coffee"))
     page = moderator_client.get(REVIEW_URL)
     assert b"Upload, still on the site" in page.content and b"Leave it on the site" in page.content
+
+
+def test_the_local_bank_always_quarantines(moderator_client) -> None:
+    local = services.banned_add_hashes(hashes={"pdq": PDQ}).bank
+    response = moderator_client.post(
+        f"/admin/moderation/bank/{local.pk}/change/",
+        {"description": "", "source": "manual", "action": "allow"},
+    )
+    assert response.status_code == 200 and b"always quarantines" in response.content
+    local.refresh_from_db()
+    assert local.action == Bank.Act.QUARANTINE

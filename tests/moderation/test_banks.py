@@ -278,3 +278,29 @@ def test_a_byte_order_mark_and_leading_comments_do_not_hide_the_format() -> None
     lines = ["\ufeff# exported by a partner", *(["# note"] * 6), f"pdq {PDQ}", f"md5 {MD5}"]
     report = import_lines(lines)
     assert (report.format, report.added) == ("hma", 2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_imports_into_one_new_bank_at_once_add_each_hash_once() -> None:
+    import threading
+
+    from django.db import connections
+
+    rng = random.Random(4)
+    lines = [f"pdq {random_pdq(rng)}" for _ in range(12_000)]
+    services.bank_get_or_create(name="partner")
+    reports = []
+
+    def run() -> None:
+        try:
+            reports.append(import_lines(lines))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(report.added for report in reports) == [0, 12_000]
+    assert BannedFingerprint.objects.filter(bank__name="partner").count() == 12_000

@@ -213,7 +213,18 @@ def test_embedded_default_runs_without_any_server(tmp_path: Path) -> None:
             headers=headers,
         )
         assert decided.json()["decision"] == "quarantine", decided.text
-        assert requests.get(f"{api}/status", timeout=30).status_code == 200
+        wait_for(
+            lambda: requests.get(f"{api}/status", timeout=30).status_code == 200,
+            timeout=60,
+            what="/status ready",
+        )
+        # The worker's pool process wrote what it counted (on SQLite too).
+        wait_for(
+            lambda: 'hashguard_decisions_total{state="quarantined"} 1'
+            in requests.get(f"{api}/metrics", headers=headers, timeout=30).text,
+            timeout=60,
+            what="the worker's decisions in /metrics",
+        )
         # Nothing shared with other instances: gunicorn's per-user control socket is off.
         assert not (Path.home() / ".gunicorn" / "gunicorn.ctl").exists()
 
