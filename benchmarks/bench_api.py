@@ -137,19 +137,20 @@ def lookups(base: str, secret: str, bans: list[str], count: int, rng: random.Ran
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {secret}"
-    deadline = time.monotonic() + 120
-    while True:  # the server is up once it answers
+    deadline = time.monotonic() + 600
+    started = time.perf_counter()
+    while True:  # ready once /status says the blocklist is loaded
         try:
-            started = time.perf_counter()
-            first = session.get(f"{base}/status", timeout=600)
-            break
+            if session.get(f"{base}/status", timeout=60).status_code == 200:
+                break
         except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit("the server did not become ready in 10 minutes")
+        time.sleep(0.1)
     print(
-        f"  first request (builds the blocklist): {time.perf_counter() - started:.1f} s, "
-        f"status {first.status_code}"
+        f"  server start to ready (/status 200, the blocklist loaded): "
+        f"{time.perf_counter() - started:.1f} s"
     )
     queries = [
         _flip(rng.choice(bans), rng.randint(0, 20), rng)
@@ -187,11 +188,13 @@ def images_compared(base: str, secret: str, images: list[Path]) -> None:
     import requests
 
     from moderation import files, services
+    from moderation.blocklist import current_blocklist
 
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {secret}"
     over_http, in_worker = [], []
     files.ensure_directories()
+    current_blocklist()  # as a running worker has it
     for index, path in enumerate(images):
         data = path.read_bytes()
         # What a worker's task does with the same file: claim, read, digests, decode,

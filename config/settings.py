@@ -46,6 +46,8 @@ if HASHGUARD_HTTPS:
     AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
 
 INSTALLED_APPS = [
+    # First, so that its admin/base_site.html (images blurred until revealed) is the one.
+    "moderation",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -53,7 +55,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
-    "moderation",
 ]
 
 MIDDLEWARE = [
@@ -93,6 +94,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "moderation.context.image_protection",
             ],
         },
     },
@@ -180,6 +182,21 @@ HASHGUARD_MAX_BYTES = env_int("HASHGUARD_MAX_BYTES", 100 * 1024 * 1024)
 HASHGUARD_MAX_PIXELS = env_int("HASHGUARD_MAX_PIXELS", 50_000_000)
 # Distinct frames of an animation checked: the first, then those shown longest.
 HASHGUARD_MAX_FRAMES = env_int("HASHGUARD_MAX_FRAMES", 32)
+# A moderator who opens the review queue is handed this many uploads, held for them this
+# long (renewed while they work); colleagues are handed others.
+HASHGUARD_REVIEW_BATCH = env_int("HASHGUARD_REVIEW_BATCH", 20)
+HASHGUARD_REVIEW_LEASE_SECONDS = env_int("HASHGUARD_REVIEW_LEASE_SECONDS", 300)
+# How images of uploads and bans are shown in the admin until a moderator reveals one:
+# blurred by this many pixels (0: not), in greys or not, revealed by a click or by
+# hovering. Each moderator may choose otherwise under "Image preferences".
+HASHGUARD_IMAGE_BLUR = env_int("HASHGUARD_IMAGE_BLUR", 24)
+HASHGUARD_IMAGE_GREYSCALE = env_bool("HASHGUARD_IMAGE_GREYSCALE", False)
+HASHGUARD_IMAGE_REVEAL = env_str("HASHGUARD_IMAGE_REVEAL", "click")
+# The policy labels a moderator may put on a decision (comma-separated).
+HASHGUARD_POLICY_LABELS = env_list(
+    "HASHGUARD_POLICY_LABELS",
+    ["nudity", "violence", "hate", "scam", "impersonation", "copyright", "not-violating"],
+)
 # Addresses or networks (comma-separated) that may read /metrics without a token: the
 # Prometheus server's, where it connects directly rather than through the proxy.
 HASHGUARD_METRICS_ALLOW = env_list("HASHGUARD_METRICS_ALLOW", [])

@@ -6,6 +6,7 @@ from moderation import api, views
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/preferences/", views.image_preferences, name="image-preferences"),
     path("admin/", admin.site.urls),
     path("files/<str:kind>/<int:pk>/", views.protected_image, name="protected-image"),
     # The API for other services, on HMA 2.0's routes (moderation/api.py).

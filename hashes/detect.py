@@ -169,6 +169,12 @@ class Detection:
     variant: str  # how the upload shows the banned picture, in words
     frame: int = 0
     partial: bool = False  # found as a part of the upload (a view, a crop), not whole
+    # Where: how the upload is turned from the banned picture (a name in TURNS), where the
+    # banned picture lies in it (left, top, right, bottom as fractions; None: all of it),
+    # and by how many degrees it is rotated there.
+    turn: str = "as_is"
+    box: tuple[float, float, float, float] | None = None
+    rotation: float = 0.0
 
     def describe(self) -> str:
         """How it was found, in the review queue's words."""
@@ -439,6 +445,7 @@ class Detector:
                             match.distances,
                             _turn_label(name),
                             frame,
+                            turn=name,
                         )
                     )
             for view, fingerprint, _ in item.regions if region is not None else ():
@@ -452,6 +459,7 @@ class Detector:
                             _view_label(view),
                             frame,
                             partial=True,
+                            box=view.box,
                         )
                     )
         return found
@@ -510,6 +518,8 @@ class Detector:
             distances,
             result.describe(),
             partial=True,
+            box=result.box,
+            rotation=result.rotation,
         )
 
     def _nearest_colours(

@@ -133,9 +133,11 @@ class Verification:
             if not self.inliers:
                 return f"the whole picture, {pixels}"
             pixels = f", {pixels}"
+        # Under half a degree is no turn: "turned -0.0°" says nothing.
+        turned = f", turned {self.rotation:+.1f}°" if abs(self.rotation) >= 0.5 else ""
         return (
-            f"{self.inliers} matching points ({self.coverage:.0%} of the banned image){pixels}, "
-            f"turned {self.rotation:+.1f}°, filling {_visible_area(self.box):.0%} of the upload"
+            f"{self.inliers} matching points ({self.coverage:.0%} of the banned image){pixels}"
+            f"{turned}, filling {_visible_area(self.box):.0%} of the upload"
         )
 
 

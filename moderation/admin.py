@@ -13,7 +13,7 @@ from django.utils.html import format_html, format_html_join
 
 from hashes.errors import ImageError
 from moderation import files, selectors, services
-from moderation.forms import ApiTokenForm, BanForm, FlagForm, HashListForm, ReviewDecisionForm
+from moderation.forms import ApiTokenForm, BanForm, FlagForm, HashListForm
 from moderation.models import (
     ApiToken,
     AuditEvent,
@@ -24,6 +24,7 @@ from moderation.models import (
     Upload,
     WorkerHeartbeat,
 )
+from moderation.workspace import ReviewWorkspace
 
 State = Upload.State
 
@@ -34,9 +35,12 @@ def _image_url(kind: str, pk: int, *, thumb: bool) -> str:
 
 
 def image_tag(kind: str, pk: int, *, alt: str, size: int = 160) -> str:
+    """An upload's or a ban's image, blurred until revealed (admin/base_site.html); a
+    click reveals it, a second opens it full size."""
     return format_html(
-        '<a href="{}" target="_blank" rel="noopener"><img src="{}" alt="{}" '
-        'style="max-width:{}px;max-height:{}px"></a>',
+        '<a href="{}" target="_blank" rel="noopener" class="hg-protected-wrap">'
+        '<img class="hg-protected" src="{}" alt="{}" style="max-width:{}px;max-height:{}px">'
+        "</a>",
         _image_url(kind, pk, thumb=False),
         _image_url(kind, pk, thumb=True),
         alt,
@@ -131,7 +135,15 @@ class MatchInline(admin.TabularInline):
 
 @admin.register(Upload)
 class UploadAdmin(RecordAdmin):
-    list_display = ("thumbnail", "path", "state", "matched", "size", "created_at", "decided_at")
+    list_display = (
+        "thumbnail",
+        "path",
+        "state_seen",
+        "matched",
+        "size",
+        "created_at",
+        "decided_at",
+    )
     list_display_links = ("path",)
     list_filter = (StateFilter, "format")
     search_fields = ("path", "sha256")
@@ -215,6 +227,17 @@ class UploadAdmin(RecordAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Upload | None = None) -> list[Any]:
         return self._images_for(request, super().get_readonly_fields(request, obj))
 
+    @admin.display(description="state", ordering="state")
+    def state_seen(self, upload: Upload) -> str:
+        # The state as this page shows it goes back with a bulk action, so that an action
+        # on a page loaded before a colleague's decision does not override it.
+        return format_html(
+            '{}<input type="hidden" name="seen-{}" value="{}">',
+            upload.get_state_display(),
+            upload.pk,
+            upload.seen(),
+        )
+
     @admin.display(description="matched")
     def matched(self, upload: Upload) -> str:
         return (
@@ -235,7 +258,7 @@ class UploadAdmin(RecordAdmin):
 
     @admin.action(description="Release this file (put back where it was)", permissions=["review"])
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(request, queryset, services.upload_release, "released")
+        self._each(request, queryset, services.upload_release, "released", needs_seen=True)
 
     @admin.action(
         description="Release, and let exact copies pass the bans it matched",
@@ -247,6 +270,7 @@ class UploadAdmin(RecordAdmin):
             queryset,
             lambda **kw: services.upload_release(**kw, allow_copies=True),
             "released; their exact copies pass the bans they matched from now on",
+            needs_seen=True,
         )
 
     @admin.action(description="Check again (uploads in error)", permissions=["review"])
@@ -263,7 +287,14 @@ class UploadAdmin(RecordAdmin):
                 {
                     **self.admin_site.each_context(request),
                     "title": "Flag uploads as banned",
-                    "uploads": queryset,
+                    # Each with the state the list showed it in, sent on with the flag.
+                    "items": [
+                        {
+                            "upload": upload,
+                            "seen": request.POST.get(f"seen-{upload.pk}", upload.seen()),
+                        }
+                        for upload in queryset
+                    ],
                     "form": form,
                     "opts": self.model._meta,
                     "action_checkbox_name": ACTION_CHECKBOX_NAME,
@@ -278,12 +309,26 @@ class UploadAdmin(RecordAdmin):
         return None
 
     def _each(
-        self, request: HttpRequest, queryset: QuerySet, act: Callable[..., object], done: str
+        self,
+        request: HttpRequest,
+        queryset: QuerySet,
+        act: Callable[..., object],
+        done: str,
+        *,
+        needs_seen: bool = False,
     ) -> None:
+        """Act on each upload, with the state the page showed it in: one that changed
+        since is left as it is, and the message says who changed it. ``needs_seen``: an
+        upload the page did not show (all across pages) is refused too."""
         count = 0
         for upload in queryset:
+            seen = request.POST.get(f"seen-{upload.pk}")
             try:
-                act(upload_id=upload.pk, actor=moderator(request))
+                if seen is None and needs_seen:
+                    raise services.ActionRefused(
+                        "not shown on the page you acted from; open it to decide"
+                    )
+                act(upload_id=upload.pk, actor=moderator(request), seen=seen)
                 count += 1
             except (services.ActionRefused, ImageError, files.UnsafePath) as exc:
                 self.message_user(request, f"{upload.path}: {exc}", messages.WARNING)
@@ -293,67 +338,16 @@ class UploadAdmin(RecordAdmin):
     # -- the review queue ----------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:
+        workspace = ReviewWorkspace(self)
+        view = self.admin_site.admin_view
         return [
+            path("review/", view(workspace.queue), name="moderation_upload_review"),
             path(
-                "review/",
-                self.admin_site.admin_view(self.review_view),
-                name="moderation_upload_review",
+                "review/<int:pk>/", view(workspace.item), name="moderation_upload_review_item"
             ),
+            path("review/group/", view(workspace.group), name="moderation_upload_review_group"),
             *super().get_urls(),
         ]
-
-    def review_view(self, request: HttpRequest) -> HttpResponse:
-        if not self.has_review_permission(request):
-            raise PermissionDenied
-        if request.method == "GET":
-            _warn_of_workers(self, request)
-        if request.method == "POST":
-            form = ReviewDecisionForm(request.POST)
-            if form.is_valid():
-                act = {
-                    "confirm": self.confirm,
-                    "release": self.release,
-                    "allow": self.release_allowing_copies,
-                }[form.cleaned_data["decision"]]
-                act(request, Upload.objects.filter(pk=form.cleaned_data["upload"].pk))
-            else:
-                self.message_user(
-                    request, "Choose Confirm or Release for an upload in the queue.", messages.ERROR
-                )
-            return HttpResponseRedirect(reverse("admin:moderation_upload_review"))
-        queue = list(selectors.review_queue()[:50])
-        return TemplateResponse(
-            request,
-            "admin/moderation/upload/review.html",
-            {
-                **self.admin_site.each_context(request),
-                "title": "Review queue",
-                "opts": self.model._meta,
-                "items": [
-                    {
-                        "upload": upload,
-                        "image": image_tag("upload", upload.pk, alt="quarantined upload", size=240),
-                        "matches": [
-                            {
-                                "match": match,
-                                "reference": image_tag(
-                                    "reference",
-                                    match.fingerprint_id,
-                                    alt="banned reference",
-                                    size=240,
-                                )
-                                if match.fingerprint and match.fingerprint.reference_name
-                                else None,
-                                "distances": distances_text(match.distances),
-                            }
-                            for match in upload.matches.all()
-                        ],
-                    }
-                    for upload in queue
-                ],
-                "waiting": selectors.review_queue().count(),
-            },
-        )
 
 
 @admin.register(BannedFingerprint)

@@ -251,7 +251,10 @@ def status(request: HttpRequest) -> HttpResponse:
         problems.append("the task queue's broker is unavailable")
     body["status"] = "unavailable" if problems else "ok"
     body["problems"] = problems
-    return JsonResponse(body, status=503 if problems else 200)
+    response = JsonResponse(body, status=503 if problems else 200)
+    # An expected answer while loading, not a server error for django.request to log.
+    response._has_been_logged = True  # type: ignore[attr-defined]
+    return response
 
 
 @require_GET

@@ -51,6 +51,27 @@ def pipeline_settings_check(**kwargs: object) -> list[CheckMessage]:
                 id="hashguard.E002",
             )
         )
+    if settings.HASHGUARD_IMAGE_REVEAL not in ("click", "hover") or not (
+        0 <= settings.HASHGUARD_IMAGE_BLUR <= 60
+    ):
+        problems.append(
+            Error(
+                f"HASHGUARD_IMAGE_REVEAL must be click or hover, not "
+                f"{settings.HASHGUARD_IMAGE_REVEAL!r}, and HASHGUARD_IMAGE_BLUR from 0 to 60 "
+                f"pixels, not {settings.HASHGUARD_IMAGE_BLUR}.",
+                hint="Unset them for the defaults: a blur of 24 pixels, revealed by a click.",
+                id="hashguard.E006",
+            )
+        )
+    if settings.HASHGUARD_REVIEW_BATCH < 1 or settings.HASHGUARD_REVIEW_LEASE_SECONDS < 30:
+        problems.append(
+            Error(
+                "HASHGUARD_REVIEW_BATCH must be at least 1 and HASHGUARD_REVIEW_LEASE_SECONDS "
+                "at least 30.",
+                hint="Unset them for the defaults: 20 uploads for 300 seconds.",
+                id="hashguard.E007",
+            )
+        )
     if settings.HASHGUARD_REQUEUE_SECONDS <= 0:
         problems.append(
             Error(

@@ -3,7 +3,7 @@ from django.conf import settings
 
 from hashes.algorithms import parse_hash
 from hashes.hashlists import FORMATS
-from moderation.models import ApiToken, Category, Upload
+from moderation.models import ApiToken, Category, ImagePreference, Upload
 
 
 class BanForm(forms.Form):
@@ -83,6 +83,10 @@ class FlagForm(forms.Form):
     reason = forms.CharField(required=False, max_length=500)
 
 
+def policy_labels() -> list[tuple[str, str]]:
+    return [("", "—"), *((label, label) for label in settings.HASHGUARD_POLICY_LABELS)]
+
+
 class ReviewDecisionForm(forms.Form):
     upload = forms.ModelChoiceField(queryset=Upload.objects.all())
     decision = forms.ChoiceField(
@@ -92,6 +96,11 @@ class ReviewDecisionForm(forms.Form):
             ("allow", "Release, and let exact copies pass its bans from now on"),
         ]
     )
+    # The upload as the page showed it (Upload.seen()): a decision on an out-of-date page
+    # is refused rather than overriding a colleague's.
+    seen = forms.CharField(max_length=100)
+    note = forms.CharField(required=False, max_length=2000, widget=forms.Textarea)
+    label = forms.ChoiceField(required=False, choices=policy_labels, label="Policy")
 
 
 class HashListForm(forms.Form):
@@ -120,3 +129,10 @@ class ApiTokenForm(forms.Form):
         if ApiToken.objects.filter(name=name).exists():
             raise forms.ValidationError("A token of that name exists; revoke it or choose another.")
         return name
+
+
+class ImagePreferenceForm(forms.ModelForm):
+    class Meta:
+        model = ImagePreference
+        fields = ["blur", "greyscale", "reveal"]
+        widgets = {"reveal": forms.RadioSelect}

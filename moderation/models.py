@@ -256,6 +256,16 @@ class Upload(models.Model):
         related_name="+",
     )
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    # A moderator who opened the review queue holds it until then; colleagues are handed
+    # other uploads meanwhile.
+    claimed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    claim_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -277,6 +287,17 @@ class Upload(models.Model):
     def relative_path(self) -> bytes:
         """The exact bytes of the path inside the media tree."""
         return bytes(self.raw_path) if self.raw_path is not None else self.path.encode()
+
+    def seen(self) -> str:
+        """What a moderator sees of this upload's state, sent back with a decision: any
+        decision since (the pipeline's or a colleague's) changes it."""
+        return ":".join(
+            (
+                self.state,
+                f"{self.decided_at.timestamp():.6f}" if self.decided_at else "",
+                f"{self.reviewed_at.timestamp():.6f}" if self.reviewed_at else "",
+            )
+        )
 
 
 class Transition(Enum):
@@ -352,6 +373,9 @@ class Match(models.Model):
     # "as one panel of a collage (25% of the upload)".
     stage = models.CharField(max_length=32, blank=True, choices=Stage.choices)
     variant = models.CharField(max_length=255, blank=True)
+    # The same, for the review page to draw: {"turn": a name in hashes.detect.TURNS,
+    # "box": [left, top, right, bottom] as fractions of the upload, "rotation": degrees}.
+    placement = models.JSONField(default=dict, blank=True)
     frame = models.PositiveIntegerField(default=0)
     # A moderator released the upload and said its exact copies may pass this ban.
     allowed = models.BooleanField(default=False)
@@ -411,6 +435,9 @@ class AuditEvent(models.Model):
         related_name="audit_events",
     )
     detail = models.TextField(blank=True)
+    # What the moderator wrote with a decision, and the policy it applied.
+    note = models.TextField(blank=True)
+    label = models.CharField("policy label", max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -542,3 +569,26 @@ class BlocklistLoad(models.Model):
 
     def __str__(self) -> str:
         return f"{self.process} holds blocklist {self.version}"
+
+
+class ImagePreference(models.Model):
+    """How one moderator wants images shown until revealed; without a row, the site's
+    HASHGUARD_IMAGE_* settings."""
+
+    class Reveal(models.TextChoices):
+        CLICK = "click", "Click an image (or press v) to reveal it"
+        HOVER = "hover", "Reveal an image while the pointer is over it"
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="image_preference"
+    )
+    blur = models.PositiveSmallIntegerField(
+        "blur (pixels)",
+        validators=[MaxValueValidator(60)],
+        help_text="0 shows images as they are.",
+    )
+    greyscale = models.BooleanField(default=False)
+    reveal = models.CharField(max_length=8, choices=Reveal.choices, default=Reveal.CLICK)
+
+    def __str__(self) -> str:
+        return f"image preferences of {self.user}"

@@ -78,6 +78,11 @@ def banks_with_counts(*, name: str | None = None) -> list[tuple[Bank, int]]:
     return [(bank, bank.active) for bank in banks]  # type: ignore[attr-defined]
 
 
+def waiting_for_ban(*, fingerprint_id: int) -> QuerySet:
+    """The uploads waiting for review that matched one banned fingerprint."""
+    return review_queue().filter(matches__fingerprint_id=fingerprint_id).distinct()
+
+
 def workers_in_trouble() -> list[str]:
     """A line for each worker that stalled or went silent recently, for operators."""
     from moderation.liveness import SILENT_AFTER

@@ -8,16 +8,20 @@ import io
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.views.decorators.http import require_GET
 
 from hashes.errors import ImageError
 from hashes.loading import load_image
 from moderation import files
-from moderation.models import BannedFingerprint, Upload
+from moderation.context import image_protection
+from moderation.forms import ImagePreferenceForm
+from moderation.models import BannedFingerprint, ImagePreference, Upload
 from moderation.services.common import reference_of, where_is
 
 THUMBNAIL_SIZE = (240, 240)
@@ -72,3 +76,27 @@ def protected_image(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
     response["X-Content-Type-Options"] = "nosniff"
     response["Content-Security-Policy"] = "default-src 'none'"
     return response
+
+
+@staff_member_required
+def image_preferences(request: HttpRequest) -> HttpResponse:
+    """A moderator's own choice of how images are shown until revealed."""
+    current = ImagePreference.objects.filter(user=request.user.pk).first()
+    if current is None:
+        protection = image_protection(request)["image_protection"]
+        current = ImagePreference(
+            user=request.user,  # type: ignore[misc]
+            blur=protection.blur,  # type: ignore[attr-defined]
+            greyscale=protection.greyscale,  # type: ignore[attr-defined]
+            reveal=protection.reveal,  # type: ignore[attr-defined]
+        )
+    form = ImagePreferenceForm(request.POST or None, instance=current)
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Your image preferences are saved.")
+        return redirect("image-preferences")
+    return TemplateResponse(
+        request,
+        "admin/moderation/image_preferences.html",
+        {**admin.site.each_context(request), "title": "Image preferences", "form": form},
+    )

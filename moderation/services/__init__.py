@@ -30,8 +30,15 @@ from moderation.services.bans import (
     banned_update,
     blocklist_bump,
 )
-from moderation.services.common import ActionRefused
-from moderation.services.review import upload_confirm, upload_flag, upload_release
+from moderation.services.common import ActionRefused, StaleDecision
+from moderation.services.review import (
+    review_claim,
+    review_unclaim,
+    upload_confirm,
+    upload_confirm_group,
+    upload_flag,
+    upload_release,
+)
 from moderation.services.uploads import (
     LEASE,
     MAX_ATTEMPTS,
@@ -48,6 +55,9 @@ __all__ = [
     "LEASE",
     "MAX_ATTEMPTS",
     "ActionRefused",
+    "StaleDecision",
+    "review_claim",
+    "review_unclaim",
     "ImportReport",
     "apitoken_authenticate",
     "apitoken_create",
@@ -72,6 +82,7 @@ __all__ = [
     "banned_update",
     "blocklist_bump",
     "upload_confirm",
+    "upload_confirm_group",
     "upload_enqueue",
     "upload_fail",
     "upload_flag",

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.utils import timezone
 
 from hashes.loading import LoadedImage, load_image
 from moderation import files
@@ -21,6 +22,34 @@ Action = AuditEvent.Action
 
 class ActionRefused(Exception):
     """A moderator action that cannot be done in the object's current state."""
+
+
+class StaleDecision(ActionRefused):
+    """A decision on an upload that changed since the moderator saw it."""
+
+
+def check_seen(upload: Upload, seen: str | None) -> None:
+    """Refuse a decision made on a view of the upload that is out of date (``seen`` is
+    Upload.seen() as the moderator's page had it; None: no view to compare)."""
+    if seen is None or seen == upload.seen():
+        return
+    last = (
+        AuditEvent.objects.filter(upload=upload)
+        .select_related("actor")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if last is None:
+        raise StaleDecision(
+            f"This upload changed since you saw it (it is now {upload.get_state_display().lower()}"
+            "); nothing was done."
+        )
+    who = f"{last.actor.get_username()}" if last.actor else "hashguard"
+    when = timezone.localtime(last.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    raise StaleDecision(
+        f"{who}: {last.get_action_display().lower()} at {when}, after you loaded the page "
+        f"(it is now {upload.get_state_display().lower()}); nothing was done."
+    )
 
 
 # --- helpers ------------------------------------------------------------------------
@@ -42,9 +71,17 @@ def audit(
     upload: Upload | None = None,
     fingerprint: BannedFingerprint | None = None,
     detail: str = "",
+    note: str = "",
+    label: str = "",
 ) -> None:
     AuditEvent.objects.create(
-        action=action, actor=actor, upload=upload, fingerprint=fingerprint, detail=detail
+        action=action,
+        actor=actor,
+        upload=upload,
+        fingerprint=fingerprint,
+        detail=detail,
+        note=note,
+        label=label,
     )
 
 

@@ -2,10 +2,12 @@
 
 import os
 import stat
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from moderation import files
@@ -20,8 +22,10 @@ from moderation.services.bans import BanImage, ban_image
 from moderation.services.common import (
     Action,
     ActionRefused,
+    StaleDecision,
     State,
     audit,
+    check_seen,
     in_media,
     in_quarantine,
 )
@@ -29,21 +33,44 @@ from moderation.services.common import (
 # --- uploads: moderator actions -------------------------------------------------------
 
 
-def upload_confirm(*, upload_id: int, actor: User) -> Upload:
+def _lock(upload_id: int, seen: str | None, transition: Transition, refusal: str) -> Upload:
+    """The upload, locked for a decision, once it is known to be as the moderator saw it
+    (``seen``) and in a state the decision applies to."""
+    upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
+    if upload is None:
+        raise ActionRefused("This upload no longer exists.")
+    check_seen(upload, seen)
+    if upload.state not in transition.sources:
+        raise ActionRefused(refusal)
+    return upload
+
+
+def _decided_by(upload: Upload, actor: User) -> None:
+    upload.reviewed_by = actor
+    upload.reviewed_at = timezone.now()
+    upload.claimed_by = None
+    upload.claim_expires_at = None
+
+
+def upload_confirm(
+    *, upload_id: int, actor: User, seen: str | None = None, note: str = "", label: str = ""
+) -> Upload:
     """Keep a quarantined or held upload out of the media tree; one left in place for
     review (a review bank's match) is moved into quarantine now, if it is still the file
-    that was checked."""
-    seen = Upload.objects.filter(pk=upload_id).first()
+    that was checked. ``seen``: the upload as the moderator saw it (Upload.seen());
+    a decision on an out-of-date view is refused (StaleDecision)."""
+    current = Upload.objects.filter(pk=upload_id).first()
     # Read before the transaction: on SQLite a transaction holds the write lock.
-    before = _unchanged_in_place(seen) if seen and seen.state == State.REVIEW else None
+    before = (
+        _unchanged_in_place(current) if current and current.state == State.REVIEW else None
+    )
     with transaction.atomic():
-        upload = (
-            Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=Transition.CONFIRM.sources)
-            .first()
+        upload = _lock(
+            upload_id,
+            seen,
+            Transition.CONFIRM,
+            "Only an upload waiting for review can be confirmed.",
         )
-        if upload is None:
-            raise ActionRefused("Only an upload waiting for review can be confirmed.")
         in_place = upload.state == State.REVIEW
         if in_place:
             source = in_media(upload)
@@ -55,10 +82,9 @@ def upload_confirm(*, upload_id: int, actor: User) -> Upload:
             upload.file_mode = stat.S_IMODE(info.st_mode)
             upload.quarantine_name = files.display(in_quarantine(upload)[1])
         upload.state = State.CONFIRMED
-        upload.reviewed_by = actor
-        upload.reviewed_at = timezone.now()
+        _decided_by(upload, actor)
         upload.save()
-        audit(Action.UPLOAD_CONFIRMED, actor=actor, upload=upload)
+        audit(Action.UPLOAD_CONFIRMED, actor=actor, upload=upload, note=note, label=label)
         if in_place:
             try:
                 files.move_file(*source, *in_quarantine(upload), private=True)
@@ -95,7 +121,15 @@ def _unchanged_in_place(upload: Upload) -> os.stat_result:
     return info
 
 
-def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -> Upload:
+def upload_release(
+    *,
+    upload_id: int,
+    actor: User,
+    allow_copies: bool = False,
+    seen: str | None = None,
+    note: str = "",
+    label: str = "",
+) -> Upload:
     """Put a quarantined or held file back where it was (one left in place for review
     stays where it is).
 
@@ -103,19 +137,17 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
     matched; without, only this file goes back, and a copy uploaded again is caught.
     """
     with transaction.atomic():
-        upload = (
-            Upload.objects.select_for_update()
-            .filter(pk=upload_id, state__in=Transition.RELEASE.sources)
-            .first()
+        upload = _lock(
+            upload_id,
+            seen,
+            Transition.RELEASE,
+            "Only a quarantined or held upload can be released.",
         )
-        if upload is None:
-            raise ActionRefused("Only a quarantined or held upload can be released.")
         in_place = upload.state == State.REVIEW
         source = in_quarantine(upload)
         upload.state = State.RELEASED
         upload.quarantine_name = ""
-        upload.reviewed_by = actor
-        upload.reviewed_at = timezone.now()
+        _decided_by(upload, actor)
         upload.save()
         if allow_copies:
             upload.matches.update(allowed=True)
@@ -124,6 +156,8 @@ def upload_release(*, upload_id: int, actor: User, allow_copies: bool = False) -
             actor=actor,
             upload=upload,
             detail="exact copies may pass its bans from now on" if allow_copies else "",
+            note=note,
+            label=label,
         )
         if in_place:
             return upload  # it never left the media tree
@@ -152,11 +186,16 @@ def upload_flag(
     actor: User,
     category: str = Category.OTHER,
     reason: str = "",
+    seen: str | None = None,
+    note: str = "",
+    label: str = "",
 ) -> Upload:
     """Ban an upload that was let through: add its fingerprints and quarantine it."""
-    flaggable = Transition.FLAG.sources
-    upload = Upload.objects.filter(pk=upload_id, state__in=flaggable).first()
+    upload = Upload.objects.filter(pk=upload_id).first()
     if upload is None:
+        raise ActionRefused("This upload no longer exists.")
+    check_seen(upload, seen)
+    if upload.state not in Transition.FLAG.sources:
         raise ActionRefused("Only a clean or released upload can be flagged as banned.")
     source = in_media(upload)
     try:
@@ -169,9 +208,12 @@ def upload_flag(
     if image.sha256 != upload.sha256:
         raise ActionRefused(f"{upload.path} has changed since it was checked; nothing was done.")
     with transaction.atomic():
-        upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
-        if upload is None or upload.state not in flaggable:
-            raise ActionRefused("Only a clean or released upload can be flagged as banned.")
+        upload = _lock(
+            upload_id,
+            seen,
+            Transition.FLAG,
+            "Only a clean or released upload can be flagged as banned.",
+        )
         banned = ban_image(
             image,
             category=category,
@@ -184,8 +226,7 @@ def upload_flag(
         upload.state = State.CONFIRMED
         upload.quarantine_name = files.display(quarantined[1])
         upload.file_mode = mode
-        upload.reviewed_by = actor
-        upload.reviewed_at = timezone.now()
+        _decided_by(upload, actor)
         upload.save()
         upload.matches.update(allowed=False)
         for row in banned:
@@ -198,9 +239,75 @@ def upload_flag(
                     "stage": Match.Stage.MODERATOR,
                 },
             )
-        audit(Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason)
+        audit(
+            Action.UPLOAD_FLAGGED, actor=actor, upload=upload, detail=reason, note=note, label=label
+        )
         try:
             files.move_file(*source, *quarantined, private=True)
         except (FileExistsError, files.UnsafePath) as exc:
             raise ActionRefused(f"{upload.path} could not be quarantined: {exc}") from None
     return upload
+
+
+def upload_confirm_group(
+    *, fingerprint_id: int, expected: int, actor: User, note: str = ""
+) -> int:
+    """Confirm every upload waiting for review that matched one ban: as many as the
+    moderator was shown (``expected``), or none if that changed meanwhile."""
+    from moderation.selectors import waiting_for_ban
+
+    ids = list(waiting_for_ban(fingerprint_id=fingerprint_id).values_list("pk", flat=True))
+    if len(ids) != expected:
+        raise StaleDecision(
+            f"{len(ids)} uploads that matched ban #{fingerprint_id} wait now, not the "
+            f"{expected} you saw; nothing was done. Look again."
+        )
+    done = 0
+    for upload_id in ids:
+        try:
+            upload_confirm(
+                upload_id=upload_id,
+                actor=actor,
+                note=note or f"with every upload that matched ban #{fingerprint_id}",
+            )
+            done += 1
+        except ActionRefused:
+            continue  # decided by a colleague meanwhile: theirs stands
+    return done
+
+
+# --- the review queue: batches handed to moderators ----------------------------------
+
+
+def review_claim(*, actor: User, queue: QuerySet, size: int | None = None) -> list[int]:
+    """Hand a moderator the next uploads of ``queue`` to review, oldest first: those they
+    hold already (renewed), then ones no colleague holds, up to ``size``, each held for
+    HASHGUARD_REVIEW_LEASE_SECONDS. A lease that runs out returns its upload to the
+    queue. Returns the ids in queue order."""
+    size = settings.HASHGUARD_REVIEW_BATCH if size is None else size
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.HASHGUARD_REVIEW_LEASE_SECONDS)
+    # As a subquery: the queue may be filtered through its matches (DISTINCT), which
+    # cannot be locked row by row.
+    ordered = Upload.objects.filter(pk__in=queue.values("pk")).order_by("decided_at", "id")
+    with transaction.atomic():
+        mine = list(
+            ordered.filter(claimed_by=actor, claim_expires_at__gt=now).values_list(
+                "pk", flat=True
+            )[:size]
+        )
+        free = (
+            ordered.exclude(pk__in=mine)
+            .filter(Q(claimed_by=None) | Q(claim_expires_at__lte=now) | Q(claimed_by=actor))
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[: max(0, size - len(mine))]
+        )
+        taken = list(free)
+        Upload.objects.filter(pk__in=mine + taken).update(claimed_by=actor, claim_expires_at=until)
+    held = set(mine + taken)
+    return [pk for pk in ordered.filter(pk__in=held).values_list("pk", flat=True)]
+
+
+def review_unclaim(*, actor: User) -> int:
+    """Give back what a moderator holds (they stopped reviewing)."""
+    return Upload.objects.filter(claimed_by=actor).update(claimed_by=None, claim_expires_at=None)

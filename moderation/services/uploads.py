@@ -32,6 +32,7 @@ from moderation.services.common import (
     ActionRefused,
     State,
     audit,
+    check_seen,
     in_media,
     in_quarantine,
     load,
@@ -254,10 +255,15 @@ def uploads_requeue_stale(*, older_than: timedelta, waiting_in_queue: int | None
     return count
 
 
-def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
+def upload_retry(
+    *, upload_id: int, actor: User | None, seen: str | None = None, note: str = ""
+) -> Upload:
     """Check an upload that ended in an error or was held again, e.g. after a fault was
     fixed. A held file is checked where it waits, and put back if it is clean."""
     with transaction.atomic():
+        current = Upload.objects.select_for_update().filter(pk=upload_id).first()
+        if current is not None:
+            check_seen(current, seen)
         failed = Upload.objects.filter(pk=upload_id, state__in=Transition.RETRY.sources).exclude(
             sha256=""
         )
@@ -269,7 +275,7 @@ def upload_retry(*, upload_id: int, actor: User | None) -> Upload:
                 "again; a file that could not be read is recorded anew once it changes."
             )
         upload = Upload.objects.get(pk=upload_id)
-        audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload)
+        audit(Action.UPLOAD_RETRIED, actor=actor, upload=upload, note=note)
         upload_enqueue(upload_id=upload_id)
     return upload
 
@@ -523,6 +529,11 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
                 rule=detection.rule,
                 stage=detection.stage,
                 variant=detection.variant[:255],
+                placement={
+                    "turn": detection.turn,
+                    "box": list(detection.box) if detection.box else None,
+                    "rotation": round(detection.rotation, 1),
+                },
                 frame=detection.frame,
                 voided=key in decision.voided,
             )

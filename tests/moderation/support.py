@@ -102,6 +102,10 @@ def image_url(kind: str, pk: int, *, thumb: bool = False) -> str:
 
 def run_action(client: Client, url: str, action: str, ids: list[int], **extra: object):
     data = {"action": action, ACTION_CHECKBOX_NAME: ids, "index": 0, **extra}
+    if url == UPLOAD_LIST_URL:
+        # Each row of the uploads list sends back the state the page showed it in.
+        for upload in Upload.objects.filter(pk__in=ids):
+            data.setdefault(f"seen-{upload.pk}", upload.seen())
     return client.post(url, data, follow=True)
 
 
@@ -118,3 +122,9 @@ def decode_jpeg(data: bytes) -> Image.Image:
 
 
 # --- banning ----------------------------------------------------------------------------
+
+
+def decision(upload: Upload, choice: str) -> dict[str, object]:
+    """A review queue's form for ``upload``, as a page loaded now shows it."""
+    current = Upload.objects.get(pk=upload.pk)
+    return {"upload": current.pk, "decision": choice, "seen": current.seen()}

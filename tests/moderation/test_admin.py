@@ -38,6 +38,7 @@ from tests.moderation.support import (
     animation,
     blocklist_version,
     client_for,
+    decision,
     decode_jpeg,
     distances_shown,
     image_url,
@@ -388,7 +389,7 @@ def test_confirm_keeps_the_file_in_quarantine(stores, moderator, moderator_clien
     upload = quarantined_upload(stores)
 
     response = moderator_client.post(
-        REVIEW_URL, {"upload": upload.pk, "decision": "confirm"}, follow=True
+        REVIEW_URL, decision(upload, "confirm"), follow=True
     )
 
     assertRedirects(response, REVIEW_URL)
@@ -406,7 +407,7 @@ def test_release_puts_the_file_back_at_its_original_path(stores, moderator, mode
     quarantined = stores / "quarantine" / upload.quarantine_name
 
     response = moderator_client.post(
-        REVIEW_URL, {"upload": upload.pk, "decision": "release"}, follow=True
+        REVIEW_URL, decision(upload, "release"), follow=True
     )
 
     assertContains(response, "1 upload(s) released.")
@@ -422,7 +423,7 @@ def test_release_refused_when_a_file_took_the_original_path(stores, moderator_cl
     (stores / "media" / upload.path).write_bytes(b"someone else's file")
 
     response = moderator_client.post(
-        REVIEW_URL, {"upload": upload.pk, "decision": "release"}, follow=True
+        REVIEW_URL, decision(upload, "release"), follow=True
     )
 
     assertContains(response, "move it away, then release again.")
@@ -564,7 +565,7 @@ def test_non_staff_users_are_refused_even_with_permissions(stores):
         response = client.get(url)
         assert response.status_code == 302, url
         assert response["Location"].startswith("/admin/login/"), url
-    response = client.post(REVIEW_URL, {"upload": upload.pk, "decision": "confirm"})
+    response = client.post(REVIEW_URL, decision(upload, "confirm"))
     assert response.status_code == 302
 
 
@@ -574,7 +575,7 @@ def test_staff_without_review_permission_cannot_review(stores):
     viewer = client_for(make_user("viewer", "view_upload", "view_bannedfingerprint"))
 
     assert viewer.get(REVIEW_URL).status_code == 403
-    assert viewer.post(REVIEW_URL, {"upload": upload.pk, "decision": "release"}).status_code == 403
+    assert viewer.post(REVIEW_URL, decision(upload, "release")).status_code == 403
 
     changelist = viewer.get(UPLOAD_LIST_URL)
     assert changelist.status_code == 200
@@ -635,7 +636,7 @@ def test_review_queue_says_how_an_edited_copy_shows_the_banned_image(stores, mod
 def test_review_page_can_let_exact_copies_of_a_released_upload_pass(stores, moderator_client):
     upload = quarantined_upload(stores)
     response = moderator_client.post(
-        REVIEW_URL, {"upload": upload.pk, "decision": "allow"}, follow=True
+        REVIEW_URL, decision(upload, "allow"), follow=True
     )
     assertContains(response, "exact copies pass the bans they matched")
     assert upload.matches.get().allowed
@@ -644,7 +645,7 @@ def test_review_page_can_let_exact_copies_of_a_released_upload_pass(stores, mode
     other = add_upload(stores, "users/2/again.jpg", re_upload("astronaut"))
     assert other.state == Upload.State.CLEAN  # its exact copy passes now
     variant = add_upload(stores, "users/3/variant.jpg", photo("astronaut"))
-    moderator_client.post(REVIEW_URL, {"upload": variant.pk, "decision": "release"})
+    moderator_client.post(REVIEW_URL, decision(variant, "release"))
     assert not variant.matches.get().allowed
 
 
@@ -684,7 +685,7 @@ def test_a_held_upload_waits_in_the_review_queue_with_its_reason(stores, moderat
     # Release puts it back; it was never matched, so there is no copy to let pass.
     assertNotContains(response, 'value="allow"')
     response = moderator_client.post(
-        REVIEW_URL, {"upload": held.pk, "decision": "release"}, follow=True
+        REVIEW_URL, decision(held, "release"), follow=True
     )
     assertContains(response, "1 upload(s) released.")
     assert (stores / "media" / "users/4/cut.jpg").read_bytes() == cut

@@ -5,14 +5,17 @@ from pathlib import Path
 
 import pytest
 from django.db import connections
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from config.celery import app as celery_app
+from moderation import services
 from moderation.models import BannedFingerprint, Upload
+from tests.images import encode
 from tests.moderation.support import (
     MODERATOR_PERMISSIONS,
     PASSWORD,
     add_upload,
+    decode_jpeg,
     make_user,
     photo,
     quarantined_upload,
@@ -40,7 +43,7 @@ pytestmark = [
 
 
 @pytest.fixture
-def page(live_server, monkeypatch) -> Iterator[Page]:
+def browser(live_server, monkeypatch) -> Iterator[Browser]:
     # Playwright's sync API runs an event loop in this thread, and Django refuses ORM calls
     # from a thread with a running loop unless told that the caller is synchronous.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
@@ -48,13 +51,23 @@ def page(live_server, monkeypatch) -> Iterator[Page]:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
         )
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(15_000)
-        yield page
+        yield browser
         browser.close()
         # Inside sync_playwright the test's code runs in a context of its own, with its own
         # database connection; close it here, or the test database cannot be dropped.
         connections.close_all()
+
+
+def new_page(browser: Browser) -> Page:
+    """A page of a browser context of its own: its own cookies, its own moderator."""
+    page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    page.set_default_timeout(15_000)
+    return page
+
+
+@pytest.fixture
+def page(browser: Browser) -> Page:
+    return new_page(browser)
 
 
 @pytest.fixture
@@ -67,10 +80,10 @@ def eager_tasks() -> Iterator[None]:
     celery_app.conf.task_always_eager = previous
 
 
-def log_in(page: Page, base_url: str) -> None:
-    make_user("moderator", *MODERATOR_PERMISSIONS)
+def log_in(page: Page, base_url: str, username: str = "moderator") -> None:
+    make_user(username, *MODERATOR_PERMISSIONS)
     page.goto(f"{base_url}/admin/login/")
-    page.fill("input[name=username]", "moderator")
+    page.fill("input[name=username]", username)
     page.fill("input[name=password]", PASSWORD)
     page.click("input[type=submit]")
     page.wait_for_selector("#user-tools")
@@ -116,8 +129,9 @@ def test_moderator_bans_an_image_then_releases_a_quarantined_upload(
     assert len(widths) == 2 and all(width > 0 for width in widths), widths
     match = upload.matches.get()
     shown = ", ".join(f"{name} {value}" for name, value in sorted(match.distances.items()))
-    assert item.locator(".match-distances").inner_text() == shown
-    assert item.locator(".match-rule").inner_text() == match.rule
+    # The engineering detail is one click away, under the plain words.
+    assert item.locator(".match-distances").text_content() == shown
+    assert item.locator(".match-rule").text_content() == match.rule
     upload_box = item.locator(".review-upload img").bounding_box()
     reference_box = item.locator(".review-match img").bounding_box()
     assert reference_box["x"] > upload_box["x"] + upload_box["width"], "side by side"
@@ -132,3 +146,70 @@ def test_moderator_bans_an_image_then_releases_a_quarantined_upload(
     assert upload.state == Upload.State.RELEASED
     assert (stores / "media" / upload.path).read_bytes() == re_upload("astronaut")
     assert not any((stores / "quarantine").rglob("holiday.jpg"))
+
+
+def test_two_moderators_on_one_upload_the_later_is_told_and_changes_nothing(
+    transactional_db, live_server, stores, browser
+):
+    upload = quarantined_upload(stores)
+    alice, bob = new_page(browser), new_page(browser)
+    log_in(alice, live_server.url, "alice")
+    log_in(bob, live_server.url, "bob")
+    url = f"{live_server.url}/admin/moderation/upload/review/{upload.pk}/"
+    alice.goto(url)
+    bob.goto(url)
+
+    alice.keyboard.press("c")
+    alice.wait_for_url(f"{live_server.url}/admin/moderation/upload/review/")
+    bob.keyboard.press("r")
+
+    message = bob.locator("#review-message")
+    message.wait_for(state="visible")
+    assert "alice: quarantine confirmed at" in message.inner_text()
+    upload.refresh_from_db()
+    assert upload.state == Upload.State.CONFIRMED and upload.reviewed_by.username == "alice"
+
+
+def test_images_are_blurred_until_a_click_reveals_one(transactional_db, live_server, stores, page):
+    upload = quarantined_upload(stores)
+    log_in(page, live_server.url)
+    page.goto(f"{live_server.url}/admin/moderation/upload/review/")
+    images_loaded(page, f"#upload-{upload.pk} img")
+    first = page.locator(f"#upload-{upload.pk} img.hg-protected").first
+    other = page.locator(f"#upload-{upload.pk} img.hg-protected").nth(1)
+    filter_of = "img => getComputedStyle(img).filter"
+    assert first.evaluate(filter_of).startswith("blur(24px)")
+
+    first.click()
+
+    assert first.evaluate(filter_of) == "none"
+    assert other.evaluate(filter_of).startswith("blur(")  # one image, not all
+    assert page.url.endswith("/admin/moderation/upload/review/")  # revealed, not opened
+
+
+def test_a_moderator_reviews_twenty_uploads_with_the_keyboard(
+    transactional_db, live_server, stores, page, settings
+):
+    settings.HASHGUARD_REVIEW_BATCH = 20
+    services.banned_add_image(data=photo("astronaut"))
+    for index in range(20):
+        small = decode_jpeg(photo("astronaut")).resize((180 + index, 180 + index))
+        add_upload(stores, f"batch/{index:02}.jpg", encode(small, "JPEG"))
+    assert Upload.objects.filter(state=Upload.State.QUARANTINED).count() == 20
+    log_in(page, live_server.url)
+    page.goto(f"{live_server.url}/admin/moderation/upload/review/")
+    page.locator(".review-open").first.click()
+
+    for position in range(1, 21):
+        page.locator("#review-keys").wait_for()
+        # Decided uploads leave the batch: the next is always the first of those left.
+        assert f"Upload 1 of the {21 - position} held for you" in page.inner_text("#review-keys")
+        before = page.url
+        page.keyboard.press("v")  # revealed before deciding, as a moderator would look
+        assert page.locator("#review-upload-image.hg-revealed").count() == 1
+        page.keyboard.press("c" if position % 5 else "r")
+        page.wait_for_url(lambda url, before=before: url != before)
+
+    assert page.url.endswith("/admin/moderation/upload/review/")
+    assert Upload.objects.filter(state=Upload.State.CONFIRMED).count() == 16
+    assert Upload.objects.filter(state=Upload.State.RELEASED).count() == 4

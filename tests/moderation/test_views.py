@@ -15,6 +15,7 @@ from tests.moderation.support import (
     UPLOAD_LIST_URL,
     add_upload,
     client_for,
+    decision,
     decode_jpeg,
     image_url,
     make_user,
@@ -95,7 +96,7 @@ def test_a_released_upload_is_visible_without_the_review_permission(stores, mode
     assert viewer.get(image_url("upload", upload.pk)).status_code == 403
 
     moderator_client.post(
-        "/admin/moderation/upload/review/", {"upload": upload.pk, "decision": "release"}
+        "/admin/moderation/upload/review/", decision(upload, "release")
     )
 
     response = viewer.get(image_url("upload", upload.pk))

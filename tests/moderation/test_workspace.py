@@ -1,0 +1,199 @@
+"""The review workspace: decisions that cannot override a colleague's, batches handed to
+each moderator, one upload at a time, group decisions, plain explanations, and images
+blurred until revealed (the browser side: test_browser.py)."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+from PIL import Image
+
+from moderation import services
+from moderation.explain import explain, near_limit
+from moderation.models import AuditEvent, ImagePreference, Match, Upload
+from tests.images import encode
+from tests.moderation.support import (
+    BANNED_LIST_URL,
+    MODERATOR_PERMISSIONS,
+    REVIEW_URL,
+    UPLOAD_LIST_URL,
+    add_upload,
+    client_for,
+    decision,
+    decode_jpeg,
+    make_user,
+    photo,
+    quarantined_upload,
+    re_upload,
+    run_action,
+)
+
+State = Upload.State
+pytestmark = pytest.mark.django_db
+
+
+def item_url(upload: Upload) -> str:
+    return f"{REVIEW_URL}{upload.pk}/"
+
+
+def copies(stores: Path, count: int) -> list[Upload]:
+    """``count`` quarantined re-uploads of one banned photo."""
+    services.banned_add_image(data=photo("astronaut"))
+    uploads = []
+    for index in range(count):
+        small = decode_jpeg(photo("astronaut")).resize((200 + index, 200 + index))
+        uploads.append(add_upload(stores, f"u/{index}.jpg", encode(small, "JPEG")))
+    assert {u.state for u in uploads} == {State.QUARANTINED}
+    return uploads
+
+
+def test_a_stale_page_does_not_override_a_colleague(stores, moderator_client) -> None:
+    upload = quarantined_upload(stores)
+    seen_by_b = decision(upload, "release")  # B's page, loaded now
+    alice = make_user("alice", *MODERATOR_PERMISSIONS)
+    client_for(alice).post(REVIEW_URL, decision(upload, "confirm"))
+    assert Upload.objects.get(pk=upload.pk).state == State.CONFIRMED
+
+    response = moderator_client.post(REVIEW_URL, seen_by_b, follow=True)
+
+    text = response.content.decode()
+    assert "alice: quarantine confirmed at" in text and "nothing was done" in text
+    upload.refresh_from_db()
+    assert upload.state == State.CONFIRMED and upload.reviewed_by == alice
+    assert (stores / "quarantine" / upload.quarantine_name).exists()
+
+
+def test_a_bulk_release_from_a_stale_list_is_refused(stores, moderator_client) -> None:
+    upload = quarantined_upload(stores)
+    stale = {f"seen-{upload.pk}": upload.seen()}
+    services.upload_confirm(upload_id=upload.pk, actor=make_user("alice", *MODERATOR_PERMISSIONS))
+    response = run_action(moderator_client, UPLOAD_LIST_URL, "release", [upload.pk], **stale)
+    assert "alice: quarantine confirmed" in response.content.decode()
+    assert Upload.objects.get(pk=upload.pk).state == State.CONFIRMED
+
+
+def test_colleagues_are_handed_different_uploads(stores, settings) -> None:
+    settings.HASHGUARD_REVIEW_BATCH = 2
+    uploads = copies(stores, 5)
+    alice = make_user("alice", *MODERATOR_PERMISSIONS)
+    bob = make_user("bob", *MODERATOR_PERMISSIONS)
+    queue = Upload.objects.filter(state=State.QUARANTINED)
+
+    mine = services.review_claim(actor=alice, queue=queue)
+    theirs = services.review_claim(actor=bob, queue=queue)
+
+    assert mine == [u.pk for u in uploads[:2]] and theirs == [u.pk for u in uploads[2:4]]
+    assert services.review_claim(actor=alice, queue=queue) == mine  # renewed, the same
+    page = client_for(bob).get(REVIEW_URL).content.decode()
+    assert f'id="upload-{uploads[2].pk}"' in page and f'id="upload-{uploads[0].pk}"' not in page
+    assert "2 held by colleagues" in page
+
+    # A lease that runs out returns its uploads to the queue.
+    Upload.objects.filter(claimed_by=alice).update(claim_expires_at=timezone.now())
+    assert services.review_claim(actor=bob, queue=queue, size=4)[:2] == mine
+
+
+def test_one_upload_at_a_time_with_a_note_and_a_policy(stores, moderator_client) -> None:
+    uploads = copies(stores, 2)
+    moderator_client.get(REVIEW_URL)  # takes the batch
+    page = moderator_client.get(item_url(uploads[0]))
+    text = page.content.decode()
+    assert "near-identical: resized or recompressed" in text
+    assert "Upload 1 of the 2 held for you" in text and "<kbd>c</kbd> confirm" in text
+    assert 'class="hg-protected"' in text
+
+    answer = moderator_client.post(
+        item_url(uploads[0]),
+        {**decision(uploads[0], "confirm"), "note": "same scam again", "label": "scam"},
+        HTTP_ACCEPT="application/json",
+    )
+
+    assert answer.status_code == 200 and answer.json()["ok"]
+    assert answer.json()["next"].endswith(f"/review/{uploads[1].pk}/")
+    event = AuditEvent.objects.get(action="upload_confirmed", upload=uploads[0])
+    assert (event.note, event.label) == ("same scam again", "scam")
+
+
+def test_a_stale_decision_on_the_upload_page_says_who_decided(stores, moderator_client) -> None:
+    upload = quarantined_upload(stores)
+    stale = decision(upload, "release")
+    services.upload_confirm(upload_id=upload.pk, actor=make_user("alice", *MODERATOR_PERMISSIONS))
+    answer = moderator_client.post(item_url(upload), stale, HTTP_ACCEPT="application/json")
+    assert answer.status_code == 409 and "alice" in answer.json()["message"]
+    # Without JavaScript: back to the page, with the message.
+    page = moderator_client.post(item_url(upload), stale, follow=True)
+    assert "alice: quarantine confirmed" in page.content.decode()
+
+
+def test_every_upload_that_matched_one_ban_is_confirmed_at_once(stores, moderator_client) -> None:
+    uploads = copies(stores, 3)
+    ban = uploads[0].matches.get().fingerprint_id
+    page = moderator_client.get(item_url(uploads[0])).content.decode()
+    assert f"Confirm all 3 waiting uploads that matched ban #{ban}" in page
+
+    stale = moderator_client.post(f"{REVIEW_URL}group/", {"ban": ban, "count": 2}, follow=True)
+    assert "3 uploads that matched" in stale.content.decode()
+    assert not Upload.objects.filter(state=State.CONFIRMED).exists()
+
+    done = moderator_client.post(f"{REVIEW_URL}group/", {"ban": ban, "count": 3}, follow=True)
+    assert "3 upload(s) confirmed." in done.content.decode()
+    assert Upload.objects.filter(state=State.CONFIRMED).count() == 3
+
+
+def test_the_queue_filters_and_pages(stores, moderator_client, settings) -> None:
+    settings.HASHGUARD_REVIEW_BATCH = 2
+    uploads = copies(stores, 3)
+    ban = uploads[0].matches.get().fingerprint_id
+    everything = moderator_client.get(REVIEW_URL, {"view": "all"}).content.decode()
+    assert all(f'id="upload-{u.pk}"' in everything for u in uploads)
+    assert "3 uploads waiting for review" in everything
+    other = moderator_client.get(REVIEW_URL, {"ban": ban + 1000}).content.decode()
+    assert "Nothing to review with these filters" in other
+    old = moderator_client.get(REVIEW_URL, {"age": "1d"}).content.decode()
+    assert "0 uploads waiting" in old
+    Upload.objects.filter(pk=uploads[0].pk).update(decided_at=timezone.now() - timedelta(days=2))
+    old = moderator_client.get(REVIEW_URL, {"age": "1d", "view": "all"}).content.decode()
+    assert f'id="upload-{uploads[0].pk}"' in old and f'id="upload-{uploads[1].pk}"' not in old
+
+
+def test_explanations_in_plain_words(stores) -> None:
+    services.banned_add_image(data=photo("astronaut"))
+    mirrored = decode_jpeg(photo("astronaut")).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    upload = add_upload(stores, "mirrored.jpg", encode(mirrored, "JPEG"))
+    why = explain(upload.matches.get())
+    assert why.headline == "edited: mirrored" and why.undo == "scaleX(-1)"
+    exact = add_upload(stores, "exact.jpg", photo("astronaut"))
+    assert explain(exact.matches.get()).headline == "exact copy: the same file"
+    panel = Match(
+        stage="hash",
+        rule="pdq<=31",
+        placement={"box": [0.5, 0, 1, 0.5]},
+        variant="as one panel of a collage or screenshot (25% of the upload)",
+    )
+    assert explain(panel).headline.startswith("partial: the banned picture fills 25% of the upload")
+    assert explain(panel).box == (50.0, 0.0, 50.0, 50.0)
+    assert near_limit("pdq<=31+phash<=10", {"pdq": 29, "phash": 3}) == ["pdq 29 (limit 31)"]
+    assert near_limit("pdq<=31", {"pdq": 20}) == []
+
+
+def test_images_are_blurred_everywhere_with_each_moderator_s_own_choice(
+    stores, moderator, moderator_client
+) -> None:
+    upload = quarantined_upload(stores)
+    for url in (UPLOAD_LIST_URL, BANNED_LIST_URL, REVIEW_URL, item_url(upload)):
+        page = moderator_client.get(url).content.decode()
+        assert 'class="hg-protected"' in page and "--hg-blur: 24px" in page, url
+    response = moderator_client.post(
+        "/admin/preferences/", {"blur": 8, "greyscale": "on", "reveal": "hover"}, follow=True
+    )
+    assert "Your image preferences are saved." in response.content.decode()
+    assert ImagePreference.objects.get(user=moderator).reveal == "hover"
+    page = moderator_client.get(REVIEW_URL).content.decode()
+    assert "--hg-blur: 8px; --hg-grey: 1" in page and '"hover" === "hover"' in page
+
+
+def test_the_flag_form_shows_what_is_being_banned(stores, moderator_client) -> None:
+    clean = add_upload(stores, "fine.jpg", re_upload("coffee"))
+    page = run_action(moderator_client, UPLOAD_LIST_URL, "flag", [clean.pk])
+    assert f'src="/files/upload/{clean.pk}/?size=thumb"' in page.content.decode()
