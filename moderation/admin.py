@@ -53,6 +53,19 @@ def distances_text(distances: dict[str, int]) -> str:
     return ", ".join(f"{name} {value}" for name, value in sorted(distances.items())) or "—"
 
 
+class AuditedHistory:
+    """An object's History is its part of the audit log, where hashguard records every
+    action (Django's own change log has none of them)."""
+
+    audit_field = ""
+
+    def history_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict | None = None
+    ) -> HttpResponse:
+        url = reverse("admin:moderation_auditevent_changelist")
+        return HttpResponseRedirect(f"{url}?{self.audit_field}__id__exact={int(object_id)}")
+
+
 class RecordAdmin(admin.ModelAdmin):
     """Rows only the pipeline writes: moderators look, and act through services."""
 
@@ -134,7 +147,8 @@ class MatchInline(admin.TabularInline):
 
 
 @admin.register(Upload)
-class UploadAdmin(RecordAdmin):
+class UploadAdmin(AuditedHistory, RecordAdmin):
+    audit_field = "upload"
     list_display = (
         "thumbnail",
         "path",
@@ -351,7 +365,8 @@ class UploadAdmin(RecordAdmin):
 
 
 @admin.register(BannedFingerprint)
-class BannedFingerprintAdmin(admin.ModelAdmin):
+class BannedFingerprintAdmin(AuditedHistory, admin.ModelAdmin):
+    audit_field = "fingerprint"
     list_display = (
         "thumbnail",
         "__str__",
@@ -492,10 +507,63 @@ class BannedFingerprintAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(RecordAdmin):
-    list_display = ("created_at", "action", "actor", "upload", "fingerprint", "detail")
-    list_filter = ("action",)
+    list_display = (
+        "created_at",
+        "action",
+        "actor",
+        "upload_link",
+        "fingerprint_link",
+        "detail",
+        "note",
+        "label",
+    )
+    list_filter = ("action", ("actor", admin.RelatedOnlyFieldListFilter), "label")
     list_select_related = ("actor", "upload", "fingerprint")
-    search_fields = ("detail", "upload__path")
+    search_fields = ("detail", "note", "upload__path", "actor__username")
+    date_hierarchy = "created_at"
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        # Links from an upload's or a ban's History, and from the dashboard.
+        if lookup in ("upload__id__exact", "fingerprint__id__exact", "actor__username"):
+            return True
+        return super().lookup_allowed(lookup, value, request)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "export/",
+                self.admin_site.admin_view(self.export_view),
+                name="moderation_auditevent_export",
+            ),
+            *super().get_urls(),
+        ]
+
+    def export_view(self, request: HttpRequest) -> StreamingHttpResponse:
+        """The events the list shows, with its filters and search, as CSV."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        events = self.get_changelist_instance(request).get_queryset(request)
+        response = StreamingHttpResponse(
+            selectors.audit_csv(events=events.order_by("created_at", "id")),
+            content_type="text/csv",
+        )
+        response["Content-Disposition"] = 'attachment; filename="audit-log.csv"'
+        return response
+
+    @admin.display(description="upload", ordering="upload")
+    def upload_link(self, event: AuditEvent) -> str:
+        if event.upload_id is None:
+            return "—"
+        url = reverse("admin:moderation_upload_change", args=[event.upload_id])
+        return format_html('<a href="{}">#{} {}</a>', url, event.upload_id, event.upload)
+
+    @admin.display(description="banned fingerprint", ordering="fingerprint")
+    def fingerprint_link(self, event: AuditEvent) -> str:
+        if event.fingerprint_id is None:
+            return "—"
+        url = reverse("admin:moderation_bannedfingerprint_change", args=[event.fingerprint_id])
+        return format_html('<a href="{}">#{}</a>', url, event.fingerprint_id)
+
 
 
 @admin.register(WorkerHeartbeat)

@@ -1,14 +1,26 @@
 """Reads: what the commands, the admin and the tests ask of the database."""
 
+import csv
+import io
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from hashes.matching import is_low_detail
 from moderation.blocklist import match_rule
-from moderation.models import Bank, BannedFingerprint, Upload, WorkerHeartbeat
+from moderation.models import (
+    AuditEvent,
+    Bank,
+    BannedFingerprint,
+    Match,
+    Upload,
+    WorkerHeartbeat,
+)
 
 
 def upload_list(*, states: Iterable[str] = (), ids: Iterable[int] | None = None) -> QuerySet:
@@ -140,3 +152,83 @@ def recorded_files() -> Iterator[tuple[bytes, tuple[int, int | None, int | None]
     for path, raw_path, state, size, mtime_ns, inode in rows.iterator(chunk_size=10_000):
         relative = bytes(raw_path) if raw_path is not None else path.encode()
         yield relative, None if state in _MOVED_AWAY else (size, mtime_ns, inode)
+
+
+DECISIONS = (
+    AuditEvent.Action.UPLOAD_CONFIRMED,
+    AuditEvent.Action.UPLOAD_RELEASED,
+    AuditEvent.Action.UPLOAD_FLAGGED,
+    AuditEvent.Action.UPLOAD_RETRIED,
+)
+
+
+def dashboard(*, days: int = 30) -> dict[str, object]:
+    """What the admin's front page shows: where uploads stand, the queue, quarantines per
+    day, the bans that catch most, and who decided what, over the last ``days``."""
+    now = timezone.now()
+    since = now - timedelta(days=days)
+    by_state = dict(Upload.objects.values_list("state").annotate(n=Count("id")).order_by())
+    queue = review_queue()
+    oldest = queue.aggregate(oldest=Min("decided_at"))["oldest"]
+    per_day = dict(
+        AuditEvent.objects.filter(
+            action__in=[AuditEvent.Action.UPLOAD_QUARANTINED, AuditEvent.Action.UPLOAD_HELD],
+            created_at__gte=since,
+        )
+        .annotate(day=TruncDate("created_at"))
+        .values_list("day")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    today = timezone.localdate()
+    days_shown = [today - timedelta(days=offset) for offset in range(days - 1, -1, -1)]
+    top_bans = list(
+        Match.objects.filter(voided=False, fingerprint__isnull=False)
+        .values_list("fingerprint_id", "fingerprint__category", "fingerprint__bank__name")
+        .annotate(hits=Count("id"))
+        .order_by("-hits", "fingerprint_id")[:10]
+    )
+    decisions = list(
+        AuditEvent.objects.filter(action__in=DECISIONS, created_at__gte=since, actor__isnull=False)
+        .values_list("actor__username")
+        .annotate(n=Count("id"))
+        .order_by("-n", "actor__username")
+    )
+    return {
+        "states": [
+            (value, label, by_state.get(value, 0)) for value, label in Upload.State.choices
+        ],
+        "waiting": queue.count(),
+        "oldest": oldest,
+        "per_day": [(day, per_day.get(day, 0)) for day in days_shown],
+        "top_bans": top_bans,
+        "decisions": decisions,
+        "days": days,
+    }
+
+
+def audit_csv(*, events: QuerySet) -> Iterator[str]:
+    """The audit log as CSV lines, header first, for a download."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    columns = ["time", "action", "moderator", "upload", "path", "banned_fingerprint"]
+    writer.writerow([*columns, "detail", "note", "label"])
+    rows = events.select_related("actor", "upload").iterator(chunk_size=2000)
+    for event in itertools.chain([None], rows):
+        if event is not None:
+            writer.writerow(
+                [
+                    event.created_at.isoformat(),
+                    event.action,
+                    event.actor.get_username() if event.actor else "",
+                    event.upload_id or "",
+                    event.upload.path if event.upload else "",
+                    event.fingerprint_id or "",
+                    event.detail,
+                    event.note,
+                    event.label,
+                ]
+            )
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()

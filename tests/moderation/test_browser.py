@@ -213,3 +213,16 @@ def test_a_moderator_reviews_twenty_uploads_with_the_keyboard(
     assert page.url.endswith("/admin/moderation/upload/review/")
     assert Upload.objects.filter(state=Upload.State.CONFIRMED).count() == 16
     assert Upload.objects.filter(state=Upload.State.RELEASED).count() == 4
+
+
+def test_the_dashboard_shows_the_queue_and_leads_to_it(transactional_db, live_server, stores, page):
+    quarantined_upload(stores)
+    log_in(page, live_server.url)
+    page.goto(f"{live_server.url}/admin/")
+    assert "1 waiting" in page.inner_text("#hg-queue")
+    assert page.locator("#hg-per-day svg rect").count() == 30
+    assert page.locator("#hg-per-day svg").bounding_box()["width"] > 100
+    assert "Upload quarantined" in page.inner_text("#recent-actions-module")
+    page.click("text=Open the review queue")
+    page.wait_for_url(f"{live_server.url}/admin/moderation/upload/review/")
+    assert "1 upload waiting for review" in page.inner_text("#content")

@@ -197,3 +197,44 @@ def test_the_flag_form_shows_what_is_being_banned(stores, moderator_client) -> N
     clean = add_upload(stores, "fine.jpg", re_upload("coffee"))
     page = run_action(moderator_client, UPLOAD_LIST_URL, "flag", [clean.pk])
     assert f'src="/files/upload/{clean.pk}/?size=thumb"' in page.content.decode()
+
+
+def test_the_admin_opens_on_a_dashboard(stores, moderator_client) -> None:
+    uploads = copies(stores, 2)
+    add_upload(stores, "fine.jpg", re_upload("coffee"))
+    ban = uploads[0].matches.get().fingerprint_id
+    services.upload_confirm(
+        upload_id=uploads[0].pk, actor=make_user("alice", *MODERATOR_PERMISSIONS)
+    )
+
+    page = moderator_client.get("/admin/").content.decode()
+
+    assert '<span class="hg-big">1</span> waiting' in page
+    assert 'href="/admin/moderation/upload/review/"' in page
+    assert '?state=clean">Clean</a></th><td>1</td>' in page
+    assert '<svg class="hg-chart"' in page and "<title>" in page
+    assert f">#{ban}</a></th><td>other</td><td>local</td><td>2 hits</td>" in page
+    assert '?actor__username=alice">alice</a></th><td>1</td>' in page
+    assert "Quarantine confirmed" in page and "alice, " in page  # recent actions
+
+
+def test_the_audit_log_filters_links_and_exports(stores, moderator, moderator_client) -> None:
+    upload = quarantined_upload(stores)
+    services.upload_confirm(upload_id=upload.pk, actor=moderator, note="seen it", label="scam")
+    history = moderator_client.get(f"{UPLOAD_LIST_URL}{upload.pk}/history/")
+    assert history.status_code == 302
+    assert history["Location"].endswith(f"/auditevent/?upload__id__exact={upload.pk}")
+    listed = moderator_client.get(history["Location"]).content.decode()
+    assert "Quarantine confirmed" in listed and "Upload quarantined" in listed
+    assert f'href="/admin/moderation/upload/{upload.pk}/change/"' in listed
+    mine = moderator_client.get("/admin/moderation/auditevent/", {"actor__username": "moderator"})
+    assert '<td class="field-action">Upload quarantined</td>' not in mine.content.decode()
+    assert '<td class="field-action">Quarantine confirmed</td>' in mine.content.decode()
+
+    export = moderator_client.get(
+        "/admin/moderation/auditevent/export/", {"action__exact": "upload_confirmed"}
+    )
+    lines = b"".join(export.streaming_content).decode().splitlines()
+    assert lines[0].startswith("time,action,moderator,upload,path")
+    assert len(lines) == 2 and "upload_confirmed,moderator" in lines[1]
+    assert lines[1].endswith("seen it,scam")
