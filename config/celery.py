@@ -44,7 +44,7 @@ def write_last_metrics(**kwargs: object) -> None:
 
 _received: dict[str, float] = {}
 # Tasks that may rightly take minutes; the liveness check does not judge them by time.
-LONG_TASKS = {"moderation.tasks.run_import"}
+LONG_TASKS = {"moderation.tasks.run_import", "moderation.tasks.run_retro_check"}
 
 
 @signals.task_received.connect

@@ -192,6 +192,9 @@ HASHGUARD_REVIEW_LEASE_SECONDS = env_int("HASHGUARD_REVIEW_LEASE_SECONDS", 300)
 HASHGUARD_IMAGE_BLUR = env_int("HASHGUARD_IMAGE_BLUR", 24)
 HASHGUARD_IMAGE_GREYSCALE = env_bool("HASHGUARD_IMAGE_GREYSCALE", False)
 HASHGUARD_IMAGE_REVEAL = env_str("HASHGUARD_IMAGE_REVEAL", "click")
+# A new ban is checked against the uploads recorded clean in this many days before it,
+# by the workers in the background; 0 turns looking back off.
+HASHGUARD_RETRO_DAYS = env_int("HASHGUARD_RETRO_DAYS", 30)
 # The policy labels a moderator may put on a decision (comma-separated).
 HASHGUARD_POLICY_LABELS = env_list(
     "HASHGUARD_POLICY_LABELS",

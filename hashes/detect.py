@@ -361,6 +361,10 @@ class Detector:
             added = np.stack(colours).astype(np.float32)
             self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
 
+    def is_empty(self) -> bool:
+        """Whether it holds no picture at all, fuzzy or as a file."""
+        return not self._fingerprints
+
     def bans_file(self, *digests: str) -> bool:
         """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
         keys = {key for digest in digests if digest for key in self._files.get(digest, [])}

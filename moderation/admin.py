@@ -21,6 +21,7 @@ from moderation.models import (
     BannedFingerprint,
     ImportJob,
     Match,
+    RetroCheck,
     Upload,
     WorkerHeartbeat,
 )
@@ -807,3 +808,20 @@ class ApiTokenAdmin(admin.ModelAdmin):
             token_ids=queryset.values_list("pk", flat=True), actor=moderator(request)
         )
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(RetroCheck)
+class RetroCheckAdmin(RecordAdmin):
+    """New bans checked against past clean uploads, with their progress."""
+
+    list_display = ("__str__", "state", "progress", "found", "summary", "created_at")
+    list_filter = ("state",)
+    fields = ("state", "progress", "found", "bans", "summary", "created_at", "finished_at")
+    readonly_fields = fields
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("moderation.view_upload")
+
+    @admin.display(description="progress")
+    def progress(self, job: RetroCheck) -> str:
+        return f"{job.done} of {job.total} uploads" if job.total else "—"

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
@@ -108,7 +109,9 @@ def current_version() -> str:
     return BlocklistVersion.objects.values_list("token", flat=True).first() or ""
 
 
-def build_blocklist() -> Blocklist:
+def build_blocklist(only: Q | None = None) -> Blocklist:
+    """The active fingerprints of enabled banks; ``only``: those it selects, and the
+    known-good ones (which void matches of the same picture), for a look-back."""
     # Read the version before the rows: a change committed in between makes the next
     # check see a newer version and rebuild, never miss it.
     version = current_version()
@@ -117,7 +120,10 @@ def build_blocklist() -> Blocklist:
     banks = {bank.pk: bank for bank in Bank.objects.filter(enabled=True)}
     limits = {pk: bank.limits() for pk, bank in banks.items()}
     review: set[int] = set()
-    rows = BannedFingerprint.objects.filter(active=True, bank__enabled=True).values_list(
+    selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
+    if only is not None:
+        selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
+    rows = selected.values_list(
         "id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours"
     )
     for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows.iterator(

@@ -322,6 +322,8 @@ class Transition(Enum):
         (Upload.State.HELD, Upload.State.ERROR),
     )
     RETRY = ((Upload.State.ERROR, Upload.State.HELD), (Upload.State.PENDING,))
+    # A ban added later found a picture in an upload recorded clean.
+    FOUND_LATER = ((Upload.State.CLEAN,), (Upload.State.QUARANTINED, Upload.State.REVIEW))
     SUPERSEDE = (
         (
             Upload.State.PENDING,
@@ -382,6 +384,8 @@ class Match(models.Model):
     # The same picture as a known-good one of an allow bank found in the upload: this
     # match did not count (hashes.detect.Detector.voided).
     voided = models.BooleanField(default=False)
+    # Found when a ban added later checked the upload, recorded clean, again.
+    found_later = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -414,6 +418,7 @@ class AuditEvent(models.Model):
         UPLOAD_RELEASED = "upload_released", "Upload released"
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"
         UPLOAD_RETRIED = "upload_retried", "Upload checked again"
+        RETRO_CHECKED = "retro_checked", "Clean uploads checked against new bans"
 
     action = models.CharField(max_length=32, choices=Action.choices)
     # None when the pipeline acted on its own.
@@ -592,3 +597,37 @@ class ImagePreference(models.Model):
 
     def __str__(self) -> str:
         return f"image preferences of {self.user}"
+
+
+class RetroCheck(models.Model):
+    """New bans checked against the uploads recorded clean in the HASHGUARD_RETRO_DAYS
+    before, by a worker in the background (moderation/services/retro.py)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Checking"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    # Which bans: a list of {"ids": [...]} and {"bank": id, "since": ISO time} criteria;
+    # bans added while the check waits to start join it.
+    bans = models.JSONField(default=list)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.QUEUED)
+    total = models.PositiveIntegerField(default=0)
+    done = models.PositiveIntegerField(default=0)
+    found = models.PositiveIntegerField(default=0)
+    # The last upload checked, to resume from when a worker died.
+    last_upload = models.BigIntegerField(default=0)
+    beat_at = models.DateTimeField(null=True, blank=True)
+    summary = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "check of new bans against past uploads"
+        verbose_name_plural = "checks of new bans against past uploads"
+
+    def __str__(self) -> str:
+        return f"look-back #{self.pk}"

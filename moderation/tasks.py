@@ -75,6 +75,13 @@ def run_import(job_id: int) -> None:
     services.import_job_run(job_id=job_id)
 
 
+@shared_task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=86400, time_limit=86460)
+def run_retro_check(job_id: int) -> None:
+    from moderation import services
+
+    services.retro_check_run(job_id=job_id)
+
+
 def waiting_in_queue() -> int | None:
     """How many messages wait in the broker's queue, or None if it cannot be asked."""
     try:

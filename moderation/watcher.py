@@ -293,3 +293,12 @@ class MediaWatcher:
             return
         if count:
             logger.info("queued %s undecided uploads again", count)
+        try:
+            resent = services.retro_checks_resend(
+                older_than=timedelta(seconds=self.requeue_seconds)
+            )
+        except DatabaseError as exc:
+            logger.error("could not look for stalled look-backs: %s", exc)
+            return
+        if resent:
+            logger.info("sent %s look-back checks again", resent)

@@ -31,6 +31,11 @@ from moderation.services.bans import (
     blocklist_bump,
 )
 from moderation.services.common import ActionRefused, StaleDecision
+from moderation.services.retro import (
+    retro_check_run,
+    retro_check_start,
+    retro_checks_resend,
+)
 from moderation.services.review import (
     review_claim,
     review_unclaim,
@@ -56,6 +61,9 @@ __all__ = [
     "MAX_ATTEMPTS",
     "ActionRefused",
     "StaleDecision",
+    "retro_check_run",
+    "retro_check_start",
+    "retro_checks_resend",
     "review_claim",
     "review_unclaim",
     "ImportReport",

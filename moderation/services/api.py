@@ -19,6 +19,7 @@ from moderation.models import ApiToken, Bank, BannedFingerprint
 from moderation.services.banks import entry_fields, entry_refusal
 from moderation.services.bans import blocklist_bump
 from moderation.services.common import Action, ActionRefused, audit, load
+from moderation.services.retro import retro_check_start
 from moderation.services.uploads import judge
 
 # A token's last use is written at most this often: a lookup should not cost a write.
@@ -198,10 +199,12 @@ def bank_add_signal(
                 existing.save(update_fields=["active", "updated_at"])
                 audit(Action.BAN_ACTIVATED, fingerprint=existing, detail=detail)
                 blocklist_bump()
+                retro_check_start(ids=[existing.pk])
             return existing, False
         row = BannedFingerprint(**entry_fields(target, entry, timezone.now()))
         row.source = BannedFingerprint.Source.API
         row.save()
         audit(Action.BAN_ADDED, fingerprint=row, detail=detail)
         blocklist_bump()
+        retro_check_start(ids=[row.pk])
     return row, True

@@ -24,6 +24,7 @@ from moderation.blocklist import match_rule
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Category, ImportJob
 from moderation.services.bans import blocklist_bump
 from moderation.services.common import audit
+from moderation.services.retro import retro_check_start
 
 Action = AuditEvent.Action
 logger = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def _import_into(
 ) -> ImportReport:
     # A bank empty at the start holds only what this import wrote: no need to ask it.
     was_empty = not target.fingerprints.exists()
+    started = timezone.now()
     report = ImportReport(bank=target.name, format=chosen)
     seen: set[tuple[str, str]] = set()
     try:
@@ -211,6 +213,8 @@ def _import_into(
         with connection.cursor() as cursor:
             cursor.execute(f"ANALYZE {connection.ops.quote_name(BannedFingerprint._meta.db_table)}")
     audit(Action.BANS_IMPORTED, actor=actor, detail=report.summary())
+    if report.added:
+        retro_check_start(bank=target, since=started)
     metrics.IMPORTS.inc(bank=report.bank)
     for result in ("added", "removed", "unchanged", "refused"):
         metrics.IMPORTED.inc(getattr(report, result), bank=report.bank, result=result)

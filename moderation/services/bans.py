@@ -31,6 +31,7 @@ from moderation.models import (
     Upload,
 )
 from moderation.services.common import Action, audit, load
+from moderation.services.retro import retro_check_start
 
 
 def blocklist_bump() -> None:
@@ -146,6 +147,7 @@ def ban_image(
     for row in rows:
         audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
     blocklist_bump()
+    retro_check_start(ids=[row.pk for row in rows])
     return rows
 
 
@@ -194,6 +196,7 @@ def banned_add_hashes(
         )
         audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
         blocklist_bump()
+        retro_check_start(ids=[row.pk])
     return row
 
 
@@ -236,6 +239,11 @@ def banned_set_active(*, fingerprint_ids: Iterable[int], active: bool, actor: Us
         for row in rows:
             audit(action, actor=actor, fingerprint=row)
         blocklist_bump()
+        if active:
+            known_good = set(
+                Bank.objects.filter(action=Bank.Act.ALLOW).values_list("pk", flat=True)
+            )
+            retro_check_start(ids=[row.pk for row in rows if row.bank_id not in known_good])
     return len(rows)
 
 

@@ -156,8 +156,7 @@ def _same_upload(latest: Upload, fields: Mapping[str, object]) -> bool:
     # A released file is put back as it was: it is the record's own file. One left in place
     # for review never moved.
     return (
-        latest.state in (State.CLEAN, State.NOT_IMAGE, State.RELEASED, State.REVIEW)
-        and same_file
+        latest.state in (State.CLEAN, State.NOT_IMAGE, State.RELEASED, State.REVIEW) and same_file
     )
 
 
@@ -382,7 +381,7 @@ def upload_fail(*, upload_id: int, code: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class _Decision:
+class Decision:
     """What checking an upload found, before anything is written."""
 
     state: str  # CLEAN, QUARANTINED, or one of _decide_error's and _decide_uncheckable's
@@ -396,25 +395,27 @@ class _Decision:
     # Known-good pictures found (allow banks), and the matches they account for.
     allowed: frozenset[int] = frozenset()
     voided: frozenset[int] = frozenset()
+    # Found by a ban added after the upload was recorded clean (services/retro.py).
+    later: bool = False
 
 
 def _process_claimed(upload: Upload, claim: QuerySet) -> None:
-    _apply(upload, claim, _decide(upload))
+    apply_decision(upload, claim, _decide(upload))
 
 
-def _decide(upload: Upload) -> _Decision:
+def _decide(upload: Upload) -> Decision:
     """Read and check the upload's file; writes nothing."""
     # 1. Read the file, from quarantine if a lost attempt already moved it there.
     try:
         data, already_moved = _read(upload)
     except FileNotFoundError:
-        return _Decision(
+        return Decision(
             State.ERROR, ErrorCode.MISSING, "The file was removed before it could be checked."
         )
     except files.UnsafePath as exc:
-        return _Decision(State.ERROR, ErrorCode.UNSAFE_PATH, str(exc))
+        return Decision(State.ERROR, ErrorCode.UNSAFE_PATH, str(exc))
     except PermissionError as exc:
-        return _Decision(
+        return Decision(
             State.ERROR,
             ErrorCode.UNREADABLE,
             f"hashguard may not read this file ({exc.strerror}).",
@@ -423,7 +424,7 @@ def _decide(upload: Upload) -> _Decision:
     sha256 = files.sha256_of(data)
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     if upload.sha256 and sha256 != upload.sha256:
-        return _Decision(
+        return Decision(
             State.ERROR,
             ErrorCode.CHANGED,
             "The file changed after it was recorded; its new content is a new upload.",
@@ -437,10 +438,10 @@ def _decide(upload: Upload) -> _Decision:
     except ImageError as exc:
         if not detector.bans_file(sha256, md5):
             if exc.uncheckable:
-                return _Decision(State.HELD, exc.code, str(exc), already_moved)
+                return Decision(State.HELD, exc.code, str(exc), already_moved)
             if exc.code == ErrorCode.NOT_IMAGE:
-                return _Decision(State.NOT_IMAGE, exc.code, str(exc), already_moved)
-            return _Decision(State.ERROR, exc.code, str(exc), already_moved)
+                return Decision(State.NOT_IMAGE, exc.code, str(exc), already_moved)
+            return Decision(State.ERROR, exc.code, str(exc), already_moved)
         checked = []
     else:
         checked = probes(loaded)
@@ -461,7 +462,7 @@ def _decide(upload: Upload) -> _Decision:
             )
     # 4. Match it, and act as the banks say.
     found, verdict = judge(blocklist, checked, sha256, md5)
-    return _Decision(
+    return Decision(
         verdict.state,
         already_moved=already_moved,
         fields=fields,
@@ -492,7 +493,7 @@ def _read(upload: Upload) -> tuple[bytes, bool]:
         return files.read_regular_file(*in_quarantine(upload), max_bytes=limit), True
 
 
-def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
+def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
     """Write a decision, only while the claim holds, and move the file to match it."""
     if decision.state == State.HELD:
         _decide_uncheckable(
@@ -522,27 +523,33 @@ def _apply(upload: Upload, claim: QuerySet, decision: _Decision) -> None:
         _count_decision(upload, decision.state)
         # 2. What it matched: a row per fingerprint (known-good ones too), and the audit.
         Match.objects.bulk_create(
-            Match(
-                upload=upload,
-                fingerprint_id=key,
-                distances=detection.distances,
-                rule=detection.rule,
-                stage=detection.stage,
-                variant=detection.variant[:255],
-                placement={
-                    "turn": detection.turn,
-                    "box": list(detection.box) if detection.box else None,
-                    "rotation": round(detection.rotation, 1),
-                },
-                frame=detection.frame,
-                voided=key in decision.voided,
-            )
-            for key, detection in decision.found.items()
+            (
+                Match(
+                    upload=upload,
+                    fingerprint_id=key,
+                    distances=detection.distances,
+                    rule=detection.rule,
+                    stage=detection.stage,
+                    variant=detection.variant[:255],
+                    placement={
+                        "turn": detection.turn,
+                        "box": list(detection.box) if detection.box else None,
+                        "rotation": round(detection.rotation, 1),
+                    },
+                    frame=detection.frame,
+                    voided=key in decision.voided,
+                    found_later=decision.later,
+                )
+                for key, detection in decision.found.items()
+            ),
+            # A clean upload looked at again keeps the rows it had (known-good matches).
+            ignore_conflicts=True,
         )
+        later = "found by a later ban: " if decision.later else ""
         if quarantine:
-            audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=_describe(decision))
+            audit(Action.UPLOAD_QUARANTINED, upload=upload, detail=later + _describe(decision))
         elif decision.state == State.REVIEW:
-            audit(Action.UPLOAD_TO_REVIEW, upload=upload, detail=_describe(decision))
+            audit(Action.UPLOAD_TO_REVIEW, upload=upload, detail=later + _describe(decision))
         elif decision.voided:
             audit(Action.UPLOAD_ALLOWED, upload=upload, detail=_describe(decision))
         # 3. The file leaves the media tree, inside the transaction: if it cannot, nothing
@@ -632,7 +639,7 @@ def released_keys(sha256: str, found: Mapping[int, object]) -> set[int]:
     )
 
 
-def _describe(decision: _Decision) -> str:
+def _describe(decision: Decision) -> str:
     parts = []
     for key, detection in decision.found.items():
         kind = "known-good" if key in decision.allowed else "banned"

@@ -1,0 +1,111 @@
+"""Looking back: a new ban checks the uploads recorded clean before it."""
+
+import hashlib
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.utils import timezone
+
+from moderation import services
+from moderation.models import AuditEvent, Bank, Match, RetroCheck, Upload
+from tests.images import encode
+from tests.moderation.support import REVIEW_URL, add_upload, decode_jpeg, photo, re_upload
+
+State = Upload.State
+pytestmark = pytest.mark.django_db
+
+
+def clean(stores: Path, name: str, picture: str) -> Upload:
+    upload = add_upload(stores, name, re_upload(picture))
+    assert upload.state == State.CLEAN
+    return upload
+
+
+def run(job: RetroCheck | None) -> RetroCheck:
+    assert job is not None
+    done = services.retro_check_run(job_id=job.pk)
+    assert done is not None and done.state == RetroCheck.State.DONE, done and done.summary
+    return done
+
+
+def test_a_new_ban_finds_an_upload_recorded_clean_before_it(
+    stores, moderator_client, django_capture_on_commit_callbacks
+) -> None:
+    earlier = clean(stores, "u/coffee.jpg", "coffee")
+    other = clean(stores, "u/rocket.jpg", "rocket")
+    with django_capture_on_commit_callbacks() as sent:
+        services.banned_add_image(data=photo("coffee"), category="scam")
+    assert len(sent) == 1  # the check is queued once the ban is committed
+    job = RetroCheck.objects.get()
+
+    done = run(job)
+
+    assert (done.total, done.done, done.found) == (2, 2, 1)
+    earlier.refresh_from_db()
+    assert earlier.state == State.QUARANTINED
+    assert not (stores / "media" / "u/coffee.jpg").exists()
+    assert (stores / "quarantine" / earlier.quarantine_name).exists()
+    assert Match.objects.get(upload=earlier).found_later
+    assert Upload.objects.get(pk=other.pk).state == State.CLEAN
+    event = AuditEvent.objects.get(action="upload_quarantined", upload=earlier)
+    assert event.detail.startswith("found by a later ban")
+    assert "1 found by the new bans" in AuditEvent.objects.get(action="retro_checked").detail
+    page = moderator_client.get(REVIEW_URL).content.decode()
+    assert "Found by a later ban." in page
+    jobs = moderator_client.get("/admin/moderation/retrocheck/").content.decode()
+    assert "2 of 2 uploads" in jobs
+
+
+def test_an_imported_list_looks_back_too(stores) -> None:
+    earlier = clean(stores, "u/coffee.jpg", "coffee")
+    data = (stores / "media" / "u/coffee.jpg").read_bytes()
+    services.bank_import(lines=[f"md5 {hashlib.md5(data).hexdigest()}\n"], bank="partner")
+    job = RetroCheck.objects.get()
+    assert job.bans[0]["bank"] == Bank.objects.get(name="partner").pk
+    assert run(job).found == 1
+    assert Upload.objects.get(pk=earlier.pk).state == State.QUARANTINED
+
+
+def test_only_the_window_and_unchanged_files_are_checked(stores, settings) -> None:
+    settings.HASHGUARD_RETRO_DAYS = 30
+    old = clean(stores, "u/old.jpg", "coffee")
+    Upload.objects.filter(pk=old.pk).update(decided_at=timezone.now() - timedelta(days=31))
+    changed = clean(stores, "u/changed.jpg", "coffee")
+    (stores / "media" / "u/changed.jpg").write_bytes(encode(decode_jpeg(photo("coffee")), "PNG"))
+    services.banned_add_image(data=photo("coffee"))
+    done = run(RetroCheck.objects.get())
+    assert (done.total, done.found) == (1, 0)
+    assert Upload.objects.get(pk=old.pk).state == State.CLEAN
+    assert Upload.objects.get(pk=changed.pk).state == State.CLEAN  # the watcher's to record
+
+
+def test_bans_added_while_a_check_waits_join_it(stores) -> None:
+    clean(stores, "u/coffee.jpg", "coffee")
+    clean(stores, "u/rocket.jpg", "rocket")
+    services.banned_add_image(data=photo("coffee"))
+    services.banned_add_image(data=photo("rocket"))
+    job = RetroCheck.objects.get()
+    assert len(job.bans) == 2
+    assert run(job).found == 2
+
+
+def test_looking_back_can_be_turned_off_and_skips_known_good_lists(stores, settings) -> None:
+    clean(stores, "u/coffee.jpg", "coffee")
+    services.bank_save(bank=Bank(name="site-art", action="allow"), changed=None, actor=None)
+    services.bank_import(lines=["md5 " + "ab" * 16 + "\n"], bank="site-art")
+    assert not RetroCheck.objects.exists()
+    settings.HASHGUARD_RETRO_DAYS = 0
+    services.banned_add_image(data=photo("coffee"))
+    assert not RetroCheck.objects.exists()
+
+
+def test_a_check_whose_worker_died_is_taken_over_where_it_stopped(stores) -> None:
+    clean(stores, "u/coffee.jpg", "coffee")
+    services.banned_add_image(data=photo("coffee"))
+    job = RetroCheck.objects.get()
+    RetroCheck.objects.filter(pk=job.pk).update(state="running", beat_at=timezone.now())
+    assert services.retro_check_run(job_id=job.pk).state == "running"  # the first runs on
+    RetroCheck.objects.filter(pk=job.pk).update(beat_at=timezone.now() - timedelta(hours=1))
+    assert services.retro_checks_resend(older_than=timedelta(minutes=1)) == 1
+    assert run(job).found == 1
