@@ -195,6 +195,10 @@ HASHGUARD_IMAGE_REVEAL = env_str("HASHGUARD_IMAGE_REVEAL", "click")
 # A new ban is checked against the uploads recorded clean in this many days before it,
 # by the workers in the background; 0 turns looking back off.
 HASHGUARD_RETRO_DAYS = env_int("HASHGUARD_RETRO_DAYS", 30)
+# The files of confirmed quarantined uploads are deleted this many days after their
+# confirmation, keeping the record, fingerprints, matches and audit; 0 keeps them all.
+# An upload on legal hold is kept.
+HASHGUARD_RETENTION_DAYS = env_int("HASHGUARD_RETENTION_DAYS", 0)
 # The policy labels a moderator may put on a decision (comma-separated).
 HASHGUARD_POLICY_LABELS = env_list(
     "HASHGUARD_POLICY_LABELS",

@@ -160,11 +160,19 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
         "decided_at",
     )
     list_display_links = ("path",)
-    list_filter = (StateFilter, "format")
+    list_filter = (StateFilter, "format", "legal_hold")
     search_fields = ("path", "sha256")
     date_hierarchy = "created_at"
     inlines = [MatchInline]
-    actions = ["confirm", "release", "release_allowing_copies", "flag", "retry"]
+    actions = [
+        "confirm",
+        "release",
+        "release_allowing_copies",
+        "flag",
+        "retry",
+        "hold",
+        "lift_hold",
+    ]
     readonly_fields = (
         "preview",
         "path",
@@ -188,6 +196,8 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
         "decided_at",
         "reviewed_by",
         "reviewed_at",
+        "legal_hold",
+        "purged_at",
     )
     fields = readonly_fields
 
@@ -291,6 +301,20 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
     @admin.action(description="Check again (uploads in error)", permissions=["review"])
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, services.upload_retry, "queued to be checked again")
+
+    @admin.action(description="Put on legal hold (keep its file)", permissions=["review"])
+    def hold(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.upload_set_legal_hold(
+            upload_ids=queryset.values_list("pk", flat=True), hold=True, actor=moderator(request)
+        )
+        self.message_user(request, f"{count} upload(s) put on legal hold.", messages.SUCCESS)
+
+    @admin.action(description="Lift legal hold", permissions=["review"])
+    def lift_hold(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.upload_set_legal_hold(
+            upload_ids=queryset.values_list("pk", flat=True), hold=False, actor=moderator(request)
+        )
+        self.message_user(request, f"{count} upload(s) off legal hold.", messages.SUCCESS)
 
     @admin.action(description="Flag as banned", permissions=["review"])
     def flag(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

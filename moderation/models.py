@@ -266,6 +266,11 @@ class Upload(models.Model):
         related_name="+",
     )
     claim_expires_at = models.DateTimeField(null=True, blank=True)
+    # Kept whatever HASHGUARD_RETENTION_DAYS says (evidence for a case, say).
+    legal_hold = models.BooleanField(default=False)
+    # When the quarantined file was deleted for HASHGUARD_RETENTION_DAYS; the record, its
+    # fingerprints and matches stay.
+    purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -419,6 +424,9 @@ class AuditEvent(models.Model):
         UPLOAD_FLAGGED = "upload_flagged", "Upload flagged as banned"
         UPLOAD_RETRIED = "upload_retried", "Upload checked again"
         RETRO_CHECKED = "retro_checked", "Clean uploads checked against new bans"
+        UPLOAD_PURGED = "upload_purged", "Quarantined file deleted (retention)"
+        LEGAL_HOLD_SET = "legal_hold_set", "Legal hold set"
+        LEGAL_HOLD_LIFTED = "legal_hold_lifted", "Legal hold lifted"
 
     action = models.CharField(max_length=32, choices=Action.choices)
     # None when the pipeline acted on its own.

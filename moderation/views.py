@@ -30,6 +30,8 @@ FULL_SIZE = (1600, 1600)
 
 def _upload_file(request: HttpRequest, pk: int) -> tuple[Path, bytes]:
     upload = get_object_or_404(Upload, pk=pk)
+    if upload.purged_at is not None:
+        raise Http404("This file was deleted for the retention period.")
     needed = "review_upload" if upload.quarantine_name else "view_upload"
     if not request.user.has_perm(f"moderation.{needed}"):
         raise PermissionDenied

@@ -27,6 +27,8 @@ from moderation import files, selectors, services
 from moderation.tasks import waiting_in_queue
 
 logger = logging.getLogger(__name__)
+# How often the watcher deletes quarantined files past their retention.
+PURGE_SECONDS = 3600.0
 
 # A file some process still has open for writing is recorded once it is closed, or once
 # it has not changed for this many stability windows (the writer hung or the close
@@ -170,6 +172,7 @@ class MediaWatcher:
             self.ready.set()
             next_rescan = time.monotonic() + self.rescan_seconds
             next_requeue = time.monotonic()  # at once: what waited while no watcher ran
+            next_purge = time.monotonic()
             while not self.stop.is_set():
                 if not observer.is_alive():
                     raise ObserverDied(f"the filesystem observer for {self.root} stopped")
@@ -181,6 +184,9 @@ class MediaWatcher:
                 if now >= next_requeue:
                     self.requeue()
                     next_requeue = now + min(30.0, self.requeue_seconds / 2)
+                if now >= next_purge:
+                    self.purge()
+                    next_purge = now + PURGE_SECONDS
                 self.stop.wait(self.tick_seconds)
         finally:
             observer.stop()
@@ -280,6 +286,18 @@ class MediaWatcher:
             logger.info("recorded upload %s: %s (%s)", upload.pk, upload.path, upload.state)
         # What was read, not what was seen before: a change meanwhile is seen as one.
         self._recorded[relative] = (upload.size, upload.mtime_ns, upload.inode)
+
+    def purge(self) -> None:
+        """Delete the quarantined files past HASHGUARD_RETENTION_DAYS (the one watcher
+        does it, hourly)."""
+        close_old_connections()
+        try:
+            count = services.uploads_purge_expired()
+        except (DatabaseError, OSError, files.UnsafePath) as exc:
+            logger.error("could not delete expired quarantined files: %s", exc)
+            return
+        if count:
+            logger.info("deleted %s quarantined files past the retention period", count)
 
     def requeue(self) -> None:
         close_old_connections()

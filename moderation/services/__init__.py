@@ -43,6 +43,8 @@ from moderation.services.review import (
     upload_confirm_group,
     upload_flag,
     upload_release,
+    upload_set_legal_hold,
+    uploads_purge_expired,
 )
 from moderation.services.uploads import (
     LEASE,
@@ -98,6 +100,8 @@ __all__ = [
     "upload_process",
     "upload_register",
     "upload_release",
+    "upload_set_legal_hold",
+    "uploads_purge_expired",
     "upload_retry",
     "uploads_requeue_stale",
 ]

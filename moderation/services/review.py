@@ -2,6 +2,7 @@
 
 import os
 import stat
+from collections.abc import Iterable
 from datetime import timedelta
 
 from django.conf import settings
@@ -61,9 +62,7 @@ def upload_confirm(
     a decision on an out-of-date view is refused (StaleDecision)."""
     current = Upload.objects.filter(pk=upload_id).first()
     # Read before the transaction: on SQLite a transaction holds the write lock.
-    before = (
-        _unchanged_in_place(current) if current and current.state == State.REVIEW else None
-    )
+    before = _unchanged_in_place(current) if current and current.state == State.REVIEW else None
     with transaction.atomic():
         upload = _lock(
             upload_id,
@@ -143,6 +142,10 @@ def upload_release(
             Transition.RELEASE,
             "Only a quarantined or held upload can be released.",
         )
+        if upload.purged_at is not None:
+            raise ActionRefused(
+                "Its file was deleted for the retention period; there is nothing to release."
+            )
         in_place = upload.state == State.REVIEW
         source = in_quarantine(upload)
         upload.state = State.RELEASED
@@ -249,9 +252,7 @@ def upload_flag(
     return upload
 
 
-def upload_confirm_group(
-    *, fingerprint_id: int, expected: int, actor: User, note: str = ""
-) -> int:
+def upload_confirm_group(*, fingerprint_id: int, expected: int, actor: User, note: str = "") -> int:
     """Confirm every upload waiting for review that matched one ban: as many as the
     moderator was shown (``expected``), or none if that changed meanwhile."""
     from moderation.selectors import waiting_for_ban
@@ -292,9 +293,9 @@ def review_claim(*, actor: User, queue: QuerySet, size: int | None = None) -> li
     ordered = Upload.objects.filter(pk__in=queue.values("pk")).order_by("decided_at", "id")
     with transaction.atomic():
         mine = list(
-            ordered.filter(claimed_by=actor, claim_expires_at__gt=now).values_list(
-                "pk", flat=True
-            )[:size]
+            ordered.filter(claimed_by=actor, claim_expires_at__gt=now).values_list("pk", flat=True)[
+                :size
+            ]
         )
         free = (
             ordered.exclude(pk__in=mine)
@@ -311,3 +312,57 @@ def review_claim(*, actor: User, queue: QuerySet, size: int | None = None) -> li
 def review_unclaim(*, actor: User) -> int:
     """Give back what a moderator holds (they stopped reviewing)."""
     return Upload.objects.filter(claimed_by=actor).update(claimed_by=None, claim_expires_at=None)
+
+
+# --- retention ----------------------------------------------------------------------
+
+
+def uploads_purge_expired() -> int:
+    """Delete the files of confirmed quarantined uploads confirmed more than
+    HASHGUARD_RETENTION_DAYS ago, unless on legal hold; each purge is audited. Returns how
+    many were purged (0 when the setting keeps everything)."""
+    days = settings.HASHGUARD_RETENTION_DAYS
+    if days <= 0:
+        return 0
+    now = timezone.now()
+    expired = Upload.objects.filter(
+        state=State.CONFIRMED,
+        legal_hold=False,
+        purged_at=None,
+        reviewed_at__lt=now - timedelta(days=days),
+    ).exclude(quarantine_name="")
+    purged = 0
+    for upload_id in list(expired.values_list("pk", flat=True)):
+        with transaction.atomic():
+            upload = expired.select_for_update().filter(pk=upload_id).first()
+            if upload is None:
+                continue  # put on hold or released meanwhile
+            store, relative = in_quarantine(upload)
+            files.unlink(store, relative)
+            upload.purged_at = now
+            upload.save(update_fields=["purged_at"])
+            audit(
+                Action.UPLOAD_PURGED,
+                upload=upload,
+                detail=f"file deleted {days} days after its quarantine was confirmed",
+            )
+            purged += 1
+    return purged
+
+
+def upload_set_legal_hold(*, upload_ids: Iterable[int], hold: bool, actor: User) -> int:
+    """Keep uploads' files whatever the retention (or stop keeping them)."""
+    with transaction.atomic():
+        uploads = list(
+            Upload.objects.select_for_update()
+            .filter(pk__in=list(upload_ids))
+            .exclude(legal_hold=hold)
+        )
+        Upload.objects.filter(pk__in=[u.pk for u in uploads]).update(legal_hold=hold)
+        for upload in uploads:
+            audit(
+                Action.LEGAL_HOLD_SET if hold else Action.LEGAL_HOLD_LIFTED,
+                actor=actor,
+                upload=upload,
+            )
+    return len(uploads)
