@@ -6,7 +6,13 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    StreamingHttpResponse,
+)
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
@@ -63,8 +69,10 @@ class AuditedHistory:
     def history_view(
         self, request: HttpRequest, object_id: str, extra_context: dict | None = None
     ) -> HttpResponse:
+        if not object_id.isdigit():
+            raise Http404
         url = reverse("admin:moderation_auditevent_changelist")
-        return HttpResponseRedirect(f"{url}?{self.audit_field}__id__exact={int(object_id)}")
+        return HttpResponseRedirect(f"{url}?{self.audit_field}__id__exact={object_id}")
 
 
 class RecordAdmin(admin.ModelAdmin):
@@ -279,7 +287,7 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
 
     @admin.action(description="Confirm quarantine", permissions=["review"])
     def confirm(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(request, queryset, services.upload_confirm, "confirmed")
+        self._each(request, queryset, services.upload_confirm, "confirmed", needs_seen=True)
 
     @admin.action(description="Release this file (put back where it was)", permissions=["review"])
     def release(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -300,7 +308,9 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
 
     @admin.action(description="Check again (uploads in error)", permissions=["review"])
     def retry(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(request, queryset, services.upload_retry, "queued to be checked again")
+        self._each(
+            request, queryset, services.upload_retry, "queued to be checked again", needs_seen=True
+        )
 
     @admin.action(description="Put on legal hold (keep its file)", permissions=["review"])
     def hold(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -330,7 +340,7 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
                     "items": [
                         {
                             "upload": upload,
-                            "seen": request.POST.get(f"seen-{upload.pk}", upload.seen()),
+                            "seen": request.POST.get(f"seen-{upload.pk}", ""),
                         }
                         for upload in queryset
                     ],
@@ -344,6 +354,7 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
             queryset,
             lambda **kw: services.upload_flag(**kw, **form.cleaned_data),
             "flagged as banned",
+            needs_seen=True,
         )
         return None
 
@@ -361,7 +372,7 @@ class UploadAdmin(AuditedHistory, RecordAdmin):
         upload the page did not show (all across pages) is refused too."""
         count = 0
         for upload in queryset:
-            seen = request.POST.get(f"seen-{upload.pk}")
+            seen = request.POST.get(f"seen-{upload.pk}") or None
             try:
                 if seen is None and needs_seen:
                     raise services.ActionRefused(

@@ -624,9 +624,13 @@ class RetroCheck(models.Model):
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     found = models.PositiveIntegerField(default=0)
-    # The last upload checked, to resume from when a worker died.
+    # The last upload checked, to resume from when a worker died or it failed.
     last_upload = models.BigIntegerField(default=0)
+    # The run that holds it: a worker that lost it (presumed dead) writes nothing more.
+    owner = models.CharField(max_length=32, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
     beat_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
     summary = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -91,8 +91,13 @@ def banks_with_counts(*, name: str | None = None) -> list[tuple[Bank, int]]:
 
 
 def waiting_for_ban(*, fingerprint_id: int) -> QuerySet:
-    """The uploads waiting for review that matched one banned fingerprint."""
-    return review_queue().filter(matches__fingerprint_id=fingerprint_id).distinct()
+    """The uploads waiting for review that matched one banned fingerprint (and for which
+    that match counted)."""
+    return (
+        review_queue()
+        .filter(matches__fingerprint_id=fingerprint_id, matches__voided=False)
+        .distinct()
+    )
 
 
 def workers_in_trouble() -> list[str]:
@@ -207,6 +212,12 @@ def dashboard(*, days: int = 30) -> dict[str, object]:
     }
 
 
+def _spreadsheet_safe(text: str) -> str:
+    """Text a spreadsheet shows as text: upload paths and notes are written by others, and
+    one starting with = + - @ would otherwise run as a formula."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 def audit_csv(*, events: QuerySet) -> Iterator[str]:
     """The audit log as CSV lines, header first, for a download."""
     buffer = io.StringIO()
@@ -214,19 +225,20 @@ def audit_csv(*, events: QuerySet) -> Iterator[str]:
     columns = ["time", "action", "moderator", "upload", "path", "banned_fingerprint"]
     writer.writerow([*columns, "detail", "note", "label"])
     rows = events.select_related("actor", "upload").iterator(chunk_size=2000)
+    cell = _spreadsheet_safe
     for event in itertools.chain([None], rows):
         if event is not None:
             writer.writerow(
                 [
                     event.created_at.isoformat(),
                     event.action,
-                    event.actor.get_username() if event.actor else "",
+                    cell(event.actor.get_username() if event.actor else ""),
                     event.upload_id or "",
-                    event.upload.path if event.upload else "",
+                    cell(event.upload.path if event.upload else ""),
                     event.fingerprint_id or "",
-                    event.detail,
-                    event.note,
-                    event.label,
+                    cell(event.detail),
+                    cell(event.note),
+                    cell(event.label),
                 ]
             )
         yield buffer.getvalue()

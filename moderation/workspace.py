@@ -30,6 +30,7 @@ State = Upload.State
 AGES = {"1h": timedelta(hours=1), "1d": timedelta(days=1), "7d": timedelta(days=7)}
 STAGES = [*Match.Stage.choices, ("held", "could not be checked (held)")]
 PAGE = 50
+GROUP_LIMIT = 500  # uploads one group decision takes at most
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class ReviewWorkspace:
             Upload.objects.prefetch_related("matches__fingerprint__bank"), pk=pk
         )
         actor = _actor(request)
+        services.review_renew(actor=actor)  # still at work
         filters = Filters.of(request)
         batch = [
             upload_id
@@ -203,14 +205,21 @@ class ReviewWorkspace:
         return reverse("admin:moderation_upload_review") + (f"?{query}" if query else "")
 
     def _groups(self, upload: Upload) -> list[dict[str, Any]]:
-        """For each ban this upload matched: how many waiting uploads matched it too."""
+        """For each ban this upload matched: the waiting uploads that matched it too, each
+        with the state this page shows it in, sent back with a group decision."""
         groups = []
         for match in upload.matches.all():
-            if match.fingerprint_id is None:
+            if match.fingerprint_id is None or match.voided:
                 continue
-            count = selectors.waiting_for_ban(fingerprint_id=match.fingerprint_id).count()
-            if count > 1:
-                groups.append({"ban": match.fingerprint_id, "count": count})
+            waiting = list(
+                selectors.waiting_for_ban(fingerprint_id=match.fingerprint_id).order_by(
+                    "decided_at", "id"
+                )[:GROUP_LIMIT]
+            )
+            if len(waiting) > 1:
+                groups.append(
+                    {"ban": match.fingerprint_id, "uploads": [(u.pk, u.seen()) for u in waiting]}
+                )
         return groups
 
     # -- decisions ---------------------------------------------------------------------
@@ -257,19 +266,25 @@ class ReviewWorkspace:
         self._check(request)
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:moderation_upload_review"))
+        seen = {
+            int(key.removeprefix("seen-")): str(request.POST[key])
+            for key in request.POST
+            if key.startswith("seen-") and key.removeprefix("seen-").isdigit()
+        }
         try:
-            count = services.upload_confirm_group(
+            count, refused = services.upload_confirm_group(
                 fingerprint_id=int(request.POST["ban"]),
-                expected=int(request.POST["count"]),
+                seen=seen,
                 actor=_actor(request),
                 note=request.POST.get("note", "")[:2000],
             )
         except (KeyError, ValueError):
-            messages.error(request, "Say which ban, and how many uploads the page showed.")
-        except services.ActionRefused as exc:
-            messages.warning(request, str(exc))
+            messages.error(request, "Say which ban, and which uploads the page showed.")
         else:
-            messages.success(request, f"{count} upload(s) confirmed.")
+            if count:
+                messages.success(request, f"{count} upload(s) confirmed.")
+            for reason in refused[:20]:
+                messages.warning(request, reason)
         back = request.POST.get("next", "")
         if not (back.startswith("/admin/") and url_has_allowed_host_and_scheme(back, None)):
             back = reverse("admin:moderation_upload_review")

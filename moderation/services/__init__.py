@@ -38,6 +38,7 @@ from moderation.services.retro import (
 )
 from moderation.services.review import (
     review_claim,
+    review_renew,
     review_unclaim,
     upload_confirm,
     upload_confirm_group,
@@ -67,6 +68,7 @@ __all__ = [
     "retro_check_start",
     "retro_checks_resend",
     "review_claim",
+    "review_renew",
     "review_unclaim",
     "ImportReport",
     "apitoken_authenticate",

@@ -97,6 +97,9 @@ def bank_save(*, bank: Bank, changed: list[str] | None, actor: User | None) -> B
                 detail=f"bank {bank.name}: {', '.join(changed)} changed; now {_settings(bank)}",
             )
         blocklist_bump()
+        if changed and {"action", "pdq_limit", "phash_limit", "dhash_limit"} & set(changed):
+            # What it matches, or how it acts, changed: its bans look back again.
+            retro_check_start(bank=bank, since=bank.created_at)
     return bank
 
 
@@ -119,6 +122,9 @@ def bank_set_enabled(*, bank_ids: Iterable[int], enabled: bool, actor: User | No
             )
         if changed:
             blocklist_bump()
+        if enabled:
+            for bank in changed:  # its bans are new to every upload recorded meanwhile
+                retro_check_start(bank=bank, since=bank.created_at)
     return len(changed)
 
 

@@ -5,12 +5,13 @@ ban"; the file must still be the one that was checked."""
 
 import hashlib
 import logging
+import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from hashes.detect import probes
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 BATCH = 50
 RETRO_LEASE = timedelta(minutes=10)
+RESEND_AFTER = timedelta(minutes=10)  # a queued check's message waits this long for a worker
+MAX_ATTEMPTS = 3
 
 
 def retro_check_start(
@@ -60,6 +63,7 @@ def retro_check_start(
 def _send(job_id: int) -> None:
     from moderation.tasks import run_retro_check
 
+    RetroCheck.objects.filter(pk=job_id).update(sent_at=timezone.now())
     try:
         run_retro_check.delay(job_id)
     except Exception:  # the broker is down: the watcher's sweep sends it later
@@ -79,12 +83,15 @@ def _selection(criteria: list[dict[str, object]]) -> Q:
 
 
 def retro_checks_resend(*, older_than: timedelta) -> int:
-    """Send again the checks whose message was lost or whose worker died."""
+    """Send again the checks whose message was lost (queued, sent long ago), whose worker
+    died (running, silent), or that failed (a few times at most, from where they
+    stopped)."""
     now = timezone.now()
     stuck = RetroCheck.objects.filter(
-        Q(state=RetroCheck.State.QUEUED, created_at__lt=now - older_than)
+        Q(state=RetroCheck.State.QUEUED)
         | Q(state=RetroCheck.State.RUNNING, beat_at__lt=now - RETRO_LEASE)
-    )
+        | Q(state=RetroCheck.State.FAILED, attempts__lt=MAX_ATTEMPTS),
+    ).filter(Q(sent_at__isnull=True) | Q(sent_at__lt=now - max(older_than, RESEND_AFTER)))
     ids = list(stuck.values_list("pk", flat=True))
     for job_id in ids:
         _send(job_id)
@@ -93,83 +100,137 @@ def retro_checks_resend(*, older_than: timedelta) -> int:
 
 def retro_check_run(*, job_id: int) -> RetroCheck | None:
     """Check past clean uploads against a check's bans. A second delivery does nothing
-    while the first runs, and takes over (from the last upload checked) once its worker
-    went silent."""
+    while the first runs; it takes over (from the last upload checked) once the first's
+    worker went silent, or after a failure, and the first then writes nothing more."""
     now = timezone.now()
-    free = Q(state=RetroCheck.State.QUEUED) | Q(
-        state=RetroCheck.State.RUNNING, beat_at__lt=now - RETRO_LEASE
+    free = (
+        Q(state=RetroCheck.State.QUEUED)
+        | Q(state=RetroCheck.State.RUNNING, beat_at__lt=now - RETRO_LEASE)
+        | Q(state=RetroCheck.State.FAILED, attempts__lt=MAX_ATTEMPTS)
     )
+    owner = uuid.uuid4().hex
     if not RetroCheck.objects.filter(free, pk=job_id).update(
-        state=RetroCheck.State.RUNNING, beat_at=now, started_at=now
+        state=RetroCheck.State.RUNNING,
+        beat_at=now,
+        started_at=now,
+        owner=owner,
+        attempts=F("attempts") + 1,
     ):
         return RetroCheck.objects.filter(pk=job_id).first()
     job = RetroCheck.objects.get(pk=job_id)
     try:
-        _run(job)
-    except Exception as exc:  # recorded on the check, whatever it was
+        _run(job, RetroCheck.objects.filter(pk=job_id, owner=owner))
+    except Exception as exc:  # recorded on the check, whatever it was; it is sent again
         logger.exception("look-back #%s failed", job_id)
-        RetroCheck.objects.filter(pk=job_id).update(
-            state=RetroCheck.State.FAILED, summary=str(exc), finished_at=timezone.now()
+        RetroCheck.objects.filter(pk=job_id, owner=owner).update(
+            state=RetroCheck.State.FAILED, summary=str(exc)[:2000], finished_at=timezone.now()
         )
     return RetroCheck.objects.get(pk=job_id)
 
 
-def _run(job: RetroCheck) -> None:
+class _Lost(Exception):
+    """Another run took the check over: this one stops."""
+
+
+def _run(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
+    """Run the check while ``mine`` (the check, held by this run) still matches."""
+    try:
+        _checked(job, mine)
+    except _Lost:
+        logger.info("look-back #%s was taken over by another run", job.pk)
+
+
+def _checked(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
+    started = timezone.now()
+    # Every upload recorded clean since the window opened, up to the end of this run
+    # (an upload a worker decided with the blocklist from before the ban counts too).
     window = Upload.objects.filter(
         state=Upload.State.CLEAN,
         decided_at__gte=job.created_at - timedelta(days=settings.HASHGUARD_RETRO_DAYS),
-        decided_at__lte=job.created_at,
     )
     total = job.total or window.count()  # counted once: a resumed check keeps it
-    RetroCheck.objects.filter(pk=job.pk).update(total=total)
+    if not mine.update(total=total):
+        raise _Lost
     blocklist = build_blocklist(only=_selection(job.bans))
-    done, found = job.done, job.found
-    last = job.last_upload
+    done, found, skipped, last = job.done, job.found, 0, job.last_upload
+    checked: set[int] = set()
+
+    def check(upload: Upload) -> None:
+        nonlocal done, found, skipped
+        if upload.pk in checked:
+            return
+        checked.add(upload.pk)
+        result = _look_again(upload, blocklist)
+        found += result == "found"
+        skipped += result == "skipped"
+        done += 1
+        # Renewed with each upload: a large animation takes a while, a batch longer.
+        if not mine.update(done=done, found=found, last_upload=last, beat_at=timezone.now()):
+            raise _Lost
+
     if not blocklist.detector.is_empty():
         while batch := list(window.filter(pk__gt=last).order_by("pk")[:BATCH]):
             for upload in batch:
-                found += _look_again(upload, blocklist)
                 last = upload.pk
-            done += len(batch)
-            RetroCheck.objects.filter(pk=job.pk).update(
-                done=done, found=found, last_upload=last, beat_at=timezone.now()
-            )
+                check(upload)
+        # Those decided while this ran, whose ids came before where it had got to.
+        for upload in window.filter(pk__lte=last, decided_at__gte=started):
+            check(upload)
     summary = (
         f"{done} upload(s) recorded clean in the {settings.HASHGUARD_RETRO_DAYS} days "
         f"before checked again; {found} found by the new bans"
+        + (
+            f"; {skipped} could not be checked again (changed, gone or unreadable)"
+            if skipped
+            else ""
+        )
     )
-    RetroCheck.objects.filter(pk=job.pk).update(
+    if mine.update(
         state=RetroCheck.State.DONE,
         done=done,
         total=max(total, done),
         found=found,
         summary=summary,
         finished_at=timezone.now(),
-    )
-    audit(Action.RETRO_CHECKED, detail=f"look-back #{job.pk}: {summary}")
+    ):
+        audit(Action.RETRO_CHECKED, detail=f"look-back #{job.pk}: {summary}")
 
 
-def _look_again(upload: Upload, blocklist: Blocklist) -> int:
-    """Check one clean upload against the new bans; 1 if it was found, else 0. A file
-    gone or changed since is left to the watcher, which records its new content anew."""
+def _look_again(upload: Upload, blocklist: Blocklist) -> str:
+    """Check one clean upload against the new bans: "found", "clean" or "skipped". A file
+    gone or changed since is left to the watcher, which records its new content anew;
+    one that cannot be moved is skipped with the reason logged, not the whole check."""
+    source = in_media(upload)
     try:
-        data = files.read_regular_file(*in_media(upload), max_bytes=settings.HASHGUARD_MAX_BYTES)
+        before = files.lstat(*source)
+        data = files.read_regular_file(*source, max_bytes=settings.HASHGUARD_MAX_BYTES)
     except (OSError, files.UnsafePath):
-        return 0
+        return "skipped"
     sha256 = files.sha256_of(data)
     if sha256 != upload.sha256:
-        return 0
+        return "skipped"
     try:
         checked = probes(load(data))
     except ImageError:
-        return 0
+        return "skipped"
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
     found, verdict = judge(blocklist, checked, sha256, md5)
     if verdict.state == Upload.State.CLEAN:
-        return 0
+        return "clean"
     decision = Decision(
         verdict.state, found=found, allowed=verdict.allowed, voided=verdict.voided, later=True
     )
     still_clean = Upload.objects.filter(pk=upload.pk, state__in=Transition.FOUND_LATER.sources)
-    apply_decision(upload, still_clean, decision)
-    return int(Upload.objects.filter(pk=upload.pk, state=verdict.state).exists())
+    try:
+        # The file that was checked, not one put in its place since.
+        after = files.lstat(*source)
+        if (after.st_ino, after.st_size, after.st_mtime_ns) != (
+            before.st_ino,
+            before.st_size,
+            before.st_mtime_ns,
+        ):
+            return "skipped"
+        return "found" if apply_decision(upload, still_clean, decision) else "clean"
+    except (OSError, files.UnsafePath) as exc:
+        logger.warning("look-back could not quarantine upload %s: %s", upload.pk, exc)
+        return "skipped"

@@ -2,7 +2,7 @@
 
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from django.conf import settings
@@ -23,7 +23,6 @@ from moderation.services.bans import BanImage, ban_image
 from moderation.services.common import (
     Action,
     ActionRefused,
-    StaleDecision,
     State,
     audit,
     check_seen,
@@ -252,29 +251,42 @@ def upload_flag(
     return upload
 
 
-def upload_confirm_group(*, fingerprint_id: int, expected: int, actor: User, note: str = "") -> int:
-    """Confirm every upload waiting for review that matched one ban: as many as the
-    moderator was shown (``expected``), or none if that changed meanwhile."""
+def upload_confirm_group(
+    *, fingerprint_id: int, seen: Mapping[int, str], actor: User, note: str = ""
+) -> tuple[int, list[str]]:
+    """Confirm the uploads waiting for review that matched one ban, as the moderator's
+    page showed them (``seen``: upload id to Upload.seen()): one decided or changed
+    since, or no longer waiting with that match, is left as it is. Returns how many were
+    confirmed and why the others were not."""
     from moderation.selectors import waiting_for_ban
 
-    ids = list(waiting_for_ban(fingerprint_id=fingerprint_id).values_list("pk", flat=True))
-    if len(ids) != expected:
-        raise StaleDecision(
-            f"{len(ids)} uploads that matched ban #{fingerprint_id} wait now, not the "
-            f"{expected} you saw; nothing was done. Look again."
-        )
-    done = 0
-    for upload_id in ids:
+    waiting = set(
+        waiting_for_ban(fingerprint_id=fingerprint_id)
+        .filter(pk__in=list(seen))
+        .values_list("pk", flat=True)
+    )
+    done, refused = 0, []
+    for upload_id, token in seen.items():
+        if upload_id not in waiting:
+            current = Upload.objects.filter(pk=upload_id).first()
+            try:
+                if current is not None:
+                    check_seen(current, token)  # says who decided it, if someone did
+                refused.append(f"upload #{upload_id} no longer waits with ban #{fingerprint_id}")
+            except ActionRefused as exc:
+                refused.append(f"upload #{upload_id}: {exc}")
+            continue
         try:
             upload_confirm(
                 upload_id=upload_id,
                 actor=actor,
+                seen=token,
                 note=note or f"with every upload that matched ban #{fingerprint_id}",
             )
             done += 1
-        except ActionRefused:
-            continue  # decided by a colleague meanwhile: theirs stands
-    return done
+        except ActionRefused as exc:
+            refused.append(f"upload #{upload_id}: {exc}")
+    return done, refused
 
 
 # --- the review queue: batches handed to moderators ----------------------------------
@@ -309,12 +321,24 @@ def review_claim(*, actor: User, queue: QuerySet, size: int | None = None) -> li
     return [pk for pk in ordered.filter(pk__in=held).values_list("pk", flat=True)]
 
 
+def review_renew(*, actor: User) -> int:
+    """Keep what a moderator holds for another lease: they are still at work."""
+    now = timezone.now()
+    until = now + timedelta(seconds=settings.HASHGUARD_REVIEW_LEASE_SECONDS)
+    return Upload.objects.filter(claimed_by=actor, claim_expires_at__gt=now).update(
+        claim_expires_at=until
+    )
+
+
 def review_unclaim(*, actor: User) -> int:
     """Give back what a moderator holds (they stopped reviewing)."""
     return Upload.objects.filter(claimed_by=actor).update(claimed_by=None, claim_expires_at=None)
 
 
 # --- retention ----------------------------------------------------------------------
+
+
+PURGE_BATCH = 500
 
 
 def uploads_purge_expired() -> int:
@@ -332,7 +356,10 @@ def uploads_purge_expired() -> int:
         reviewed_at__lt=now - timedelta(days=days),
     ).exclude(quarantine_name="")
     purged = 0
-    for upload_id in list(expired.values_list("pk", flat=True)):
+    # At most PURGE_BATCH a run: the watcher runs it between file events.
+    for upload_id in list(
+        expired.order_by("reviewed_at").values_list("pk", flat=True)[:PURGE_BATCH]
+    ):
         with transaction.atomic():
             upload = expired.select_for_update().filter(pk=upload_id).first()
             if upload is None:

@@ -493,8 +493,9 @@ def _read(upload: Upload) -> tuple[bytes, bool]:
         return files.read_regular_file(*in_quarantine(upload), max_bytes=limit), True
 
 
-def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
-    """Write a decision, only while the claim holds, and move the file to match it."""
+def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> bool:
+    """Write a decision, only while the claim holds, and move the file to match it;
+    whether it was written (the decisions of errors and held files say nothing)."""
     if decision.state == State.HELD:
         _decide_uncheckable(
             claim,
@@ -503,10 +504,10 @@ def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
             decision.message,
             already_moved=decision.already_moved,
         )
-        return
+        return False
     if decision.state not in (State.CLEAN, State.QUARANTINED, State.REVIEW):
         _decide_error(claim, upload, decision.code, decision.message, state=decision.state)
-        return
+        return False
     source, quarantined = in_media(upload), in_quarantine(upload)
     quarantine = decision.state == State.QUARANTINED
     with transaction.atomic():
@@ -519,7 +520,7 @@ def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
             **decision.fields,
         )
         if not written:
-            return
+            return False
         _count_decision(upload, decision.state)
         # 2. What it matched: a row per fingerprint (known-good ones too), and the audit.
         Match.objects.bulk_create(
@@ -542,8 +543,20 @@ def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
                 )
                 for key, detection in decision.found.items()
             ),
-            # A clean upload looked at again keeps the rows it had (known-good matches).
-            ignore_conflicts=True,
+            # A clean upload looked at again had rows (known-good matches): they now say
+            # what this decision found.
+            update_conflicts=True,
+            unique_fields=["upload", "fingerprint"],
+            update_fields=[
+                "distances",
+                "rule",
+                "stage",
+                "variant",
+                "placement",
+                "frame",
+                "voided",
+                "found_later",
+            ],
         )
         later = "found by a later ban: " if decision.later else ""
         if quarantine:
@@ -558,6 +571,7 @@ def apply_decision(upload: Upload, claim: QuerySet, decision: Decision) -> None:
             files.move_file(*source, *quarantined, private=True)
         elif not quarantine and decision.already_moved:
             files.move_file(*quarantined, *source, private=False, mode=upload.file_mode)
+    return True
 
 
 def _decide_error(

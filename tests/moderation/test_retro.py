@@ -104,8 +104,47 @@ def test_a_check_whose_worker_died_is_taken_over_where_it_stopped(stores) -> Non
     clean(stores, "u/coffee.jpg", "coffee")
     services.banned_add_image(data=photo("coffee"))
     job = RetroCheck.objects.get()
-    RetroCheck.objects.filter(pk=job.pk).update(state="running", beat_at=timezone.now())
+    RetroCheck.objects.filter(pk=job.pk).update(
+        state="running", beat_at=timezone.now(), sent_at=timezone.now()
+    )
     assert services.retro_check_run(job_id=job.pk).state == "running"  # the first runs on
-    RetroCheck.objects.filter(pk=job.pk).update(beat_at=timezone.now() - timedelta(hours=1))
+    assert services.retro_checks_resend(older_than=timedelta(minutes=1)) == 0
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    RetroCheck.objects.filter(pk=job.pk).update(beat_at=an_hour_ago, sent_at=an_hour_ago)
     assert services.retro_checks_resend(older_than=timedelta(minutes=1)) == 1
     assert run(job).found == 1
+
+
+def test_a_ban_joining_a_waiting_check_finds_uploads_recorded_after_it_was_made(stores) -> None:
+    clean(stores, "u/rocket.jpg", "rocket")
+    services.banned_add_image(data=photo("rocket"))
+    later = clean(stores, "u/coffee.jpg", "coffee")  # recorded after the check was made
+    services.banned_add_image(data=photo("coffee"))  # joins the waiting check
+    done = run(RetroCheck.objects.get())
+    assert done.found == 2
+    assert Upload.objects.get(pk=later.pk).state == State.QUARANTINED
+
+
+def test_one_upload_that_cannot_be_quarantined_does_not_stop_the_check(stores) -> None:
+    blocked = clean(stores, "u/coffee.jpg", "coffee")
+    other = clean(stores, "u/coffee2.jpg", "coffee")
+    # Something already sits where the first one's quarantined copy would go.
+    (stores / "quarantine" / str(blocked.pk)).mkdir(parents=True)
+    (stores / "quarantine" / str(blocked.pk) / "coffee.jpg").write_bytes(b"x")
+    services.banned_add_image(data=photo("coffee"))
+    done = run(RetroCheck.objects.get())
+    assert done.found == 1 and "1 could not be checked again" in done.summary
+    assert Upload.objects.get(pk=other.pk).state == State.QUARANTINED
+    assert Upload.objects.get(pk=blocked.pk).state == State.CLEAN
+
+
+def test_a_run_that_lost_its_check_writes_nothing_more(stores) -> None:
+    clean(stores, "u/coffee.jpg", "coffee")
+    services.banned_add_image(data=photo("coffee"))
+    job = RetroCheck.objects.get()
+    RetroCheck.objects.filter(pk=job.pk).update(state="running", owner="someone-else")
+    from moderation.services import retro
+
+    retro._run(job, RetroCheck.objects.filter(pk=job.pk, owner="mine"))
+    job.refresh_from_db()
+    assert (job.state, job.done, job.owner) == ("running", 0, "someone-else")

@@ -129,16 +129,25 @@ def test_a_stale_decision_on_the_upload_page_says_who_decided(stores, moderator_
 def test_every_upload_that_matched_one_ban_is_confirmed_at_once(stores, moderator_client) -> None:
     uploads = copies(stores, 3)
     ban = uploads[0].matches.get().fingerprint_id
-    page = moderator_client.get(item_url(uploads[0])).content.decode()
-    assert f"Confirm all 3 waiting uploads that matched ban #{ban}" in page
+    page = moderator_client.get(item_url(uploads[0]))
+    assert f"Confirm all 3 waiting uploads that matched ban #{ban}" in page.content.decode()
+    [group] = page.context["groups"]
+    shown = {f"seen-{pk}": seen for pk, seen in group["uploads"]}
 
-    stale = moderator_client.post(f"{REVIEW_URL}group/", {"ban": ban, "count": 2}, follow=True)
-    assert "3 uploads that matched" in stale.content.decode()
-    assert not Upload.objects.filter(state=State.CONFIRMED).exists()
+    # Meanwhile a colleague releases one, and a new copy arrives: the same count, but
+    # not what the page showed.
+    alice = make_user("alice", *MODERATOR_PERMISSIONS)
+    services.upload_release(upload_id=uploads[2].pk, actor=alice)
+    small = decode_jpeg(photo("astronaut")).resize((230, 230))
+    newcomer = add_upload(stores, "u/new.jpg", encode(small, "JPEG"))
 
-    done = moderator_client.post(f"{REVIEW_URL}group/", {"ban": ban, "count": 3}, follow=True)
-    assert "3 upload(s) confirmed." in done.content.decode()
-    assert Upload.objects.filter(state=State.CONFIRMED).count() == 3
+    done = moderator_client.post(f"{REVIEW_URL}group/", {"ban": ban, **shown}, follow=True)
+
+    text = done.content.decode()
+    assert "2 upload(s) confirmed." in text and "alice: upload released" in text
+    assert Upload.objects.filter(state=State.CONFIRMED).count() == 2
+    assert Upload.objects.get(pk=uploads[2].pk).state == State.RELEASED
+    assert Upload.objects.get(pk=newcomer.pk).state == State.QUARANTINED
 
 
 def test_the_queue_filters_and_pages(stores, moderator_client, settings) -> None:
@@ -238,3 +247,51 @@ def test_the_audit_log_filters_links_and_exports(stores, moderator, moderator_cl
     assert lines[0].startswith("time,action,moderator,upload,path")
     assert len(lines) == 2 and "upload_confirmed,moderator" in lines[1]
     assert lines[1].endswith("seen it,scam")
+
+
+def test_every_decision_from_the_list_needs_the_state_the_list_showed(
+    stores, moderator_client
+) -> None:
+    upload = quarantined_upload(stores)
+    for action in ("confirm", "retry", "release"):
+        refused = run_action(
+            moderator_client, UPLOAD_LIST_URL, action, [upload.pk], **{f"seen-{upload.pk}": ""}
+        )
+        assert "not shown on the page you acted from" in refused.content.decode(), action
+    assert Upload.objects.get(pk=upload.pk).state == State.QUARANTINED
+
+
+def test_a_stale_flag_changes_nothing(stores, moderator_client) -> None:
+    fine = add_upload(stores, "fine.jpg", re_upload("coffee"))
+    stale = {f"seen-{fine.pk}": "clean:0:"}
+    response = run_action(
+        moderator_client, UPLOAD_LIST_URL, "flag", [fine.pk], apply="1", category="scam", **stale
+    )
+    assert "nothing was done" in response.content.decode()
+    assert Upload.objects.get(pk=fine.pk).state == State.CLEAN
+
+
+def test_working_through_uploads_keeps_them_held(stores, moderator, moderator_client) -> None:
+    uploads = copies(stores, 2)
+    moderator_client.get(REVIEW_URL)
+    soon = timezone.now() + timedelta(seconds=5)
+    Upload.objects.filter(claimed_by=moderator).update(claim_expires_at=soon)
+    moderator_client.get(item_url(uploads[0]))
+    held = Upload.objects.get(pk=uploads[1].pk)
+    assert held.claim_expires_at > soon + timedelta(seconds=60)
+
+
+def test_the_csv_export_keeps_formulas_from_running(stores, moderator, moderator_client) -> None:
+    upload = quarantined_upload(stores)
+    services.upload_confirm(upload_id=upload.pk, actor=moderator, note="=HYPERLINK(evil)")
+    export = moderator_client.get("/admin/moderation/auditevent/export/")
+    text = b"".join(export.streaming_content).decode()
+    assert "'=HYPERLINK(evil)" in text and ",=HYPERLINK" not in text
+
+
+def test_the_dashboard_shows_each_part_only_to_those_allowed(stores) -> None:
+    quarantined_upload(stores)
+    viewer = client_for(make_user("viewer", "view_upload"))
+    page = viewer.get("/admin/").content.decode()
+    assert 'id="hg-queue"' in page
+    assert 'id="hg-decisions"' not in page and 'id="hg-top-bans"' not in page
