@@ -485,12 +485,15 @@ def test_flag_as_banned_asks_for_a_category_then_bans_and_quarantines(
     assertContains(form, upload.path)
     assertContains(form, 'name="category"')
     assert Upload.objects.get(pk=upload.pk).state == Upload.State.CLEAN
+    # The form sends on the state the list showed the upload in.
+    assertContains(form, f'name="seen-{upload.pk}" value="{upload.seen()}"')
 
     response = moderator_client.post(
         UPLOAD_LIST_URL,
         {
             "action": "flag",
             ACTION_CHECKBOX_NAME: [upload.pk],
+            f"seen-{upload.pk}": upload.seen(),
             "apply": "Flag as banned",
             "category": Category.HATE,
             "reason": "Hate symbol on the poster",
