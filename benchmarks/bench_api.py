@@ -20,16 +20,14 @@ Figures only; nothing is asserted.
 import argparse
 import os
 import random
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_import import _drop, _recreate
+from benchmarks.database import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,29 +47,11 @@ def main() -> None:
     parser.add_argument("--lookups", type=int, default=2000)
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "corpus")
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-api-"))
-    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    url = os.environ.get("DATABASE_URL", "")
-    bench_url = None
-    if url.startswith("postgres"):
-        bench_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1].split("?")[0] + "_bench"
-        os.environ["DATABASE_URL"] = bench_url
-    import django
+    with throwaway_database("api") as data_dir:
+        from django.db import connection
 
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
+        from moderation import services
 
-    from moderation import services
-
-    if bench_url:
-        _recreate(connection)
-    server = None
-    try:
-        call_command("migrate", verbosity=0)
         rng = random.Random(1)
         bans = [rng.randbytes(32).hex() for _ in range(args.bans)]
         started = time.perf_counter()
@@ -105,16 +85,12 @@ def main() -> None:
             cwd=ROOT,
             env=env,
         )
-        lookups(f"http://127.0.0.1:{port}", secret, bans, args.lookups, rng)
-        images_compared(f"http://127.0.0.1:{port}", secret, images)
-    finally:
-        if server is not None:
+        try:
+            lookups(f"http://127.0.0.1:{port}", secret, bans, args.lookups, rng)
+            images_compared(f"http://127.0.0.1:{port}", secret, images)
+        finally:
             server.terminate()
             server.wait()
-        if bench_url:
-            connection.close()
-            _drop(connection)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _free_port() -> int:

@@ -10,41 +10,22 @@ Re-importing the same list (all unchanged) is timed too. Figures only.
 """
 
 import argparse
-import os
 import random
-import shutil
-import tempfile
 import time
-from pathlib import Path
+
+from benchmarks.database import throwaway_database
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-import-"))
-    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    url = os.environ.get("DATABASE_URL", "")
-    bench_url = None
-    if url.startswith("postgres"):
-        bench_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1].split("?")[0] + "_bench"
-        os.environ["DATABASE_URL"] = bench_url
-    import django
+    with throwaway_database("import") as data_dir:
+        from django.db import connection
 
-    django.setup()
-    from django.core.management import call_command
-    from django.db import connection
+        from hashes.hashlists import read
+        from moderation import services
 
-    from hashes.hashlists import read
-    from moderation import services
-
-    if bench_url:
-        _recreate(connection)
-    try:
-        call_command("migrate", verbosity=0)
         rng = random.Random(1)
         path = data_dir / "list.txt"
         with path.open("w") as out:
@@ -73,24 +54,6 @@ def main() -> None:
             f"  importing it again:     {repeat:6.1f} s  ({repeat / parse:.1f}x reading); "
             f"{again.unchanged:,} unchanged"
         )
-    finally:
-        if bench_url:
-            connection.close()
-            _drop(connection)
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _recreate(connection) -> None:
-    name = connection.settings_dict["NAME"]
-    with connection._nodb_cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cursor.execute(f'CREATE DATABASE "{name}"')
-
-
-def _drop(connection) -> None:
-    name = connection.settings_dict["NAME"]
-    with connection._nodb_cursor() as cursor:
-        cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 if __name__ == "__main__":

@@ -12,16 +12,12 @@ run. Figures only.
 """
 
 import argparse
-import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 
-from benchmarks.bench_import import _drop, _recreate
+from benchmarks.database import throwaway_database
 
 REPEATS = 30
 
@@ -30,28 +26,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", type=int, default=10_000)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="hashguard-bench-review-"))
-    os.environ["HASHGUARD_DATA_DIR"] = str(data_dir)
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench")
-    os.environ["HASHGUARD_LOG_LEVEL"] = "WARNING"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    url = os.environ.get("DATABASE_URL", "")
-    bench_url = None
-    if url.startswith("postgres"):
-        bench_url = url.rsplit("/", 1)[0] + "/" + url.rsplit("/", 1)[1].split("?")[0] + "_bench"
-        os.environ["DATABASE_URL"] = bench_url
-    import django
+    with throwaway_database("review"):
+        from django.conf import settings
+        from django.db import connection
 
-    django.setup()
-    from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connection
-
-    settings.ALLOWED_HOSTS = ["testserver"]
-    if bench_url:
-        _recreate(connection)
-    try:
-        call_command("migrate", verbosity=0)
+        settings.ALLOWED_HOSTS = ["testserver"]
         baseline = measure(100, "baseline")
         large = measure(args.uploads, "large")
         print(f"Server time per page, {REPEATS} requests each, on {connection.vendor}:")
@@ -63,11 +42,6 @@ def main() -> None:
                 f"  {name:<28} {small * 1000:13.1f} ms {big * 1000:12.1f} ms "
                 f"(p95 {p95 * 1000:5.1f})  {big / small:4.1f}x"
             )
-    finally:
-        if bench_url:
-            connection.close()
-            _drop(connection)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def measure(count: int, label: str) -> dict[str, list[float]]:
