@@ -747,8 +747,9 @@ class BankAdmin(admin.ModelAdmin):
         return ", ".join(f"{name} ≤ {limit}" for name, limit in bank.limits()) or "the rule's"
 
     def save_model(self, request: HttpRequest, obj: Bank, form: Any, change: bool) -> None:
-        services.bank_save(bank=obj, changed=form.changed_data if change else None,
-                           actor=moderator(request))
+        services.bank_save(
+            bank=obj, changed=form.changed_data if change else None, actor=moderator(request)
+        )
 
     @admin.action(description="Enable (match its fingerprints)", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: QuerySet) -> None:
