@@ -303,9 +303,8 @@ class Detector:
         self._files: dict[str, list[int]] = {}
         self._fingerprints: dict[int, Fingerprint] = {}
         self._allow: set[int] = set()
-        self._keys: list[int] = []
-        self._colours = np.zeros((0, COLOUR_BINS**3), np.float32)
-        self._row: dict[int, int] = {}
+        self._digests: dict[int, tuple[str, str]] = {}
+        self._colours = _ColourTable()
 
     def __len__(self) -> int:
         return sum(len(matcher) for matcher, _ in self._matchers.values())
@@ -333,13 +332,17 @@ class Detector:
         return self._matchers[(limits, tighten)]
 
     def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
-        """Ban many pictures at once (a rebuild); fuzzy matching skips plain ones."""
+        """Ban many pictures at once (a rebuild), or a few more (a change followed);
+        a key already held is replaced. Fuzzy matching skips plain ones."""
         keys, colours = [], []
         self._matchers_for(())
         for key, picture in pictures.items():
+            if key in self._fingerprints:
+                self.remove(key)
             self._fingerprints[key] = picture.fingerprint
             if picture.allow:
                 self._allow.add(key)
+            self._digests[key] = (picture.sha256, picture.md5)
             for digest in (picture.sha256, picture.md5):
                 if digest:
                     self._files.setdefault(digest, []).append(key)
@@ -354,12 +357,26 @@ class Detector:
             if picture.colours is not None and not picture.allow:
                 keys.append(key)
                 colours.append(picture.colours)
-        start = len(self._keys)
-        self._keys.extend(keys)
-        self._row.update({key: start + offset for offset, key in enumerate(keys)})
         if colours:
-            added = np.stack(colours).astype(np.float32)
-            self._colours = np.ascontiguousarray(np.vstack([self._colours, added]))
+            self._colours.extend(keys, np.stack(colours).astype(np.float32))
+
+    def remove(self, key: int) -> None:
+        """Unban one picture, wherever it is held; a key not held is ignored."""
+        if self._fingerprints.pop(key, None) is None:
+            return
+        self._allow.discard(key)
+        for digest in self._digests.pop(key, ("", "")):
+            holders = self._files.get(digest)
+            if holders and key in holders:
+                holders.remove(key)
+                if not holders:
+                    del self._files[digest]
+        for whole, region in self._matchers.values():
+            whole.remove(key)
+            if region is not None:
+                region.remove(key)
+        self._near.remove(key)
+        self._colours.remove(key)
 
     def is_empty(self) -> bool:
         """Whether it holds no picture at all, fuzzy or as a file."""
@@ -406,9 +423,7 @@ class Detector:
             if hit.stage == Stage.HASH and not hit.partial and hit.frame in frames
         )
 
-    def detect(
-        self, probes: list[Probe], sha256: str = "", md5: str = ""
-    ) -> dict[int, Detection]:
+    def detect(self, probes: list[Probe], sha256: str = "", md5: str = "") -> dict[int, Detection]:
         """The best detection per banned key: exact copies of a banned file (by the
         upload's ``sha256`` or ``md5``), then the hash stage over the frames in ``probes``
         (first first), then, when the hash stage found no banned picture (known-good ones
@@ -418,9 +433,7 @@ class Detector:
             for key in self._files.get(digest, []) if digest else []:
                 banned = self._fingerprints[key]
                 distances = probes[0].fingerprint.distance(banned) if probes else {}
-                found.setdefault(
-                    key, Detection(key, Stage.EXACT, rule, distances, "the same file")
-                )
+                found.setdefault(key, Detection(key, Stage.EXACT, rule, distances, "the same file"))
         hashed: dict[int, Detection] = {}
         for frame, item in enumerate(probes):
             for detection in self._hash_stage(item, frame):
@@ -488,7 +501,7 @@ class Detector:
             view = views_of[index]
             if view is not None:
                 found.append(view)
-        ordered = [key for key in candidates if key in self._row]
+        ordered = [key for key in candidates if key in self._colours]
         ordered = ordered[: self.config.max_candidates]
         if not ordered:
             return None
@@ -532,21 +545,70 @@ class Detector:
         """(similarity, index of the signature, banned key) for the banned pictures nearest
         each colour signature, and half as many nearest any of the upload's hue-turned
         ones, which count as the upload's own (index 0)."""
-        count = min(self.config.colour_candidates, len(self._keys))
+        table = self._colours
+        count = min(self.config.colour_candidates, len(table))
         if not count:
             return []
         # One pass over the matrix for all the signatures of an upload.
         stacked = np.vstack([np.stack(signatures), hue_turned]).astype(np.float32)
-        scores = self._colours @ stacked.T
+        scores = table.rows() @ stacked.T
         found = []
         for index, column in enumerate(scores[:, : len(signatures)].T):
             for row in np.argpartition(-column, count - 1)[:count]:
-                found.append((float(column[row]), index, self._keys[row]))
+                found.append((float(column[row]), index, table.key(row)))
         best = scores[:, len(signatures) :].max(axis=1)
-        fewer = min(max(1, self.config.colour_candidates // 2), len(self._keys))
+        fewer = min(max(1, self.config.colour_candidates // 2), len(table))
         for row in np.argpartition(-best, fewer - 1)[:fewer]:
-            found.append((float(best[row]), 0, self._keys[row]))
+            found.append((float(best[row]), 0, table.key(row)))
         return found
+
+
+class _ColourTable:
+    """Colour signatures by key, packed at the front of a growing matrix: a key added or
+    removed costs one row, not a copy of the whole matrix."""
+
+    def __init__(self) -> None:
+        self._matrix = np.zeros((0, COLOUR_BINS**3), np.float32)
+        self._keys: list[int] = []
+        self._row: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._row
+
+    def rows(self) -> np.ndarray:
+        return self._matrix[: len(self._keys)]
+
+    def key(self, row: int) -> int:
+        return self._keys[row]
+
+    def extend(self, keys: list[int], signatures: np.ndarray) -> None:
+        for key in keys:
+            self.remove(key)
+        start, end = len(self._keys), len(self._keys) + len(keys)
+        if end > self._matrix.shape[0]:
+            grown = np.zeros(
+                (max(end, 2 * self._matrix.shape[0], 1024), COLOUR_BINS**3), np.float32
+            )
+            grown[:start] = self._matrix[:start]
+            self._matrix = grown
+        self._matrix[start:end] = signatures
+        self._keys.extend(keys)
+        self._row.update({key: start + offset for offset, key in enumerate(keys)})
+
+    def remove(self, key: int) -> None:
+        """The last row moves into the freed one, so the rows stay packed."""
+        row = self._row.pop(key, None)
+        if row is None:
+            return
+        last = len(self._keys) - 1
+        moved = self._keys.pop()
+        if row != last:
+            self._matrix[row] = self._matrix[last]
+            self._keys[row] = moved
+            self._row[moved] = row
 
 
 def _turn_label(name: str) -> str:

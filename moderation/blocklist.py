@@ -1,8 +1,10 @@
-"""Each worker's in-memory detector over the active banned fingerprints.
+"""Each process's in-memory detector over the active banned fingerprints.
 
-Before every image a worker reads one short value, the blocklist version; when it differs
-from the one its detector was built from, the detector is rebuilt. A fingerprint added or
-deactivated in the admin therefore takes effect in every worker at its next file.
+Before every image a process reads the blocklist version and the changes since it last
+looked. A ban added, deactivated or deleted is a change (BlocklistChange), applied to the
+detector in place: every worker uses it from its next file on, without a rebuild. Wider
+changes (a bank enabled or changed, an import, a rehash) give a new version, and the
+detector is built again from every row.
 
 The detector keeps hashes and colour signatures in memory; the ORB features of the few
 candidates the second stage verifies are read from the database when needed, and kept in
@@ -14,15 +16,16 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
@@ -36,7 +39,14 @@ from hashes.detect import (
 )
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
-from moderation.models import Bank, BannedFingerprint, BlocklistLoad, BlocklistVersion, Upload
+from moderation.models import (
+    Bank,
+    BannedFingerprint,
+    BlocklistChange,
+    BlocklistLoad,
+    BlocklistVersion,
+    Upload,
+)
 
 logger = logging.getLogger(__name__)
 _CACHED_FEATURES = 2048
@@ -74,13 +84,17 @@ class Verdict:
     voided: frozenset[int]  # the detections they account for, which do not count
 
 
-@dataclass(frozen=True)
+@dataclass
 class Blocklist:
     version: str
     detector: Detector
     # The fingerprints of banks whose action is review: a match leaves the file in place.
-    review: frozenset[int] = frozenset()
+    review: set[int] = field(default_factory=set)
     built_at: float = field(default_factory=time.time)
+    # The changes followed since the build (BlocklistChange ids): the newest, and those of
+    # the last FOLLOW_WINDOW, read again in case one committed after a later one.
+    seq: int = 0
+    applied: set[int] = field(default_factory=set)
 
     def verdict(self, found: Mapping[int, Detection]) -> Verdict:
         """Act as the matching banks say: matches a known-good picture accounts for do not
@@ -109,26 +123,16 @@ def current_version() -> str:
     return BlocklistVersion.objects.values_list("token", flat=True).first() or ""
 
 
-def build_blocklist(only: Q | None = None) -> Blocklist:
-    """The active fingerprints of enabled banks; ``only``: those it selects, and the
-    known-good ones (which void matches of the same picture), for a look-back."""
-    # Read the version before the rows: a change committed in between makes the next
-    # check see a newer version and rebuild, never miss it.
-    version = current_version()
-    detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
-    pictures: dict[int, BannedPicture] = {}
-    banks = {bank.pk: bank for bank in Bank.objects.filter(enabled=True)}
-    limits = {pk: bank.limits() for pk, bank in banks.items()}
-    review: set[int] = set()
-    selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
-    if only is not None:
-        selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
-    rows = selected.values_list(
-        "id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours"
-    )
-    for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows.iterator(
-        chunk_size=10_000
-    ):
+_ROW_FIELDS = ("id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours")
+
+
+def _pictures(
+    rows: Iterable[tuple], banks: Mapping[int, Bank]
+) -> Iterator[tuple[int, BannedPicture, str]]:
+    """(key, picture, its bank's action) for rows of _ROW_FIELDS of enabled banks."""
+    for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows:
+        if bank not in banks:
+            continue  # enabled since the banks were read: a rebuild follows
         hashes = {
             name: value
             for name, value in (("phash", phash), ("dhash", dhash), ("pdq", pdq))
@@ -140,16 +144,86 @@ def build_blocklist(only: Q | None = None) -> Blocklist:
             if colours and len(colours) == 2 * COLOUR_BINS**3
             else None
         )
-        if bank not in banks:
-            continue  # enabled since the banks were read: the next check rebuilds
         action = banks[bank].action
+        picture = BannedPicture(
+            fingerprint, signature, sha256, md5, banks[bank].limits(), action == Bank.Act.ALLOW
+        )
+        yield key, picture, action
+
+
+def _enabled_banks() -> dict[int, Bank]:
+    return {bank.pk: bank for bank in Bank.objects.filter(enabled=True)}
+
+
+def build_blocklist(only: Q | None = None) -> Blocklist:
+    """The active fingerprints of enabled banks; ``only``: those it selects, and the
+    known-good ones (which void matches of the same picture), for a look-back."""
+    # Read the version and the last change before the rows: a change committed in
+    # between is seen by the next check, never missed.
+    version = current_version()
+    if not version:
+        # There is always a version to hold: a database restored from an older backup
+        # then has another, and every process builds again rather than follow changes
+        # from rows it no longer has.
+        version = BlocklistVersion.objects.get_or_create(
+            pk=1, defaults={"token": uuid.uuid4().hex}
+        )[0].token
+    seq = BlocklistChange.objects.aggregate(last=Max("id"))["last"] or 0
+    detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
+    selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
+    if only is not None:
+        selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
+    rows = selected.values_list(*_ROW_FIELDS).iterator(chunk_size=10_000)
+    pictures: dict[int, BannedPicture] = {}
+    review: set[int] = set()
+    for key, picture, action in _pictures(rows, _enabled_banks()):
+        pictures[key] = picture
         if action == Bank.Act.REVIEW:
             review.add(key)
-        pictures[key] = BannedPicture(
-            fingerprint, signature, sha256, md5, limits[bank], action == Bank.Act.ALLOW
-        )
     detector.add_all(pictures)
-    return Blocklist(version, detector, frozenset(review))
+    return Blocklist(version, detector, review, seq=seq)
+
+
+# Changes are read again for this long: one that committed after a later one (ids are
+# handed out at insert) is still seen. Already applied ones are skipped.
+FOLLOW_WINDOW = timedelta(seconds=60)
+# More changes than this at once are read as a rebuild.
+FOLLOW_LIMIT = 5000
+
+
+def _follow(blocklist: Blocklist) -> bool:
+    """Apply, in place, the changes made since the blocklist was built or last followed;
+    False when there are too many, and a rebuild is the better way."""
+    since = timezone.now() - FOLLOW_WINDOW
+    changes = list(
+        BlocklistChange.objects.filter(Q(id__gt=blocklist.seq) | Q(created_at__gte=since))
+        .order_by("id")
+        .values_list("id", "fingerprint_id", "op", "created_at")[: FOLLOW_LIMIT + 1]
+    )
+    if len(changes) > FOLLOW_LIMIT:
+        return False
+    latest: dict[int, str] = {}
+    for change_id, key, op, _ in changes:
+        if change_id not in blocklist.applied:
+            latest[key] = op  # the newest change of a key wins
+    if latest:
+        added = [key for key, op in latest.items() if op == BlocklistChange.Op.ADD]
+        for key in latest:
+            blocklist.detector.remove(key)
+            blocklist.review.discard(key)
+        rows = BannedFingerprint.objects.filter(
+            pk__in=added, active=True, bank__enabled=True
+        ).values_list(*_ROW_FIELDS)
+        pictures = {}
+        for key, picture, action in _pictures(rows, _enabled_banks()):
+            pictures[key] = picture
+            if action == Bank.Act.REVIEW:
+                blocklist.review.add(key)
+        blocklist.detector.add_all(pictures)
+    if changes:
+        blocklist.seq = max(blocklist.seq, changes[-1][0])
+    blocklist.applied = {change_id for change_id, _, _, at in changes if at >= since}
+    return True
 
 
 _lock = threading.Lock()
@@ -164,7 +238,7 @@ def current_blocklist() -> Blocklist:
     global _current
     version = current_version()
     with _lock:
-        rebuilt = _current is None or _current.version != version
+        rebuilt = _current is None or _current.version != version or not _follow(_current)
         if rebuilt:
             _current = build_blocklist()
         current = _current

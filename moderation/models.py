@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models
+from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
 from hashes.detect import Stage as DetectionStage
@@ -189,6 +190,25 @@ class BlocklistVersion(models.Model):
 
     def __str__(self) -> str:
         return f"blocklist version {self.token}"
+
+
+class BlocklistChange(models.Model):
+    """One banned fingerprint added (or changed) or removed: the feed every process's
+    blocklist follows, applying each change in place instead of rebuilding
+    (moderation/blocklist.py). A rebuild (a new BlocklistVersion token) makes the older
+    changes moot."""
+
+    class Op(models.TextChoices):
+        ADD = "add", "Added or changed"
+        REMOVE = "remove", "Removed"
+
+    # Not a foreign key: a removal outlives its row.
+    fingerprint_id = models.BigIntegerField()
+    op = models.CharField(max_length=8, choices=Op.choices)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.op} #{self.fingerprint_id}"
 
 
 class Upload(models.Model):

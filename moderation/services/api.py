@@ -17,7 +17,7 @@ from hashes.hashlists import DIGESTS, KINDS, parse_signal
 from moderation.blocklist import Verdict, current_blocklist, match_rule
 from moderation.models import ApiToken, Bank, BannedFingerprint
 from moderation.services.banks import entry_fields, entry_refusal
-from moderation.services.bans import blocklist_bump
+from moderation.services.bans import blocklist_changed
 from moderation.services.common import Action, ActionRefused, audit, load
 from moderation.services.retro import retro_check_start
 from moderation.services.uploads import judge
@@ -198,13 +198,13 @@ def bank_add_signal(
                 existing.active = True
                 existing.save(update_fields=["active", "updated_at"])
                 audit(Action.BAN_ACTIVATED, fingerprint=existing, detail=detail)
-                blocklist_bump()
+                blocklist_changed(added=[existing.pk])
                 retro_check_start(ids=[existing.pk])
             return existing, False
         row = BannedFingerprint(**entry_fields(target, entry, timezone.now()))
         row.source = BannedFingerprint.Source.API
         row.save()
         audit(Action.BAN_ADDED, fingerprint=row, detail=detail)
-        blocklist_bump()
+        blocklist_changed(added=[row.pk])
         retro_check_start(ids=[row.pk])
     return row, True

@@ -3,6 +3,7 @@
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import partial
 
 from django.conf import settings
@@ -26,6 +27,7 @@ from moderation.blocklist import match_rule
 from moderation.models import (
     Bank,
     BannedFingerprint,
+    BlocklistChange,
     BlocklistVersion,
     Category,
     Upload,
@@ -35,8 +37,31 @@ from moderation.services.retro import retro_check_start
 
 
 def blocklist_bump() -> None:
-    """Tell every worker that the banned fingerprints changed (call inside the change)."""
+    """Tell every process to rebuild its blocklist (call inside the change): for changes
+    too wide to follow one by one (a bank, an import, a rehash)."""
     BlocklistVersion.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
+    # A rebuild reads every row: the changes before it are moot.
+    BlocklistChange.objects.filter(created_at__lt=timezone.now() - CHANGES_KEPT).delete()
+
+
+# How long changes are kept; a process follows the ones of the last FOLLOW_WINDOW anyway.
+CHANGES_KEPT = timedelta(days=1)
+
+
+def blocklist_changed(
+    *, added: Iterable[int] = (), removed: Iterable[int] = ()
+) -> None:
+    """Tell every process that these fingerprints were added (or changed) or removed
+    (call inside the change): each applies them in place at its next check."""
+    BlocklistChange.objects.bulk_create(
+        [
+            *(BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.ADD) for key in added),
+            *(
+                BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.REMOVE)
+                for key in removed
+            ),
+        ]
+    )
 
 
 # --- banned fingerprints --------------------------------------------------------------
@@ -146,7 +171,7 @@ def ban_image(
     ]
     for row in rows:
         audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
-    blocklist_bump()
+    blocklist_changed(added=[row.pk for row in rows])
     retro_check_start(ids=[row.pk for row in rows])
     return rows
 
@@ -195,7 +220,7 @@ def banned_add_hashes(
             added_by=actor,
         )
         audit(Action.BAN_ADDED, actor=actor, fingerprint=row, detail=reason)
-        blocklist_bump()
+        blocklist_changed(added=[row.pk])
         retro_check_start(ids=[row.pk])
     return row
 
@@ -238,7 +263,11 @@ def banned_set_active(*, fingerprint_ids: Iterable[int], active: bool, actor: Us
         action = Action.BAN_ACTIVATED if active else Action.BAN_DEACTIVATED
         for row in rows:
             audit(action, actor=actor, fingerprint=row)
-        blocklist_bump()
+        keys = [row.pk for row in rows]
+        if active:
+            blocklist_changed(added=keys)
+        else:
+            blocklist_changed(removed=keys)
         if active:
             known_good = set(
                 Bank.objects.filter(action=Bank.Act.ALLOW).values_list("pk", flat=True)
@@ -254,7 +283,7 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: User | None) -> int:
         for row in rows:
             audit(Action.BAN_DELETED, actor=actor, detail=f"{row} (sha256 {row.sha256})")
         BannedFingerprint.objects.filter(pk__in=[r.pk for r in rows]).delete()
-        blocklist_bump()
+        blocklist_changed(removed=[row.pk for row in rows])
         names = {row.reference_name for row in rows if row.reference_name}
         still_used = set(
             BannedFingerprint.objects.filter(reference_name__in=names).values_list(

@@ -320,3 +320,23 @@ def test_a_picture_s_own_limits_take_the_place_of_the_rule_s() -> None:
     assert resized[0].distances["pdq"] > 0
     assert RULE.with_limits({"pdq": 20}).groups[0] == {"pdq": 20}
     assert RULE.with_limits({}) is RULE
+
+
+def test_pictures_are_removed_and_replaced_in_place() -> None:
+    pictures = {
+        key: _picture(name)[0] for key, name in enumerate(("astronaut", "coffee", "rocket"))
+    }
+    detector = Detector(RULE)
+    detector.add_all(pictures)
+    coffee = encode(photo("coffee").resize((300, 200)), "JPEG")
+    assert set(_detect(detector, coffee)) == {1}
+
+    detector.remove(1)
+    detector.remove(1)  # twice is nothing
+    assert _detect(detector, coffee) == {} and len(detector) == 2
+    rocket = encode(photo("rocket").resize((300, 200)), "JPEG")
+    assert set(_detect(detector, rocket)) == {2}  # the row moved into the freed one
+
+    detector.add_all({2: pictures[1]})  # key 2 now bans the coffee picture
+    assert set(_detect(detector, coffee)) == {2} and _detect(detector, rocket) == {}
+    assert len(detector) == 2

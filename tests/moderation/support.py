@@ -10,7 +10,7 @@ from django.test import Client
 from PIL import Image
 
 from moderation import blocklist, services
-from moderation.models import Category, Match, Upload
+from moderation.models import BlocklistChange, Category, Match, Upload
 from tests.images import encode
 from tests.images import photo as fixture_photo
 
@@ -72,8 +72,10 @@ def client_for(user: User) -> Client:
 
 
 def blocklist_version() -> str:
-    """Changes whenever the banned fingerprints change, telling every worker to reload."""
-    return blocklist.current_version()
+    """Changes whenever the banned fingerprints change, telling every worker to rebuild
+    or to apply the change: the version and the newest change."""
+    newest = BlocklistChange.objects.order_by("-id").values_list("id", flat=True).first()
+    return f"{blocklist.current_version()}:{newest}"
 
 
 def add_upload(stores: Path, name: str, data: bytes) -> Upload:
