@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
-from django.db.models import Max, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
@@ -91,10 +91,13 @@ class Blocklist:
     # The fingerprints of banks whose action is review: a match leaves the file in place.
     review: set[int] = field(default_factory=set)
     built_at: float = field(default_factory=time.time)
-    # The changes followed since the build (BlocklistChange ids): the newest, and those of
-    # the last FOLLOW_WINDOW, read again in case one committed after a later one.
+    # The newest change applied (a BlocklistChange id), and its key and op, to tell that
+    # the feed is still the one followed.
     seq: int = 0
-    applied: set[int] = field(default_factory=set)
+    seq_change: tuple[int, str] | None = None
+    # Held while the detector is changed in place, and while it is searched: a process
+    # may search in one thread while another follows changes.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def verdict(self, found: Mapping[int, Detection]) -> Verdict:
         """Act as the matching banks say: matches a known-good picture accounts for do not
@@ -120,7 +123,13 @@ def detect_config() -> DetectConfig:
 
 
 def current_version() -> str:
-    return BlocklistVersion.objects.values_list("token", flat=True).first() or ""
+    return current_state()[0]
+
+
+def current_state() -> tuple[str, int]:
+    """The version token and the newest change's id, in one read."""
+    row = BlocklistVersion.objects.values_list("token", "last_change").first()
+    return (row[0], row[1]) if row else ("", 0)
 
 
 _ROW_FIELDS = ("id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours")
@@ -158,9 +167,9 @@ def _enabled_banks() -> dict[int, Bank]:
 def build_blocklist(only: Q | None = None) -> Blocklist:
     """The active fingerprints of enabled banks; ``only``: those it selects, and the
     known-good ones (which void matches of the same picture), for a look-back."""
-    # Read the version and the last change before the rows: a change committed in
+    # Read the version and the newest change before the rows: a change committed in
     # between is seen by the next check, never missed.
-    version = current_version()
+    version, last_change = current_state()
     if not version:
         # There is always a version to hold: a database restored from an older backup
         # then has another, and every process builds again rather than follow changes
@@ -168,7 +177,6 @@ def build_blocklist(only: Q | None = None) -> Blocklist:
         version = BlocklistVersion.objects.get_or_create(
             pk=1, defaults={"token": uuid.uuid4().hex}
         )[0].token
-    seq = BlocklistChange.objects.aggregate(last=Max("id"))["last"] or 0
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
     selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
     if only is not None:
@@ -181,48 +189,59 @@ def build_blocklist(only: Q | None = None) -> Blocklist:
         if action == Bank.Act.REVIEW:
             review.add(key)
     detector.add_all(pictures)
-    return Blocklist(version, detector, review, seq=seq)
+    return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
 
 
-# Changes are read again for this long: one that committed after a later one (ids are
-# handed out at insert) is still seen. Already applied ones are skipped.
-FOLLOW_WINDOW = timedelta(seconds=60)
+def _change_at(change_id: int) -> tuple[int, str] | None:
+    row = BlocklistChange.objects.filter(pk=change_id).values_list("fingerprint_id", "op")
+    found = row.first()
+    return (found[0], found[1]) if found else None
+
+
 # More changes than this at once are read as a rebuild.
 FOLLOW_LIMIT = 5000
 
 
-def _follow(blocklist: Blocklist) -> bool:
-    """Apply, in place, the changes made since the blocklist was built or last followed;
-    False when there are too many, and a rebuild is the better way."""
-    since = timezone.now() - FOLLOW_WINDOW
+def _follow(blocklist: Blocklist, last_change: int) -> bool:
+    """Apply, in place, the changes after the newest one the blocklist has, up to
+    ``last_change``: each changed key's row is read again, so whatever the changes said,
+    the blocklist ends as the rows are. False when a rebuild is needed: too many changes,
+    or the feed is not the one followed (a database restored from a backup)."""
+    if last_change == blocklist.seq:
+        return True
+    if last_change < blocklist.seq:
+        return False  # the feed went back
     changes = list(
-        BlocklistChange.objects.filter(Q(id__gt=blocklist.seq) | Q(created_at__gte=since))
+        BlocklistChange.objects.filter(id__gte=blocklist.seq, id__lte=last_change)
         .order_by("id")
-        .values_list("id", "fingerprint_id", "op", "created_at")[: FOLLOW_LIMIT + 1]
+        .values_list("id", "fingerprint_id", "op")[: FOLLOW_LIMIT + 1]
     )
-    if len(changes) > FOLLOW_LIMIT:
+    if blocklist.seq:
+        # The change it followed last must still be there, as it was.
+        if not changes or (changes[0][0], changes[0][1:]) != (blocklist.seq, blocklist.seq_change):
+            return False
+        changes = changes[1:]
+    if len(changes) >= FOLLOW_LIMIT:
         return False
-    latest: dict[int, str] = {}
-    for change_id, key, op, _ in changes:
-        if change_id not in blocklist.applied:
-            latest[key] = op  # the newest change of a key wins
-    if latest:
-        added = [key for key, op in latest.items() if op == BlocklistChange.Op.ADD]
-        for key in latest:
+    keys = {key for _, key, _ in changes}
+    rows = BannedFingerprint.objects.filter(
+        pk__in=keys, active=True, bank__enabled=True
+    ).values_list(*_ROW_FIELDS)
+    pictures: dict[int, BannedPicture] = {}
+    review: set[int] = set()
+    for key, picture, action in _pictures(list(rows), _enabled_banks()):
+        pictures[key] = picture
+        if action == Bank.Act.REVIEW:
+            review.add(key)
+    with blocklist.lock:
+        for key in keys:
             blocklist.detector.remove(key)
             blocklist.review.discard(key)
-        rows = BannedFingerprint.objects.filter(
-            pk__in=added, active=True, bank__enabled=True
-        ).values_list(*_ROW_FIELDS)
-        pictures = {}
-        for key, picture, action in _pictures(rows, _enabled_banks()):
-            pictures[key] = picture
-            if action == Bank.Act.REVIEW:
-                blocklist.review.add(key)
         blocklist.detector.add_all(pictures)
-    if changes:
-        blocklist.seq = max(blocklist.seq, changes[-1][0])
-    blocklist.applied = {change_id for change_id, _, _, at in changes if at >= since}
+        blocklist.review |= review
+        if changes:
+            newest = changes[-1]
+            blocklist.seq, blocklist.seq_change = newest[0], (newest[1], newest[2])
     return True
 
 
@@ -234,16 +253,19 @@ RECORD_SECONDS = 30.0
 
 
 def current_blocklist() -> Blocklist:
-    """This process's blocklist, rebuilt if the banned fingerprints changed since."""
+    """This process's blocklist, brought up to date: the changes since applied, or built
+    again after a wide change."""
     global _current
-    version = current_version()
+    version, last_change = current_state()
     with _lock:
-        rebuilt = _current is None or _current.version != version or not _follow(_current)
+        held = _current
+        followed = held is not None and held.version == version and held.seq != last_change
+        rebuilt = held is None or held.version != version or not _follow(held, last_change)
         if rebuilt:
             _current = build_blocklist()
         current = _current
         assert current is not None
-    _record(current, rebuilt)
+    _record(current, rebuilt or followed)
     return current
 
 
@@ -294,6 +316,7 @@ def _write_load(blocklist: Blocklist, at: datetime) -> None:
         process=f"{socket.gethostname()}:{os.getpid()}",
         defaults={
             "version": blocklist.version,
+            "last_change": blocklist.seq,
             "built_at": datetime.fromtimestamp(blocklist.built_at, tz=UTC),
             "checked_at": at,
             "fingerprints": len(blocklist.detector),

@@ -191,7 +191,7 @@ def _gauge(name: str, help_text: str, samples: list[tuple[str, float]]) -> list[
 
 def render(*, waiting_in_queue: int | None) -> str:
     """Every metric in Prometheus' text format, after this process's counts are written."""
-    from moderation.blocklist import current_version
+    from moderation.blocklist import current_state
     from moderation.models import BlocklistLoad, ImportJob, MetricCount, Upload
     from moderation.selectors import banks_with_counts
 
@@ -229,7 +229,7 @@ def render(*, waiting_in_queue: int | None) -> str:
         ],
     )
     now = timezone.now()
-    current = current_version()
+    current = current_state()
     loads = BlocklistLoad.objects.filter(checked_at__gte=now - timedelta(minutes=10)).order_by(
         "process"
     )
@@ -244,7 +244,10 @@ def render(*, waiting_in_queue: int | None) -> str:
     lines += _gauge(
         "hashguard_blocklist_current",
         "1 when the process holds the current blocklist, 0 when it has yet to rebuild.",
-        [(label_text(process=load.process), float(load.version == current)) for load in loads],
+        [
+            (label_text(process=load.process), float((load.version, load.last_change) == current))
+            for load in loads
+        ],
     )
     jobs = dict(ImportJob.objects.values_list("state").annotate(n=Count("id")).order_by())
     lines += _gauge(

@@ -177,15 +177,18 @@ class BannedFingerprint(models.Model):
 
 
 class BlocklistVersion(models.Model):
-    """One row whose token is new after every change to the banned fingerprints.
+    """One row: a token that is new after every wide change to the banned fingerprints
+    (every process builds its blocklist again), and the id of the newest BlocklistChange
+    (every process applies the changes after the one it has).
 
-    Each worker compares it with the token its in-memory index was built from before
-    every image, so a change takes effect everywhere at the next file. A random token
-    rather than a counter, so that a database restored from a backup cannot bring back
-    a value some worker has already built an index for.
+    Each process reads it before every image, so a change takes effect everywhere at the
+    next file. A random token rather than a counter, so that a database restored from a
+    backup cannot bring back a value some process has already built an index for. Writers
+    of changes lock this row first, so that change ids are handed out in commit order.
     """
 
     token = models.CharField(max_length=32)
+    last_change = models.BigIntegerField(default=0)
     changed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -194,9 +197,9 @@ class BlocklistVersion(models.Model):
 
 class BlocklistChange(models.Model):
     """One banned fingerprint added (or changed) or removed: the feed every process's
-    blocklist follows, applying each change in place instead of rebuilding
-    (moderation/blocklist.py). A rebuild (a new BlocklistVersion token) makes the older
-    changes moot."""
+    blocklist follows, reading the key's row again and applying it in place instead of
+    rebuilding (moderation/blocklist.py). A rebuild (a new BlocklistVersion token) makes
+    the older changes moot."""
 
     class Op(models.TextChoices):
         ADD = "add", "Added or changed"
@@ -596,6 +599,7 @@ class BlocklistLoad(models.Model):
 
     process = models.CharField(max_length=255, unique=True)  # host:pid
     version = models.CharField(max_length=32)
+    last_change = models.BigIntegerField(default=0)  # the newest change it applied
     built_at = models.DateTimeField()
     checked_at = models.DateTimeField(db_index=True)
     fingerprints = models.PositiveIntegerField(default=0)

@@ -92,15 +92,17 @@ def lookup_signal(
     the others; an allow bank's own matches are listed only when ``banks`` names it.
     Raises ValueError for a malformed hash."""
     entry = parse_signal(signal_type, signal)
-    detector = current_blocklist().detector
-    if entry.kind in DIGESTS:
-        hits = [(key, 0) for key in detector.files(entry.value)]
-    else:
-        fingerprint = Fingerprint(hashes={entry.kind: entry.value})
-        hits = [
-            (match.key, match.distances.get(entry.kind, 0))
-            for match in detector.lookup(fingerprint)
-        ]
+    blocklist = current_blocklist()
+    detector = blocklist.detector
+    with blocklist.lock:  # not changed by another thread meanwhile
+        if entry.kind in DIGESTS:
+            hits = [(key, 0) for key in detector.files(entry.value)]
+        else:
+            fingerprint = Fingerprint(hashes={entry.kind: entry.value})
+            hits = [
+                (match.key, match.distances.get(entry.kind, 0))
+                for match in detector.lookup(fingerprint)
+            ]
     owners = _banks_of(key for key, _ in hits)  # rows deleted since the build drop out
     hits = [(key, distance) for key, distance in hits if key in owners]
     allowed = [(key, d) for key, d in hits if owners[key][1] == Bank.Act.ALLOW]

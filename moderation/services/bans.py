@@ -9,6 +9,7 @@ from functools import partial
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from hashes.algorithms import (
@@ -36,32 +37,46 @@ from moderation.services.common import Action, audit, load
 from moderation.services.retro import retro_check_start
 
 
+def _version_locked() -> BlocklistVersion:
+    """The version row, locked until the caller's transaction ends: changes to the
+    blocklist are written one transaction at a time, so their ids follow commit order."""
+    BlocklistVersion.objects.get_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
+    return BlocklistVersion.objects.select_for_update().get(pk=1)
+
+
 def blocklist_bump() -> None:
     """Tell every process to rebuild its blocklist (call inside the change): for changes
     too wide to follow one by one (a bank, an import, a rehash)."""
-    BlocklistVersion.objects.update_or_create(pk=1, defaults={"token": uuid.uuid4().hex})
-    # A rebuild reads every row: the changes before it are moot.
-    BlocklistChange.objects.filter(created_at__lt=timezone.now() - CHANGES_KEPT).delete()
+    with transaction.atomic():  # the caller's, where there is one
+        version = _version_locked()
+        version.token = uuid.uuid4().hex
+        version.save(update_fields=["token", "changed_at"])
+        # A rebuild reads every row: the changes before it are moot.
+        BlocklistChange.objects.filter(created_at__lt=timezone.now() - CHANGES_KEPT).delete()
 
 
-# How long changes are kept; a process follows the ones of the last FOLLOW_WINDOW anyway.
+# Changes older than this go at the next rebuild, which makes them moot.
 CHANGES_KEPT = timedelta(days=1)
 
 
-def blocklist_changed(
-    *, added: Iterable[int] = (), removed: Iterable[int] = ()
-) -> None:
+def blocklist_changed(*, added: Iterable[int] = (), removed: Iterable[int] = ()) -> None:
     """Tell every process that these fingerprints were added (or changed) or removed
     (call inside the change): each applies them in place at its next check."""
-    BlocklistChange.objects.bulk_create(
-        [
-            *(BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.ADD) for key in added),
-            *(
-                BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.REMOVE)
-                for key in removed
-            ),
-        ]
-    )
+    with transaction.atomic():  # the caller's, where there is one
+        version = _version_locked()
+        changes = BlocklistChange.objects.bulk_create(
+            [
+                *(BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.ADD) for key in added),
+                *(
+                    BlocklistChange(fingerprint_id=key, op=BlocklistChange.Op.REMOVE)
+                    for key in removed
+                ),
+            ]
+        )
+        if changes:
+            newest = BlocklistChange.objects.aggregate(newest=Max("id"))["newest"] or 0
+            version.last_change = newest
+            version.save(update_fields=["last_change", "changed_at"])
 
 
 # --- banned fingerprints --------------------------------------------------------------

@@ -436,7 +436,9 @@ def _decide(upload: Upload) -> Decision:
     try:
         loaded = load(data)
     except ImageError as exc:
-        if not detector.bans_file(sha256, md5):
+        with blocklist.lock:
+            banned_file = detector.bans_file(sha256, md5)
+        if not banned_file:
             if exc.uncheckable:
                 return Decision(State.HELD, exc.code, str(exc), already_moved)
             if exc.code == ErrorCode.NOT_IMAGE:
@@ -477,10 +479,12 @@ def judge(
 ) -> tuple[dict[int, Detection], Verdict]:
     """Both stages on a file's probes, less the bans a moderator let this content pass,
     and what the banks say of the rest: what a worker decides, and the API answers."""
-    found = blocklist.detector.detect(checked, sha256, md5)
+    with blocklist.lock:  # not changed by another thread meanwhile
+        found = blocklist.detector.detect(checked, sha256, md5)
     released = released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
-    return found, blocklist.verdict(found)
+    with blocklist.lock:
+        return found, blocklist.verdict(found)
 
 
 def _read(upload: Upload) -> tuple[bytes, bool]:

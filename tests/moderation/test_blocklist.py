@@ -6,8 +6,7 @@ import pytest
 from hashes.algorithms import Fingerprint
 from moderation import services
 from moderation.blocklist import current_blocklist
-from moderation.models import Bank, BannedFingerprint, BlocklistChange
-from moderation.services.bans import local_bank
+from moderation.models import ApiToken, Bank, BlocklistChange, BlocklistVersion
 from tests.moderation.support import PDQ
 
 pytestmark = pytest.mark.django_db
@@ -44,15 +43,34 @@ def test_a_bank_switched_off_builds_again() -> None:
     assert current_blocklist() is not before and finds(PDQ) == []
 
 
-def test_a_change_that_committed_after_a_later_one_is_still_followed() -> None:
+def test_a_feed_that_went_back_builds_again() -> None:
+    """A database restored from a backup: the change the process followed last is gone,
+    or the newest change is older than it."""
     services.banned_add_hashes(hashes={"pdq": OTHER})
-    blocklist = current_blocklist()
-    # A ban whose change got an id before the newest one the process has seen (its
-    # transaction committed later): ids are handed out at insert, not at commit.
-    row = BannedFingerprint.objects.create(
-        bank=local_bank(), pdq=PDQ, pdq_quality=100, source="hash"
+    before = current_blocklist()
+    BlocklistChange.objects.filter(pk=before.seq).update(op="remove", fingerprint_id=0)
+    services.banned_add_hashes(hashes={"pdq": PDQ})
+    after = current_blocklist()
+    assert after is not before and finds(PDQ)
+
+    BlocklistVersion.objects.update(last_change=after.seq - 1)
+    assert current_blocklist() is not after
+
+
+def test_a_burst_of_changes_builds_again(monkeypatch) -> None:
+    from moderation import blocklist
+
+    monkeypatch.setattr(blocklist, "FOLLOW_LIMIT", 3)
+    before = current_blocklist()
+    rows = [services.banned_add_hashes(hashes={"pdq": f"{n:02x}" * 32}) for n in (3, 5, 6)]
+    after = current_blocklist()
+    assert after is not before and len(after.detector) == len(rows)
+
+
+def test_a_hash_added_to_a_review_bank_is_followed_with_its_action() -> None:
+    services.bank_save(bank=Bank(name="watch", action="review"), changed=None, actor=None)
+    before = current_blocklist()
+    row, _ = services.bank_add_signal(
+        bank="watch", signal_type="pdq", signal=PDQ, token=ApiToken(name="t")
     )
-    newest = BlocklistChange.objects.create(fingerprint_id=0, op="remove")
-    blocklist.seq = newest.pk + 10
-    BlocklistChange.objects.create(id=newest.pk + 1, fingerprint_id=row.pk, op="add")
-    assert finds(PDQ) == [row.pk]
+    assert current_blocklist() is before and row.pk in before.review
