@@ -335,6 +335,7 @@ class Detector:
         """Ban many pictures at once (a rebuild), or a few more (a change followed);
         a key already held is replaced. Fuzzy matching skips plain ones."""
         keys, colours = [], []
+        batches: dict[int, tuple[Matcher, list[tuple[int, Fingerprint]]]] = {}
         self._matchers_for(())
         for key, picture in pictures.items():
             if key in self._fingerprints:
@@ -353,10 +354,14 @@ class Detector:
             whole, region = self._matchers_for(picture.limits, tighten=picture.allow)
             for matcher in (whole, region, self._near):
                 if matcher is not None:
-                    matcher.add(key, picture.fingerprint)
+                    batches.setdefault(id(matcher), (matcher, []))[1].append(
+                        (key, picture.fingerprint)
+                    )
             if picture.colours is not None and not picture.allow:
                 keys.append(key)
                 colours.append(picture.colours)
+        for matcher, items in batches.values():
+            matcher.add_many(items)
         if colours:
             self._colours.extend(keys, np.stack(colours).astype(np.float32))
 

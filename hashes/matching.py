@@ -103,8 +103,7 @@ class MatchRule:
             return min(own, limit) if tighten else own
 
         groups = tuple(
-            {name: limit_of(name, limit) for name, limit in group.items()}
-            for group in self.groups
+            {name: limit_of(name, limit) for name, limit in group.items()} for group in self.groups
         )
         return MatchRule(groups=groups, pdq_min_quality=self.pdq_min_quality, veto=self.veto)
 
@@ -149,6 +148,15 @@ class Matcher:
         for name, index in self._indexes.items():
             if name in fingerprint.hashes:
                 index.add(key, fingerprint.hashes[name])
+
+    def add_many(self, items: list[tuple[int, Fingerprint]]) -> None:
+        """``add`` for many at once (a rebuild)."""
+        for key, _ in items:
+            self.remove(key)
+        self._fingerprints.update(items)
+        for name, index in self._indexes.items():
+            pairs = [(key, fp.hashes[name]) for key, fp in items if name in fp.hashes]
+            index.add_many([key for key, _ in pairs], [code for _, code in pairs])
 
     def remove(self, key: int) -> None:
         """Unban ``key``; a key that is not there is ignored."""

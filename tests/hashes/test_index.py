@@ -148,3 +148,20 @@ def test_codes_of_the_wrong_size_or_not_hex_are_rejected(code):
         index.add(1, code)
     with pytest.raises(ValueError):
         index.query(code, 3)
+
+
+@pytest.mark.parametrize("bits", [64, 256])
+def test_many_added_at_once_are_searched_as_if_added_one_by_one(bits: int) -> None:
+    rng = random.Random(bits)
+    codes = {key: f"{rng.getrandbits(bits):0{bits // 4}x}" for key in range(3000)}
+    one_by_one, at_once = HammingIndex(bits), HammingIndex(bits)
+    for key, code in codes.items():
+        one_by_one.add(key, code)
+    at_once.add(5, "0" * (bits // 4))  # replaced by the batch
+    at_once.add_many(list(codes), list(codes.values()))
+    assert len(at_once) == len(one_by_one) == 3000
+    for query in [*list(codes.values())[:20], f"{rng.getrandbits(bits):0{bits // 4}x}"]:
+        radius = bits // 4
+        assert at_once.query(query, radius) == one_by_one.query(query, radius)
+    with pytest.raises(ValueError):  # malformed, as add says
+        at_once.add_many([9000, 9001], ["ab" * (bits // 8), "abc"])
