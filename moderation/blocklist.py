@@ -262,8 +262,10 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
 _lock = threading.Lock()
 _current: Blocklist | None = None
 _recorded_at = 0.0
+_unrecorded = False  # changes followed that BlocklistLoad does not show yet
 # How often a process says, in BlocklistLoad, that it still holds its blocklist.
 RECORD_SECONDS = 30.0
+FOLLOWED_RECORD_SECONDS = 2.0
 
 
 def current_blocklist() -> Blocklist:
@@ -279,7 +281,7 @@ def current_blocklist() -> Blocklist:
             _current = build_blocklist()
         current = _current
         assert current is not None
-    _record(current, rebuilt or followed)
+    _record(current, rebuilt, followed)
     return current
 
 
@@ -309,14 +311,18 @@ def load_in_background() -> None:
     threading.Thread(target=load, name="hashguard-blocklist", daemon=True).start()
 
 
-def _record(blocklist: Blocklist, rebuilt: bool) -> None:
+def _record(blocklist: Blocklist, rebuilt: bool, followed: bool = False) -> None:
     """Say which blocklist this process holds, for /metrics: after each rebuild, and
     every RECORD_SECONDS while it checks."""
-    global _recorded_at
+    global _recorded_at, _unrecorded
     now = time.monotonic()
-    if not rebuilt and now - _recorded_at < RECORD_SECONDS:
+    # After a rebuild at once; after changes followed soon (a stream of bans added through
+    # the API must not cost a write per upload); else now and then.
+    _unrecorded = _unrecorded or followed
+    wait = 0.0 if rebuilt else FOLLOWED_RECORD_SECONDS if _unrecorded else RECORD_SECONDS
+    if now - _recorded_at < wait:
         return
-    _recorded_at = now
+    _recorded_at, _unrecorded = now, False
     at = timezone.now()
     try:
         with transaction.atomic():  # a savepoint, should a caller's transaction be open
