@@ -20,10 +20,10 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from hashes.errors import ImageError
+from hashes.hashlists import KINDS
 from moderation import metrics, openapi, selectors, services
 from moderation.blocklist import current_version, held_blocklist, load_in_background
 from moderation.models import ApiToken, Bank, Upload
-from moderation.services.api import SIGNAL_KINDS
 from moderation.tasks import broker_problem, waiting_in_queue
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def bank_signal(request: HttpRequest, name: str) -> HttpResponse:
         return _error(403, str(exc))
     except ValueError as exc:
         return _error(400, str(exc))
-    kind = next(kind for kind in SIGNAL_KINDS if getattr(row, kind))
+    kind = next(kind for kind in KINDS if getattr(row, kind))
     return JsonResponse(
         {"id": row.pk, "signals": {kind: getattr(row, kind)}, "created": created},
         status=201 if created else 200,

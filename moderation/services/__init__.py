@@ -39,7 +39,6 @@ from moderation.services.retro import (
 from moderation.services.review import (
     review_claim,
     review_renew,
-    review_unclaim,
     upload_confirm,
     upload_confirm_group,
     upload_flag,
@@ -69,7 +68,6 @@ __all__ = [
     "retro_checks_resend",
     "review_claim",
     "review_renew",
-    "review_unclaim",
     "ImportReport",
     "apitoken_authenticate",
     "apitoken_create",

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS, Fingerprint, distinct_frames
 from hashes.detect import probes
-from hashes.hashlists import DIGESTS, KINDS, parse_signal
+from hashes.hashlists import DIGESTS, parse_signal
 from moderation.blocklist import Verdict, current_blocklist, match_rule
 from moderation.models import ApiToken, Bank, BannedFingerprint
 from moderation.services.banks import entry_fields, entry_refusal
@@ -25,7 +25,6 @@ from moderation.services.uploads import judge
 # A token's last use is written at most this often: a lookup should not cost a write.
 _USE_RECORDED_EVERY = timedelta(minutes=1)
 TOKEN_PREFIX = "hg_"
-SIGNAL_KINDS = KINDS
 
 
 def _digest(secret: str) -> str:

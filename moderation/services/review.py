@@ -330,11 +330,6 @@ def review_renew(*, actor: User) -> int:
     )
 
 
-def review_unclaim(*, actor: User) -> int:
-    """Give back what a moderator holds (they stopped reviewing)."""
-    return Upload.objects.filter(claimed_by=actor).update(claimed_by=None, claim_expires_at=None)
-
-
 # --- retention ----------------------------------------------------------------------
 
 
