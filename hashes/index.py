@@ -1,120 +1,377 @@
 """Exact in-memory search for hashes within a Hamming distance.
 
-A brute-force scan, vectorised with numpy: at a million 256-bit entries a query takes a few
-milliseconds, which is simpler and more predictable than an approximate index, and never
-misses a match. ``benchmarks/bench_index.py`` prints the figures.
+Multi-index hashing (Norouzi, Punjani and Fleet, "Fast Exact Search in Hamming Space with
+Multi-Index Hashing", 2014): each code is cut into ``m`` chunks, and each chunk indexes
+the codes by its value. Two codes within ``r`` bits of each other, with ``r = s*m + a``,
+have one of their first ``a + 1`` chunks within ``s`` bits, or one of the others within
+``s - 1`` (otherwise they would differ in at least ``r + 1``). A query looks up every
+value that near its own chunks, and checks the few codes found there in full: the same
+results as comparing every code, at a small share of the cost.
+
+When a query would look up so much that the full scan is cheaper (a small index, a wide
+radius), it scans. Codes added since the chunk tables were built are scanned, and removed
+ones are masked out, until enough of either makes a rebuild worth it.
+``benchmarks/bench_index.py`` prints the figures beside the full scan.
 """
+
+import math
+from functools import cache
 
 import numpy as np
 
 _INITIAL_CAPACITY = 1024
+# Below this many codes a scan is as fast as the tables, which would only cost memory.
+_MIN_TABLES = 32_768
+# Tables are rebuilt once the codes added since the last build reach 1/64 of those indexed,
+# or the removed ones 1/8 (at least this many either way): scanning the added ones stays
+# cheap until then, and removed ones only cost a masked check.
+_MIN_REBUILD = 4096
+# A chunk's value indexes one table of 2**width slots; the width grows with the number of
+# codes (about one code per two slots), and this caps a table at 16 MB.
+_MAX_CHUNK_BITS = 22
+_MIN_CHUNK_BITS = 8
 
 
 class HammingIndex:
     """Keys (ints) mapped to fixed-width hex hashes, searchable by Hamming distance.
 
-    Codes are stored word-major, shape ``(bits // 64, capacity)``, so that each 64-bit word
-    of every entry is one contiguous array: a query XORs and popcounts word by word, which
-    is several times faster than reducing across the short rows of an ``(n, words)`` array.
-    Removal moves the last entry into the freed slot, so the live entries stay packed at
-    the front and a scan never has to skip holes.
+    Codes are rows of a ``(capacity, bits // 64)`` array of 64-bit words. Adding appends a
+    row; removing marks the row dead; rebuilding packs the live rows in key order and
+    indexes them. Keys are found by bisecting the packed rows (and through a dict for
+    those added since), not through a dict of every key, which would cost more than the
+    codes themselves at millions.
     """
 
     def __init__(self, bits: int) -> None:
         if bits <= 0 or bits % 64:
             raise ValueError(f"bits must be a positive multiple of 64, not {bits}")
         self.bits = bits
-        self._codes = np.zeros((bits // 64, _INITIAL_CAPACITY), dtype=np.uint64)
+        self._codes = np.zeros((_INITIAL_CAPACITY, bits // 64), dtype=np.uint64)
         self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
-        self._rows: dict[int, int] = {}
+        self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
+        self._count = 0  # rows in use, dead ones included
+        self._dead = 0
+        # Rows before _indexed are in key order, so that a key is found by bisection;
+        # rows added since are found through this dict.
+        self._indexed = 0
+        self._recent: dict[int, int] = {}
+        self._tables: _Tables | None = None
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._count - self._dead
 
     def __contains__(self, key: int) -> bool:
-        return key in self._rows
+        return self._row(key) is not None
+
+    @property
+    def tabled(self) -> int:
+        """How many rows the chunk tables index (0: every query scans)."""
+        return self._tables.count if self._tables else 0
+
+    def nbytes(self) -> int:
+        """Memory held by the arrays (not the dict of keys added since the last build)."""
+        arrays = (self._codes, self._keys, self._live)
+        tables = self._tables.nbytes() if self._tables else 0
+        return sum(array.nbytes for array in arrays) + tables
 
     def add(self, key: int, code_hex: str) -> None:
         """Store ``code_hex`` under ``key``, replacing any code the key already has."""
-        code = self._words(code_hex)
-        row = self._rows.get(key)
-        if row is None:
-            row = len(self._rows)
-            if row == self._keys.shape[0]:
-                self._grow()
-            self._keys[row] = key
-            self._rows[key] = row
-        self._codes[:, row] = code
+        self.add_many([key], [code_hex])
 
     def add_many(self, keys: list[int], codes: list[str]) -> None:
         """``add`` for many at once, as a rebuild does: decoded and stored in a few numpy
-        operations rather than one Python call each."""
-        fresh = [
-            (key, code) for key, code in zip(keys, codes, strict=True) if key not in self._rows
-        ]
-        for key, code in zip(keys, codes, strict=True):
-            if key in self._rows:
-                self.add(key, code)  # replaced in place
-        if not fresh:
+        operations rather than one Python call each. A key given twice keeps its last."""
+        if len(keys) != len(codes):
+            raise ValueError("add_many needs one code per key.")
+        if not keys:
             return
-        words = self.bits // 64
-        try:
-            raw = bytes.fromhex("".join(code for _, code in fresh))
-        except ValueError:
-            raw = b""
-        if len(raw) != len(fresh) * words * 8:
-            for key, code in fresh:  # one is malformed: add them one by one, which says which
-                self.add(key, code)
-            return
-        start = len(self._rows)
-        end = start + len(fresh)
-        while end > self._keys.shape[0]:
-            self._grow()
-        codes_matrix = np.frombuffer(raw, dtype=">u8").reshape(len(fresh), words)
-        self._codes[:, start:end] = codes_matrix.T.astype(np.uint64)
-        self._keys[start:end] = [key for key, _ in fresh]
-        self._rows.update((key, start + offset) for offset, (key, _) in enumerate(fresh))
+        rows = self._decode(codes)
+        key_array = np.asarray(keys, dtype=np.int64)
+        if len(keys) > 1:
+            # The last of each key: unique over the reversed keys finds first occurrences.
+            _, last = np.unique(key_array[::-1], return_index=True)
+            if len(last) < len(keys):
+                keep = np.sort(len(keys) - 1 - last)
+                key_array, rows = key_array[keep], rows[keep]
+        self._forget(key_array)
+        start, end = self._count, self._count + len(key_array)
+        self._reserve(end)
+        self._codes[start:end] = rows
+        self._keys[start:end] = key_array
+        self._live[start:end] = True
+        self._count = end
+        if self._rebuild_due():
+            self._rebuild()
+        else:
+            self._recent.update(zip(key_array.tolist(), range(start, end), strict=True))
 
     def remove(self, key: int) -> None:
         """Forget ``key``; a key that is not there is ignored."""
-        row = self._rows.pop(key, None)
-        if row is None:
-            return
-        last = len(self._rows)
-        if row != last:
-            moved = int(self._keys[last])
-            self._codes[:, row] = self._codes[:, last]
-            self._keys[row] = moved
-            self._rows[moved] = row
+        self._forget(np.asarray([key], dtype=np.int64))
+        if self._rebuild_due():
+            self._rebuild()
 
     def query(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """Every ``(key, distance)`` within ``max_distance``, nearest first, then by key."""
-        code = self._words(code_hex)
-        count = len(self._rows)
-        distances = np.zeros(count, dtype=np.uint16)
-        scratch = np.empty(count, dtype=np.uint64)
-        for word in range(code.shape[0]):
-            np.bitwise_xor(self._codes[word, :count], code[word], out=scratch)
-            distances += np.bitwise_count(scratch)
-        hits = np.flatnonzero(distances <= max_distance)
-        keys = self._keys[hits]
-        found = distances[hits]
-        order = np.lexsort((keys, found))
-        return list(zip(keys[order].tolist(), found[order].tolist(), strict=True))
+        query = self._decode([code_hex])[0]
+        rows, distances = self._search(query, max_distance)
+        keys = self._keys[rows]
+        order = np.lexsort((keys, distances))
+        return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
 
-    def _words(self, code_hex: str) -> np.ndarray:
-        raw = bytes.fromhex(code_hex)
+    def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
+        """``query`` by comparing every code: the reference the tables must agree with."""
+        query = self._decode([code_hex])[0]
+        rows, distances = self._scan(query, max_distance, 0, self._count)
+        keys = self._keys[rows]
+        order = np.lexsort((keys, distances))
+        return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
+
+    # -- searching -----------------------------------------------------------------------
+
+    def _search(self, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        tables = self._tables
+        plan = tables.plan(radius) if tables is not None else None
+        if tables is None or plan is None:
+            return self._scan(query, radius, 0, self._count)
+        rows = tables.candidates(query, plan)
+        distances = _distances(self._codes[rows], query)
+        hit = (distances <= radius) & self._live[rows]
+        # A code near the query in several chunks is found once per chunk.
+        found, first = np.unique(rows[hit], return_index=True)
+        found_distances = distances[hit][first]
+        if self._indexed == self._count:
+            return found, found_distances
+        tail_rows, tail_distances = self._scan(query, radius, self._indexed, self._count)
+        return np.concatenate([found, tail_rows]), np.concatenate([found_distances, tail_distances])
+
+    def _scan(
+        self, query: np.ndarray, radius: int, start: int, end: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        distances = np.zeros(end - start, dtype=np.uint16)
+        scratch = np.empty(end - start, dtype=np.uint64)
+        for word in range(query.shape[0]):
+            np.bitwise_xor(self._codes[start:end, word], query[word], out=scratch)
+            distances += np.bitwise_count(scratch)
+        hits = np.flatnonzero((distances <= radius) & self._live[start:end])
+        return hits + start, distances[hits].astype(np.int64)
+
+    # -- keeping rows --------------------------------------------------------------------
+
+    def _row(self, key: int) -> int | None:
+        row = self._recent.get(key)
+        if row is not None:
+            return row
+        packed = self._keys[: self._indexed]
+        row = int(np.searchsorted(packed, key))
+        if row < self._indexed and packed[row] == key and self._live[row]:
+            return row
+        return None
+
+    def _forget(self, keys: np.ndarray) -> None:
+        """Mark the rows of these keys dead, wherever they are."""
+        for key in keys.tolist() if self._recent else ():
+            row = self._recent.pop(key, None)
+            if row is not None:
+                self._live[row] = False
+                self._dead += 1
+        if not self._indexed:
+            return
+        packed = self._keys[: self._indexed]
+        rows = np.searchsorted(packed, keys)
+        inside = rows < self._indexed
+        rows = rows[inside][packed[rows[inside]] == keys[inside]]
+        rows = rows[self._live[rows]]
+        self._live[rows] = False
+        self._dead += len(rows)
+
+    def _rebuild_due(self) -> bool:
+        added = self._count - self._indexed
+        return added >= max(_MIN_REBUILD, self._indexed // 64) or self._dead >= max(
+            _MIN_REBUILD, self._indexed // 8
+        )
+
+    def _rebuild(self) -> None:
+        """Pack the live rows to the front in key order, and index the chunks again."""
+        live = np.flatnonzero(self._live[: self._count])
+        rows = live[np.argsort(self._keys[live], kind="stable")]
+        count = len(rows)
+        self._tables = None  # freed before the new ones are made
+        # Room for the adds before the next rebuild, so the arrays need not grow meanwhile.
+        capacity = count + max(_MIN_REBUILD, count // 64) + 1
+        self._codes = _resized(self._codes[rows], capacity)
+        self._keys = _resized(self._keys[rows], capacity)
+        self._live = np.zeros(capacity, dtype=bool)
+        self._live[:count] = True
+        self._count, self._dead, self._indexed = count, 0, count
+        self._recent = {}
+        self._tables = _Tables(self._codes[:count], self.bits) if count >= _MIN_TABLES else None
+
+    def _reserve(self, rows: int) -> None:
+        capacity = self._keys.shape[0]
+        if rows <= capacity:
+            return
+        while capacity < rows:
+            capacity *= 2
+        self._codes = _resized(self._codes[: self._count], capacity)
+        self._keys = _resized(self._keys[: self._count], capacity)
+        self._live = _resized(self._live[: self._count], capacity)
+
+    def _decode(self, codes: list[str]) -> np.ndarray:
+        words = self.bits // 64
+        try:
+            raw = bytes.fromhex("".join(codes))
+        except ValueError:
+            raw = b""
+        if len(raw) != len(codes) * words * 8:
+            for code in codes:  # one is malformed: say which
+                self._check(code)
+        return np.frombuffer(raw, dtype=">u8").reshape(len(codes), words).astype(np.uint64)
+
+    def _check(self, code_hex: str) -> None:
+        try:
+            raw = bytes.fromhex(code_hex)
+        except ValueError:
+            raw = b""
         # Checked on the decoded bytes, because fromhex skips spaces.
-        if len(raw) * 8 != self.bits:
+        if len(raw) * 8 != self.bits or len(code_hex) != self.bits // 4:
             raise ValueError(
                 f"Expected a {self.bits}-bit hash of {self.bits // 4} hex digits, got {code_hex!r}."
             )
-        return np.frombuffer(raw, dtype=">u8").astype(np.uint64)
 
-    def _grow(self) -> None:
-        capacity = self._keys.shape[0] * 2
-        codes = np.zeros((self._codes.shape[0], capacity), dtype=np.uint64)
-        codes[:, : self._keys.shape[0]] = self._codes
-        keys = np.zeros(capacity, dtype=np.int64)
-        keys[: self._keys.shape[0]] = self._keys
-        self._codes, self._keys = codes, keys
+
+def _resized(rows: np.ndarray, capacity: int) -> np.ndarray:
+    """``rows`` at the front of a zeroed array of ``capacity`` rows."""
+    grown = np.zeros((capacity, *rows.shape[1:]), dtype=rows.dtype)
+    grown[: len(rows)] = rows
+    return grown
+
+
+def _distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
+    return np.bitwise_count(codes ^ query).sum(axis=1, dtype=np.int64)
+
+
+class _Tables:
+    """The chunk tables over a fixed set of rows: for each chunk, the rows ordered by the
+    chunk's value (``order``) and where each value's rows start (``offsets``)."""
+
+    def __init__(self, codes: np.ndarray, bits: int) -> None:
+        count = codes.shape[0]
+        width = min(_MAX_CHUNK_BITS, max(_MIN_CHUNK_BITS, int(math.log2(count)) - 1))
+        chunks = math.ceil(bits / width)
+        base, wider = divmod(bits, chunks)
+        self.widths = [base + 1] * wider + [base] * (chunks - wider)
+        self.starts = [sum(self.widths[:index]) for index in range(chunks)]
+        self.bits = bits
+        self.count = count
+        self.order = np.empty(chunks * count, dtype=np.uint32)
+        offsets = []
+        self.offset_base = []
+        used = 0
+        for index, (start, width) in enumerate(zip(self.starts, self.widths, strict=True)):
+            values = _chunk(codes, start, width)
+            counts = np.bincount(values, minlength=1 << width)
+            offset = np.zeros((1 << width) + 1, dtype=np.uint32)
+            np.cumsum(counts, out=offset[1:])
+            offsets.append(offset)
+            self.offset_base.append(used)
+            used += len(offset)
+            # Rows in any order within a value: quicksort is twice as fast as a stable one.
+            self.order[index * count : (index + 1) * count] = np.argsort(values.astype(np.uint32))
+            del values, counts
+        self.offsets = np.concatenate(offsets)
+        self._plans: dict[int, _Plan | None] = {}
+
+    def nbytes(self) -> int:
+        return self.order.nbytes + self.offsets.nbytes
+
+    def plan(self, radius: int) -> "_Plan | None":
+        """What a query at ``radius`` looks up, or None when scanning every code is cheaper."""
+        if radius not in self._plans:
+            self._plans[radius] = _Plan.make(self, radius)
+        return self._plans[radius]
+
+    def candidates(self, query: np.ndarray, plan: "_Plan") -> np.ndarray:
+        """The rows sharing a chunk value with the query within the plan's flips (some
+        more than once)."""
+        value = int.from_bytes(query.astype(">u8").tobytes(), "big")
+        chunks = np.array(
+            [
+                (value >> (self.bits - start - width)) & ((1 << width) - 1)
+                for start, width in zip(self.starts, self.widths, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        slots = plan.slot_base + (chunks[plan.chunk] ^ plan.flips)
+        begins = self.offsets[slots].astype(np.int64)
+        lengths = self.offsets[slots + 1].astype(np.int64) - begins
+        begins += plan.order_base
+        total = int(lengths.sum())
+        if not total:
+            return np.zeros(0, dtype=np.int64)
+        # Every position of every range, without a Python loop: each range's first
+        # position, repeated over its length, plus how far into it each one is.
+        ends = np.cumsum(lengths)
+        positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
+        return self.order[positions].astype(np.int64)
+
+
+class _Plan:
+    """For one radius: each slot to look up, as the chunk it belongs to, the bits flipped
+    in the query's chunk value, and where that chunk's offsets and order begin."""
+
+    def __init__(self, chunk: np.ndarray, flips: np.ndarray, tables: _Tables) -> None:
+        self.chunk = chunk
+        self.flips = flips
+        self.slot_base = np.asarray(tables.offset_base, dtype=np.int64)[chunk]
+        self.order_base = chunk * tables.count
+
+    @classmethod
+    def make(cls, tables: _Tables, radius: int) -> "_Plan | None":
+        chunks = len(tables.widths)
+        spread, extra = divmod(radius, chunks)
+        reaches = [
+            (index, width, min(spread if index <= extra else spread - 1, width))
+            for index, width in enumerate(tables.widths)
+        ]
+        reaches = [(index, width, reach) for index, width, reach in reaches if reach >= 0]
+        expected = sum(
+            sum(math.comb(width, flips) for flips in range(reach + 1))
+            * (1 + tables.count / (1 << width))
+            for _, width, reach in reaches
+        )
+        # Looking up and checking that many rows at random costs more than reading every
+        # code in order once they reach about a quarter of them.
+        if expected * 4 > tables.count:
+            return None
+        masks = [_masks(width, reach) for _, width, reach in reaches]
+        chunk = [
+            np.full(len(mask), index) for (index, _, _), mask in zip(reaches, masks, strict=True)
+        ]
+        return cls(np.concatenate(chunk), np.concatenate(masks), tables)
+
+
+@cache
+def _masks(width: int, flips: int) -> np.ndarray:
+    """Every ``width``-bit value with at most ``flips`` bits set."""
+    masks = [0]
+    frontier = [0]
+    for _ in range(flips):
+        frontier = sorted(
+            {mask | (1 << bit) for mask in frontier for bit in range(width) if not mask >> bit & 1}
+        )
+        masks.extend(frontier)
+    return np.asarray(masks, dtype=np.int64)
+
+
+def _chunk(codes: np.ndarray, start: int, width: int) -> np.ndarray:
+    """Bits ``start`` to ``start + width`` (from the most significant bit of the first
+    word) of each row, as integers."""
+    word, offset = divmod(start, 64)
+    if offset + width <= 64:
+        shifted = codes[:, word] >> np.uint64(64 - offset - width)
+        return (shifted & np.uint64((1 << width) - 1)).astype(np.int64)
+    high = 64 - offset
+    low = width - high
+    upper = (codes[:, word] & np.uint64((1 << high) - 1)) << np.uint64(low)
+    return (upper | (codes[:, word + 1] >> np.uint64(64 - low))).astype(np.int64)

@@ -165,3 +165,58 @@ def test_many_added_at_once_are_searched_as_if_added_one_by_one(bits: int) -> No
         assert at_once.query(query, radius) == one_by_one.query(query, radius)
     with pytest.raises(ValueError):  # malformed, as add says
         at_once.add_many([9000, 9001], ["ab" * (bits // 8), "abc"])
+
+
+def _brute_force_radii(
+    entries: dict[int, int], query: int, radii: tuple[int, ...]
+) -> dict[int, list[tuple[int, int]]]:
+    found = sorted(((code ^ query).bit_count(), key) for key, code in entries.items())
+    return {
+        radius: [(key, distance) for distance, key in found if distance <= radius]
+        for radius in radii
+    }
+
+
+@pytest.mark.parametrize(("bits", "radius"), [(64, 10), (256, 31)])
+def test_chunk_tables_find_exactly_what_brute_force_finds(bits: int, radius: int) -> None:
+    """Past a few tens of thousands of codes the index searches chunk tables; through
+    adds after the build, removals, replacements and rebuilds it must still find every
+    code a full comparison finds, and nothing else."""
+    rng = random.Random(bits * 31)
+    entries = dict(enumerate(clustered_codes(rng, bits, 40_000)))
+    index = HammingIndex(bits)
+    index.add_many(list(entries), [to_hex(code, bits) for code in entries.values()])
+    assert index.tabled == 40_000
+    radii = (0, 3, radius, bits // 4 + 8)
+
+    def check() -> None:
+        assert len(index) == len(entries)
+        stored = list(entries.values())
+        queries = [
+            near(rng, rng.choice(stored), bits, rng.randrange(radius + 4)) for _ in range(16)
+        ]
+        queries += [random_code(rng, bits) for _ in range(4)]
+        for query in queries:
+            expected = _brute_force_radii(entries, query, radii)
+            for limit in radii:
+                assert index.query(to_hex(query, bits), limit) == expected[limit]
+                assert index.scan(to_hex(query, bits), limit) == expected[limit]
+
+    check()
+    removed = rng.sample(list(entries), 3000)
+    for key in removed:  # removed from the tables: masked until the next rebuild
+        index.remove(key)
+        del entries[key]
+    for key in rng.sample(list(entries), 500):  # replaced: the old code must not be found
+        entries[key] = near(rng, entries[key], bits, radius + 1)
+        index.add(key, to_hex(entries[key], bits))
+    for key in removed[:200]:  # back again
+        entries[key] = random_code(rng, bits)
+        index.add(key, to_hex(entries[key], bits))
+    assert index.tabled == 40_000  # not rebuilt yet
+    check()
+    for key in range(10**9, 10**9 + 5000):  # enough churn to rebuild the tables
+        entries[key] = near(rng, rng.choice(list(entries.values())[:100]), bits, 3)
+        index.add(key, to_hex(entries[key], bits))
+    assert index.tabled != 40_000
+    check()
