@@ -352,14 +352,17 @@ class Detector:
             ):
                 continue
             whole, region = self._matchers_for(picture.limits, tighten=picture.allow)
-            for matcher in (whole, region, self._near):
+            # Near misses are candidates for the local stage, which needs the stored
+            # features of a banned picture: those with none are left out of its index.
+            signature = None if picture.allow else picture.colours
+            for matcher in (whole, region, self._near if signature is not None else None):
                 if matcher is not None:
                     batches.setdefault(id(matcher), (matcher, []))[1].append(
                         (key, picture.fingerprint)
                     )
-            if picture.colours is not None and not picture.allow:
+            if signature is not None:
                 keys.append(key)
-                colours.append(picture.colours)
+                colours.append(signature)
         for matcher, items in batches.values():
             matcher.add_many(items)
         if colours:

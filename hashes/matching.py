@@ -131,10 +131,14 @@ class Matcher:
 
     def __init__(self, rule: MatchRule) -> None:
         self.rule = rule
+        # A group matches only when every hash in it is within its limit, so its candidates
+        # are found by searching for one of them: the one searched most cheaply, the
+        # nearest as a share of its bits. Each algorithm is searched at the largest limit
+        # of the groups searched by it.
         self._radius: dict[str, int] = {}
         for group in rule.groups:
-            for name, limit in group.items():
-                self._radius[name] = max(limit, self._radius.get(name, 0))
+            name = min(group, key=lambda name: group[name] / ALGORITHMS[name].bits)
+            self._radius[name] = max(group[name], self._radius.get(name, 0))
         self._indexes = {name: HammingIndex(ALGORITHMS[name].bits) for name in self._radius}
         self._fingerprints: dict[int, Fingerprint] = {}
 
@@ -170,17 +174,18 @@ class Matcher:
     def match(self, fingerprint: Fingerprint) -> list[Match]:
         """Every banned fingerprint the rule matches, best first.
 
-        Each algorithm's index is searched at the largest distance any group allows it,
-        which finds every candidate a group could accept; the rule is then applied to the
-        full distances, so the result is the same as checking every banned fingerprint.
+        Each group's candidates are found through one of its algorithms' indexes (see
+        ``__init__``), which finds every candidate the group could accept; the rule is then
+        applied to the full distances, so the result is the same as checking every banned
+        fingerprint.
         Best first is by the mean of the distances as fractions of each hash's bits (the
         mean, not the sum, so that a match on one pasted hash is not favoured over a
         closer match on all three), then by key.
         """
         candidates: set[int] = set()
-        for name, index in self._indexes.items():
+        for name, radius in self._radius.items():
             if name in fingerprint.hashes and self._votes(name, fingerprint):
-                hits = index.query(fingerprint.hashes[name], self._radius[name])
+                hits = self._indexes[name].query(fingerprint.hashes[name], radius)
                 candidates.update(key for key, _ in hits)
         matches = []
         for key in candidates:
