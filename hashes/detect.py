@@ -45,7 +45,7 @@ from hashes.local import (
     verify,
     verify_whole,
 )
-from hashes.matching import Match, Matcher, MatchRule, is_low_detail
+from hashes.matching import FingerprintStore, Match, Matcher, MatchRule, is_low_detail
 from hashes.views import View, cut, views, working_copy
 
 HASH_SIDE = 256
@@ -277,7 +277,7 @@ class Detector:
 
     A picture may carry its own distance limits (its bank's), which take the place of
     that algorithm's distance in every group of the rule; pictures with the same limits
-    share one set of indexes. A picture may also be known-good (``allow``): found in an
+    search one set of indexes, the store's, as one group. A picture may also be known-good (``allow``): found in an
     upload, it voids the detections it accounts for (``voided``); its limits may only
     make the rule stricter, so that a loose known-good list cannot void real matches.
     """
@@ -301,13 +301,17 @@ class Detector:
         )
         self._load_features = load_features
         self._files: dict[str, list[int]] = {}
-        self._fingerprints: dict[int, Fingerprint] = {}
+        # Fuzzy pictures' fingerprints are in the store; those matched only as files
+        # (no hashes, or too plain) here.
+        self._store = FingerprintStore()
+        self._plain: dict[int, Fingerprint] = {}
         self._allow: set[int] = set()
         self._digests: dict[int, tuple[str, str]] = {}
         self._colours = _ColourTable()
 
     def __len__(self) -> int:
-        return sum(len(matcher) for matcher, _ in self._matchers.values())
+        """The pictures matched fuzzily (not only as files)."""
+        return len(self._store)
 
     def _matchers_for(
         self, limits: Limits, *, tighten: bool = False
@@ -317,60 +321,65 @@ class Detector:
         if (limits, tighten) not in self._matchers:
             rule = self.rule.with_limits(dict(limits), tighten=tighten)
             pdq = [group["pdq"] for group in rule.groups if "pdq" in group]
+            group = len(self._matchers)
             region = (
                 Matcher(
                     MatchRule(
                         groups=({"pdq": min(self.config.region_pdq, max(pdq))},),
                         pdq_min_quality=rule.pdq_min_quality,
                         veto=rule.veto,
-                    )
+                    ),
+                    self._store,
+                    group,
                 )
                 if pdq
                 else None
             )
-            self._matchers[(limits, tighten)] = (Matcher(rule), region)
+            self._matchers[(limits, tighten)] = (Matcher(rule, self._store, group), region)
         return self._matchers[(limits, tighten)]
 
     def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
         """Ban many pictures at once (a rebuild), or a few more (a change followed);
         a key already held is replaced. Fuzzy matching skips plain ones."""
         keys, colours = [], []
-        batches: dict[int, tuple[Matcher, list[tuple[int, Fingerprint]]]] = {}
+        groups: dict[int, list[tuple[int, Fingerprint]]] = {}
+        near: list[tuple[int, Fingerprint]] = []
         self._matchers_for(())
+        building = self.is_empty()
         for key, picture in pictures.items():
-            if key in self._fingerprints:
+            if not building and (key in self._plain or key in self._store):
                 self.remove(key)
-            self._fingerprints[key] = picture.fingerprint
             if picture.allow:
                 self._allow.add(key)
-            self._digests[key] = (picture.sha256, picture.md5)
+            if picture.sha256 or picture.md5:
+                self._digests[key] = (picture.sha256, picture.md5)
             for digest in (picture.sha256, picture.md5):
                 if digest:
                     self._files.setdefault(digest, []).append(key)
             if not picture.fingerprint.hashes or is_low_detail(
                 picture.fingerprint, self.rule.pdq_min_quality
             ):
+                self._plain[key] = picture.fingerprint
                 continue
-            whole, region = self._matchers_for(picture.limits, tighten=picture.allow)
+            whole, _ = self._matchers_for(picture.limits, tighten=picture.allow)
+            groups.setdefault(whole.group, []).append((key, picture.fingerprint))
             # Near misses are candidates for the local stage, which needs the stored
             # features of a banned picture: those with none are left out of its index.
             signature = None if picture.allow else picture.colours
-            for matcher in (whole, region, self._near if signature is not None else None):
-                if matcher is not None:
-                    batches.setdefault(id(matcher), (matcher, []))[1].append(
-                        (key, picture.fingerprint)
-                    )
             if signature is not None:
+                near.append((key, picture.fingerprint))
                 keys.append(key)
                 colours.append(signature)
-        for matcher, items in batches.values():
-            matcher.add_many(items)
+        for group, items in groups.items():
+            self._store.add_many(items, group)
+        self._near.add_many(near)
         if colours:
             self._colours.extend(keys, np.stack(colours).astype(np.float32))
 
     def remove(self, key: int) -> None:
         """Unban one picture, wherever it is held; a key not held is ignored."""
-        if self._fingerprints.pop(key, None) is None:
+        held = self._plain.pop(key, None) is not None
+        if not (self._store.remove(key) or held):
             return
         self._allow.discard(key)
         for digest in self._digests.pop(key, ("", "")):
@@ -379,16 +388,20 @@ class Detector:
                 holders.remove(key)
                 if not holders:
                     del self._files[digest]
-        for whole, region in self._matchers.values():
-            whole.remove(key)
-            if region is not None:
-                region.remove(key)
         self._near.remove(key)
         self._colours.remove(key)
 
+    def fingerprint(self, key: int) -> Fingerprint | None:
+        """The banned picture's fingerprint, or None when it is not held."""
+        plain = self._plain.get(key)
+        if plain is not None:
+            return plain
+        found = self._store.get(key)
+        return found[0] if found is not None else None
+
     def is_empty(self) -> bool:
         """Whether it holds no picture at all, fuzzy or as a file."""
-        return not self._fingerprints
+        return not self._plain and not len(self._store)
 
     def bans_file(self, *digests: str) -> bool:
         """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
@@ -439,8 +452,8 @@ class Detector:
         found: dict[int, Detection] = {}
         for rule, digest in (("sha256", sha256), ("md5", md5)):
             for key in self._files.get(digest, []) if digest else []:
-                banned = self._fingerprints[key]
-                distances = probes[0].fingerprint.distance(banned) if probes else {}
+                banned = self.fingerprint(key)
+                distances = probes[0].fingerprint.distance(banned) if probes and banned else {}
                 found.setdefault(key, Detection(key, Stage.EXACT, rule, distances, "the same file"))
         hashed: dict[int, Detection] = {}
         for frame, item in enumerate(probes):
@@ -534,7 +547,7 @@ class Detector:
         return None
 
     def _local_detection(self, key: int, item: Probe, result: Verification) -> Detection:
-        banned = self._fingerprints.get(key)
+        banned = self.fingerprint(key)
         distances = item.fingerprint.distance(banned) if banned else {}
         return Detection(
             key,

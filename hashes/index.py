@@ -33,7 +33,8 @@ _MIN_CHUNK_BITS = 8
 
 
 class HammingIndex:
-    """Keys (ints) mapped to fixed-width hex hashes, searchable by Hamming distance.
+    """Keys (ints) mapped to fixed-width hex hashes, searchable by Hamming distance, each
+    with a small integer ``tag`` for the caller (what kind of entry it is).
 
     Codes are rows of a ``(capacity, bits // 64)`` array of 64-bit words. Adding appends a
     row; removing marks the row dead; rebuilding packs the live rows in key order and
@@ -48,6 +49,7 @@ class HammingIndex:
         self.bits = bits
         self._codes = np.zeros((_INITIAL_CAPACITY, bits // 64), dtype=np.uint64)
         self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
+        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint32)
         self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
         self._count = 0  # rows in use, dead ones included
         self._dead = 0
@@ -70,34 +72,36 @@ class HammingIndex:
 
     def nbytes(self) -> int:
         """Memory held by the arrays (not the dict of keys added since the last build)."""
-        arrays = (self._codes, self._keys, self._live)
+        arrays = (self._codes, self._keys, self._tags, self._live)
         tables = self._tables.nbytes() if self._tables else 0
         return sum(array.nbytes for array in arrays) + tables
 
-    def add(self, key: int, code_hex: str) -> None:
+    def add(self, key: int, code_hex: str, tag: int = 0) -> None:
         """Store ``code_hex`` under ``key``, replacing any code the key already has."""
-        self.add_many([key], [code_hex])
+        self.add_many([key], [code_hex], [tag])
 
-    def add_many(self, keys: list[int], codes: list[str]) -> None:
+    def add_many(self, keys: list[int], codes: list[str], tags: list[int] | None = None) -> None:
         """``add`` for many at once, as a rebuild does: decoded and stored in a few numpy
         operations rather than one Python call each. A key given twice keeps its last."""
-        if len(keys) != len(codes):
-            raise ValueError("add_many needs one code per key.")
+        if len(keys) != len(codes) or (tags is not None and len(tags) != len(keys)):
+            raise ValueError("add_many needs one code (and tag) per key.")
         if not keys:
             return
         rows = self._decode(codes)
         key_array = np.asarray(keys, dtype=np.int64)
+        tag_array = np.asarray(tags if tags is not None else [0] * len(keys), dtype=np.uint32)
         if len(keys) > 1:
             # The last of each key: unique over the reversed keys finds first occurrences.
             _, last = np.unique(key_array[::-1], return_index=True)
             if len(last) < len(keys):
                 keep = np.sort(len(keys) - 1 - last)
-                key_array, rows = key_array[keep], rows[keep]
+                key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
         start, end = self._count, self._count + len(key_array)
         self._reserve(end)
         self._codes[start:end] = rows
         self._keys[start:end] = key_array
+        self._tags[start:end] = tag_array
         self._live[start:end] = True
         self._count = end
         if self._rebuild_due():
@@ -118,6 +122,18 @@ class HammingIndex:
         keys = self._keys[rows]
         order = np.lexsort((keys, distances))
         return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
+
+    def search(self, code_hex: str, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+        """The keys within ``max_distance`` and their tags, in no particular order."""
+        rows, _ = self._search(self._decode([code_hex])[0], max_distance)
+        return self._keys[rows], self._tags[rows]
+
+    def get(self, key: int) -> tuple[str, int] | None:
+        """The code (hex) and tag stored under ``key``, or None."""
+        row = self._row(key)
+        if row is None:
+            return None
+        return self._codes[row].astype(">u8").tobytes().hex(), int(self._tags[row])
 
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
@@ -201,6 +217,7 @@ class HammingIndex:
         capacity = count + max(_MIN_REBUILD, count // 64) + 1
         self._codes = _resized(self._codes[rows], capacity)
         self._keys = _resized(self._keys[rows], capacity)
+        self._tags = _resized(self._tags[rows], capacity)
         self._live = np.zeros(capacity, dtype=bool)
         self._live[:count] = True
         self._count, self._dead, self._indexed = count, 0, count
@@ -215,6 +232,7 @@ class HammingIndex:
             capacity *= 2
         self._codes = _resized(self._codes[: self._count], capacity)
         self._keys = _resized(self._keys[: self._count], capacity)
+        self._tags = _resized(self._tags[: self._count], capacity)
         self._live = _resized(self._live[: self._count], capacity)
 
     def _decode(self, codes: list[str]) -> np.ndarray:

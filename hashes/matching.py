@@ -21,6 +21,8 @@ How these were measured, with the figures: docs/calibration.md.
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from hashes.index import HammingIndex
 
@@ -126,50 +128,123 @@ class Match:
     rule: str
 
 
-class Matcher:
-    """Banned fingerprints by key, searched exactly with one index per algorithm."""
+_QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group
 
-    def __init__(self, rule: MatchRule) -> None:
+
+class FingerprintStore:
+    """Banned fingerprints by key, packed in one ``HammingIndex`` per algorithm, each
+    entry tagged with its group and its PDQ quality.
+
+    Held this way a fingerprint of all three hashes costs about 150 bytes, where a
+    ``Fingerprint`` object with its dict of hex strings costs about 600 more: the
+    difference between a million bans and ten million in a worker's memory. Matchers of
+    different rules share one store, each seeing the fingerprints of its own group.
+    """
+
+    def __init__(self) -> None:
+        self._indexes = {name: HammingIndex(spec.bits) for name, spec in ALGORITHMS.items()}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, key: int) -> bool:
+        return any(key in index for index in self._indexes.values())
+
+    def nbytes(self) -> int:
+        return sum(index.nbytes() for index in self._indexes.values())
+
+    def add_many(self, items: list[tuple[int, Fingerprint]], group: int = 0) -> None:
+        """Store fingerprints in ``group``, replacing whatever their keys held."""
+        if self._count:
+            for key, _ in items:
+                self.remove(key)
+            self._count += len({key for key, _ in items})
+        else:  # a build: nothing to replace, and no key looked up one by one
+            self._count = len(np.unique(np.fromiter((key for key, _ in items), np.int64)))
+        for name, index in self._indexes.items():
+            held = [(key, fp) for key, fp in items if name in fp.hashes]
+            index.add_many(
+                [key for key, _ in held],
+                [fp.hashes[name] for _, fp in held],
+                [_tag(group, fp) for _, fp in held],
+            )
+
+    def remove(self, key: int) -> bool:
+        """Forget ``key``; whether it was held."""
+        held = False
+        for index in self._indexes.values():
+            if key in index:
+                index.remove(key)
+                held = True
+        self._count -= held
+        return held
+
+    def get(self, key: int) -> tuple[Fingerprint, int] | None:
+        """The fingerprint held under ``key`` and its group, or None."""
+        hashes, tag = {}, 0
+        for name, index in self._indexes.items():
+            found = index.get(key)
+            if found is not None:
+                hashes[name], tag = found
+        if not hashes:
+            return None
+        quality = tag & ((1 << _QUALITY_BITS) - 1)
+        fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
+        return fingerprint, tag >> _QUALITY_BITS
+
+    def search(self, name: str, code: str, radius: int, group: int) -> list[int]:
+        """The keys of ``group`` whose ``name`` hash is within ``radius`` of ``code``."""
+        keys, tags = self._indexes[name].search(code, radius)
+        return keys[(tags >> _QUALITY_BITS) == group].tolist()
+
+
+def _tag(group: int, fingerprint: Fingerprint) -> int:
+    quality = fingerprint.pdq_quality
+    return group << _QUALITY_BITS | (0 if quality is None else quality + 1)
+
+
+class Matcher:
+    """Banned fingerprints by key, searched exactly with one index per algorithm.
+
+    A matcher holds its own store, or shares one (``store``) with matchers of other
+    rules: it then sees only the fingerprints added to ``group``.
+    """
+
+    def __init__(
+        self, rule: MatchRule, store: FingerprintStore | None = None, group: int = 0
+    ) -> None:
         self.rule = rule
         # A group matches only when every hash in it is within its limit, so its candidates
         # are found by searching for one of them: the one searched most cheaply, the
         # nearest as a share of its bits. Each algorithm is searched at the largest limit
         # of the groups searched by it.
         self._radius: dict[str, int] = {}
-        for group in rule.groups:
-            name = min(group, key=lambda name: group[name] / ALGORITHMS[name].bits)
-            self._radius[name] = max(group[name], self._radius.get(name, 0))
-        self._indexes = {name: HammingIndex(ALGORITHMS[name].bits) for name in self._radius}
-        self._fingerprints: dict[int, Fingerprint] = {}
+        for group_limits in rule.groups:
+            name = min(group_limits, key=lambda name: group_limits[name] / ALGORITHMS[name].bits)
+            self._radius[name] = max(group_limits[name], self._radius.get(name, 0))
+        self._store = store if store is not None else FingerprintStore()
+        self.group = group
 
     def __len__(self) -> int:
-        return len(self._fingerprints)
+        """The fingerprints in its store (all groups)."""
+        return len(self._store)
 
     def add(self, key: int, fingerprint: Fingerprint) -> None:
         """Ban ``fingerprint`` under ``key``, replacing whatever the key held."""
-        self.remove(key)
-        self._fingerprints[key] = fingerprint
-        for name, index in self._indexes.items():
-            if name in fingerprint.hashes:
-                index.add(key, fingerprint.hashes[name])
+        self.add_many([(key, fingerprint)])
 
     def add_many(self, items: list[tuple[int, Fingerprint]]) -> None:
         """``add`` for many at once (a rebuild)."""
-        for key, _ in items:
-            self.remove(key)
-        self._fingerprints.update(items)
-        for name, index in self._indexes.items():
-            pairs = [(key, fp.hashes[name]) for key, fp in items if name in fp.hashes]
-            index.add_many([key for key, _ in pairs], [code for _, code in pairs])
+        self._store.add_many(items, self.group)
 
     def remove(self, key: int) -> None:
         """Unban ``key``; a key that is not there is ignored."""
-        if self._fingerprints.pop(key, None) is not None:
-            for index in self._indexes.values():
-                index.remove(key)
+        self._store.remove(key)
 
     def fingerprint(self, key: int) -> Fingerprint | None:
-        return self._fingerprints.get(key)
+        found = self._store.get(key)
+        return found[0] if found is not None and found[1] == self.group else None
 
     def match(self, fingerprint: Fingerprint) -> list[Match]:
         """Every banned fingerprint the rule matches, best first.
@@ -185,11 +260,11 @@ class Matcher:
         candidates: set[int] = set()
         for name, radius in self._radius.items():
             if name in fingerprint.hashes and self._votes(name, fingerprint):
-                hits = self._indexes[name].query(fingerprint.hashes[name], radius)
-                candidates.update(key for key, _ in hits)
+                code = fingerprint.hashes[name]
+                candidates.update(self._store.search(name, code, radius, self.group))
         matches = []
         for key in candidates:
-            banned = self._fingerprints[key]
+            banned = self._store.get(key)[0]  # type: ignore[index]
             distances = fingerprint.distance(banned)
             group = self._matching_group(distances, fingerprint, banned)
             if group is not None:
