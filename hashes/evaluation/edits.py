@@ -2,12 +2,13 @@
 
 Each ``Edit`` turns an RGB picture into the bytes of the file an uploader would send: a
 format, a quality, sometimes an EXIF tag or extra animation frames. Edits that combine the
-picture with others (animation, screenshot, collage) take them from ``others``, which the
-harness fills with innocent images, never with another banned one. Random choices come
-from the ``rng`` passed in, so a run is repeatable.
+picture with others (animation, screenshot, collage, paste) take them from ``others``,
+which the harness fills with innocent images, never with another banned one. Random
+choices come from the ``rng`` passed in, so a run is repeatable.
 
 ``tier`` is the recall the issue asks of the edit: ``exact`` edits keep the whole picture
-(target 99%), ``partial`` ones crop, pad, rotate slightly or embed it (target 90%).
+(target 99%), ``partial`` ones crop, pad, rotate slightly, tilt its perspective or embed it
+(target 90%).
 """
 
 import io
@@ -238,21 +239,44 @@ def _animated_gif(image: Image.Image, rng: random.Random, others: Sequence[Image
 # --- partial-picture edits --------------------------------------------------------------
 
 
+def _cropped(
+    image: Image.Image, left: float, top: float, right: float, bottom: float
+) -> Image.Image:
+    """``image`` with each side's fraction of its width or height cut off."""
+    box = (
+        round(image.width * left),
+        round(image.height * top),
+        round(image.width * (1 - right)),
+        round(image.height * (1 - bottom)),
+    )
+    return image.crop(box)
+
+
 def _crop(left: float, top: float, right: float, bottom: float, one_side: bool = False) -> Apply:
     def apply(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
         margins = [left, top, right, bottom]
         if one_side:
             rng.shuffle(margins)
-        l_, t_, r_, b_ = margins
-        box = (
-            round(image.width * l_),
-            round(image.height * t_),
-            round(image.width * (1 - r_)),
-            round(image.height * (1 - b_)),
-        )
-        return encode(image.crop(box))
+        return encode(_cropped(image, *margins))
 
     return apply
+
+
+def _crop_area(removed: float) -> Apply:
+    def apply(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
+        # The area kept is split at random between the two axes, and each axis's cut
+        # between its two sides: anything from one side only to all four.
+        share = rng.random()
+        cut_x, cut_y = 1 - (1 - removed) ** share, 1 - (1 - removed) ** (1 - share)
+        left, top = cut_x * rng.random(), cut_y * rng.random()
+        return encode(_cropped(image, left, top, cut_x - left, cut_y - top))
+
+    return apply
+
+
+def _mirror_crop(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
+    mirrored = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return encode(_cropped(mirrored, *(rng.uniform(0.05, 0.10) for _ in range(4))))
 
 
 def _aspect(x: float, y: float) -> Apply:
@@ -295,6 +319,47 @@ def _rotate(degrees: float, crop: bool) -> Apply:
     return apply
 
 
+def _perspective_coefficients(
+    shown: Sequence[tuple[float, float]], source: Sequence[tuple[float, float]]
+) -> tuple[float, ...]:
+    """PIL's eight PERSPECTIVE coefficients taking each ``shown`` point to its ``source`` one."""
+    rows, values = [], []
+    for (x, y), (u, v) in zip(shown, source, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        values += [u, v]
+    return tuple(float(c) for c in np.linalg.solve(np.array(rows), np.array(values)))
+
+
+def _keystone(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
+    """One edge narrowed by 5-10% of its length, as in a photo of a screen taken at an
+    angle, then cut to the widest box with no filled corners."""
+    width, height = image.size
+    edge = rng.choice(("top", "bottom", "left", "right"))
+    inset = rng.uniform(0.05, 0.10) / 2  # from each end of the edge
+    x, y = width * inset, height * inset
+    # Where the corners are shown, clockwise from the top left.
+    placements: dict[str, list[tuple[float, float]]] = {
+        "top": [(x, 0), (width - x, 0), (width, height), (0, height)],
+        "bottom": [(0, 0), (width, 0), (width - x, height), (x, height)],
+        "left": [(0, y), (width, 0), (width, height), (0, height - y)],
+        "right": [(0, 0), (width, y), (width, height - y), (0, height)],
+    }
+    corners: list[tuple[float, float]] = [(0, 0), (width, 0), (width, height), (0, height)]
+    distorted = image.transform(
+        image.size,
+        Image.Transform.PERSPECTIVE,
+        _perspective_coefficients(placements[edge], corners),
+        Image.Resampling.BICUBIC,
+        fillcolor="black",
+    )
+    if edge in ("top", "bottom"):
+        box = (math.ceil(x), 0, math.floor(width - x), height)
+    else:
+        box = (0, math.ceil(y), width, math.floor(height - y))
+    return encode(distorted.crop(box))
+
+
 def _screenshot(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
     """The picture as shown in an app: a window with a title bar, a sidebar and text."""
     shown = image.copy()
@@ -333,6 +398,24 @@ def _collage(columns: int, rows: int) -> Apply:
                 _fit(tile, cell),
                 (gap + column * (cell[0] + gap), gap + row * (cell[1] + gap)),
             )
+        return encode(canvas)
+
+    return apply
+
+
+def _paste(place: str) -> Apply:
+    """The picture at half its width and height, over another picture of its full size, in
+    a random corner or in the centre."""
+
+    def apply(image: Image.Image, rng: random.Random, others: Sequence[Image.Image]) -> bytes:
+        canvas = _fit(_other(rng, others, image), image.size)
+        small = _scaled(image, 0.5)
+        free_x, free_y = canvas.width - small.width, canvas.height - small.height
+        if place == "corner":
+            spot = (rng.choice((0, free_x)), rng.choice((0, free_y)))
+        else:
+            spot = (free_x // 2, free_y // 2)
+        canvas.paste(small, spot)
         return encode(canvas)
 
     return apply
@@ -380,15 +463,20 @@ CATALOGUE: tuple[Edit, ...] = (
     _e("crop_side_10", "crop", PARTIAL, "10% off one side", _crop(0.1, 0, 0, 0, True)),
     _e("crop_side_20", "crop", PARTIAL, "20% off one side", _crop(0.2, 0, 0, 0, True)),
     _e("crop_corner", "crop", PARTIAL, "12% off two sides", _crop(0.12, 0.12, 0, 0, True)),
+    _e("crop_20", "crop", PARTIAL, "20% of the area off random sides", _crop_area(0.2)),
+    _e("mirror_crop", "crop", PARTIAL, "mirrored, 5-10% off each side", _mirror_crop),
     _e("aspect_wide", "aspect", PARTIAL, "stretched 35% wider", _aspect(1.35, 1.0)),
     _e("aspect_tall", "aspect", PARTIAL, "stretched 30% taller", _aspect(1.0, 1.3)),
     _e("border", "border", PARTIAL, "8% border", _border),
     _e("letterbox", "border", PARTIAL, "letterboxed to 16:9 or 9:16", _letterbox),
     _e("rotate_3", "rotation", PARTIAL, "turned 3 degrees, black corners", _rotate(3, False)),
     _e("rotate_5", "rotation", PARTIAL, "turned 5 degrees, cropped", _rotate(5, True)),
+    _e("keystone", "perspective", PARTIAL, "one edge 5-10% narrower, cropped", _keystone),
     _e("screenshot", "embed", PARTIAL, "inside an app window", _screenshot),
     _e("collage_2x2", "embed", PARTIAL, "one tile of a 2x2 collage", _collage(2, 2)),
     _e("collage_1x2", "embed", PARTIAL, "one half of a side-by-side", _collage(2, 1)),
+    _e("paste_corner", "embed", PARTIAL, "at half size in a corner of another", _paste("corner")),
+    _e("paste_centre", "embed", PARTIAL, "at half size in the centre of another", _paste("centre")),
 )
 
 EDITS: dict[str, Edit] = {edit.name: edit for edit in CATALOGUE}
