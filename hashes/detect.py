@@ -21,7 +21,7 @@ its hashes sit near those of every other smooth image; only exact copies of its 
 (its SHA-256) are caught.
 """
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
@@ -277,9 +277,10 @@ class Detector:
 
     A picture may carry its own distance limits (its bank's), which take the place of
     that algorithm's distance in every group of the rule; pictures with the same limits
-    search one set of indexes, the store's, as one group. A picture may also be known-good (``allow``): found in an
-    upload, it voids the detections it accounts for (``voided``); its limits may only
-    make the rule stricter, so that a loose known-good list cannot void real matches.
+    are one group of the store, whose indexes every group shares. A picture may also be
+    known-good (``allow``): found in an upload, it voids the detections it accounts for
+    (``voided``); its limits may only make the rule stricter, so that a loose known-good
+    list cannot void real matches.
     """
 
     def __init__(
@@ -338,40 +339,45 @@ class Detector:
             self._matchers[(limits, tighten)] = (Matcher(rule, self._store, group), region)
         return self._matchers[(limits, tighten)]
 
-    def add_all(self, pictures: Mapping[int, BannedPicture]) -> None:
-        """Ban many pictures at once (a rebuild), or a few more (a change followed);
-        a key already held is replaced. Fuzzy matching skips plain ones."""
+    def add_all(
+        self, pictures: Mapping[int, BannedPicture] | Iterable[tuple[int, BannedPicture]]
+    ) -> None:
+        """Ban many pictures at once (a rebuild, which may stream them as (key, picture)
+        pairs), or a few more (a change followed); a key already held is replaced. Fuzzy
+        matching skips plain ones."""
+        items = pictures.items() if isinstance(pictures, Mapping) else pictures
         keys, colours = [], []
-        groups: dict[int, list[tuple[int, Fingerprint]]] = {}
         near: list[tuple[int, Fingerprint]] = []
         self._matchers_for(())
         building = self.is_empty()
-        for key, picture in pictures.items():
-            if not building and (key in self._plain or key in self._store):
-                self.remove(key)
-            if picture.allow:
-                self._allow.add(key)
-            if picture.sha256 or picture.md5:
-                self._digests[key] = (picture.sha256, picture.md5)
-            for digest in (picture.sha256, picture.md5):
-                if digest:
-                    self._files.setdefault(digest, []).append(key)
-            if not picture.fingerprint.hashes or is_low_detail(
-                picture.fingerprint, self.rule.pdq_min_quality
-            ):
-                self._plain[key] = picture.fingerprint
-                continue
-            whole, _ = self._matchers_for(picture.limits, tighten=picture.allow)
-            groups.setdefault(whole.group, []).append((key, picture.fingerprint))
-            # Near misses are candidates for the local stage, which needs the stored
-            # features of a banned picture: those with none are left out of its index.
-            signature = None if picture.allow else picture.colours
-            if signature is not None:
-                near.append((key, picture.fingerprint))
-                keys.append(key)
-                colours.append(signature)
-        for group, items in groups.items():
-            self._store.add_many(items, group)
+
+        def fuzzy() -> Iterator[tuple[int, Fingerprint, int]]:
+            for key, picture in items:
+                if not building and (key in self._plain or key in self._store):
+                    self.remove(key)
+                if picture.allow:
+                    self._allow.add(key)
+                if picture.sha256 or picture.md5:
+                    self._digests[key] = (picture.sha256, picture.md5)
+                for digest in (picture.sha256, picture.md5):
+                    if digest:
+                        self._files.setdefault(digest, []).append(key)
+                if not picture.fingerprint.hashes or is_low_detail(
+                    picture.fingerprint, self.rule.pdq_min_quality
+                ):
+                    self._plain[key] = picture.fingerprint
+                    continue
+                whole, _ = self._matchers_for(picture.limits, tighten=picture.allow)
+                # Near misses are candidates for the local stage, which needs the stored
+                # features of a banned picture: those with none are left out of its index.
+                signature = None if picture.allow else picture.colours
+                if signature is not None:
+                    near.append((key, picture.fingerprint))
+                    keys.append(key)
+                    colours.append(signature)
+                yield key, picture.fingerprint, whole.group
+
+        self._store.extend(fuzzy())
         self._near.add_many(near)
         if colours:
             self._colours.extend(keys, np.stack(colours).astype(np.float32))

@@ -85,16 +85,21 @@ class HammingIndex:
         operations rather than one Python call each. A key given twice keeps its last."""
         if len(keys) != len(codes) or (tags is not None and len(tags) != len(keys)):
             raise ValueError("add_many needs one code (and tag) per key.")
-        if not keys:
+        self.add_arrays(
+            np.asarray(keys, dtype=np.int64),
+            self.decode(codes),
+            np.asarray(tags if tags is not None else [0] * len(keys), dtype=np.uint32),
+        )
+
+    def add_arrays(self, key_array: np.ndarray, rows: np.ndarray, tag_array: np.ndarray) -> None:
+        """``add_many`` of keys, codes as ``decode`` gives them, and tags."""
+        if not len(key_array):
             return
-        rows = self._decode(codes)
-        key_array = np.asarray(keys, dtype=np.int64)
-        tag_array = np.asarray(tags if tags is not None else [0] * len(keys), dtype=np.uint32)
-        if len(keys) > 1:
+        if len(key_array) > 1:
             # The last of each key: unique over the reversed keys finds first occurrences.
             _, last = np.unique(key_array[::-1], return_index=True)
-            if len(last) < len(keys):
-                keep = np.sort(len(keys) - 1 - last)
+            if len(last) < len(key_array):
+                keep = np.sort(len(key_array) - 1 - last)
                 key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
         start, end = self._count, self._count + len(key_array)
@@ -117,7 +122,7 @@ class HammingIndex:
 
     def query(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """Every ``(key, distance)`` within ``max_distance``, nearest first, then by key."""
-        query = self._decode([code_hex])[0]
+        query = self.decode([code_hex])[0]
         rows, distances = self._search(query, max_distance)
         keys = self._keys[rows]
         order = np.lexsort((keys, distances))
@@ -125,7 +130,7 @@ class HammingIndex:
 
     def search(self, code_hex: str, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
         """The keys within ``max_distance`` and their tags, in no particular order."""
-        rows, _ = self._search(self._decode([code_hex])[0], max_distance)
+        rows, _ = self._search(self.decode([code_hex])[0], max_distance)
         return self._keys[rows], self._tags[rows]
 
     def get(self, key: int) -> tuple[str, int] | None:
@@ -137,7 +142,7 @@ class HammingIndex:
 
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
-        query = self._decode([code_hex])[0]
+        query = self.decode([code_hex])[0]
         rows, distances = self._scan(query, max_distance, 0, self._count)
         keys = self._keys[rows]
         order = np.lexsort((keys, distances))
@@ -235,7 +240,8 @@ class HammingIndex:
         self._tags = _resized(self._tags[: self._count], capacity)
         self._live = _resized(self._live[: self._count], capacity)
 
-    def _decode(self, codes: list[str]) -> np.ndarray:
+    def decode(self, codes: list[str]) -> np.ndarray:
+        """Hex codes as rows of 64-bit words; ValueError names a malformed one."""
         words = self.bits // 64
         try:
             raw = bytes.fromhex("".join(codes))

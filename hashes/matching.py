@@ -19,7 +19,9 @@ both sides and within its limit. The default groups, and why:
 How these were measured, with the figures: docs/calibration.md.
 """
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -129,6 +131,8 @@ class Match:
 
 
 _QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group
+_BATCH = 50_000
+T = TypeVar("T")
 
 
 class FingerprintStore:
@@ -154,21 +158,42 @@ class FingerprintStore:
     def nbytes(self) -> int:
         return sum(index.nbytes() for index in self._indexes.values())
 
-    def add_many(self, items: list[tuple[int, Fingerprint]], group: int = 0) -> None:
+    def add_many(self, items: Iterable[tuple[int, Fingerprint]], group: int = 0) -> None:
         """Store fingerprints in ``group``, replacing whatever their keys held."""
-        if self._count:
-            for key, _ in items:
-                self.remove(key)
-            self._count += len({key for key, _ in items})
-        else:  # a build: nothing to replace, and no key looked up one by one
-            self._count = len(np.unique(np.fromiter((key for key, _ in items), np.int64)))
+        self.extend((key, fingerprint, group) for key, fingerprint in items)
+
+    def extend(self, items: Iterable[tuple[int, Fingerprint, int]]) -> None:
+        """Store (key, fingerprint, group)s, replacing whatever their keys held. They are
+        read in batches and packed, so that a build's millions of objects need not all
+        exist at once."""
+        replacing = bool(self._count)
+        seen: list[np.ndarray] = []
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {
+            name: [] for name in self._indexes
+        }
+        for batch in _batches(items, _BATCH):
+            if replacing:
+                for key, _, _ in batch:
+                    self.remove(key)
+            seen.append(np.fromiter((key for key, _, _ in batch), np.int64, len(batch)))
+            for name, index in self._indexes.items():
+                held = [(key, fp, group) for key, fp, group in batch if name in fp.hashes]
+                if held:
+                    parts[name].append(
+                        (
+                            np.fromiter((key for key, _, _ in held), np.int64, len(held)),
+                            index.decode([fp.hashes[name] for _, fp, _ in held]),
+                            np.fromiter((_tag(g, fp) for _, fp, g in held), np.uint32, len(held)),
+                        )
+                    )
         for name, index in self._indexes.items():
-            held = [(key, fp) for key, fp in items if name in fp.hashes]
-            index.add_many(
-                [key for key, _ in held],
-                [fp.hashes[name] for _, fp in held],
-                [_tag(group, fp) for _, fp in held],
-            )
+            if parts[name]:
+                keys, codes, tags = (
+                    np.concatenate(column) for column in zip(*parts[name], strict=True)
+                )
+                index.add_arrays(keys, codes, tags)
+        if seen:
+            self._count += len(np.unique(np.concatenate(seen)))
 
     def remove(self, key: int) -> bool:
         """Forget ``key``; whether it was held."""
@@ -197,6 +222,17 @@ class FingerprintStore:
         """The keys of ``group`` whose ``name`` hash is within ``radius`` of ``code``."""
         keys, tags = self._indexes[name].search(code, radius)
         return keys[(tags >> _QUALITY_BITS) == group].tolist()
+
+
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _tag(group: int, fingerprint: Fingerprint) -> int:

@@ -196,13 +196,15 @@ def _build(only: Q | None) -> Blocklist:
     if only is not None:
         selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
     rows = selected.values_list(*_ROW_FIELDS).iterator(chunk_size=10_000)
-    pictures: dict[int, BannedPicture] = {}
     review: set[int] = set()
-    for key, picture, action in _pictures(rows, _enabled_banks()):
-        pictures[key] = picture
-        if action == Bank.Act.REVIEW:
-            review.add(key)
-    detector.add_all(pictures)
+
+    def pictures() -> Iterator[tuple[int, BannedPicture]]:
+        for key, picture, action in _pictures(rows, _enabled_banks()):
+            if action == Bank.Act.REVIEW:
+                review.add(key)
+            yield key, picture
+
+    detector.add_all(pictures())
     return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
 
 

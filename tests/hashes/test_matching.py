@@ -2,8 +2,9 @@ import random
 
 import pytest
 
+from hashes import matching
 from hashes.algorithms import ALGORITHMS, Fingerprint
-from hashes.matching import DEFAULT_RULE_CONFIG, Match, Matcher, MatchRule
+from hashes.matching import DEFAULT_RULE_CONFIG, FingerprintStore, Match, Matcher, MatchRule
 
 PHASH = "0123456789abcdef"
 DHASH = "fedcba9876543210"
@@ -261,3 +262,39 @@ def test_pdq_min_quality_defaults_to_50():
 def test_from_config_rejects_bad_settings_with_a_clear_message(config, message):
     with pytest.raises(ValueError, match=message):
         MatchRule.from_config(config)
+
+
+def test_a_store_gives_back_each_fingerprint_and_group_as_stored(monkeypatch) -> None:
+    """Packed into arrays in batches (small ones here, to cross their edges), every
+    fingerprint comes back whole: its hashes, missing ones missing, and its PDQ quality,
+    none included."""
+    monkeypatch.setattr(matching, "_BATCH", 7)
+    rng = random.Random(5)
+    centres = [fingerprint()]
+    stored = {key: random_fingerprint(rng, centres) for key in range(40)}
+    store = FingerprintStore()
+    store.extend((key, value, key % 3) for key, value in stored.items())
+
+    assert len(store) == 40
+    for key, value in stored.items():
+        assert store.get(key) == (value, key % 3)
+    assert store.get(99) is None
+
+    replaced = Fingerprint(hashes={"dhash": DHASH}, pdq_quality=None)
+    store.add_many([(3, replaced), (41, replaced)], group=2)
+    assert store.get(3) == (replaced, 2)
+    assert len(store) == 41
+    assert store.remove(3) and not store.remove(3)
+    assert 3 not in store and len(store) == 40
+
+
+def test_matchers_sharing_a_store_see_only_their_own_group() -> None:
+    store = FingerprintStore()
+    strict = Matcher(MatchRule(groups=({"pdq": 5},)), store, group=0)
+    loose = Matcher(MatchRule(groups=({"pdq": 40},)), store, group=1)
+    strict.add(1, fingerprint(pdq=20))
+    loose.add(2, fingerprint(pdq=20))
+
+    assert [match.key for match in strict.match(fingerprint())] == []
+    assert [match.key for match in loose.match(fingerprint())] == [2]
+    assert strict.fingerprint(2) is None and loose.fingerprint(2) == fingerprint(pdq=20)
