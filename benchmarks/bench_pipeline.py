@@ -19,6 +19,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hashes.detect import Detector
+    from hashes.matching import Matcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,28 +56,25 @@ def main() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def per_image(images: list[Path], blocklist_size: int) -> None:
-    import io
-
-    import imagehash
+def blocklist(blobs: list[bytes], size: int) -> tuple["Matcher", "Detector"]:
+    """A whole-picture matcher and a detector of ``size`` random banned fingerprints, the
+    detector's with colours and, to verify against, the real features of ``blobs``: the
+    second stage's cost depends on them."""
     import numpy as np
-    from PIL import Image
 
-    from hashes.algorithms import Fingerprint, fingerprint_frames
-    from hashes.detect import BannedPicture, Detector, probes, reference_features
+    from hashes.algorithms import Fingerprint
+    from hashes.detect import BannedPicture, Detector, reference_features
     from hashes.loading import load_image
     from hashes.matching import DEFAULT_RULE_CONFIG, Matcher, MatchRule
 
     rule = MatchRule.from_config(DEFAULT_RULE_CONFIG)
     rng = random.Random(1)
-    blobs = [path.read_bytes() for path in images]
-    # Real features to verify against: the second stage's cost depends on them.
-    features = [reference_features(load_image(data).frames[0]) for data in blobs]
-    colours = np.random.default_rng(1).random((blocklist_size, 64)).astype(np.float32) ** 4
+    features = [reference_features(load_image(data, full_size=True).frames[0]) for data in blobs]
+    colours = np.random.default_rng(1).random((size, 64)).astype(np.float32) ** 4
     colours /= np.linalg.norm(colours, axis=1, keepdims=True)
     matcher = Matcher(rule)
     pictures = {}
-    for key in range(blocklist_size):
+    for key in range(size):
         fingerprint = Fingerprint(
             hashes={
                 "phash": f"{rng.getrandbits(64):016x}",
@@ -87,6 +89,21 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
         rule, None, lambda keys: {key: features[key % len(features)][0] for key in keys}
     )
     detector.add_all(pictures)
+    return matcher, detector
+
+
+def per_image(images: list[Path], blocklist_size: int) -> None:
+    import io
+
+    import imagehash
+    from PIL import Image
+
+    from hashes.algorithms import fingerprint_frames
+    from hashes.detect import probes
+    from hashes.loading import load_image
+
+    blobs = [path.read_bytes() for path in images]
+    matcher, detector = blocklist(blobs, blocklist_size)
 
     def classic(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:

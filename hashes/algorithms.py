@@ -11,16 +11,23 @@ Three algorithms, each stored as lowercase hex:
   ``w[k // 16]`` and prints the words ``w[15]`` first, each as 4 hex digits: the first hex
   digit holds bits 255..252. ``pdqhash.compute`` returns the bits already reversed (element
   ``i`` is bit ``255 - i``), so packing its vector most significant bit first gives that
-  string; ThreatExchange's own Python hasher converts it the same way. PDQ is computed on
-  the full-resolution frame, as ThreatExchange's Python hasher does: downscaling to 512 px
-  first, as the C++ command-line tool does, moved some corpus hashes by over 50 bits.
+  string; ThreatExchange's own Python hasher converts it the same way. A banned image is
+  hashed on its full-resolution frame, as ThreatExchange's Python hasher does, so that
+  the hashes it exports are what other PDQ tools compute: downscaling to 512 px first, as
+  the C++ command-line tool does, moved some corpus hashes by over 50 bits.
+
+Uploads are only matched, never exported: they are hashed on a copy ``MATCH_SIDE`` pixels
+across (``hashes.detect.probe``), a few bits from the full-resolution hashes at a small
+part of the cost, which grows faster than the pixels.
 
 Each algorithm has a version: bump it whenever the computation changes (resampling,
 preprocessing, library upgrade that alters output) so stored values can be recomputed.
 """
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import imagehash
 import numpy as np
@@ -28,6 +35,13 @@ import pdqhash
 from PIL import Image
 
 from hashes.loading import LoadedImage
+
+# The longer side of the copy an upload is hashed on. PDQ box-filters by side/128 pixels
+# before it samples: at 640 the window is 5, odd, so it stays centred; sides with an even
+# window (680-760, 920-1000) moved corpus hashes about twice as far from full resolution.
+MATCH_SIDE = 640
+
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -87,12 +101,19 @@ DIHEDRAL: tuple[Image.Transpose | None, ...] = (
 )
 
 
-def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
+def fingerprint_turns(image: Image.Image, small: Image.Image | None = None) -> list[Fingerprint]:
     """The fingerprint of an RGB frame turned and flipped each way of ``DIHEDRAL``; PDQ's
-    are computed in one pass, as its dihedral function does."""
+    are computed in one pass, as its dihedral function does.
+
+    With ``small``, a smaller copy of the same frame, the pHash and dHash of the seven
+    turned pictures are computed on it instead (they look at 32 and 9 pixels across);
+    the picture as it is is hashed on ``image`` alone.
+    """
     dihedral, quality = pdqhash.compute_dihedral(np.asarray(image))
+    # pHash and dHash see grey only: the picture is made grey once, then turned.
+    turnable = (image if small is None else small).convert("L")
     return [
-        _fingerprint(image.transpose(turn) if turn is not None else image, bits, quality)
+        _fingerprint(turnable.transpose(turn) if turn is not None else image, bits, quality)
         for turn, bits in zip(DIHEDRAL, dihedral, strict=True)
     ]
 
@@ -115,16 +136,19 @@ def fingerprint_frames(loaded: LoadedImage) -> list[Fingerprint]:
 
 
 def distinct_frames(loaded: LoadedImage) -> list[tuple[Image.Image, Fingerprint]]:
-    """Each frame with its fingerprint, first frame first, leaving out repeats."""
-    found: list[tuple[Image.Image, Fingerprint]] = []
-    seen: set[tuple[tuple[str, str], ...]] = set()
-    for frame in loaded.frames:
-        fingerprint = fingerprint_image(frame)
-        identity = tuple(sorted(fingerprint.hashes.items()))
-        if identity not in seen:
-            seen.add(identity)
-            found.append((frame, fingerprint))
-    return found
+    """Each frame with its fingerprint (of the frame as decoded), first frame first,
+    leaving out repeats."""
+    hashed = ((frame, fingerprint_image(frame)) for frame in loaded.frames)
+    return distinct(hashed, lambda item: item[1])
+
+
+def distinct(items: Iterable[_Item], fingerprint: Callable[[_Item], Fingerprint]) -> list[_Item]:
+    """The items (frames, or anything made of one), first first, leaving out those whose
+    hashes all repeat an earlier item's: a repeated frame adds nothing to check."""
+    found: dict[tuple[tuple[str, str], ...], _Item] = {}
+    for item in items:
+        found.setdefault(tuple(sorted(fingerprint(item).hashes.items())), item)
+    return list(found.values())
 
 
 def hamming(a_hex: str, b_hex: str) -> int:

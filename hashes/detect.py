@@ -30,8 +30,9 @@ from PIL import Image
 
 from hashes.algorithms import (
     DIHEDRAL,
+    MATCH_SIDE,
     Fingerprint,
-    distinct_frames,
+    distinct,
     fingerprint_image,
     fingerprint_turns,
 )
@@ -233,13 +234,21 @@ def _signature(pixels: np.ndarray) -> np.ndarray:
     return (vector / np.linalg.norm(vector)).astype(np.float16)
 
 
-def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True) -> Probe:
-    """Everything the detector compares for one RGB frame whose fingerprint is given."""
+def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
+    """Everything the detector compares for one RGB frame of an upload.
+
+    The fingerprint and all eight PDQ turns come from one copy MATCH_SIDE across, scaled
+    from the one local features use; the views, and the turns' pHash and dHash, from the
+    copy at WORK_SIDE made from the frame: views found on a copy made any other way move.
+    """
+    query = working_copy(frame, QUERY_FEATURE_SIDE)
+    match = working_copy(query, MATCH_SIDE)
     work = working_copy(frame)
     small = working_copy(work, HASH_SIDE)
+    fingerprints = fingerprint_turns(match, small)
     turns = [
         (name, turned)
-        for (name, _, undo), turned in zip(TURNS, fingerprint_turns(small), strict=True)
+        for (name, _, undo), turned in zip(TURNS, fingerprints, strict=True)
         if undo is not None
     ]
     found = []
@@ -248,11 +257,11 @@ def probe(frame: Image.Image, fingerprint: Fingerprint, *, regions: bool = True)
             part = working_copy(cut(work, view), HASH_SIDE)
             found.append((view, fingerprint_image(part), colour_signature(part)))
     return Probe(
-        fingerprint=fingerprint,
+        fingerprint=fingerprints[0],
         turns=turns,
         regions=found,
         colours=colour_signature(small),
-        image=working_copy(frame, QUERY_FEATURE_SIDE),
+        image=query,
         hue_turned=hue_turned_signatures(small),
     )
 
@@ -261,10 +270,10 @@ def probes(loaded: LoadedImage) -> list[Probe]:
     """What the detector compares for a loaded image: one probe per distinct frame, each
     with its own fingerprint; the first with its views and local features, later frames
     whole. The worker, the harness and the benchmarks all call this."""
-    return [
-        probe(frame, fingerprint, regions=index == 0)
-        for index, (frame, fingerprint) in enumerate(distinct_frames(loaded))
-    ]
+    return distinct(
+        (probe(frame, regions=index == 0) for index, frame in enumerate(loaded.frames)),
+        lambda item: item.fingerprint,
+    )
 
 
 def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from hashes.errors import (
     AnimationTooLong,
@@ -41,6 +41,11 @@ KEPT_FRAMES_FACTOR = 4
 _TOLERANT_LOCK = threading.Lock()
 # Frames after the first are kept at most this many pixels on their longer side.
 LATER_FRAME_SIDE = 1024
+# The largest side any check of an upload works on (hashes.detect.QUERY_FEATURE_SIDE): a
+# JPEG upload at least twice as large is decoded reduced, to no less than this.
+DECODE_SIDE = 1024
+# The JPEG decoder's DCT scaling: the whole picture, at 1/8, 1/4 or 1/2 of its size.
+_DCT_SCALES = (8, 4, 2)
 
 _ALLOWED_NAMES = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 _WHITE = (255, 255, 255, 255)
@@ -126,7 +131,8 @@ class LoadedImage:
     format: str
     width: int
     height: int
-    # The first frame at full size, then the distinct later frames shown longest.
+    # The first frame (see load_image for its size), then the distinct later frames shown
+    # longest. ``width`` and ``height`` are the first frame's full size, however decoded.
     frames: list[Image.Image]
     frame_count: int
     # How many distinct pictures the animation shows (1 for a still image).
@@ -141,8 +147,16 @@ def load_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_frames: int = DEFAULT_MAX_FRAMES,
+    full_size: bool = False,
 ) -> LoadedImage:
     """Decode an image from bytes or a file path into RGB frames.
+
+    A JPEG at least twice ``DECODE_SIDE`` on its longer side is decoded reduced, by the
+    decoder's DCT scaling (1/2, 1/4 or 1/8), as far as its longer side stays at least
+    ``DECODE_SIDE``: uploads are checked on copies no larger than that, so the full-size
+    pixels would only be made to be scaled down again. ``full_size`` decodes every pixel:
+    banned images are hashed at full size, so that their PDQ hashes are what other PDQ
+    implementations compute from the file.
 
     Frames have EXIF orientation applied and transparency flattened onto white. Every
     frame of an animation is decoded; the first and, of the distinct later ones, the
@@ -193,7 +207,7 @@ def load_image(
             f"The image header is damaged ({exc}). Upload the original file again."
         ) from exc
     with image:
-        return _decode(image, max_pixels, max_frames)
+        return _decode(image, max_pixels, max_frames, None if full_size else DECODE_SIDE)
 
 
 def _read_file(path: str | os.PathLike, max_bytes: int) -> bytes:
@@ -222,7 +236,9 @@ def _read_file(path: str | os.PathLike, max_bytes: int) -> bytes:
         os.close(fd)
 
 
-def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage:
+def _decode(
+    image: Image.Image, max_pixels: int, max_frames: int, draft_side: int | None
+) -> LoadedImage:
     width, height = image.size
     if width < MIN_SIDE or height < MIN_SIDE:
         raise ImageTooSmall(
@@ -231,8 +247,10 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
         )
     _check_pixels(image.size, max_pixels)
     image_format = "JPEG" if image.format == "MPO" else str(image.format)
+    # Only the JPEG decoder can make the reduced picture without the full one.
+    draft_side = draft_side if image_format == "JPEG" else None
     try:
-        frames = _frames(image, image_format, max_pixels, max_frames)
+        frames = _frames(image, image_format, max_pixels, max_frames, draft_side)
         damage = ""
     except (DecompressionBomb, AnimationTooLong):
         raise
@@ -245,7 +263,7 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
         damage = f"{exc}"
         try:
             with _tolerant():
-                frames = _frames(image, image_format, max_pixels, max_frames)
+                frames = _frames(image, image_format, max_pixels, max_frames, draft_side)
         except (DecompressionBomb, AnimationTooLong):
             raise
         except Exception as again:
@@ -260,10 +278,16 @@ def _decode(image: Image.Image, max_pixels: int, max_frames: int) -> LoadedImage
                 "picture decodes. Upload the original file again."
             ) from exc
     first = frames.kept[0]
+    if draft_side is not None and image.size != (width, height):
+        # Decoded reduced: the full size is the declared one, turned as the frame was.
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in _SIDEWAYS:
+            width, height = height, width
+    else:
+        width, height = first.size
     return LoadedImage(
         format=image_format,
-        width=first.width,
-        height=first.height,
+        width=width,
+        height=height,
         frames=frames.kept,
         frame_count=frames.count,
         distinct_frames=frames.distinct,
@@ -300,15 +324,22 @@ class _Frames:
     distinct: int
 
 
-def _frames(image: Image.Image, image_format: str, max_pixels: int, max_frames: int) -> _Frames:
+def _frames(
+    image: Image.Image,
+    image_format: str,
+    max_pixels: int,
+    max_frames: int,
+    draft_side: int | None = None,
+) -> _Frames:
     """The first frame, and the distinct later frames shown longest, up to max_frames.
 
     Frames decode in sequence, so every frame is decoded, up to a budget of DECODE_BUDGET
-    times max_pixels; an animation over it cannot be checked and is refused whole.
+    times max_pixels; an animation over it cannot be checked and is refused whole. A
+    still JPEG is decoded reduced towards ``draft_side`` (None: at full size).
     """
     frame_count = 1 if image_format == "JPEG" else getattr(image, "n_frames", 1)
     if frame_count == 1:
-        return _Frames([_frame(image, 0, max_pixels)], 1, 1)
+        return _Frames([_frame(image, 0, max_pixels, draft_side)], 1, 1)
     width, height = image.size
     budget = DECODE_BUDGET * max_pixels
     if width * height * frame_count > budget:
@@ -365,12 +396,33 @@ def _identity(frame: Image.Image) -> bytes:
     return hashlib.blake2b(frame.tobytes(), digest_size=16).digest()
 
 
-def _frame(image: Image.Image, index: int, max_pixels: int) -> Image.Image:
+def _frame(
+    image: Image.Image, index: int, max_pixels: int, draft_side: int | None = None
+) -> Image.Image:
     image.seek(index)
     # Pages of a TIFF can each have their own size.
     _check_pixels(image.size, max_pixels)
+    if draft_side is not None:
+        _draft(image, draft_side)
     image.load()
     return _to_rgb(ImageOps.exif_transpose(image))
+
+
+# The EXIF orientations that swap width and height (transposed, turned 90 degrees either
+# way, transversed), as ImageOps.exif_transpose reads them.
+_SIDEWAYS = frozenset({5, 6, 7, 8})
+
+
+def _draft(image: Image.Image, side: int) -> None:
+    """Have the JPEG decoder scale ``image`` down in the DCT, by the largest of 1/8, 1/4
+    and 1/2 that leaves its longer side at least ``side`` and its shorter side at least
+    MIN_SIDE; the full-size pixels are then never made. The mode is left as it is."""
+    width, height = image.size
+    for scale in _DCT_SCALES:
+        if max(width, height) // scale >= side and min(width, height) // scale >= MIN_SIDE:
+            # Pillow picks the largest scale that keeps at least the size asked for.
+            image.draft(None, (width // scale, height // scale))
+            return
 
 
 def _shrunk(frame: Image.Image) -> Image.Image:

@@ -58,7 +58,9 @@ def views(image: Image.Image) -> list[View]:
         box = _trim(pixels, share)
         if box != (0, 0, width, height):
             _add(found, View(name, _fraction(box, width, height)))
-    grey = pixels.mean(axis=2)
+    # The channels' mean, their sum taken exactly in int16 first: pixels.mean(axis=2)
+    # gives the same values, at several times the cost.
+    grey = (pixels[..., 0] + pixels[..., 1] + pixels[..., 2]) / 3
     boxes: list[tuple[int, int, int, int]] = []
     _split(grey, pixels, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
@@ -134,14 +136,12 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     rows = rows[: len(rows) // 2]
     colour = np.median(rows[0], axis=0)
     # Most pictures have no border: the first row says so before the rest is compared.
-    if (np.abs(rows[0] - colour).max(axis=1) <= _TOLERANCE).mean() < _BORDER_SHARE:
+    if _near(rows[0], colour).mean() < _BORDER_SHARE:
         return 0
     # Row by row in blocks, up to the first row that is not mostly that colour.
     blocks = []
     for start in range(0, len(rows), _BLOCK):
-        block = (np.abs(rows[start : start + _BLOCK] - colour).max(axis=2) <= _TOLERANCE).mean(
-            axis=1
-        )
+        block = _near(rows[start : start + _BLOCK], colour).mean(axis=1)
         blocks.append(block)
         if (block < share).any():
             break
@@ -155,6 +155,18 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
         margins = np.flatnonzero(close[:end] >= _BORDER_SHARE)
         run = int(margins[-1]) + 1 if margins.size else 0
     return run if run >= max(2, round(len(rows) * 0.015)) else 0
+
+
+def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Which of the (int16) pixels are within _TOLERANCE of ``colour`` in every channel.
+
+    The colour is a median, a whole or half number: the bounds are rounded inwards so that
+    whole-number pixels are compared without a float copy of them.
+    """
+    low = np.ceil(colour - _TOLERANCE).astype(pixels.dtype)
+    high = np.floor(colour + _TOLERANCE).astype(pixels.dtype)
+    inside = (pixels >= low) & (pixels <= high)
+    return inside[..., 0] & inside[..., 1] & inside[..., 2]
 
 
 def _split(

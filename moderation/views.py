@@ -67,6 +67,7 @@ def protected_image(request: HttpRequest, kind: str, pk: int) -> HttpResponse:
             max_bytes=settings.HASHGUARD_MAX_BYTES,
             max_pixels=settings.HASHGUARD_MAX_PIXELS,
             max_frames=1,
+            full_size=True,
         ).frames[0]
     except (OSError, files.UnsafePath, ImageError) as exc:
         raise Http404(f"Cannot show this image: {exc}") from None

@@ -170,7 +170,7 @@ class Harness:
 
     def ban(self, key: int, data: bytes) -> bool:
         """Ban an image as the product does; True if it is refused for fuzzy matching."""
-        loaded = load_image(data)
+        loaded = load_image(data, full_size=True)
         fingerprint = fingerprint_frames(loaded)[0]
         features, colours = reference_features(loaded.frames[0])
         self.fingerprints[key] = fingerprint

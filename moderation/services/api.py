@@ -158,8 +158,9 @@ def lookup_image(*, data: bytes) -> ImageLookup:
 
 
 def hash_image(*, data: bytes) -> dict[str, object]:
-    """The hashes of an image's first frame, as the workers compute them."""
-    _, fingerprint = distinct_frames(load(data))[0]
+    """The hashes of an image's first frame at full size, as a ban computes them and as
+    other PDQ tools do (an upload is matched on a smaller copy, a few bits away)."""
+    _, fingerprint = distinct_frames(load(data, full_size=True))[0]
     return {
         **{name: fingerprint.hashes[name] for name in ALGORITHMS if name in fingerprint.hashes},
         "pdq_quality": fingerprint.pdq_quality,

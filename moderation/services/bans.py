@@ -113,7 +113,8 @@ class BanImage:
 
     @classmethod
     def read(cls, data: bytes) -> "BanImage":
-        loaded = load(data)
+        # Full size: exported PDQ hashes must be what other PDQ tools compute from the file.
+        loaded = load(data, full_size=True)
         return cls(data, files.sha256_of(data), loaded.format, BanFrame.of(loaded))
 
 
@@ -344,7 +345,7 @@ def banned_rehash() -> tuple[int, int]:
         data = files.read_regular_file(
             files.reference_dir(), name.encode(), max_bytes=settings.HASHGUARD_MAX_BYTES
         )
-        frames = BanFrame.of(load(data))
+        frames = BanFrame.of(load(data, full_size=True))
         with transaction.atomic():
             for row in rows:
                 if row.frame < len(frames):

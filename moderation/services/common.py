@@ -55,12 +55,13 @@ def check_seen(upload: Upload, seen: str | None) -> None:
 # --- helpers ------------------------------------------------------------------------
 
 
-def load(data: bytes) -> LoadedImage:
+def load(data: bytes, *, full_size: bool = False) -> LoadedImage:
     return load_image(
         data,
         max_bytes=settings.HASHGUARD_MAX_BYTES,
         max_pixels=settings.HASHGUARD_MAX_PIXELS,
         max_frames=settings.HASHGUARD_MAX_FRAMES,
+        full_size=full_size,
     )
 
 

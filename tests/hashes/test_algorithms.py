@@ -1,3 +1,4 @@
+import io
 import itertools
 
 import imagehash
@@ -8,10 +9,12 @@ from PIL import Image
 
 from hashes.algorithms import (
     ALGORITHMS,
+    DIHEDRAL,
     Fingerprint,
     algorithm_versions,
     fingerprint_frames,
     fingerprint_image,
+    fingerprint_turns,
     hamming,
     parse_hash,
 )
@@ -175,3 +178,37 @@ def test_each_hash_has_the_bits_its_algorithm_declares():
     for name, code in fingerprint.hashes.items():
         assert len(code) * 4 == ALGORITHMS[name].bits, name
         assert parse_hash(name, code) == code
+
+
+def test_a_banned_image_loaded_at_full_size_has_the_full_resolution_hashes():
+    # A camera-sized JPEG, which an upload would decode reduced.
+    image = photo("coffee").resize((4200, 2800), Image.Resampling.LANCZOS)
+    data = encode(image, "JPEG", quality=90)
+    with Image.open(io.BytesIO(data)) as stored:
+        every_pixel = stored.convert("RGB")
+    bits, quality = pdqhash.compute(np.asarray(every_pixel))
+
+    fingerprint = fingerprint_frames(load_image(data, full_size=True))[0]
+
+    assert fingerprint.hashes == {
+        "pdq": np.packbits(bits.astype(np.uint8)).tobytes().hex(),
+        "phash": str(imagehash.phash(every_pixel)),
+        "dhash": str(imagehash.dhash(every_pixel)),
+    }
+    assert fingerprint.pdq_quality == quality
+
+
+def test_turns_take_pdq_from_the_frame_and_turned_phash_and_dhash_from_the_small_copy():
+    image = photo("rocket")
+    small = image.resize((256, 171), Image.Resampling.BILINEAR)
+
+    turns = fingerprint_turns(image, small)
+
+    assert turns[0] == fingerprint_image(image)
+    assert [turn.hashes["pdq"] for turn in turns] == [
+        turn.hashes["pdq"] for turn in fingerprint_turns(image)
+    ]
+    for turn, fingerprint in zip(DIHEDRAL[1:], turns[1:], strict=True):
+        turned = small.transpose(turn)
+        assert fingerprint.hashes["phash"] == str(imagehash.phash(turned))
+        assert fingerprint.hashes["dhash"] == str(imagehash.dhash(turned))

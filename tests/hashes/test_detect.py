@@ -16,7 +16,7 @@ from hashes.detect import (
     reference_features,
 )
 from hashes.evaluation.edits import EDITS
-from hashes.loading import load_image
+from hashes.loading import DECODE_SIDE, load_image
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 from tests.images import PHOTOS, encode, photo
 
@@ -340,3 +340,45 @@ def test_pictures_are_removed_and_replaced_in_place() -> None:
     detector.add_all({2: pictures[1]})  # key 2 now bans the coffee picture
     assert set(_detect(detector, coffee)) == {2} and _detect(detector, rocket) == {}
     assert len(detector) == 2
+
+
+def _camera_sized(name: str, width: int = 4200) -> Image.Image:
+    image = photo(name)
+    size = (width, round(width * image.height / image.width))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea"])
+def test_a_large_jpeg_upload_decoded_reduced_matches_its_full_resolution_ban(name) -> None:
+    big = _camera_sized(name)
+    data = encode(big, "JPEG", quality=90)
+    # Banned as the moderators' path bans it: every pixel decoded and hashed.
+    frame, fingerprint = distinct_frames(load_image(data, full_size=True))[0]
+    features, colours = reference_features(frame)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: BannedPicture(fingerprint, colours)})
+    smaller = encode(big.resize((3000, round(3000 * big.height / big.width))), "JPEG", quality=80)
+
+    for upload in (data, smaller):
+        loaded = load_image(upload)
+        assert max(loaded.frames[0].size) < 2 * DECODE_SIDE < max(loaded.width, loaded.height)
+        found = detector.detect(probes(loaded))  # no digest given: the hashes must match
+        assert list(found) == [0] and found[0].stage == Stage.HASH, found
+        assert found[0].turn == "as_is" and not found[0].partial
+        assert found[0].distances["pdq"] < 16 and found[0].distances["dhash"] <= 1
+
+
+def test_frames_whose_hashes_all_repeat_are_probed_once() -> None:
+    first = photo("astronaut")
+    # One pixel changed: another frame to the loader, the same picture to every hash.
+    touched = first.copy()
+    touched.putpixel((5, 5), (0, 0, 0))
+    data = encode(first, "PNG", save_all=True, append_images=[touched, photo("rocket")])
+    loaded = load_image(data)
+    assert len(loaded.frames) == 3
+
+    checked = probes(loaded)
+
+    assert len(checked) == 2
+    assert checked[1].regions == []  # views are looked for in the first frame only
+    assert checked[1].fingerprint.distance(checked[0].fingerprint)["pdq"] > 64

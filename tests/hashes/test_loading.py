@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from hashes.algorithms import MATCH_SIDE
+from hashes.detect import QUERY_FEATURE_SIDE
 from hashes.errors import (
     AnimationTooLong,
     CorruptImage,
@@ -20,7 +22,7 @@ from hashes.errors import (
     UncheckableFormat,
     UnsupportedFormat,
 )
-from hashes.loading import ALLOWED_FORMATS, SNIFF_BYTES, image_kind, load_image
+from hashes.loading import ALLOWED_FORMATS, DECODE_SIDE, SNIFF_BYTES, image_kind, load_image
 from tests.images import encode, photo, photo_path, save
 
 RED = (255, 0, 0)
@@ -481,3 +483,106 @@ def test_a_file_of_which_nothing_decodes_is_corrupt_whatever_its_palette():
 
     with pytest.raises(CorruptImage, match="none of its picture decodes"):
         load_image(cut)
+
+
+def large_photo(width: int = 4200) -> Image.Image:
+    """A fixture photo scaled up to a camera's size."""
+    image = photo("rocket")
+    return image.resize((width, round(width * image.height / image.width)))
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).mean())
+
+
+@pytest.mark.parametrize(
+    ("size", "decoded"),
+    [
+        ((4200, 2800), (1050, 700)),  # 1/4: 1/8 would leave under DECODE_SIDE across
+        ((4000, 2670), (2000, 1335)),  # 1/2: 1/4 would leave 1000 across
+        ((2048, 1366), (1024, 683)),  # 1/2: twice DECODE_SIDE
+        ((2047, 1366), (2047, 1366)),  # under twice DECODE_SIDE: as it is
+        ((9000, 1200), (1125, 150)),  # 1/8: at most 1/8
+        ((16000, 60), (4000, 15)),  # 1/4: the shorter side stays at least MIN_SIDE
+    ],
+)
+def test_a_large_jpeg_upload_is_decoded_reduced(size, decoded):
+    data = encode(photo("rocket").resize(size), "JPEG", quality=90)
+
+    loaded = load_image(data)
+    whole = load_image(data, full_size=True)
+
+    assert loaded.frames[0].size == decoded and loaded.frames[0].mode == "RGB"
+    assert (loaded.width, loaded.height) == (whole.width, whole.height) == size
+    assert whole.frames[0].size == size
+    # The same picture, smaller: the DCT scaling averages what the full decode shows.
+    shrunk = whole.frames[0].resize(decoded, Image.Resampling.BOX)
+    assert mean_difference(loaded.frames[0], shrunk) < 2
+
+
+def test_jpeg_decoding_reduced_never_goes_under_what_the_checks_use():
+    assert max(QUERY_FEATURE_SIDE, MATCH_SIDE) <= DECODE_SIDE
+    for width in range(2 * DECODE_SIDE, 12 * DECODE_SIDE, 997):
+        data = encode(Image.new("RGB", (width, 300), WHITE), "JPEG")
+        assert DECODE_SIDE <= load_image(data).frames[0].width < 2 * DECODE_SIDE
+
+
+@pytest.mark.parametrize(
+    ("orientation", "transpose"),
+    [
+        (3, Image.Transpose.ROTATE_180),
+        (6, Image.Transpose.ROTATE_270),
+        (8, Image.Transpose.ROTATE_90),
+        (5, Image.Transpose.TRANSPOSE),
+    ],
+)
+def test_a_large_exif_rotated_jpeg_comes_out_the_right_way_up(orientation, transpose):
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    stored = large_photo()
+    data = encode(stored, "JPEG", quality=90, exif=exif)
+    upright = stored.transpose(transpose)
+
+    loaded = load_image(data)
+
+    frame = loaded.frames[0]
+    assert (loaded.width, loaded.height) == upright.size
+    assert max(frame.size) == 1050
+    assert mean_difference(frame, upright.resize(frame.size, Image.Resampling.BOX)) < 3
+    # Not merely the right shape: the picture turned any other way differs.
+    for wrong in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_LEFT_RIGHT):
+        turned = upright.transpose(wrong).resize(frame.size, Image.Resampling.BOX)
+        assert mean_difference(frame, turned) > 15
+
+
+def test_the_pixel_limit_of_a_large_jpeg_is_its_full_size_however_decoded():
+    data = encode(large_photo(), "JPEG", quality=90)
+    width, height = Image.open(io.BytesIO(data)).size
+
+    with pytest.raises(DecompressionBomb, match="over the limit"):
+        load_image(data, max_pixels=width * height - 1)
+    assert load_image(data, max_pixels=width * height).width == width
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_a_large_grey_or_cmyk_jpeg_is_decoded_reduced_to_rgb(mode):
+    stored = large_photo().convert(mode)
+    data = encode(stored, "JPEG", quality=90)
+
+    loaded = load_image(data)
+    whole = load_image(data, full_size=True).frames[0]
+
+    frame = loaded.frames[0]
+    assert frame.mode == "RGB" and max(frame.size) == 1050
+    assert mean_difference(frame, whole.resize(frame.size, Image.Resampling.BOX)) < 2
+
+
+def test_a_large_jpeg_cut_short_is_decoded_reduced_as_far_as_it_goes():
+    data = encode(large_photo(), "JPEG", quality=90)
+    reference = load_image(data).frames[0]
+
+    half = load_image(data[: len(data) // 2])
+
+    assert "truncated" in half.damage and half.frames[0].size == reference.size
+    top = (0, 0, reference.width, 100)
+    assert mean_difference(half.frames[0].crop(top), reference.crop(top)) < 1

@@ -141,7 +141,7 @@ def test_hostile_images_are_refused_with_400(stores: Path, lookup: Client) -> No
     assert missing.status_code == 400 and "'photo'" in missing.json()["error"]
 
 
-def test_an_image_is_hashed_as_the_workers_hash_it(stores: Path, lookup: Client) -> None:
+def test_an_image_is_hashed_as_a_ban_hashes_it(stores: Path, lookup: Client) -> None:
     data = encode(photo("chelsea"), "JPEG")
     [banned] = services.banned_add_image(data=data)
     response = lookup("POST", "/h/hash", files={"photo": data})
