@@ -27,6 +27,17 @@ def refuse_to_start_misconfigured(**kwargs: object) -> None:
         raise SystemExit("\n".join(str(message) for message in serious))
 
 
+@signals.worker_init.connect
+def preload_blocklist(**kwargs: object) -> None:
+    """Build the blocklist before the pool's processes fork, so that they share one copy."""
+    from django.conf import settings
+
+    if settings.HASHGUARD_PRELOAD_BLOCKLIST:
+        from moderation import blocklist
+
+        blocklist.preload()
+
+
 @signals.worker_process_init.connect
 def write_metrics(**kwargs: object) -> None:
     """Each pool process writes what it counted for /metrics every few seconds."""

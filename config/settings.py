@@ -161,6 +161,9 @@ HASHGUARD_REFERENCE_DIR = env_path("HASHGUARD_REFERENCE_DIR", DATA_DIR / "refere
 HASHGUARD_MATCH_RULE = env_json("HASHGUARD_MATCH_RULE", None)
 # The views, turns and local-feature stage of matching; see hashes/detect.py.
 HASHGUARD_DETECT = env_json("HASHGUARD_DETECT", None)
+# A worker builds the blocklist once, before its pool processes fork, and they share that
+# copy's memory; off, each process builds its own when it takes its first file.
+HASHGUARD_PRELOAD_BLOCKLIST = env_bool("HASHGUARD_PRELOAD_BLOCKLIST", True)
 # A file counts as written once its size and mtime have not changed for this long.
 HASHGUARD_STABLE_SECONDS = env_float("HASHGUARD_STABLE_SECONDS", 1.0)
 # The watcher walks the whole media tree this often, for events the kernel dropped.

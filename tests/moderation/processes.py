@@ -135,7 +135,7 @@ class Stack:
             errors="replace"
         )
 
-    def worker(self, concurrency: int = 1) -> Process:
+    def worker(self, concurrency: int = 1, timeout: float = 60) -> Process:
         process = self.start(
             "worker",
             "-m",
@@ -151,7 +151,7 @@ class Stack:
             "--without-mingle",
             "--without-gossip",
         )
-        process.wait_for_log("ready.")
+        process.wait_for_log("ready.", timeout=timeout)
         return process
 
     def watcher(self) -> Process:

@@ -74,3 +74,32 @@ def test_a_hash_added_to_a_review_bank_is_followed_with_its_action() -> None:
         bank="watch", signal_type="pdq", signal=PDQ, token=ApiToken(name="t")
     )
     assert current_blocklist() is before and row.pk in before.review
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_forked_after_a_preload_use_its_blocklist_without_building() -> None:
+    """A worker's main process builds the blocklist before its pool processes fork; they
+    check files with that copy (sharing its memory) and follow changes made since."""
+    import gc
+    import os
+
+    from moderation import blocklist
+
+    row = services.banned_add_hashes(hashes={"pdq": PDQ})
+    try:
+        blocklist.preload()
+        held = blocklist.held_blocklist()
+        assert held is not None and held.version == blocklist.current_version()
+        added = services.banned_add_hashes(hashes={"pdq": OTHER})
+        pid = os.fork()
+        if pid == 0:  # the pool process
+            code = 1
+            try:
+                same = current_blocklist() is held
+                code = 0 if same and finds(PDQ) == [row.pk] and finds(OTHER) == [added.pk] else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        gc.unfreeze()

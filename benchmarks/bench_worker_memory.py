@@ -1,0 +1,134 @@
+"""Memory of a whole worker (its main process and 2 pool processes) holding a large
+blocklist, with the blocklist built once before the pool forks (the default) beside each
+pool process building its own (HASHGUARD_PRELOAD_BLOCKLIST=false), in the same run.
+
+    DATABASE_URL=postgres://... .venv/bin/python -m benchmarks.bench_worker_memory \
+        [--bans 1000000] [--redis URL] [--images DIR]
+
+Imports --bans random hashes, a third each PDQ, pHash and dHash, into a throwaway
+database; starts a real watcher and Celery worker (prefork, 2 processes); drops images
+until both pool processes have checked one (and so hold the blocklist); then reads each
+process's resident (RSS) and proportional (PSS: shared pages split between the processes
+sharing them) memory from /proc. The sum of PSS is what the machine spends.
+"""
+
+import argparse
+import random
+import shutil
+import time
+from pathlib import Path
+
+from benchmarks.database import throwaway_database
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("pdq", "phash", "dhash")
+
+
+def _memory(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB."""
+    found = {}
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss"):
+                found[name] = int(rest.split()[0]) / 1024
+    return found["Rss"], found["Pss"]
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | None) -> str:
+    from moderation.models import BlocklistLoad, Upload
+    from tests.moderation.processes import Stack, database_url, wait_for
+
+    BlocklistLoad.objects.all().delete()
+    stack = Stack(
+        data_dir,
+        database_url=database_url(),
+        broker_url=redis or "filesystem://",
+        HASHGUARD_PRELOAD_BLOCKLIST="true" if preload else "false",
+        HASHGUARD_LOG_LEVEL="INFO",
+    )
+    media = data_dir / "media"
+    media.mkdir(exist_ok=True)
+    try:
+        started = time.perf_counter()
+        # A preloading worker is ready once it has built the blocklist.
+        worker = stack.worker(concurrency=2, timeout=3600)
+        ready = time.perf_counter() - started
+        stack.watcher()
+        pool = _children(worker.popen.pid)
+        dropped = 0
+
+        def both_hold_it() -> bool:
+            nonlocal dropped
+            processes = {
+                int(name.rsplit(":", 1)[1])
+                for name in BlocklistLoad.objects.values_list("process", flat=True)
+            }
+            if set(pool) <= processes:
+                return True
+            path = images[dropped % len(images)]
+            shutil.copy(path, media / f"{'on' if preload else 'off'}-{dropped}{path.suffix}")
+            dropped += 1
+            return False
+
+        wait_for(both_hold_it, timeout=3600, what="both pool processes to check a file")
+        wait_for(
+            lambda: (
+                not Upload.objects.filter(
+                    state__in=[Upload.State.PENDING, Upload.State.PROCESSING]
+                ).exists()
+            ),
+            timeout=600,
+            what="the files dropped to be decided",
+        )
+        figures = [_memory(pid) for pid in (worker.popen.pid, *pool)]
+        builds = len(set(BlocklistLoad.objects.values_list("built_at", flat=True)))
+    finally:
+        stack.stop()
+    total_rss = sum(rss for rss, _ in figures)
+    total_pss = sum(pss for _, pss in figures)
+    parts = ", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in figures)
+    label = "built before the fork" if preload else "built by each process"
+    return (
+        f"  {label:<22}: machine spends {total_pss:6.0f} MB (sum of PSS); RSS summed "
+        f"{total_rss:6.0f} MB; main, pool, pool RSS/PSS {parts}; ready in {ready:.0f} s; "
+        f"{builds} build(s) held"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bans", type=int, default=1_000_000)
+    parser.add_argument("--redis", help="a Redis URL for the broker (default: file broker)")
+    parser.add_argument("--images", type=Path, default=ROOT / "tests" / "fixtures")
+    args = parser.parse_args()
+    images = sorted(
+        path for path in args.images.rglob("*") if path.suffix.lower() in {".jpg", ".png"}
+    )[:8]
+    with throwaway_database("worker") as data_dir:
+        from django.db import connection
+
+        from moderation import services
+
+        rng = random.Random(1)
+        started = time.perf_counter()
+        lines = (
+            f"{kind} {rng.randbytes(32 if kind == 'pdq' else 8).hex()}\n"
+            for index in range(args.bans)
+            for kind in (KINDS[index % 3],)
+        )
+        services.bank_import(lines=lines, bank="bench", fmt="hma")
+        print(f"{args.bans:,} bans imported in {time.perf_counter() - started:.0f} s")
+        connection.close()
+        print("A worker with 2 pool processes, each holding the blocklist:")
+        for preload in (True, False):
+            print(_measure(data_dir, images, preload, args.redis), flush=True)
+
+
+if __name__ == "__main__":
+    main()
