@@ -19,7 +19,7 @@ both sides and within its limit. The default groups, and why:
 How these were measured, with the figures: docs/calibration.md.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -186,14 +186,23 @@ class FingerprintStore:
                             np.fromiter((_tag(g, fp) for _, fp, g in held), np.uint32, len(held)),
                         )
                     )
-        for name, index in self._indexes.items():
-            if parts[name]:
-                keys, codes, tags = (
-                    np.concatenate(column) for column in zip(*parts[name], strict=True)
-                )
-                index.add_arrays(keys, codes, tags)
         if seen:
-            self._count += len(np.unique(np.concatenate(seen)))
+            self.add_new(parts, len(np.unique(np.concatenate(seen))))
+
+    def add_new(
+        self, parts: Mapping[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], count: int
+    ) -> None:
+        """Store the codes of ``count`` keys it does not hold: for each algorithm, parts
+        of (keys, codes as ``decode`` gives them, tags as ``tags`` makes them)."""
+        for name, held in parts.items():
+            if held:
+                columns = (np.concatenate(column) for column in zip(*held, strict=True))
+                self._indexes[name].add_arrays(*columns)
+        self._count += count
+
+    def decode(self, name: str, codes: list[str]) -> np.ndarray:
+        """``name`` hashes (hex) as ``add_new`` takes them."""
+        return self._indexes[name].decode(codes)
 
     def remove(self, key: int) -> bool:
         """Forget ``key``; whether it was held."""
@@ -238,6 +247,11 @@ def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
 def _tag(group: int, fingerprint: Fingerprint) -> int:
     quality = fingerprint.pdq_quality
     return group << _QUALITY_BITS | (0 if quality is None else quality + 1)
+
+
+def tags(group: int, qualities: np.ndarray) -> np.ndarray:
+    """The tags of fingerprints of ``group`` with these PDQ qualities (-1: none)."""
+    return (group << _QUALITY_BITS | (qualities.astype(np.int64) + 1)).astype(np.uint32)
 
 
 class Matcher:
@@ -357,6 +371,25 @@ def informative(code: str) -> bool:
     value = int(code, 16)
     rows = {(value >> shift) & 0xFF for shift in range(0, 64, 8)}
     return _balanced(code, 64) and len(rows) >= 3
+
+
+def low_detail_rows(
+    codes: Mapping[str, tuple[np.ndarray, np.ndarray]], qualities: np.ndarray, pdq_min_quality: int
+) -> np.ndarray:
+    """``is_low_detail`` of many fingerprints at once, as columns: for each algorithm,
+    which rows have that hash (a mask) and those rows' codes as ``HammingIndex.decode``
+    gives them; the rows' PDQ qualities (-1: none). A row with no hash is low detail."""
+    rows = len(qualities)
+    hashed = np.zeros(rows, dtype=bool)
+    balanced = np.ones(rows, dtype=bool)
+    for name, (present, held) in codes.items():
+        bits = ALGORITHMS[name].bits
+        ones = np.bitwise_count(held).sum(axis=1)
+        balanced[present] &= (bits // 8 <= ones) & (ones <= bits - bits // 8)
+        hashed |= present
+    pdq = codes["pdq"][0] if "pdq" in codes else np.zeros(rows, dtype=bool)
+    rated = pdq & (qualities >= 0)
+    return ~hashed | np.where(rated, qualities < pdq_min_quality, ~balanced)
 
 
 def is_low_detail(fingerprint: Fingerprint, pdq_min_quality: int) -> bool:

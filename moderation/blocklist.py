@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from hashes.algorithms import Fingerprint
@@ -39,6 +39,7 @@ from hashes.detect import (
     DetectConfig,
     Detection,
     Detector,
+    HashRows,
 )
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
@@ -213,20 +214,51 @@ def _build(only: Q | None) -> Blocklist:
             pk=1, defaults={"token": uuid.uuid4().hex}
         )[0].token
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
+    banks = _enabled_banks()
     selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
+    # Hashes alone, as lists give them (millions of rows), are read as columns, bank by
+    # bank, at a fraction of the cost of a picture object for each; the rest after.
+    listed = Q(sha256="", md5="", colours__isnull=True) & ~Q(bank__action=Bank.Act.ALLOW)
     if only is not None:
         selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
+    else:
+        selected = selected.exclude(listed)
     rows = selected.values_list(*_ROW_FIELDS).iterator(chunk_size=10_000)
     review: set[int] = set()
 
     def pictures() -> Iterator[tuple[int, BannedPicture]]:
-        for key, picture, action in _pictures(rows, _enabled_banks()):
+        for key, picture, action in _pictures(rows, banks):
             if action == Bank.Act.REVIEW:
                 review.add(key)
             yield key, picture
 
     detector.add_all(pictures())
+    if only is None:
+        for bank in banks.values():
+            if bank.action != Bank.Act.ALLOW:
+                in_bank = BannedFingerprint.objects.filter(listed, active=True, bank=bank)
+                held = review if bank.action == Bank.Act.REVIEW else None
+                detector.add_hash_rows(_hash_rows(in_bank, held), bank.limits())
     return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
+
+
+_HASH_ROWS_BATCH = 50_000
+
+
+def _hash_rows(
+    selected: "QuerySet[BannedFingerprint]", review: set[int] | None
+) -> Iterator[HashRows]:
+    """The rows ``selected``, in batches of columns, read with a server-side cursor where
+    the database has them; their keys are added to ``review`` when it is given."""
+    query = selected.order_by().values_list("id", "phash", "dhash", "pdq", "pdq_quality").query
+    sql, params = query.sql_with_params()
+    with connections[selected.db].chunked_cursor() as cursor:
+        cursor.execute(sql, params)
+        while batch := cursor.fetchmany(_HASH_ROWS_BATCH):
+            keys, phash, dhash, pdq, quality = zip(*batch, strict=True)
+            if review is not None:
+                review.update(keys)
+            yield HashRows(keys, {"phash": phash, "dhash": dhash, "pdq": pdq}, quality)
 
 
 def _change_at(change_id: int) -> tuple[int, str] | None:

@@ -11,6 +11,7 @@ from hashes.detect import (
     BannedPicture,
     DetectConfig,
     Detector,
+    HashRows,
     Stage,
     probes,
     reference_features,
@@ -382,3 +383,75 @@ def test_frames_whose_hashes_all_repeat_are_probed_once() -> None:
     assert len(checked) == 2
     assert checked[1].regions == []  # views are looked for in the first frame only
     assert checked[1].fingerprint.distance(checked[0].fingerprint)["pdq"] > 64
+
+
+def _code(rng: random.Random, bits: int, ones: int | None = None) -> str:
+    """A random code, or one with exactly ``ones`` bits set."""
+    value = (
+        rng.getrandbits(bits)
+        if ones is None
+        else sum(1 << i for i in rng.sample(range(bits), ones))
+    )
+    return f"{value:0{bits // 4}x}"
+
+
+def test_hash_rows_are_banned_as_the_same_pictures_added_one_by_one() -> None:
+    """A build's column path holds what ``add_all`` holds: which pictures are too plain to
+    match fuzzily (at each edge of the rules), their fingerprints, groups and matches."""
+    rng = random.Random(11)
+    rule = MatchRule.from_config(DEFAULT_RULE_CONFIG)
+    short = (8, 7, 56, 57, None, None)  # balanced from 8 to 56 bits of 64
+    long = (32, 31, 224, 225, None, None)  # and from 32 to 224 of 256
+    qualities = (None, 0, 49, 50, 100)
+    banks: dict[tuple[tuple[str, int], ...], list[tuple[int, dict[str, str], int | None]]] = {
+        (): [],
+        (("pdq", 45), ("phash", 4)): [],
+    }
+    for key in range(1, 1501):
+        names = rng.choice(
+            (("pdq",), ("phash",), ("dhash",), ("phash", "dhash"), ("pdq", "phash", "dhash"))
+        )
+        hashes = {
+            name: _code(rng, 256, rng.choice(long))
+            if name == "pdq"
+            else _code(rng, 64, rng.choice(short))
+            for name in names
+        }
+        # A quality without a PDQ hash, as a list may give it, rates nothing.
+        banks[rng.choice(list(banks))].append((key, hashes, rng.choice(qualities)))
+    one_by_one, columns = Detector(rule), Detector(rule)
+    for limits, rows in banks.items():
+        one_by_one.add_all(
+            {
+                key: BannedPicture(
+                    Fingerprint(hashes, quality if "pdq" in hashes else None), limits=limits
+                )
+                for key, hashes, quality in rows
+            }
+        )
+        half = len(rows) // 2
+        columns.add_hash_rows(
+            (
+                HashRows(
+                    [key for key, _, _ in part],
+                    {
+                        name: [hashes.get(name, "") for _, hashes, _ in part]
+                        for name in ("pdq", "phash", "dhash")
+                    },
+                    [quality for _, _, quality in part],
+                )
+                for part in (rows[:half], rows[half:])
+            ),
+            limits,
+        )
+
+    assert 0 < len(columns) == len(one_by_one) < 1500  # some are too plain
+    for rows in banks.values():
+        for key, hashes, _ in rows:
+            fingerprint = one_by_one.fingerprint(key)
+            assert columns.fingerprint(key) == fingerprint
+            near = {
+                name: f"{int(code, 16) ^ 0b1011:0{len(code)}x}" for name, code in hashes.items()
+            }
+            for query in (fingerprint, Fingerprint(near, 100)):
+                assert columns.lookup(query) == one_by_one.lookup(query)

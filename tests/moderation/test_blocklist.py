@@ -6,7 +6,7 @@ import pytest
 from hashes.algorithms import Fingerprint
 from moderation import services
 from moderation.blocklist import current_blocklist
-from moderation.models import ApiToken, Bank, BlocklistChange, BlocklistVersion
+from moderation.models import ApiToken, Bank, BannedFingerprint, BlocklistChange, BlocklistVersion
 from tests.moderation.support import PDQ
 
 pytestmark = pytest.mark.django_db
@@ -103,3 +103,40 @@ def test_processes_forked_after_a_preload_use_its_blocklist_without_building() -
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         gc.unfreeze()
+
+
+def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
+    """Hash-only rows are read bank by bank as columns; a look-back build reads every row
+    one by one. Both hold the same pictures, groups, review set and matches."""
+    import random
+
+    from django.db.models import Q
+
+    from moderation.blocklist import build_blocklist
+    from tests.images import encode, photo
+
+    rng = random.Random(3)
+
+    def codes(kind: str, count: int) -> list[str]:
+        return [f"{kind} {rng.randbytes(32 if kind == 'pdq' else 8).hex()}\n" for _ in range(count)]
+
+    services.bank_import(lines=codes("pdq", 20) + codes("phash", 20), bank="partner")
+    services.bank_import(lines=codes("dhash", 10) + codes("pdq", 10), bank="watch")
+    services.bank_import(lines=codes("pdq", 5), bank="known-good")
+    Bank.objects.filter(name="partner").update(pdq_limit=20)
+    Bank.objects.filter(name="watch").update(action=Bank.Act.REVIEW)
+    Bank.objects.filter(name="known-good").update(action=Bank.Act.ALLOW)
+    services.banned_add_hashes(hashes={"pdq": PDQ, "phash": "8f3c61d2a4b59e07"}, pdq_quality=90)
+    [image] = services.banned_add_image(data=encode(photo("chelsea"), "JPEG"))
+
+    columns, one_by_one = build_blocklist(), build_blocklist(Q(active=True))
+
+    keys = list(BannedFingerprint.objects.values_list("pk", flat=True))
+    assert len(keys) == 67 and image.pk in keys
+    assert len(columns.detector) == len(one_by_one.detector)
+    assert columns.review == one_by_one.review and len(columns.review) == 20
+    for key in keys:
+        fingerprint = one_by_one.detector.fingerprint(key)
+        assert fingerprint is not None and columns.detector.fingerprint(key) == fingerprint
+        assert columns.detector.lookup(fingerprint) == one_by_one.detector.lookup(fingerprint)
+        assert columns.detector.is_allowed(key) == one_by_one.detector.is_allowed(key)
