@@ -17,17 +17,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from benchmarks.bench_index import flipped, rss_mb
 from hashes.algorithms import Fingerprint
 from hashes.detect import BannedPicture, Detector
 from hashes.matching import MatchRule
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def _codes(rng: np.random.Generator, n: int, words: int) -> np.ndarray:
@@ -50,13 +43,6 @@ def _pictures(
         yield key + 1, BannedPicture(_fingerprint(pdq[key], phash[key], dhash[key]))
 
 
-def _near(row: np.ndarray, flips: int, rng: np.random.Generator) -> np.ndarray:
-    row = row.copy()
-    for position in rng.choice(row.shape[0] * 64, flips, replace=False):
-        row[position // 64] ^= np.uint64(1) << np.uint64(63 - position % 64)
-    return row
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="bans")
@@ -67,7 +53,7 @@ def main() -> None:
     codes_mb = (pdq.nbytes + phash.nbytes + dhash.nbytes) / 2**20
 
     gc.collect()
-    before = _rss_mb()
+    before = rss_mb()
     started = time.perf_counter()
     detector = Detector(MatchRule())
     collecting = gc.isenabled()
@@ -77,7 +63,7 @@ def main() -> None:
         gc.enable()
     build_s = time.perf_counter() - started
     gc.collect()
-    grew = _rss_mb() - before
+    grew = rss_mb() - before
     held = detector._store.nbytes() / 2**20  # noqa: SLF001 (what the arrays hold)
     print(
         f"{args.n:,} bans: build {build_s:.1f} s ({build_s / args.n * 1e6:.1f} us a ban), "
@@ -87,7 +73,7 @@ def main() -> None:
 
     half = args.lookups // 2
     found = [
-        _fingerprint(_near(pdq[key], 8, rng), _near(phash[key], 2, rng), dhash[key])
+        _fingerprint(flipped(pdq[key], 8, rng), flipped(phash[key], 2, rng), dhash[key])
         for key in rng.integers(0, args.n, half)
     ]
     missing = [

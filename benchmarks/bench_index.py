@@ -23,7 +23,8 @@ from hashes.index import HammingIndex
 CASES = ((256, 31), (64, 10))
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
+    """This process's resident memory."""
     with open("/proc/self/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):
@@ -37,13 +38,22 @@ def _hex(codes: np.ndarray) -> list[str]:
     return [text[start : start + digits] for start in range(0, len(text), digits)]
 
 
+def flipped(row: np.ndarray, flips: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of a code (a row of 64-bit words) with ``flips`` random bits flipped."""
+    row = row.copy()
+    for position in rng.choice(row.shape[0] * 64, flips, replace=False):
+        row[position // 64] ^= np.uint64(1) << np.uint64(63 - position % 64)
+    return row
+
+
 def _queries(codes: np.ndarray, radius: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """Half near a stored code (up to radius + 4 bits flipped), half random."""
-    bits = codes.shape[1] * 64
-    near = codes[rng.integers(0, len(codes), count // 2)].copy()
-    for row in near:
-        for position in rng.choice(bits, rng.integers(0, radius + 5), replace=False):
-            row[position // 64] ^= np.uint64(1) << np.uint64(63 - position % 64)
+    near = np.stack(
+        [
+            flipped(codes[at], rng.integers(0, radius + 5), rng)
+            for at in rng.integers(0, len(codes), count // 2)
+        ]
+    )
     far = rng.integers(0, 2**64, (count - count // 2, codes.shape[1]), dtype=np.uint64)
     return np.concatenate([near, far])
 
@@ -81,7 +91,7 @@ def _time_index(
     """Timings and results, build seconds, the arrays' MB and how much the RSS grew."""
     texts = _hex(codes)
     gc.collect()
-    before = _rss_mb()
+    before = rss_mb()
     started = time.perf_counter()
     index = HammingIndex(codes.shape[1] * 64)
     index.add_many(list(range(len(codes))), texts)
@@ -92,7 +102,7 @@ def _time_index(
     timings, results = _time(
         lambda at: {key for key, _ in index.query(query_hex[at], radius)}, len(queries)
     )
-    return timings, results, build_s, index.nbytes() / 2**20, _rss_mb() - before
+    return timings, results, build_s, index.nbytes() / 2**20, rss_mb() - before
 
 
 def _line(name: str, timings: list[float], build_s: float, memory_mb: float, wrong: int) -> str:
@@ -148,12 +158,12 @@ def _bench_faiss(
     )
     for name, build in builds:
         gc.collect()
-        before = _rss_mb()
+        before = rss_mb()
         started = time.perf_counter()
         index = build()
         index.add(data)
         build_s = time.perf_counter() - started
-        memory = _rss_mb() - before
+        memory = rss_mb() - before
 
         def search(at: int, index=index) -> set[int]:  # noqa: ANN001
             limits, _, labels = index.range_search(probes[at : at + 1], radius + 1)
