@@ -84,6 +84,8 @@ TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = tuple(
     )
 )
 
+_UNDO = {name: undo for name, _, undo in TURNS if undo is not None}
+
 VIEW_LABELS = {
     "trim": "with its border or letterbox bars cut away",
     "trim_caption": "with a caption bar cut away",
@@ -147,10 +149,14 @@ class Probe:
     hue_turned: np.ndarray  # the colour signatures of the upload with its hues turned
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
 
-    def features(self, view: View | None = None) -> LocalFeatures:
-        name = view.name if view else ""
+    def features(
+        self, view: View | None = None, turn: Image.Transpose | None = None
+    ) -> LocalFeatures:
+        """The local features of the frame, or of a view of it, or of it turned."""
+        name = f"{view.name if view else ''}/{turn.name if turn is not None else ''}"
         if name not in self._features:
             picture = cut(self.image, view) if view else self.image
+            picture = picture.transpose(turn) if turn is not None else picture
             self._features[name] = local_features(
                 picture,
                 QUERY_FEATURES,
@@ -576,8 +582,12 @@ class Detector:
     def _local_stage(self, item: Probe) -> Detection | None:
         # Candidates in order of promise: near hash misses first.
         candidates: dict[int, list[View]] = {}
-        for fingerprint in (item.fingerprint, *(turned for _, turned in item.turns)):
+        # A near miss of the upload turned (a mirrored crop) is verified turned that way.
+        turned: dict[int, str] = {}
+        for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
             for match in self._near.match(fingerprint):
+                if match.key not in candidates and name != "as_is":
+                    turned[match.key] = name
                 candidates.setdefault(match.key, [])
         # Then by colour, the closest pairs of (upload or view, banned picture) first,
         # whichever view they come from: a collage's tile is all but equal to its banned
@@ -589,6 +599,10 @@ class Detector:
         for _, index, key in sorted(
             self._nearest_colours(signatures, item.hue_turned), reverse=True
         ):
+            if index == 0 and key not in candidates and "mirrored" not in turned.values():
+                # Mirroring keeps the colours: the banned picture nearest the upload's
+                # colours that no near miss nominated is verified mirrored too.
+                turned[key] = "mirrored"
             found = candidates.setdefault(key, [])
             view = views_of[index]
             if view is not None:
@@ -613,20 +627,29 @@ class Detector:
                     break
                 result = verify(banned, item.features(view), agreeing)
                 result = result.within(view.box) if result else None
+            turn = turned.get(key, "as_is") if result is None else "as_is"
+            if turn != "as_is":
+                undo = _UNDO[turn]
+                result = verify(banned, item.features(turn=undo), agreeing)
+                result = result.turned_back(undo) if result else None
             if result is not None:
-                return self._local_detection(key, item, result)
+                return self._local_detection(key, item, result, turn)
         return None
 
-    def _local_detection(self, key: int, item: Probe, result: Verification) -> Detection:
+    def _local_detection(
+        self, key: int, item: Probe, result: Verification, turn: str = "as_is"
+    ) -> Detection:
         banned = self.fingerprint(key)
         distances = item.fingerprint.distance(banned) if banned else {}
+        described = result.describe()
         return Detection(
             key,
             Stage.LOCAL,
             f"ORB+RANSAC, {result.inliers} points" if result.inliers else "pixel comparison",
             distances,
-            result.describe(),
+            described if turn == "as_is" else f"{_turn_label(turn)}, {described}",
             partial=True,
+            turn=turn,
             box=result.box,
             rotation=result.rotation,
         )

@@ -124,6 +124,14 @@ class Verification:
         )
         return dataclasses.replace(self, box=placed)
 
+    def turned_back(self, turn: Image.Transpose) -> "Verification":
+        """The same result found in the picture turned by ``turn``, with its box placed
+        in the picture as it was."""
+        before = _BEFORE[turn]
+        left, top, right, bottom = self.box
+        xs, ys = zip(*(before(x, y) for x in (left, right) for y in (top, bottom)), strict=True)
+        return dataclasses.replace(self, box=(min(xs), min(ys), max(xs), max(ys)))
+
     def describe(self) -> str:
         pixels = ""
         if self.agreement is not None:
@@ -139,6 +147,19 @@ class Verification:
             f"{self.inliers} matching points ({self.coverage:.0%} of the banned image){pixels}"
             f"{turned}, filling {_visible_area(self.box):.0%} of the upload"
         )
+
+
+# Where a point (x, y, as fractions) of a picture turned by each transpose lies in the
+# picture before it was turned.
+_BEFORE: dict[Image.Transpose, Callable[[float, float], tuple[float, float]]] = {
+    Image.Transpose.FLIP_LEFT_RIGHT: lambda x, y: (1 - x, y),
+    Image.Transpose.FLIP_TOP_BOTTOM: lambda x, y: (x, 1 - y),
+    Image.Transpose.ROTATE_180: lambda x, y: (1 - x, 1 - y),
+    Image.Transpose.ROTATE_90: lambda x, y: (1 - y, x),
+    Image.Transpose.ROTATE_270: lambda x, y: (y, 1 - x),
+    Image.Transpose.TRANSPOSE: lambda x, y: (y, x),
+    Image.Transpose.TRANSVERSE: lambda x, y: (1 - y, 1 - x),
+}
 
 
 def _visible_area(box: tuple[float, float, float, float]) -> float:

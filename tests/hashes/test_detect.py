@@ -57,6 +57,7 @@ def detector() -> Detector:
         ("animated_gif", "hash", "as is"),
         ("crop_side_20", "local features", "pixels agreeing"),
         ("rotate_5", "local features", "turned"),
+        ("mirror_crop", "local features", "mirrored, "),
         ("screenshot", "hash", "% of the upload"),
         ("collage_2x2", "hash", "as one panel of a collage or screenshot (25% of the upload)"),
     ],
@@ -69,6 +70,22 @@ def test_edited_copies_are_found_and_explained(
     found = _detect(detector, data)
     assert list(found) == [0], found
     assert found[0].stage == stage and variant in found[0].variant
+
+
+def test_a_mirrored_crop_is_verified_mirrored_and_placed_as_the_upload_shows_it(
+    detector: Detector,
+) -> None:
+    data = EDITS["mirror_crop"].apply(photo("astronaut"), random.Random(2), [])
+    # The sides the edit cut off the mirrored picture, drawn as it draws them.
+    sides = random.Random(2)
+    left, top, right, bottom = (sides.uniform(0.05, 0.10) for _ in range(4))
+    width, height = 1 - left - right, 1 - top - bottom
+
+    [found] = _detect(detector, data).values()
+
+    assert found.stage == "local features" and found.turn == "mirrored"
+    expected = (-left / width, -top / height, 1 + right / width, 1 + bottom / height)
+    assert found.box == pytest.approx(expected, abs=0.02)
 
 
 def test_a_recoloured_crop_is_found_by_its_pixels(detector: Detector) -> None:

@@ -3,10 +3,19 @@ import io
 import random
 
 import numpy as np
+import pytest
 from PIL import Image, ImageOps
 
 from hashes.evaluation.edits import EDITS
-from hashes.local import LocalFeatures, agreement, fit_points, local_features, verify, verify_whole
+from hashes.local import (
+    LocalFeatures,
+    Verification,
+    agreement,
+    fit_points,
+    local_features,
+    verify,
+    verify_whole,
+)
 from tests.images import photo
 
 
@@ -129,3 +138,17 @@ def test_a_blank_upload_agrees_nowhere() -> None:
     )
     seen = agreement(banned, blank, scale)
     assert seen.correlations and seen.agreeing == 0
+
+
+@pytest.mark.parametrize("turn", list(Image.Transpose))
+def test_a_box_found_in_a_turned_picture_is_placed_in_the_picture_as_it_was(turn) -> None:
+    picture = Image.new("L", (200, 100))
+    picture.paste(255, (30, 10, 80, 40))
+    turned = picture.transpose(turn)
+    left, top, right, bottom = turned.getbbox()
+    width, height = turned.size
+    found = Verification(
+        10, 10, 1.0, 0.0, 1.0, (left / width, top / height, right / width, bottom / height)
+    )
+
+    assert found.turned_back(turn).box == pytest.approx((0.15, 0.1, 0.4, 0.4))
