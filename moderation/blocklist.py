@@ -217,7 +217,7 @@ def _build(only: Q | None) -> Blocklist:
     banks = _enabled_banks()
     selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
     # Hashes alone, as lists give them (millions of rows), are read as columns, bank by
-    # bank, at a fraction of the cost of a picture object for each; the rest after.
+    # bank, at a fraction of the cost of a picture object for each; the rest one by one.
     listed = Q(sha256="", md5="", colours__isnull=True) & ~Q(bank__action=Bank.Act.ALLOW)
     if only is not None:
         selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
