@@ -238,20 +238,37 @@ def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:
 def _spread(
     keypoints: Sequence[cv2.KeyPoint], shape: tuple[int, ...], count: int, grid: int
 ) -> list[cv2.KeyPoint]:
-    """The strongest ``count / grid**2`` keypoints of each cell, then the strongest others."""
+    """The strongest ``count / grid**2`` keypoints of each cell, then the strongest others.
+
+    Cells are taken in the order of their strongest keypoint, and ties keep the
+    detector's order, so that the same keypoints come back in the same order each time.
+    """
+    if not keypoints:
+        return []
     height, width = shape[:2]
-    cells: dict[tuple[int, int], list[cv2.KeyPoint]] = {}
-    for keypoint in sorted(keypoints, key=lambda k: -k.response):
-        x, y = keypoint.pt
-        cell = (min(grid - 1, int(x * grid / width)), min(grid - 1, int(y * grid / height)))
-        cells.setdefault(cell, []).append(keypoint)
+    strength = np.array([keypoint.response for keypoint in keypoints])
+    points = np.array([keypoint.pt for keypoint in keypoints])
+    strongest = np.argsort(-strength, kind="stable")
+    columns = np.minimum(grid - 1, (points[strongest, 0] * grid / width).astype(int))
+    rows = np.minimum(grid - 1, (points[strongest, 1] * grid / height).astype(int))
+    cells = rows * grid + columns
+    # Each cell's place in line (where its strongest keypoint comes), and each keypoint's
+    # rank within its cell.
+    _, first = np.unique(cells, return_index=True)
+    place = np.empty(grid * grid, dtype=np.int64)
+    place[cells[np.sort(first)]] = np.arange(len(first))
+    by_cell = np.argsort(cells, kind="stable")
+    starts = np.searchsorted(cells[by_cell], cells[by_cell])
+    rank = np.empty(len(cells), dtype=np.int64)
+    rank[by_cell] = np.arange(len(cells)) - starts
     share = max(1, count // (grid * grid))
-    chosen = [keypoint for found in cells.values() for keypoint in found[:share]]
-    rest = sorted(
-        (keypoint for found in cells.values() for keypoint in found[share:]),
-        key=lambda k: -k.response,
-    )
-    return chosen + rest[: max(0, count - len(chosen))]
+    kept = rank < share
+    chosen = np.flatnonzero(kept)
+    chosen = chosen[np.lexsort((rank[chosen], place[cells[chosen]]))]
+    rest = np.flatnonzero(~kept)
+    rest = rest[np.lexsort((rank[rest], place[cells[rest]], -strength[strongest[rest]]))]
+    picked = np.concatenate([chosen, rest[: max(0, count - len(chosen))]])
+    return [keypoints[index] for index in strongest[picked].tolist()]
 
 
 @dataclass(frozen=True)

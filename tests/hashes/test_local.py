@@ -152,3 +152,47 @@ def test_a_box_found_in_a_turned_picture_is_placed_in_the_picture_as_it_was(turn
     )
 
     assert found.turned_back(turn).box == pytest.approx((0.15, 0.1, 0.4, 0.4))
+
+
+def _spread_one_by_one(keypoints, shape, count, grid):  # noqa: ANN001, ANN202
+    """What _spread computes, a keypoint at a time."""
+    height, width = shape[:2]
+    cells: dict[tuple[int, int], list] = {}
+    for keypoint in sorted(keypoints, key=lambda k: -k.response):
+        x, y = keypoint.pt
+        cell = (min(grid - 1, int(x * grid / width)), min(grid - 1, int(y * grid / height)))
+        cells.setdefault(cell, []).append(keypoint)
+    share = max(1, count // (grid * grid))
+    chosen = [keypoint for found in cells.values() for keypoint in found[:share]]
+    rest = sorted(
+        (keypoint for found in cells.values() for keypoint in found[share:]),
+        key=lambda k: -k.response,
+    )
+    return chosen + rest[: max(0, count - len(chosen))]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_keypoints_are_spread_over_the_picture_strongest_first(seed: int) -> None:
+    import cv2
+
+    from hashes.local import _spread
+
+    rng = random.Random(seed)
+    width, height = rng.choice(((640, 480), (300, 900), (1024, 1024)))
+    # Few distinct strengths, so that ties are common; points on cell edges and corners.
+    keypoints = [
+        cv2.KeyPoint(
+            rng.choice((0.0, width - 1.0, width / 2, rng.uniform(0, width - 1))),
+            rng.uniform(0, height - 1),
+            7,
+            -1,
+            rng.choice((0.001, 0.002, 0.003, rng.random())),
+        )
+        for _ in range(rng.randint(0, 1500))
+    ]
+    count, grid = rng.choice(((500, 4), (1000, 8), (50, 3)))
+
+    spread = _spread(keypoints, (height, width), count, grid)
+
+    assert spread == _spread_one_by_one(keypoints, (height, width), count, grid)
+    assert len(spread) == min(count, len(keypoints))
