@@ -36,6 +36,7 @@ from hashes.algorithms import (
     fingerprint_image,
     fingerprint_turns,
 )
+from hashes.feature_index import FeatureIndex
 from hashes.loading import LoadedImage
 from hashes.local import (
     MIN_AGREEING,
@@ -43,6 +44,8 @@ from hashes.local import (
     LocalFeatures,
     Verification,
     local_features,
+    reference_local_features,
+    upload_features,
     verify,
     verify_whole,
 )
@@ -63,6 +66,10 @@ QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
 HUE_TURNS = 8
 _VIEWS_VERIFIED = 2
+_PER_REGION = 2
+# Pictures a build files in the keypoint index at a time, rather than holding all their
+# words at once.
+_FILED_AT_ONCE = 10_000
 
 # (name, how to describe the upload, the PIL transpose that undoes it), in the order of
 # algorithms.DIHEDRAL: an upload whose turn matches was turned the other way.
@@ -85,6 +92,9 @@ TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = tuple(
 )
 
 _UNDO = {name: undo for name, _, undo in TURNS if undo is not None}
+# The upload as it is and mirrored, whose features are found together.
+_MIRROR = (None, Image.Transpose.FLIP_LEFT_RIGHT)
+_MIRROR_NAMES = ("/", f"/{Image.Transpose.FLIP_LEFT_RIGHT.name}")
 
 VIEW_LABELS = {
     "trim": "with its border or letterbox bars cut away",
@@ -154,6 +164,11 @@ class Probe:
     ) -> LocalFeatures:
         """The local features of the frame, or of a view of it, or of it turned."""
         name = f"{view.name if view else ''}/{turn.name if turn is not None else ''}"
+        if name not in self._features and view is None and turn in _MIRROR:
+            found = upload_features(
+                self.image, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE
+            )
+            self._features.update(zip(_MIRROR_NAMES, found, strict=True))
         if name not in self._features:
             picture = cut(self.image, view) if view else self.image
             picture = picture.transpose(turn) if turn is not None else picture
@@ -211,6 +226,9 @@ class BannedPicture:
     md5: str = ""  # the same, as shared hash lists give it
     limits: "Limits" = ()  # its own (algorithm, distance) limits, in place of the rule's
     allow: bool = False  # known-good: see Detector.voided
+    # The words its local features are filed under (feature_index.indexed_words); None:
+    # nominated only by near hashes and colours.
+    words: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -302,7 +320,7 @@ def probes(loaded: LoadedImage) -> list[Probe]:
 
 def reference_features(frame: Image.Image) -> tuple[LocalFeatures, np.ndarray]:
     """The local features and colour signature to store for a banned frame."""
-    return local_features(frame), colour_signature(working_copy(frame, HASH_SIDE))
+    return reference_local_features(frame), colour_signature(working_copy(frame, HASH_SIDE))
 
 
 class Detector:
@@ -342,6 +360,7 @@ class Detector:
         self._allow: set[int] = set()
         self._digests: dict[int, tuple[str, str]] = {}
         self._colours = _ColourTable()
+        self._feature_index = FeatureIndex()
 
     def __len__(self) -> int:
         """The pictures matched fuzzily (not only as files)."""
@@ -381,6 +400,7 @@ class Detector:
         items = pictures.items() if isinstance(pictures, Mapping) else pictures
         keys, colours = [], []
         near: list[tuple[int, Fingerprint]] = []
+        filed: list[tuple[int, np.ndarray]] = []
         self._matchers_for(())
         building = self.is_empty()
 
@@ -408,12 +428,18 @@ class Detector:
                     near.append((key, picture.fingerprint))
                     keys.append(key)
                     colours.append(signature)
+                    if picture.words is not None:
+                        filed.append((key, picture.words))
+                    if len(filed) == _FILED_AT_ONCE:
+                        self._feature_index.add_many(filed)
+                        filed.clear()
                 yield key, picture.fingerprint, whole.group
 
         self._store.extend(fuzzy())
         self._near.add_many(near)
         if colours:
             self._colours.extend(keys, np.stack(colours).astype(np.float32))
+        self._feature_index.add_many(filed)
 
     def add_hash_rows(self, batches: Iterable[HashRows], limits: Limits = ()) -> None:
         """Ban pictures known by their hashes alone, all with these limits, in a build:
@@ -467,6 +493,7 @@ class Detector:
                     del self._files[digest]
         self._near.remove(key)
         self._colours.remove(key)
+        self._feature_index.remove(key)
 
     def fingerprint(self, key: int) -> Fingerprint | None:
         """The banned picture's fingerprint, or None when it is not held."""
@@ -582,13 +609,26 @@ class Detector:
     def _local_stage(self, item: Probe) -> Detection | None:
         # Candidates in order of promise: near hash misses first.
         candidates: dict[int, list[View]] = {}
-        # A near miss of the upload turned (a mirrored crop) is verified turned that way.
+        # A near miss of the upload turned (a mirrored crop) is verified turned that way,
+        # and so is a picture the mirrored upload's features nominate; those nominated
+        # only that way are not verified as they are.
         turned: dict[int, str] = {}
+        as_is: set[int] = set()
         for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
             for match in self._near.match(fingerprint):
                 if match.key not in candidates and name != "as_is":
                     turned[match.key] = name
                 candidates.setdefault(match.key, [])
+                as_is.add(match.key)
+        # Then those sharing the most local features with a region of the upload, or of
+        # it mirrored.
+        uploads = (item.features(), item.features(turn=Image.Transpose.FLIP_LEFT_RIGHT))
+        for key, which in self._feature_index.nominate(uploads, _PER_REGION):
+            if which:
+                turned.setdefault(key, "mirrored")
+            else:
+                as_is.add(key)
+            candidates.setdefault(key, [])
         # Then by colour, the closest pairs of (upload or view, banned picture) first,
         # whichever view they come from: a collage's tile is all but equal to its banned
         # picture, where the nearest pictures to its other tiles are merely alike.
@@ -599,11 +639,8 @@ class Detector:
         for _, index, key in sorted(
             self._nearest_colours(signatures, item.hue_turned), reverse=True
         ):
-            if index == 0 and key not in candidates and "mirrored" not in turned.values():
-                # Mirroring keeps the colours: the banned picture nearest the upload's
-                # colours that no near miss nominated is verified mirrored too.
-                turned[key] = "mirrored"
             found = candidates.setdefault(key, [])
+            as_is.add(key)
             view = views_of[index]
             if view is not None:
                 found.append(view)
@@ -617,16 +654,18 @@ class Detector:
             banned = stored.get(key)
             if banned is None:
                 continue
-            # The whole upload first; then the views whose colours nominated it, where a
-            # small copy among other pictures has more of its own keypoints.
-            result = verify(banned, item.features(), agreeing)
-            if result is None:
-                result = verify_whole(banned, item.features(), agreeing)
-            for view in candidates[key][:_VIEWS_VERIFIED]:
-                if result is not None:
-                    break
-                result = verify(banned, item.features(view), agreeing)
-                result = result.within(view.box) if result else None
+            result = None
+            if key in as_is:
+                # The whole upload first; then the views whose colours nominated it, where
+                # a small copy among other pictures has more of its own keypoints.
+                result = verify(banned, item.features(), agreeing)
+                if result is None:
+                    result = verify_whole(banned, item.features(), agreeing)
+                for view in candidates[key][:_VIEWS_VERIFIED]:
+                    if result is not None:
+                        break
+                    result = verify(banned, item.features(view), agreeing)
+                    result = result.within(view.box) if result else None
             turn = turned.get(key, "as_is") if result is None else "as_is"
             if turn != "as_is":
                 undo = _UNDO[turn]

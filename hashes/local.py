@@ -32,6 +32,9 @@ _MIN_ORB_SIDE = 32
 REFERENCE_FEATURES = 500
 QUERY_FEATURES = 1500
 REFERENCE_GRID = 3
+SMALL_FEATURE_SIDE = 256
+SMALL_FEATURES = 250
+_PYRAMID_STEP = 1.2
 # Features stored before the photometric check existed have no grey copy; for them the
 # points alone decide: enough inliers, a high share of agreeing matches, and a hull over
 # a fair part of the banned picture (not an app's toolbar). Figures: docs/calibration.md.
@@ -77,6 +80,9 @@ class LocalFeatures:
     # banned picture, RGB (h, w, 3) for an upload. None in features stored before the
     # check existed (``manage.py rehash`` adds it).
     pixels: np.ndarray | None = None
+    # How many of the points each scale gave, largest first: a banned picture's
+    # (reference_local_features); () for an upload's, or features stored before then.
+    scales: tuple[int, ...] = ()
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -88,6 +94,8 @@ class LocalFeatures:
             descriptors=self.descriptors,
             size=np.array(self.size),
         )
+        if self.scales:
+            arrays["scales"] = np.array(self.scales)
         np.savez_compressed(buffer, **arrays)
         return buffer.getvalue()
 
@@ -96,8 +104,13 @@ class LocalFeatures:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             size = stored["size"]
             pixels = stored["pixels"] if "pixels" in stored.files else None
+            scales = tuple(stored["scales"].tolist()) if "scales" in stored.files else ()
             return cls(
-                stored["points"], stored["descriptors"], (int(size[0]), int(size[1])), pixels
+                stored["points"],
+                stored["descriptors"],
+                (int(size[0]), int(size[1])),
+                pixels,
+                scales,
             )
 
 
@@ -185,44 +198,128 @@ def local_features(
     pictures give few corners at ORB's usual contrast threshold, so a picture that yields
     under a fifth of ``count`` is searched again at a low one.
     """
-    grey = image.convert("L")
-    scale = side / max(grey.size)
-    if scale < 1:
-        size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
-        grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    pixels = np.asarray(grey)
-    if colour:
-        shown = image.convert("RGB").resize(grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        kept = _shrink(np.asarray(shown), pixels_side)
-    else:
-        kept = _shrink(pixels, pixels_side)
-    keypoints: Sequence[cv2.KeyPoint] = ()
-    # ORB's image pyramid cannot shrink a strip a few pixels thin (60000x8, say): such a
-    # picture has no corners to find.
-    thresholds = (20, 5) if min(pixels.shape) >= _MIN_ORB_SIDE else ()
-    for threshold in thresholds:
-        orb = cv2.ORB.create(
-            nfeatures=count * 4,
-            scaleFactor=1.2,
-            nlevels=8,
-            edgeThreshold=15,
-            fastThreshold=threshold,
-        )
-        keypoints = _spread(orb.detect(pixels, None), pixels.shape, count, grid)
-        if len(keypoints) >= count // 5:
-            break
-    descriptors = None
-    if keypoints:
-        keypoints, descriptors = orb.compute(pixels, keypoints)
+    return _Detected.of(image, count, side, grid, pixels_side, colour).features()
+
+
+def reference_local_features(image: Image.Image) -> LocalFeatures:
+    """The local features stored for a banned picture: those of ``local_features``, and
+    SMALL_FEATURES more found on a copy SMALL_FEATURE_SIDE across, placed in the same
+    pixels. A copy pasted at half size or less into a larger picture shows corners of
+    that coarser scale, which ORB's pyramid, reaching only upward from the copy it is
+    given, cannot find on the larger one."""
+    large = local_features(image)
+    if max(large.size) < SMALL_FEATURE_SIDE * _PYRAMID_STEP:
+        return dataclasses.replace(large, scales=(len(large.points),))
+    side = SMALL_FEATURE_SIDE
+    small = _Detected.of(image, SMALL_FEATURES, side, REFERENCE_GRID, side, False).features()
+    points = small.points * (np.array(large.size, np.float32) / np.array(small.size, np.float32))
+    return dataclasses.replace(
+        large,
+        points=np.concatenate([large.points, points]),
+        descriptors=np.concatenate([large.descriptors, small.descriptors]),
+        scales=(len(large.points), len(points)),
+    )
+
+
+def upload_features(
+    image: Image.Image, count: int, side: int, pixels_side: int
+) -> tuple[LocalFeatures, LocalFeatures]:
+    """The local features of an upload (``local_features`` in colour), and those of the
+    upload mirrored: the same corners, whose descriptors are computed again on the
+    mirrored copy at a fraction of the cost of finding them there."""
+    detected = _Detected.of(image, count, side, REFERENCE_GRID, pixels_side, True)
+    return detected.features(), detected.mirrored()
+
+
+@dataclass(frozen=True)
+class _Detected:
+    """ORB keypoints found on a grey copy of a picture, with what they are packed with."""
+
+    grey: np.ndarray
+    kept: np.ndarray  # the copy for the photometric check
+    keypoints: Sequence[cv2.KeyPoint]
+    descriptors: np.ndarray | None
+    orb: Any
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.grey.shape[1], self.grey.shape[0])
+
+    @classmethod
+    def of(
+        cls, image: Image.Image, count: int, side: int, grid: int, pixels_side: int, colour: bool
+    ) -> "_Detected":
+        grey = image.convert("L")
+        scale = side / max(grey.size)
+        if scale < 1:
+            size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+            grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        pixels = np.asarray(grey)
+        if colour:
+            shown = image.convert("RGB").resize(
+                grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0
+            )
+            kept = _shrink(np.asarray(shown), pixels_side)
+        else:
+            kept = _shrink(pixels, pixels_side)
+        keypoints: Sequence[cv2.KeyPoint] = ()
+        orb = None
+        # ORB's image pyramid cannot shrink a strip a few pixels thin (60000x8, say): such
+        # a picture has no corners to find.
+        thresholds = (20, 5) if min(pixels.shape) >= _MIN_ORB_SIDE else ()
+        for threshold in thresholds:
+            orb = cv2.ORB.create(
+                nfeatures=count * 4,
+                scaleFactor=_PYRAMID_STEP,
+                nlevels=8,
+                edgeThreshold=15,
+                fastThreshold=threshold,
+            )
+            keypoints = _spread(orb.detect(pixels, None), pixels.shape, count, grid)
+            if len(keypoints) >= count // 5:
+                break
+        descriptors = None
+        if keypoints:
+            keypoints, descriptors = orb.compute(pixels, keypoints)  # type: ignore[union-attr]
+        return cls(pixels, kept, keypoints, descriptors, orb)
+
+    def features(self) -> LocalFeatures:
+        return _packed(self.keypoints, self.descriptors, self.size, self.kept)
+
+    def mirrored(self) -> LocalFeatures:
+        """The features of the copy mirrored left to right. ORB's corners and scales are
+        symmetric, so the same keypoints, mirrored with their orientation, are the ones
+        a search of the mirrored copy finds; only their descriptors differ."""
+        flipped = np.ascontiguousarray(self.kept[:, ::-1])
+        if self.descriptors is None or self.orb is None:
+            return _packed((), None, self.size, flipped)
+        width = self.grey.shape[1]
+        turned = [
+            cv2.KeyPoint(
+                width - 1 - keypoint.pt[0],
+                keypoint.pt[1],
+                keypoint.size,
+                (180 - keypoint.angle) % 360,
+                keypoint.response,
+                keypoint.octave,
+                keypoint.class_id,
+            )
+            for keypoint in self.keypoints
+        ]
+        keypoints, descriptors = self.orb.compute(np.ascontiguousarray(self.grey[:, ::-1]), turned)
+        return _packed(keypoints, descriptors, self.size, flipped)
+
+
+def _packed(
+    keypoints: Sequence[cv2.KeyPoint],
+    descriptors: np.ndarray | None,
+    size: tuple[int, int],
+    kept: np.ndarray,
+) -> LocalFeatures:
     if descriptors is None or not len(keypoints):
-        return LocalFeatures(
-            np.zeros((0, 2), np.float32),
-            np.zeros((0, 32), np.uint8),
-            (grey.width, grey.height),
-            kept,
-        )
+        return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), size, kept)
     points = np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32)
-    return LocalFeatures(points, descriptors, (grey.width, grey.height), kept)
+    return LocalFeatures(points, descriptors, size, kept)
 
 
 def _shrink(pixels: np.ndarray, side: int) -> np.ndarray:

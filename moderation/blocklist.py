@@ -41,6 +41,7 @@ from hashes.detect import (
     Detector,
     HashRows,
 )
+from hashes.feature_index import words_from_bytes
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
 from moderation.models import (
@@ -136,7 +137,18 @@ def current_state() -> tuple[str, int]:
     return (row[0], row[1]) if row else ("", 0)
 
 
-_ROW_FIELDS = ("id", "bank_id", "phash", "dhash", "pdq", "pdq_quality", "sha256", "md5", "colours")
+_ROW_FIELDS = (
+    "id",
+    "bank_id",
+    "phash",
+    "dhash",
+    "pdq",
+    "pdq_quality",
+    "sha256",
+    "md5",
+    "colours",
+    "words",
+)
 
 
 def _pictures(
@@ -144,7 +156,7 @@ def _pictures(
 ) -> Iterator[tuple[int, BannedPicture, str]]:
     """(key, picture, its bank's action) for rows of _ROW_FIELDS of enabled banks."""
     limits = {pk: bank.limits() for pk, bank in banks.items()}
-    for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours in rows:
+    for key, bank, phash, dhash, pdq, pdq_quality, sha256, md5, colours, words in rows:
         if bank not in banks:
             continue  # enabled since the banks were read: a rebuild follows
         hashes = {
@@ -160,7 +172,13 @@ def _pictures(
         )
         action = banks[bank].action
         picture = BannedPicture(
-            fingerprint, signature, sha256, md5, limits[bank], action == Bank.Act.ALLOW
+            fingerprint,
+            signature,
+            sha256,
+            md5,
+            limits[bank],
+            action == Bank.Act.ALLOW,
+            words_from_bytes(words) if words else None,
         )
         yield key, picture, action
 

@@ -20,6 +20,7 @@ from hashes.algorithms import (
     parse_hash,
 )
 from hashes.detect import reference_features
+from hashes.feature_index import indexed_words, words_to_bytes
 from hashes.loading import LoadedImage
 from hashes.local import LocalFeatures
 from hashes.matching import is_low_detail
@@ -86,6 +87,7 @@ def blocklist_changed(*, added: Iterable[int] = (), removed: Iterable[int] = ())
 class BanFrame:
     fingerprint: Fingerprint
     colours: bytes
+    words: bytes
     features: bytes
 
     @classmethod
@@ -93,13 +95,21 @@ class BanFrame:
         frames = []
         for frame, fingerprint in distinct_frames(loaded):
             features, colours = reference_features(frame)
-            frames.append(cls(fingerprint, colours.tobytes(), features.to_bytes()))
+            frames.append(
+                cls(
+                    fingerprint,
+                    colours.tobytes(),
+                    words_to_bytes(indexed_words(features)),
+                    features.to_bytes(),
+                )
+            )
         return frames
 
     def fields(self) -> dict[str, object]:
         return {
             **_hash_fields(self.fingerprint),
             "colours": self.colours,
+            "words": self.words,
             "features": self.features,
         }
 
@@ -312,13 +322,15 @@ def banned_delete(*, fingerprint_ids: Iterable[int], actor: User | None) -> int:
 
 
 def _features_stale(data: bytes | memoryview) -> bool:
-    return LocalFeatures.from_bytes(bytes(data)).pixels is None
+    """Whether stored features lack the grey copy or the coarser scale of today's."""
+    features = LocalFeatures.from_bytes(bytes(data))
+    return features.pixels is None or not features.scales
 
 
 def banned_rehash() -> tuple[int, int]:
     """Recompute, from their reference images, fingerprints an older algorithm made,
-    and the second stage's colours and features where they are missing or lack the grey
-    copy that the photometric check compares.
+    and the second stage's colours, words and features where they are missing or older
+    than today's (``_features_stale``).
 
     Returns (rows recomputed, rows left as they are because they were pasted as hashes
     and have no image to recompute from).
@@ -333,7 +345,12 @@ def banned_rehash() -> tuple[int, int]:
         )
         or (
             row.reference_name
-            and (row.colours is None or row.features is None or _features_stale(row.features))
+            and (
+                row.colours is None
+                or row.words is None
+                or row.features is None
+                or _features_stale(row.features)
+            )
         )
     ]
     by_reference: dict[str, list[BannedFingerprint]] = {}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from hashes import detect
 from hashes.algorithms import Fingerprint, distinct_frames
 from hashes.detect import (
     BannedPicture,
@@ -17,6 +18,7 @@ from hashes.detect import (
     reference_features,
 )
 from hashes.evaluation.edits import EDITS
+from hashes.feature_index import indexed_words
 from hashes.loading import DECODE_SIDE, load_image
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 from tests.images import PHOTOS, encode, photo
@@ -30,7 +32,7 @@ def _detector(*names: str, config: DetectConfig | None = None) -> Detector:
     for key, name in enumerate(names):
         frame, fingerprint = distinct_frames(load_image(encode(photo(name), "JPEG")))[0]
         features[key], colours = reference_features(frame)
-        pictures[key] = BannedPicture(fingerprint, colours)
+        pictures[key] = BannedPicture(fingerprint, colours, words=indexed_words(features[key]))
     detector = Detector(RULE, config, lambda keys: {k: features[k] for k in keys})
     detector.add_all(pictures)
     return detector
@@ -86,6 +88,51 @@ def test_a_mirrored_crop_is_verified_mirrored_and_placed_as_the_upload_shows_it(
     assert found.stage == "local features" and found.turn == "mirrored"
     expected = (-left / width, -top / height, 1 + right / width, 1 + bottom / height)
     assert found.box == pytest.approx(expected, abs=0.02)
+
+
+# Colours and near hashes nominate nothing here: the index of local features must.
+_FEATURES_ONLY = DetectConfig(colour_candidates=0, near_pdq=0, near_phash=0)
+
+
+@pytest.mark.parametrize(
+    ("edit", "box"),
+    # The edit's random corner, with this seed, is the bottom left.
+    [("paste_corner", (0.0, 0.5, 0.5, 1.0)), ("paste_centre", (0.25, 0.25, 0.75, 0.75))],
+)
+def test_a_copy_pasted_into_another_picture_is_nominated_by_its_features(
+    edit: str, box: tuple[float, ...]
+) -> None:
+    detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
+    data = EDITS[edit].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
+    found = _detect(detector, data)
+    assert list(found) == [1], found
+    assert found[1].stage == "local features"
+    assert found[1].box == pytest.approx(box, abs=0.03)
+
+
+def test_a_build_files_pictures_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detect, "_FILED_AT_ONCE", 2)
+    detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
+    for key, name in enumerate(("astronaut", "coffee", "rocket")):
+        data = EDITS["paste_centre"].apply(photo(name), random.Random(1), [photo("chelsea")])
+        assert list(_detect(detector, data)) == [key], name
+
+
+def test_a_mirrored_crop_is_nominated_by_the_mirrored_upload_s_features() -> None:
+    detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
+    data = EDITS["mirror_crop"].apply(photo("rocket"), random.Random(2), [])
+    found = _detect(detector, data)
+    assert list(found) == [2], found
+    assert found[2].stage == "local features" and found[2].turn == "mirrored"
+
+
+def test_a_picture_removed_is_not_nominated_and_one_added_is() -> None:
+    detector = _detector("astronaut", "coffee", config=_FEATURES_ONLY)
+    data = EDITS["paste_corner"].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
+    detector.remove(1)
+    assert _detect(detector, data) == {}
+    detector.add_all({1: _picture("coffee")[0]})
+    assert list(_detect(detector, data)) == [1]
 
 
 def test_a_recoloured_crop_is_found_by_its_pixels(detector: Detector) -> None:
@@ -220,6 +267,7 @@ def test_an_exact_copy_does_not_stand_in_for_the_other_stages() -> None:
 def _picture(name: str, **options: object) -> tuple[BannedPicture, object]:
     frame, fingerprint = distinct_frames(load_image(encode(photo(name), "JPEG")))[0]
     features, colours = reference_features(frame)
+    options.setdefault("words", indexed_words(features))
     return BannedPicture(fingerprint, colours, **options), features  # type: ignore[arg-type]
 
 

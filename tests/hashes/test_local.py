@@ -2,6 +2,7 @@ import dataclasses
 import io
 import random
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -13,6 +14,8 @@ from hashes.local import (
     agreement,
     fit_points,
     local_features,
+    reference_local_features,
+    upload_features,
     verify,
     verify_whole,
 )
@@ -51,11 +54,63 @@ def test_different_photos_are_not_verified() -> None:
 
 
 def test_features_survive_storage() -> None:
-    features = local_features(photo("coffee"))
+    features = reference_local_features(photo("coffee"))
     again = LocalFeatures.from_bytes(features.to_bytes())
-    assert again.size == features.size
+    assert again.size == features.size and again.scales == features.scales
     assert (again.descriptors == features.descriptors).all()
     assert verify(again, local_features(photo("coffee"), 1500, 1024)) is not None
+
+
+def _pasted_small(banned: Image.Image, scale: float) -> Image.Image:
+    """``banned`` at ``scale`` of its size in the corner of a plain grey canvas."""
+    canvas = Image.new("RGB", banned.size, (128, 128, 128))
+    small = banned.resize((round(banned.width * scale), round(banned.height * scale)))
+    canvas.paste(small, (0, 0))
+    return canvas
+
+
+def test_a_banned_picture_keeps_a_coarser_scale_placed_in_the_same_pixels() -> None:
+    banned = photo("astronaut")
+    one_scale = local_features(banned)
+    both = reference_local_features(banned)
+    large, small = both.scales
+    assert large == len(one_scale.points) and small == len(both.points) - large
+    assert (both.descriptors[:large] == one_scale.descriptors).all()
+    # The coarser scale's points alone place a small copy where it is.
+    coarser = dataclasses.replace(
+        both, points=both.points[large:], descriptors=both.descriptors[large:]
+    )
+    upload = local_features(_pasted_small(banned, 1 / 3), 1500, 1024, colour=True)
+    found = verify(coarser, upload)
+    assert found is not None
+    assert found.box == pytest.approx((0, 0, 1 / 3, 1 / 3), abs=0.02)
+
+
+def test_a_small_banned_picture_has_one_scale() -> None:
+    small = photo("coffee").resize((200, 133))
+    assert reference_local_features(small).scales == (len(local_features(small).points),)
+
+
+def test_an_upload_s_mirrored_features_are_those_of_the_mirrored_picture() -> None:
+    upload = photo("chelsea")
+    as_is, mirrored = upload_features(upload, 1500, 1024, 512)
+    assert (as_is.descriptors == local_features(upload, 1500, 1024, colour=True).descriptors).all()
+    found = local_features(upload.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 1500, 1024)
+    # The same corners, mirrored, with descriptors as a search of the mirrored copy gives.
+    assert len(mirrored.points) == len(found.points)
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    pairs = matcher.match(mirrored.descriptors, found.descriptors)
+    close = [
+        pair
+        for pair in pairs
+        if pair.distance <= 30
+        and np.abs(mirrored.points[pair.queryIdx] - found.points[pair.trainIdx]).max() <= 1.5
+    ]
+    assert len(close) >= 0.8 * len(found.points)
+    assert mirrored.pixels is not None and as_is.pixels is not None
+    assert (mirrored.pixels == as_is.pixels[:, ::-1]).all()
+    banned = reference_local_features(upload.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert verify(banned, mirrored) is not None and verify(banned, as_is) is None
 
 
 def test_a_flat_picture_has_nothing_to_verify() -> None:

@@ -2,6 +2,7 @@ import dataclasses
 import errno
 import io
 import os
+import random
 import shutil
 import stat
 import threading
@@ -14,6 +15,8 @@ from django.utils import timezone
 from PIL import Image, ImageOps
 
 from hashes.algorithms import fingerprint_frames
+from hashes.evaluation.edits import EDITS
+from hashes.feature_index import words_from_bytes
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
 from moderation import files, selectors, services
@@ -105,9 +108,7 @@ def test_odd_and_over_long_names_are_recorded_losslessly(media: Path, banned_ast
     assert services.upload_process(upload_id=long.pk).state == State.CLEAN
 
 
-def test_files_hashguard_must_not_read_are_recorded_as_errors(
-    media: Path, tmp_path: Path
-) -> None:
+def test_files_hashguard_must_not_read_are_recorded_as_errors(media: Path, tmp_path: Path) -> None:
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(encoded("coffee"))
     (media / "link.jpg").symlink_to(outside)
@@ -178,12 +179,18 @@ def test_exact_copy_matches_by_sha256_even_without_fingerprints(media: Path) -> 
     [
         (encode(photo("rocket"), "JPEG")[:300], State.HELD, "corrupt"),
         (encode(photo("rocket"), "ICO"), State.HELD, "uncheckable_format"),
-        (b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic" + bytes(500), State.HELD,
-         "uncheckable_format"),
+        (
+            b"\x00\x00\x00\x1cftypheic\x00\x00\x00\x00mif1heic" + bytes(500),
+            State.HELD,
+            "uncheckable_format",
+        ),
         # An SVG whose <svg> element comes after a long comment, as editors write them.
-        (b"<?xml version='1.0'?><!-- " + b"made by an editor " * 500 + b"-->"
-         b"<svg xmlns='http://www.w3.org/2000/svg'><image href='x.jpg'/></svg>", State.HELD,
-         "uncheckable_format"),
+        (
+            b"<?xml version='1.0'?><!-- " + b"made by an editor " * 500 + b"-->"
+            b"<svg xmlns='http://www.w3.org/2000/svg'><image href='x.jpg'/></svg>",
+            State.HELD,
+            "uncheckable_format",
+        ),
         (encode(Image.new("RGB", (4, 4)), "PNG"), State.ERROR, "too_small"),
     ],
 )
@@ -201,9 +208,7 @@ def test_files_that_cannot_be_checked_are_held(
         assert upload in selectors.review_queue()
 
 
-def test_files_that_cannot_be_checked_are_left_when_so_configured(
-    media: Path, settings
-) -> None:
+def test_files_that_cannot_be_checked_are_left_when_so_configured(media: Path, settings) -> None:
     settings.HASHGUARD_UNCHECKABLE = "leave"
     upload = drop(media, "bad.jpg", encode(photo("rocket"), "JPEG")[:300])
     assert (upload.state, upload.error_code) == (State.ERROR, "corrupt")
@@ -685,9 +690,7 @@ def test_requeue_sends_what_the_queue_no_longer_holds(media: Path) -> None:
         uploads.append(services.upload_register(path=media / f"{quality}.jpg")[0])
     long_ago = timezone.now() - timedelta(minutes=5)
     for minutes, upload in enumerate(uploads):
-        Upload.objects.filter(pk=upload.pk).update(
-            queued_at=long_ago + timedelta(minutes=minutes)
-        )
+        Upload.objects.filter(pk=upload.pk).update(queued_at=long_ago + timedelta(minutes=minutes))
     # Messages are taken first in, first out: with all three still in the queue, none is
     # lost; with one, the two oldest were delivered and are not decided: sent again.
     assert requeue(waiting_in_queue=3) == 0
@@ -778,10 +781,10 @@ def test_pasted_hashes_of_a_plain_picture_are_refused() -> None:
 
 def test_rehash_adds_the_second_stage_to_bans_made_without_it(media: Path) -> None:
     rows = services.banned_add_image(data=encoded("astronaut"))
-    BannedFingerprint.objects.update(features=None, colours=None)
+    BannedFingerprint.objects.update(features=None, colours=None, words=None)
     assert services.banned_rehash() == (1, 0)
     row = BannedFingerprint.objects.get(pk=rows[0].pk)
-    assert row.features and row.colours
+    assert row.features and row.colours and row.words
     cropped = photo("astronaut").crop((80, 0, 512, 512))
     assert drop(media, "crop.jpg", encode(cropped, "JPEG")).state == State.QUARANTINED
 
@@ -798,12 +801,32 @@ def test_rehash_adds_the_grey_copy_to_features_stored_without_it() -> None:
     assert services.banned_rehash() == (0, 0)
 
 
+def test_rehash_adds_the_coarser_scale_to_features_found_at_one(media: Path, settings) -> None:  # noqa: ANN001
+    # Neither colours nor near hashes nominate: only the words can.
+    settings.HASHGUARD_DETECT = {"colour_candidates": 0, "near_pdq": 0, "near_phash": 0}
+    rows = services.banned_add_image(data=encoded("coffee"))
+    stored = LocalFeatures.from_bytes(bytes(rows[0].features))
+    large = stored.scales[0]
+    older = dataclasses.replace(
+        stored, points=stored.points[:large], descriptors=stored.descriptors[:large], scales=()
+    )
+    BannedFingerprint.objects.update(features=older.to_bytes(), words=None)
+    assert services.banned_rehash() == (1, 0)
+    row = BannedFingerprint.objects.get()
+    assert LocalFeatures.from_bytes(bytes(row.features)).scales == stored.scales
+    assert words_from_bytes(row.words) is not None
+    # The words nominate a copy pasted into another picture, which no hash finds.
+    pasted = EDITS["paste_corner"].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
+    upload = drop(media, "pasted.jpg", pasted)
+    assert upload.state == State.QUARANTINED
+    assert Match.objects.get(upload=upload).stage == "local features"
+
+
 @pytest.mark.parametrize("size", [(60000, 8), (8, 60000), (20000, 9), (3000, 40)])
 def test_odd_shapes_are_decided(media: Path, banned_astronaut, size: tuple[int, int]) -> None:
     strip = Image.effect_noise(size, 60).convert("RGB")
     upload = drop(media, "strip.png", encode(strip, "PNG"))
     assert upload.state == State.CLEAN, upload.error
-
 
 
 def test_only_faults_that_may_pass_are_retried() -> None:

@@ -1,0 +1,298 @@
+"""Which banned pictures share many local features with an upload: the second stage's
+candidates, found by an index of every banned picture's keypoints rather than guessed.
+
+A banned picture is filed under the *words* of its strongest ORB descriptors (INDEXED of
+each scale it was found at). A word is WORD_BITS of a descriptor's 256 bits, at positions
+drawn once for all, and each of WORD_TABLES tables takes its own bits: two descriptors of
+one corner, a few bits apart after resizing and recompression, often share a word in some
+table, where two unrelated ones do far less often (bit-sampling locality-sensitive
+hashing).
+An upload's descriptors vote for the pictures filed under their words, one vote per
+descriptor and picture; a word that many pictures share (a flat patch, a letter) says
+nothing and is skipped.
+
+A copy pasted into a corner of another picture, or one tile of a collage, gets votes from
+its own part of the upload only, while the look-alikes of the picture around it get theirs
+from the rest; so pictures are ranked in each region of the upload (the whole of it, its
+quarters, its centre) and the best of every region are candidates in turn.
+
+Adds and removes apply in place: new pictures go to a small sorted run searched beside
+the main one and merged into it when it grows; a removed picture's entries stop voting
+at once and are dropped at the next merge.
+"""
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from hashes.local import LocalFeatures
+
+# Each ban's words are stored with it (BannedFingerprint.words): a change to these, or to
+# the bits drawn, needs the stored words emptied and `manage.py rehash`.
+WORD_TABLES = 2
+WORD_BITS = 24
+INDEXED = 200
+# Votes a picture needs from one region to be a candidate: it keeps out pictures sharing a
+# handful of words; among the rest the ranking decides (docs/calibration.md).
+MIN_VOTES = 6
+# A word filed under more than this many entries, or a 1/_COMMON_SHARE of all of them at
+# a larger size, is too common to vote.
+_COMMON = 64
+_COMMON_SHARE = 8192
+# Entries added since the last merge, searched apart until there are this many, or a
+# sixteenth of the main run: a merge rewrites the main run.
+_RECENT = 1 << 16
+# Removed pictures whose entries are kept (not voting) until there are this many, or an
+# eighth of the pictures held.
+_DEAD = 1024
+_POSITIONS = (
+    np.random.default_rng(20261201)
+    .permutation(256)[: WORD_TABLES * WORD_BITS]
+    .reshape(WORD_TABLES, WORD_BITS)
+)
+_WEIGHTS = np.left_shift(np.uint32(1), np.arange(WORD_BITS, dtype=np.uint32))
+# The regions of an upload pictures are ranked in, as (left, top, right, bottom) fractions.
+REGIONS = (
+    (0.0, 0.0, 1.0, 1.0),
+    (0.0, 0.0, 0.5, 0.5),
+    (0.5, 0.0, 1.0, 0.5),
+    (0.0, 0.5, 0.5, 1.0),
+    (0.5, 0.5, 1.0, 1.0),
+    (0.25, 0.25, 0.75, 0.75),
+)
+
+
+def words(descriptors: np.ndarray) -> np.ndarray:
+    """The (WORD_TABLES, n) uint32 words of (n, 32) uint8 ORB descriptors."""
+    bits = np.unpackbits(np.asarray(descriptors, np.uint8).reshape(-1, 32), axis=1)
+    return np.stack([bits[:, positions].astype(np.uint32) @ _WEIGHTS for positions in _POSITIONS])
+
+
+def indexed_words(features: LocalFeatures) -> np.ndarray:
+    """The words a banned picture is filed under: those of the first INDEXED descriptors
+    (the strongest, spread over the picture) of each scale its features were found at."""
+    scales = features.scales or (len(features.descriptors),)
+    starts = np.cumsum((0, *scales[:-1]))
+    chosen = [
+        np.arange(start, start + min(count, INDEXED))
+        for start, count in zip(starts.tolist(), scales, strict=True)
+    ]
+    return words(features.descriptors[np.concatenate(chosen)])
+
+
+def words_to_bytes(found: np.ndarray) -> bytes:
+    return np.ascontiguousarray(found, dtype="<u4").tobytes()
+
+
+def words_from_bytes(data: bytes | memoryview) -> np.ndarray | None:
+    """Stored words, or None where they are not whole (written with other settings)."""
+    found = np.frombuffer(data, dtype="<u4")
+    if len(found) % WORD_TABLES:
+        return None
+    return found.astype(np.uint32).reshape(WORD_TABLES, -1)
+
+
+def _merged(
+    held: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two runs sorted by word as one, in a single pass over the larger."""
+    if not len(held[0]):
+        return new
+    at = np.searchsorted(held[0], new[0], "right")
+    return np.insert(held[0], at, new[0]), np.insert(held[1], at, new[1])
+
+
+class _Table:
+    """One table's entries, sorted by word, in two runs: the main one packed (the words'
+    top bits are their place in an array of bucket offsets, and only their last byte is
+    kept with each entry: 5 bytes an entry, not 8), and a small one of those added since
+    the last merge, kept whole."""
+
+    def __init__(self) -> None:
+        self.starts = np.zeros((1 << (WORD_BITS - 8)) + 1, np.uint32)
+        self.tails = np.zeros(0, np.uint8)
+        self.slots = np.zeros(0, np.uint32)
+        self.recent_words = np.zeros(0, np.uint32)
+        self.recent_slots = np.zeros(0, np.uint32)
+
+    def __len__(self) -> int:
+        return len(self.tails) + len(self.recent_words)
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.starts, self.tails, self.slots, self.recent_words, self.recent_slots)
+        return sum(array.nbytes for array in arrays)
+
+    def add(self, found: np.ndarray, slots: np.ndarray) -> None:
+        order = np.argsort(found, kind="stable")
+        self.recent_words, self.recent_slots = _merged(
+            (self.recent_words, self.recent_slots), (found[order], slots[order])
+        )
+        if len(self.recent_words) > max(_RECENT, len(self.tails) // 16):
+            self.merge()
+
+    def merge(self, live: np.ndarray | None = None) -> None:
+        """Fold the recent run into the main one, and drop the entries of slots not
+        ``live``."""
+        buckets = np.arange(len(self.starts) - 1, dtype=np.uint32)
+        held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(8) | self.tails
+        found, slots = _merged((held, self.slots), (self.recent_words, self.recent_slots))
+        del held
+        if live is not None:
+            kept = live[slots]
+            found, slots = found[kept], slots[kept]
+        buckets = np.arange(len(self.starts), dtype=np.uint32)
+        self.starts = np.searchsorted(found >> np.uint32(8), buckets).astype(np.uint32)
+        self.tails = (found & np.uint32(0xFF)).astype(np.uint8)
+        self.slots = slots
+        self.recent_words = np.zeros(0, np.uint32)
+        self.recent_slots = np.zeros(0, np.uint32)
+
+    def _main_runs(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each query word's entries start in the main run, and how many there
+        are: its bucket, then a binary search of the bucket's last bytes, for all the
+        query words at once."""
+        buckets = query >> np.uint32(8)
+        tails = (query & np.uint32(0xFF)).astype(np.uint8)
+        first = self._bound(self.starts[buckets], self.starts[buckets + 1], tails, right=False)
+        last = self._bound(first, self.starts[buckets + 1], tails, right=True)
+        return first, last - first
+
+    def _bound(
+        self, low: np.ndarray, high: np.ndarray, tails: np.ndarray, *, right: bool
+    ) -> np.ndarray:
+        low, high = low.astype(np.int64), high.astype(np.int64)
+        limit = max(0, len(self.tails) - 1)
+        while True:
+            open_ = low < high
+            if not open_.any():
+                return low
+            middle = (low + high) // 2
+            seen = self.tails[np.minimum(middle, limit)]
+            after = open_ & ((seen <= tails) if right else (seen < tails))
+            low = np.where(after, middle + 1, low)
+            high = np.where(open_ & ~after, middle, high)
+
+    def pairs(self, query: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, slot) for every entry filed under a query word, words held more
+        than ``limit`` times left out."""
+        runs = [(*self._main_runs(query), self.slots)]
+        if len(self.recent_words):
+            first = np.searchsorted(self.recent_words, query, "left")
+            sizes = np.searchsorted(self.recent_words, query, "right") - first
+            runs.append((first, sizes, self.recent_slots))
+        rows, slots = [], []
+        for first, sizes, owners in runs:
+            voting = (sizes > 0) & (sizes <= limit)
+            sizes, first = sizes[voting], first[voting]
+            # Every entry of every voting run, without a Python loop over the runs.
+            index = np.repeat(first - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+            rows.append(np.repeat(np.flatnonzero(voting), sizes))
+            slots.append(owners[index])
+        return np.concatenate(rows), np.concatenate(slots)
+
+
+class FeatureIndex:
+    """Banned pictures by the words of their local features, searched by vote."""
+
+    def __init__(self) -> None:
+        self._tables = [_Table() for _ in range(WORD_TABLES)]
+        self._slot: dict[int, int] = {}
+        self._keys = np.zeros(0, np.int64)  # by slot
+        self._live = np.zeros(0, bool)
+        self._dead = 0
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._slot
+
+    @property
+    def nbytes(self) -> int:
+        """The memory its arrays hold."""
+        own = self._keys.nbytes + self._live.nbytes
+        return own + sum(table.nbytes for table in self._tables)
+
+    def add_many(self, items: Iterable[tuple[int, np.ndarray]]) -> None:
+        """File pictures under their words ((WORD_TABLES, n) arrays); a key held is
+        filed anew."""
+        keys: list[int] = []
+        found: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        for key, held in dict(items).items():
+            self.remove(key)
+            slot = len(self._keys) + len(keys)
+            self._slot[key] = slot
+            keys.append(key)
+            found.append(held)
+            slots.append(np.full(held.shape[1], slot, np.uint32))
+        if not found:
+            return
+        self._keys = np.concatenate([self._keys, np.array(keys, np.int64)])
+        self._live = np.concatenate([self._live, np.ones(len(found), bool)])
+        everything = np.concatenate(found, axis=1)
+        owners = np.concatenate(slots)
+        for table, column in zip(self._tables, everything, strict=True):
+            table.add(column, owners)
+
+    def remove(self, key: int) -> None:
+        slot = self._slot.pop(key, None)
+        if slot is None:
+            return
+        self._live[slot] = False
+        self._dead += 1
+        if self._dead > max(_DEAD, len(self._slot) // 8):
+            for table in self._tables:
+                table.merge(self._live)
+            self._dead = 0
+
+    def nominate(self, uploads: Sequence[LocalFeatures], per_region: int) -> list[tuple[int, int]]:
+        """(key, which of ``uploads`` it is nominated by) for the pictures with the most
+        votes in each region of each upload (the same picture as it is, mirrored...), the
+        best of every region first, then the second best, up to ``per_region`` each; a
+        picture nominated by two uploads comes once for each."""
+        ranked: list[list[int]] = []
+        whose: list[int] = []
+        for number, upload in enumerate(uploads):
+            for ranking in self._rank(upload, per_region):
+                ranked.append(ranking)
+                whose.append(number)
+        found: dict[tuple[int, int], None] = {}
+        for place in range(per_region):
+            for ranking, number in zip(ranked, whose, strict=True):
+                if place < len(ranking):
+                    found[(ranking[place], number)] = None
+        return list(found)
+
+    def _rank(self, upload: LocalFeatures, count: int) -> list[list[int]]:
+        """Per region of the upload, the keys of the ``count`` pictures with the most
+        votes from its descriptors there (at least MIN_VOTES)."""
+        if not self._slot or not len(upload.descriptors):
+            return []
+        total = sum(len(table) for table in self._tables)
+        limit = max(_COMMON, total // _COMMON_SHARE)
+        slots_held = len(self._keys)
+        pairs = []
+        for table, query in zip(self._tables, words(upload.descriptors), strict=True):
+            rows, slots = table.pairs(query, limit)
+            pairs.append(rows * slots_held + slots)
+        # One vote per descriptor and picture, whichever tables they met in.
+        unique = np.unique(np.concatenate(pairs))
+        rows, slots = np.divmod(unique, slots_held)
+        alive = self._live[slots]
+        rows, slots = rows[alive], slots[alive]
+        voted, slots = np.unique(slots, return_inverse=True)
+        keys = self._keys[voted]
+        x = upload.points[rows, 0] / max(1, upload.size[0])
+        y = upload.points[rows, 1] / max(1, upload.size[1])
+        rankings = []
+        for left, top, right, bottom in REGIONS:
+            inside = (x >= left) & (x < right) & (y >= top) & (y < bottom)
+            votes = np.bincount(slots[inside], minlength=len(voted))
+            best = np.flatnonzero(votes >= MIN_VOTES)
+            # Most votes first; ties by key, so that a ranking is the same however the
+            # index was filled.
+            best = best[np.lexsort((keys[best], -votes[best]))][:count]
+            rankings.append(keys[best].tolist())
+        return rankings

@@ -1,0 +1,180 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashes import feature_index
+from hashes.feature_index import (
+    INDEXED,
+    MIN_VOTES,
+    WORD_TABLES,
+    FeatureIndex,
+    indexed_words,
+    words,
+    words_from_bytes,
+    words_to_bytes,
+)
+from hashes.local import LocalFeatures, local_features, reference_local_features
+from tests.images import photo
+
+
+def _flipped(descriptors: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """``descriptors`` with ``bits`` of each one's 256 bits flipped at random."""
+    unpacked = np.unpackbits(descriptors, axis=1)
+    for row in unpacked:
+        row[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(unpacked, axis=1)
+
+
+def test_near_descriptors_share_a_word_and_unrelated_ones_do_not() -> None:
+    rng = np.random.default_rng(1)
+    descriptors = rng.integers(0, 256, (2000, 32), dtype=np.uint8)
+    near = _flipped(descriptors, 10, rng)
+    unrelated = rng.integers(0, 256, (2000, 32), dtype=np.uint8)
+
+    def shared(a: np.ndarray, b: np.ndarray) -> float:
+        return float((words(a) == words(b)).any(axis=0).mean())
+
+    assert words(descriptors).shape == (WORD_TABLES, 2000)
+    assert shared(descriptors, descriptors) == 1.0
+    assert shared(descriptors, near) > 0.4
+    assert shared(descriptors, unrelated) < 0.001
+
+
+def test_words_survive_storage() -> None:
+    found = indexed_words(reference_local_features(photo("coffee")))
+    assert (words_from_bytes(words_to_bytes(found)) == found).all()  # type: ignore[operator]
+    assert words_from_bytes(b"\x01\x02\x03\x04") is None
+
+
+def test_the_strongest_descriptors_of_each_scale_are_filed() -> None:
+    features = reference_local_features(photo("astronaut"))
+    large, small = features.scales
+    assert large > INDEXED and small > 0
+    found = indexed_words(features)
+    chosen = np.concatenate(
+        [features.descriptors[:INDEXED], features.descriptors[large:][:INDEXED]]
+    )
+    assert (found == words(chosen)).all()
+
+
+def _pasted(banned: Image.Image, around: Image.Image, scale: float) -> Image.Image:
+    canvas = around.resize(banned.size)
+    canvas.paste(banned.resize((round(banned.width * scale), round(banned.height * scale))))
+    return canvas
+
+
+@pytest.mark.parametrize("name", ["chelsea", "coffee"])
+def test_a_small_copy_is_nominated_by_its_coarser_scale(name: str) -> None:
+    # A large picture: a copy at a third of its size inside another picture shares few
+    # words with its finer scale alone.
+    banned = photo(name).resize((photo(name).width * 4, photo(name).height * 4))
+    around = photo("motorcycle_right")
+    upload = local_features(_pasted(banned, around, 1 / 3), 1500, 1024, colour=True)
+    both = reference_local_features(banned)
+    finer = dataclasses.replace(local_features(banned), scales=())
+    for features, nominated in ((both, True), (finer, False)):
+        index = FeatureIndex()
+        index.add_many([(7, indexed_words(features))])
+        assert ((7, 0) in index.nominate([upload], 1)) is nominated
+
+
+def _random_upload(
+    pictures: dict[int, np.ndarray], key: int, rng: np.random.Generator
+) -> LocalFeatures:
+    """An upload whose top-left quarter holds near copies of one picture's descriptors,
+    and whose rest holds noise."""
+    own = _flipped(pictures[key], 8, rng)
+    noise = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    points = np.concatenate(
+        [rng.uniform(0, 50, (len(own), 2)), rng.uniform(0, 100, (len(noise), 2))]
+    ).astype(np.float32)
+    return LocalFeatures(points, np.concatenate([own, noise]), (100, 100))
+
+
+def test_the_picture_a_region_shows_is_nominated_and_noise_nominates_nothing() -> None:
+    rng = np.random.default_rng(2)
+    pictures = {key: rng.integers(0, 256, (120, 32), dtype=np.uint8) for key in range(50)}
+    index = FeatureIndex()
+    index.add_many((key, words(descriptors)) for key, descriptors in pictures.items())
+
+    assert index.nominate([_random_upload(pictures, 17, rng)], 2) == [(17, 0)]
+    mirrored = _random_upload(pictures, 23, rng)
+    assert index.nominate([_random_upload(pictures, 17, rng), mirrored], 1) == [(17, 0), (23, 1)]
+    noise = LocalFeatures(
+        rng.uniform(0, 100, (1500, 2)).astype(np.float32),
+        rng.integers(0, 256, (1500, 32), dtype=np.uint8),
+        (100, 100),
+    )
+    assert index.nominate([noise], 3) == []
+
+
+def test_a_word_many_pictures_share_does_not_vote() -> None:
+    rng = np.random.default_rng(3)
+    common = rng.integers(0, 256, (1, 32), dtype=np.uint8).repeat(MIN_VOTES * 2, axis=0)
+    index = FeatureIndex()
+    # Every picture holds the same flat-patch descriptor, more often than a copy's votes.
+    index.add_many((key, words(common)) for key in range(feature_index._COMMON + 1))
+    upload = LocalFeatures(np.full((len(common), 2), 10, np.float32), common, (100, 100))
+    assert index.nominate([upload], 5) == []
+
+
+def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Small enough that the recent run is merged, and removed entries dropped, often.
+    monkeypatch.setattr(feature_index, "_RECENT", 500)
+    monkeypatch.setattr(feature_index, "_DEAD", 5)
+    rng = np.random.default_rng(4)
+    pictures = {key: rng.integers(0, 256, (40, 32), dtype=np.uint8) for key in range(200)}
+    live = FeatureIndex()
+    live.add_many((key, words(pictures[key])) for key in range(100))
+    for key in range(100, 200):
+        live.add_many([(key, words(pictures[key]))])
+        if key % 3 == 0:
+            live.remove(key - 90)
+    for key in range(40, 60):  # refiled under other words
+        pictures[key] = rng.integers(0, 256, (40, 32), dtype=np.uint8)
+        live.add_many([(key, words(pictures[key]))])
+    live.remove(12345)  # not held: ignored
+    held = {key: value for key, value in pictures.items() if key in live}
+    built = FeatureIndex()
+    built.add_many((key, words(value)) for key, value in held.items())
+
+    # 33 removed (12, 15 ... 108), of which 6 (42 ... 57) filed again.
+    assert len(live) == len(built) == len(held) == 200 - 33 + 6
+    for key in range(200):
+        upload = _random_upload(pictures, key, rng)
+        nominated = live.nominate([upload], 3)
+        assert nominated == built.nominate([upload], 3)
+        assert ((key, 0) in nominated) is (key in held)
+
+
+def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(feature_index, "_RECENT", 2000)  # part packed, part recent
+    rng = np.random.default_rng(5)
+    # Few distinct words, so that many entries share each and every search path is taken.
+    vocabulary = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
+    pictures = {key: vocabulary[rng.integers(0, 3000, 60)] for key in range(100)}
+    index = FeatureIndex()
+    index.add_many((key, words(pictures[key])) for key in range(80))
+    index.add_many((key, words(pictures[key])) for key in range(80, 100))
+    # All in one corner, whose region then ranks as the whole does.
+    upload = LocalFeatures(
+        np.full((400, 2), 90, np.float32), vocabulary[rng.integers(0, 3000, 400)], (100, 100)
+    )
+    query = words(upload.descriptors)
+    votes = {}
+    for key, descriptors in pictures.items():
+        held = words(descriptors)
+        shared = [np.isin(query[table], held[table]) for table in range(WORD_TABLES)]
+        votes[key] = int(np.logical_or.reduce(shared).sum())
+    expected = sorted(
+        (key for key in votes if votes[key] >= MIN_VOTES), key=lambda k: (-votes[k], k)
+    )
+
+    found = [key for key, _ in index.nominate([upload], 100)]
+
+    assert len(expected) > 20
+    assert found == expected
