@@ -8,10 +8,12 @@ Two stages, each explaining what it found:
    borders, letterbox or caption bars cut away, each panel of a collage or window) by PDQ
    alone at ``region_pdq``. This is exact search over the whole blocklist.
 2. **Local features.** Crops, small rotations, stretched and embedded copies move every
-   hash too far. For those, the banned pictures whose colours are nearest the upload's
-   (and those of each view, and of the upload with its hues turned), and those the hash
-   stage found near but not within the rule, are candidates; ORB keypoints with a
-   RANSAC-fitted geometry place each, and its pixels decide (``hashes/local.py``). A
+   hash too far. For those, the banned pictures the hash stage found near but not within
+   the rule, those sharing the most keypoints with a region of the upload or of it
+   mirrored (``hashes/feature_index.py``), and those whose colours are nearest the
+   upload's (and each view's, and the upload's with its hues turned) are candidates; ORB
+   keypoints with a RANSAC-fitted geometry place each, and its pixels decide
+   (``hashes/local.py``). A
    candidate without stored features (a pasted hash) can only match in the first stage.
    This stage runs only when the first found nothing, and stops at the first banned
    picture it proves: one is enough to quarantine the upload.

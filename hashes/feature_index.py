@@ -252,15 +252,14 @@ class FeatureIndex:
         votes in each region of each upload (the same picture as it is, mirrored...), the
         best of every region first, then the second best, up to ``per_region`` each; a
         picture nominated by two uploads comes once for each."""
-        ranked: list[list[int]] = []
-        whose: list[int] = []
-        for number, upload in enumerate(uploads):
-            for ranking in self._rank(upload, per_region):
-                ranked.append(ranking)
-                whose.append(number)
+        ranked = [
+            (ranking, number)
+            for number, upload in enumerate(uploads)
+            for ranking in self._rank(upload, per_region)
+        ]
         found: dict[tuple[int, int], None] = {}
         for place in range(per_region):
-            for ranking, number in zip(ranked, whose, strict=True):
+            for ranking, number in ranked:
                 if place < len(ranking):
                     found[(ranking[place], number)] = None
         return list(found)
