@@ -2,8 +2,9 @@
 
 A perceptual hash summarises the whole picture, so it drifts when the picture is cropped,
 turned a few degrees or pasted into a larger one. ORB keypoints do not: each describes a
-small patch. ``verify`` matches the banned picture's keypoints to the upload's and asks
-RANSAC for one affine transform that carries many of them onto the upload.
+small patch. ``verify`` pairs the banned picture's keypoints with the upload's
+(``matched_pairs``) and asks RANSAC for one affine transform that carries many of them
+onto the upload, then refits it on its own pairs (a homography, for a photo of a screen).
 
 Points alone are weak evidence: two screenshots of one app agree on its toolbar, and
 text, stripes or smooth pictures give too few distinctive points for a copy to reach any
@@ -17,6 +18,7 @@ blocklist.
 """
 
 import dataclasses
+import functools
 import io
 import math
 from collections.abc import Callable, Sequence
@@ -50,7 +52,15 @@ MIN_POINTS = 8
 # shrinks it to a speck makes every point an "inlier".
 MIN_PLACED = 0.08
 _RATIO = 0.8
+# Descriptors are compared when they share a 16-bit chunk (matched_pairs), unless more
+# than _CROWDED upload descriptors hold it; one compared with nothing else must be within
+# _LONE_MATCH bits.
+_CROWDED = 8
+_LONE_MATCH = 48
 _MAX_STRETCH = 2.5
+# A refit may move no corner of the banned picture, as placed, further than this share
+# of its diagonal from where the first affine transform puts it.
+_MAX_REFIT = 0.15
 # The photometric check: the banned picture's grey copy (PIXELS_SIDE across, stored with
 # its features) is split into a _CELLS x _CELLS grid; a cell counts where the upload
 # covers nine tenths of it and the banned picture has detail there. At least MIN_OVERLAP
@@ -83,6 +93,12 @@ class LocalFeatures:
     # How many of the points each scale gave, largest first: a banned picture's
     # (reference_local_features); () for an upload's, or features stored before then.
     scales: tuple[int, ...] = ()
+
+    @functools.cached_property
+    def chunk_table(self) -> "_ChunkTable":
+        """Its descriptors by their 16-bit chunks, made once for all the pictures these
+        features are matched against (``matched_pairs``)."""
+        return _ChunkTable.of(self.descriptors)
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
@@ -370,41 +386,184 @@ def _spread(
 
 @dataclass(frozen=True)
 class PointFit:
-    transform: np.ndarray  # 2x3, banned feature pixels to upload feature pixels
+    transform: np.ndarray  # 2x3 affine, banned feature pixels to upload feature pixels
     inliers: int
     matches: int
     coverage: float
+    # The transforms to lay the banned picture over the upload with, closest first:
+    # refits of ``transform`` (3x3) on its own pairs, then ``transform`` itself.
+    overlays: tuple[np.ndarray, ...] = ()
 
 
-def fit_points(banned: LocalFeatures, upload: LocalFeatures) -> PointFit | None:
-    """The affine transform most matched keypoints agree on, with its support."""
+def matched_pairs(banned: LocalFeatures, upload: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
+    """(banned row, upload row) for each banned descriptor whose nearest upload descriptor
+    is clearly nearer than the next (Lowe's ratio test), without comparing every pair.
+
+    Only upload descriptors that equal the banned one in one of its sixteen 16-bit chunks
+    are compared (multi-index hashing): any within 15 bits of it share a chunk, and a
+    corner's descriptor in a resized, recompressed or turned copy, 20 to 50 bits off,
+    most often does. A chunk held by more than _CROWDED upload descriptors (a flat patch,
+    a stripe) is not looked up. Where a descriptor has a single neighbour this way, the
+    next is beyond that reach, and the neighbour must be within _LONE_MATCH bits.
+    """
+    nothing = np.zeros(0, np.int64)
+    mine, theirs = banned.chunk_table, upload.chunk_table
+    if not len(mine.chunks) or not len(theirs.chunks):
+        return nothing, nothing
+    # Every chunk of every banned descriptor looked up at once: both sides are sorted.
+    at = np.minimum(np.searchsorted(theirs.distinct, mine.chunks), len(theirs.distinct) - 1)
+    shared = theirs.distinct[at] == mine.chunks
+    at, rows = at[shared], mine.rows[shared]
+    sizes = theirs.counts[at]
+    looked = sizes <= _CROWDED
+    sizes, first, rows = sizes[looked], theirs.starts[at[looked]], rows[looked]
+    at = np.repeat(first - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+    width = len(upload.descriptors)
+    pairs = np.unique(np.repeat(rows, sizes).astype(np.int64) * width + theirs.rows[at])
+    if not len(pairs):
+        return nothing, nothing
+    query, train = np.divmod(pairs, width)
+    distance = np.bitwise_count(
+        banned.descriptors.view(np.uint64)[query] ^ upload.descriptors.view(np.uint64)[train]
+    ).sum(axis=1)
+    ranked = np.argsort(query * 257 + distance, kind="stable")
+    query, train, distance = query[ranked], train[ranked], distance[ranked]
+    best = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
+    alone = np.diff(np.r_[best, len(query)]) == 1
+    runner_up = np.where(alone, 256, distance[np.minimum(best + 1, len(query) - 1)])
+    good = (distance[best] < _RATIO * runner_up) & (~alone | (distance[best] <= _LONE_MATCH))
+    return query[best[good]], train[best[good]]
+
+
+@dataclass(frozen=True)
+class _ChunkTable:
+    """Descriptors by their sixteen 16-bit chunks, as keys (each chunk's number above its
+    16 bits) in sorted order: ``chunks`` and the descriptor ``rows`` they come from, and
+    the ``distinct`` keys with where each ``starts`` among them and how many (``counts``)."""
+
+    chunks: np.ndarray
+    rows: np.ndarray
+    distinct: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+
+    @classmethod
+    def of(cls, descriptors: np.ndarray) -> "_ChunkTable":
+        halves = np.ascontiguousarray(descriptors).view(np.uint16).T.astype(np.uint32)
+        keys = (halves | (np.arange(16, dtype=np.uint32)[:, None] << np.uint32(16))).ravel()
+        order = np.argsort(keys, kind="stable")
+        chunks = keys[order]
+        distinct, starts, counts = np.unique(chunks, return_index=True, return_counts=True)
+        rows = order % max(1, len(descriptors))
+        return cls(chunks, rows, distinct, starts, counts)
+
+
+Pairing = Callable[[LocalFeatures, LocalFeatures], tuple[np.ndarray, np.ndarray]]
+
+
+def fit_points(
+    banned: LocalFeatures, upload: LocalFeatures, pairs: Pairing = matched_pairs
+) -> PointFit | None:
+    """The affine transform most matched keypoints agree on, with its support; ``pairs``
+    pairs the descriptors (``matched_pairs``; a benchmark passes others)."""
     if len(banned.descriptors) < MIN_POINTS or len(upload.descriptors) < MIN_POINTS:
         return None
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(banned.descriptors, upload.descriptors, k=2)
-    good = [
-        pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < _RATIO * pair[1].distance
-    ]
-    if len(good) < MIN_POINTS:
+    query, train = pairs(banned, upload)
+    if len(query) < MIN_POINTS:
         return None
-    source = banned.points[[match.queryIdx for match in good]]
-    target = upload.points[[match.trainIdx for match in good]]
+    source = banned.points[query]
+    target = upload.points[train]
+    reach = max(2.0, _REPROJECTION * max(upload.size))
+    transform, inliers = _consensus(source, target, reach)
+    if transform is None or inliers.sum() < MIN_POINTS:
+        return None
+    points = source[inliers]
+    coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
+    overlays = (*_refits(source, target, reach, transform, banned.size), _square(transform))
+    return PointFit(transform, int(inliers.sum()), len(query), float(coverage), overlays)
+
+
+def _refits(
+    source: np.ndarray,
+    target: np.ndarray,
+    reach: float,
+    affine: np.ndarray,
+    size: tuple[int, int],
+) -> list[np.ndarray]:
+    """The affine transform fitted again on the pairs it carries closest, at half its
+    reach, as a homography and as an affine transform; those that place the banned
+    picture as a convex shape near where it does.
+
+    A photo of a screen narrows one edge (keystone), which no affine transform follows;
+    and among many chance pairs, the first consensus can be a transform a little off,
+    enough for the pixels to disagree, most of all in a small upload whose keypoints lie
+    a pixel or two apart (locally optimised RANSAC).
+    """
+    carried = source @ affine[:, :2].T + affine[:, 2]
+    close = np.linalg.norm(carried - target, axis=1) < reach / 2
+    if close.sum() < MIN_POINTS:
+        return []
+    source, target = source[close], target[close]
+    homography, mask = cv2.findHomography(
+        source, target, cv2.RANSAC, reach / 2, maxIters=2000, confidence=0.995
+    )
+    refitted, kept = _consensus(source, target, reach / 2)
+    fits = [
+        (homography, 0 if mask is None else int(mask.sum())),
+        (None if refitted is None else _square(refitted), int(kept.sum())),
+    ]
+    corners = _corners(size)
+    flat = cv2.perspectiveTransform(corners[None], _square(affine))[0]
+    diagonal = float(np.linalg.norm(flat[2] - flat[0]))
+    found = []
+    for fitted, carried_pairs in fits:
+        if fitted is None or carried_pairs < MIN_POINTS:
+            continue
+        placed = cv2.perspectiveTransform(corners[None], fitted)[0]
+        moved = float(np.linalg.norm(placed - flat, axis=1).max())
+        if cv2.isContourConvex(placed.astype(np.float32)) and moved <= _MAX_REFIT * diagonal:
+            found.append(fitted)
+    return found
+
+
+def _square(affine: np.ndarray) -> np.ndarray:
+    """A 2x3 affine transform as a 3x3 one."""
+    return np.vstack([affine, [0.0, 0.0, 1.0]])
+
+
+def _placed(
+    transform: np.ndarray, size: tuple[int, int], upload: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """Where ``transform`` places a picture of ``size`` in the upload, as fractions."""
+    if transform.shape == (2, 3):
+        transform = _square(transform)
+    placed = cv2.perspectiveTransform(_corners(size)[None], transform)[0]
+    width, height = upload
+    left, top = placed.min(axis=0)
+    right, bottom = placed.max(axis=0)
+    return (float(left / width), float(top / height), float(right / width), float(bottom / height))
+
+
+def _corners(size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    return np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64)
+
+
+def _consensus(
+    source: np.ndarray, target: np.ndarray, reach: float
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """The affine transform RANSAC finds, and which pairs it carries within ``reach``."""
     transform, mask = cv2.estimateAffine2D(
         source,
         target,
         method=cv2.RANSAC,
-        ransacReprojThreshold=max(2.0, _REPROJECTION * max(upload.size)),
+        ransacReprojThreshold=reach,
         maxIters=4000,
         confidence=0.995,
     )
     if transform is None:
-        return None
-    inliers = mask.ravel().astype(bool)
-    if inliers.sum() < MIN_POINTS:
-        return None
-    points = source[inliers]
-    coverage = cv2.contourArea(cv2.convexHull(points)) / (banned.size[0] * banned.size[1])
-    return PointFit(transform, int(inliers.sum()), len(good), float(coverage))
+        return None, np.zeros(len(source), bool)
+    return transform, mask.ravel().astype(bool)
 
 
 @dataclass(frozen=True)
@@ -433,7 +592,8 @@ class Agreement:
 
 
 def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarray) -> Agreement:
-    """Compare the pictures pixel by pixel under ``transform`` (banned to upload points).
+    """Compare the pictures pixel by pixel under ``transform`` (banned to upload points:
+    2x3 affine or 3x3 homography).
 
     The upload is resampled into the banned picture's grey copy, both are reduced to
     their detail (a difference of Gaussians, so that brightness, contrast and smooth
@@ -446,10 +606,17 @@ def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarra
     height, width = reference.shape
     to_reference = np.diag([banned.size[0] / width, banned.size[1] / height, 1.0])
     to_upload = np.diag([upload.pixels.shape[1] / upload.size[0],
-                         upload.pixels.shape[0] / upload.size[1]])  # fmt: skip
+                         upload.pixels.shape[0] / upload.size[1], 1.0])  # fmt: skip
+    if transform.shape == (2, 3):
+        transform = _square(transform)
     mapping = to_upload @ transform @ to_reference  # reference pixels to upload pixels
     source = upload.pixels
-    scale = math.sqrt(abs(np.linalg.det(mapping[:, :2])))
+    # How much the mapping shrinks the upload, around the middle of the banned picture.
+    middle = np.array([[[width / 2, height / 2], [width / 2 + 1, height / 2],
+                        [width / 2, height / 2 + 1]]])  # fmt: skip
+    centre, right, below = cv2.perspectiveTransform(middle, mapping)[0]
+    (a, b), (c, d) = right - centre, below - centre
+    scale = math.sqrt(abs(float(a * d - b * c)))
     if scale > 1.5:
         # Shrink the upload first so that warping it does not alias.
         source = cv2.resize(
@@ -458,17 +625,17 @@ def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarra
             interpolation=cv2.INTER_AREA,
         )
         mapping = np.diag([source.shape[1] / upload.pixels.shape[1],
-                           source.shape[0] / upload.pixels.shape[0]]) @ mapping  # fmt: skip
+                           source.shape[0] / upload.pixels.shape[0], 1.0]) @ mapping  # fmt: skip
     flags = cv2.WARP_INVERSE_MAP
     # Reflected beyond the upload's edges, so that its edge makes no detail of its own.
-    warped = cv2.warpAffine(
+    warped = cv2.warpPerspective(
         source.astype(np.float32),
         mapping,
         (width, height),
         flags=flags | cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REFLECT_101,
     )
-    inside = cv2.warpAffine(
+    inside = cv2.warpPerspective(
         np.ones(source.shape[:2], np.uint8),
         mapping,
         (width, height),
@@ -568,13 +735,16 @@ def _detail(pixels: np.ndarray) -> np.ndarray:
 
 
 def verify(
-    banned: LocalFeatures, upload: LocalFeatures, min_agreeing: float = MIN_AGREEING
+    banned: LocalFeatures,
+    upload: LocalFeatures,
+    min_agreeing: float = MIN_AGREEING,
+    pairs: Pairing = matched_pairs,
 ) -> Verification | None:
     """How ``upload`` shows ``banned``, or None when the points and pixels do not agree.
 
     ``min_agreeing``: the share of the banned picture's parts whose pixels must agree.
     """
-    fit = fit_points(banned, upload)
+    fit = fit_points(banned, upload, pairs)
     if fit is None:
         return None
     transform = fit.transform
@@ -584,22 +754,11 @@ def verify(
     stretch = np.linalg.svd(linear, compute_uv=False)
     if stretch[1] <= 0 or stretch[0] / stretch[1] > _MAX_STRETCH:
         return None
-    corners = np.array(
-        [[0, 0], [banned.size[0], 0], [banned.size[0], banned.size[1]], [0, banned.size[1]]],
-        dtype=np.float64,
-    )
-    placed = corners @ linear.T + transform[:, 2]
-    width, height = upload.size
-    box = (
-        float(placed[:, 0].min() / width),
-        float(placed[:, 1].min() / height),
-        float(placed[:, 0].max() / width),
-        float(placed[:, 1].max() / height),
-    )
+    box = _placed(transform, banned.size, upload.size)
     if _visible_area(box) < MIN_PLACED:
         return None
+    seen = None
     if banned.pixels is None or upload.pixels is None:
-        seen = None
         # Stored before the photometric check: the points alone must convince.
         convinced = (
             fit.inliers >= MIN_INLIERS
@@ -608,8 +767,13 @@ def verify(
             and (fit.inliers >= STRONG_INLIERS or fit.inliers >= WEAK_INLIER_SHARE * fit.matches)
         )
     else:
-        seen = agreement(banned, upload, transform)
-        convinced = seen.convinces(min_agreeing)
+        convinced = False
+        for overlay in fit.overlays:
+            seen = agreement(banned, upload, overlay)
+            convinced = seen.convinces(min_agreeing)
+            if convinced:
+                box = _placed(overlay, banned.size, upload.size)
+                break
     if not convinced:
         return None
     return Verification(

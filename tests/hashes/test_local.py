@@ -14,6 +14,7 @@ from hashes.local import (
     agreement,
     fit_points,
     local_features,
+    matched_pairs,
     reference_local_features,
     upload_features,
     verify,
@@ -111,6 +112,59 @@ def test_an_upload_s_mirrored_features_are_those_of_the_mirrored_picture() -> No
     assert (mirrored.pixels == as_is.pixels[:, ::-1]).all()
     banned = reference_local_features(upload.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     assert verify(banned, mirrored) is not None and verify(banned, as_is) is None
+
+
+def test_a_photo_of_a_screen_is_laid_over_by_a_homography() -> None:
+    banned = reference_local_features(photo("coffee"))
+    data = EDITS["keystone"].apply(photo("coffee"), random.Random(0), [photo("chelsea")])
+    upload = local_features(Image.open(io.BytesIO(data)), 1500, 1024, colour=True)
+    fit = fit_points(banned, upload)
+    assert fit is not None
+    # One edge narrower: no affine transform lays the banned picture over it well
+    # enough, the homography refitted on its points does.
+    assert not agreement(banned, upload, fit.transform).convinces()
+    assert fit.overlays[0].shape == (3, 3)
+    assert agreement(banned, upload, fit.overlays[0]).agreeing >= 0.95
+    found = verify(banned, upload)
+    assert found is not None and found.agreement is not None
+    assert found.agreement.agreeing >= 0.95
+
+
+def _features(descriptors: np.ndarray) -> LocalFeatures:
+    points = np.zeros((len(descriptors), 2), np.float32)
+    return LocalFeatures(points, descriptors, (100, 100))
+
+
+def _flipped(descriptors: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
+    """Each descriptor with ``bits`` of its bits, chosen at random, turned over."""
+    unpacked = np.unpackbits(descriptors, axis=1)
+    for row in unpacked:
+        row[rng.choice(256, bits, replace=False)] ^= 1
+    return np.packbits(unpacked, axis=1)
+
+
+def test_descriptor_pairs_are_those_every_comparison_finds_for_near_ones() -> None:
+    rng = np.random.default_rng(5)
+    upload = rng.integers(0, 256, (1500, 32), dtype=np.uint8)
+    copied = rng.choice(1500, 300, replace=False)
+    near = np.concatenate([_flipped(upload[copied[:150]], 15, rng), upload[copied[150:]]])
+    far = _flipped(upload[rng.choice(1500, 100, replace=False)], 40, rng)
+    unrelated = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    banned = np.concatenate([near, far, unrelated])
+    found = dict(zip(*matched_pairs(_features(banned), _features(upload)), strict=True))
+    # Every comparison, with the ratio test: the pairs it keeps within 15 bits are all
+    # found, with the same partner.
+    distance = np.unpackbits(banned[:, None] ^ upload[None], axis=2).sum(axis=2)
+    nearest = np.sort(distance, axis=1)[:, :2]
+    kept = (nearest[:, 0] <= 15) & (nearest[:, 0] < 0.8 * nearest[:, 1])
+    assert kept.sum() == 300
+    assert all(found.get(row) == distance[row].argmin() for row in np.flatnonzero(kept))
+    # Copies 40 bits off are mostly found; unrelated descriptors are left unpaired.
+    assert sum(found.get(300 + row) == distance[300 + row].argmin() for row in range(100)) >= 50
+    assert not any(row >= 400 for row in found)
+    nothing = _features(np.zeros((0, 32), np.uint8))
+    for banned_side, upload_side in ((nothing, _features(upload)), (_features(banned), nothing)):
+        assert all(len(side) == 0 for side in matched_pairs(banned_side, upload_side))
 
 
 def test_a_flat_picture_has_nothing_to_verify() -> None:
