@@ -616,12 +616,19 @@ class Detector:
         # only that way are not verified as they are.
         turned: dict[int, str] = {}
         as_is: set[int] = set()
-        for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
+        # Laid over the whole upload, edge to edge, only where the whole-picture hashes
+        # are near, or all but opposite (a negative turns every bit): the upload is then
+        # most likely all of the picture, if any.
+        whole: set[int] = set()
+        negative = ("negative", _inverted(item.fingerprint))
+        for name, fingerprint in (("as_is", item.fingerprint), negative, *item.turns):
             for match in self._near.match(fingerprint):
-                if match.key not in candidates and name != "as_is":
+                if match.key not in candidates and name not in ("as_is", "negative"):
                     turned[match.key] = name
                 candidates.setdefault(match.key, [])
                 as_is.add(match.key)
+                if name in ("as_is", "negative"):
+                    whole.add(match.key)
         # Then those sharing the most local features with a region of the upload, or of
         # it mirrored.
         uploads = (item.features(), item.features(turn=Image.Transpose.FLIP_LEFT_RIGHT))
@@ -661,7 +668,7 @@ class Detector:
                 # The whole upload first; then the views whose colours nominated it, where
                 # a small copy among other pictures has more of its own keypoints.
                 result = verify(banned, item.features(), agreeing)
-                if result is None:
+                if result is None and key in whole:
                     result = verify_whole(banned, item.features(), agreeing)
                 for view in candidates[key][:_VIEWS_VERIFIED]:
                     if result is not None:
@@ -765,6 +772,15 @@ class _ColourTable:
             self._matrix[row] = self._matrix[last]
             self._keys[row] = moved
             self._row[moved] = row
+
+
+def _inverted(fingerprint: Fingerprint) -> Fingerprint:
+    """The fingerprint with every bit turned: what the negative of the picture hashes to,
+    near enough for a candidate (each hash compares parts of the picture, and a negative
+    reverses every comparison)."""
+    turned = {name: f"{int(code, 16) ^ ((1 << 4 * len(code)) - 1):0{len(code)}x}"
+              for name, code in fingerprint.hashes.items()}  # fmt: skip
+    return Fingerprint(turned, fingerprint.pdq_quality)
 
 
 def _turn_label(name: str) -> str:

@@ -20,6 +20,7 @@ from hashes.detect import (
 from hashes.evaluation.edits import EDITS
 from hashes.feature_index import indexed_words
 from hashes.loading import DECODE_SIDE, load_image
+from hashes.local import LocalFeatures, Verification, verify_whole
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
 from tests.images import PHOTOS, encode, photo
 
@@ -162,6 +163,26 @@ def test_a_smooth_picture_in_negative_is_compared_whole() -> None:
     assert found[0].rule == "pixel comparison"
     assert found[0].variant.startswith("the whole picture, pixels agreeing in")
     assert _detect(detector, encode(photo("coffee"), "JPEG")) == {}
+
+
+def test_only_pictures_whose_hashes_are_near_are_laid_over_the_whole_upload(
+    detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    laid: list[LocalFeatures] = []
+
+    def spy(banned: LocalFeatures, upload: LocalFeatures, agreeing: float) -> Verification | None:
+        laid.append(banned)
+        return verify_whole(banned, upload, agreeing)
+
+    monkeypatch.setattr(detect, "verify_whole", spy)
+    # Every banned picture is a candidate by colour, none is near by its hashes.
+    item = probes(load_image(encode(photo("chelsea"), "JPEG")))
+    assert not any(detector._near.match(item[0].fingerprint))
+    assert detector.detect(item) == {} and laid == []
+    # A negative's hashes are all but opposite: it is laid over.
+    negative = encode(ImageOps.invert(photo("coffee")), "JPEG")
+    _detect(detector, negative)
+    assert len(laid) == 1
 
 
 def test_distinct_photos_and_their_edits_match_nothing(detector: Detector) -> None:
