@@ -16,21 +16,14 @@ from hashes.feature_index import (
     words_to_bytes,
 )
 from hashes.local import LocalFeatures, local_features, reference_local_features
+from tests.hashes.descriptors import flipped
 from tests.images import photo
-
-
-def _flipped(descriptors: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """``descriptors`` with ``bits`` of each one's 256 bits flipped at random."""
-    unpacked = np.unpackbits(descriptors, axis=1)
-    for row in unpacked:
-        row[rng.choice(256, bits, replace=False)] ^= 1
-    return np.packbits(unpacked, axis=1)
 
 
 def test_near_descriptors_share_a_word_and_unrelated_ones_do_not() -> None:
     rng = np.random.default_rng(1)
     descriptors = rng.integers(0, 256, (2000, 32), dtype=np.uint8)
-    near = _flipped(descriptors, 10, rng)
+    near = flipped(descriptors, 10, rng)
     unrelated = rng.integers(0, 256, (2000, 32), dtype=np.uint8)
 
     def shared(a: np.ndarray, b: np.ndarray) -> float:
@@ -85,7 +78,7 @@ def _random_upload(
 ) -> LocalFeatures:
     """An upload whose top-left quarter holds near copies of one picture's descriptors,
     and whose rest holds noise."""
-    own = _flipped(pictures[key], 8, rng)
+    own = flipped(pictures[key], 8, rng)
     noise = rng.integers(0, 256, (300, 32), dtype=np.uint8)
     points = np.concatenate(
         [rng.uniform(0, 50, (len(own), 2)), rng.uniform(0, 100, (len(noise), 2))]

@@ -20,6 +20,7 @@ from hashes.local import (
     verify,
     verify_whole,
 )
+from tests.hashes.descriptors import flipped
 from tests.images import photo
 
 
@@ -135,20 +136,12 @@ def _features(descriptors: np.ndarray) -> LocalFeatures:
     return LocalFeatures(points, descriptors, (100, 100))
 
 
-def _flipped(descriptors: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
-    """Each descriptor with ``bits`` of its bits, chosen at random, turned over."""
-    unpacked = np.unpackbits(descriptors, axis=1)
-    for row in unpacked:
-        row[rng.choice(256, bits, replace=False)] ^= 1
-    return np.packbits(unpacked, axis=1)
-
-
 def test_descriptor_pairs_are_those_every_comparison_finds_for_near_ones() -> None:
     rng = np.random.default_rng(5)
     upload = rng.integers(0, 256, (1500, 32), dtype=np.uint8)
     copied = rng.choice(1500, 300, replace=False)
-    near = np.concatenate([_flipped(upload[copied[:150]], 15, rng), upload[copied[150:]]])
-    far = _flipped(upload[rng.choice(1500, 100, replace=False)], 40, rng)
+    near = np.concatenate([flipped(upload[copied[:150]], 15, rng), upload[copied[150:]]])
+    far = flipped(upload[rng.choice(1500, 100, replace=False)], 40, rng)
     unrelated = rng.integers(0, 256, (300, 32), dtype=np.uint8)
     banned = np.concatenate([near, far, unrelated])
     found = dict(zip(*matched_pairs(_features(banned), _features(upload)), strict=True))
