@@ -526,18 +526,18 @@ def _refits(
     return found
 
 
-def _square(affine: np.ndarray) -> np.ndarray:
-    """A 2x3 affine transform as a 3x3 one."""
-    return np.vstack([affine, [0.0, 0.0, 1.0]])
+def _square(transform: np.ndarray) -> np.ndarray:
+    """A transform as a 3x3 matrix: a 2x3 affine one gets its last row."""
+    if transform.shape == (3, 3):
+        return transform
+    return np.vstack([transform, [0.0, 0.0, 1.0]])
 
 
 def _placed(
     transform: np.ndarray, size: tuple[int, int], upload: tuple[int, int]
 ) -> tuple[float, float, float, float]:
     """Where ``transform`` places a picture of ``size`` in the upload, as fractions."""
-    if transform.shape == (2, 3):
-        transform = _square(transform)
-    placed = cv2.perspectiveTransform(_corners(size)[None], transform)[0]
+    placed = cv2.perspectiveTransform(_corners(size)[None], _square(transform))[0]
     width, height = upload
     left, top = placed.min(axis=0)
     right, bottom = placed.max(axis=0)
@@ -607,9 +607,7 @@ def agreement(banned: LocalFeatures, upload: LocalFeatures, transform: np.ndarra
     to_reference = np.diag([banned.size[0] / width, banned.size[1] / height, 1.0])
     to_upload = np.diag([upload.pixels.shape[1] / upload.size[0],
                          upload.pixels.shape[0] / upload.size[1], 1.0])  # fmt: skip
-    if transform.shape == (2, 3):
-        transform = _square(transform)
-    mapping = to_upload @ transform @ to_reference  # reference pixels to upload pixels
+    mapping = to_upload @ _square(transform) @ to_reference  # reference pixels to upload pixels
     source = upload.pixels
     # How much the mapping shrinks the upload, around the middle of the banned picture.
     middle = np.array([[[width / 2, height / 2], [width / 2 + 1, height / 2],
