@@ -5,8 +5,9 @@ Two stages, each explaining what it found:
 1. **Hashes.** The upload's fingerprint is compared with every banned one under the match
    rule (``hashes/matching.py``), then again turned each of the seven other ways a picture
    can be mirrored or rotated by quarter turns, then for each ``view`` (the upload with
-   borders, letterbox or caption bars cut away, each panel of a collage or window) by PDQ
-   alone at ``region_pdq``. This is exact search over the whole blocklist.
+   borders, letterbox or caption bars cut away, each panel of a collage or window, a
+   picture pasted inside it) by PDQ at ``region_pdq``, or by pHash and dHash both within
+   ``_VIEW_BITS``. This is exact search over the whole blocklist.
 2. **Local features.** Crops, small rotations, stretched and embedded copies move every
    hash too far. For those, the banned pictures the hash stage found near but not within
    the rule, those sharing the most keypoints with a region of the upload or of it
@@ -68,6 +69,8 @@ QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
 HUE_TURNS = 8
 _VIEWS_VERIFIED = 2
+# A view's pHash and dHash both this near a banned picture's match it.
+_VIEW_BITS = 4
 _PER_REGION = 2
 # Pictures a build files in the keypoint index at a time, rather than holding all their
 # words at once.
@@ -102,6 +105,7 @@ VIEW_LABELS = {
     "trim": "with its border or letterbox bars cut away",
     "trim_caption": "with a caption bar cut away",
     "panel": "as one panel of a collage or screenshot",
+    "inset": "as a picture inside the upload",
 }
 
 
@@ -375,19 +379,26 @@ class Detector:
         ``tighten``, may only make the rule stricter)."""
         if (limits, tighten) not in self._matchers:
             rule = self.rule.with_limits(dict(limits), tighten=tighten)
-            pdq = [group["pdq"] for group in rule.groups if "pdq" in group]
+            reach = {
+                name: max(group[name] for group in rule.groups if name in group)
+                for name in ("pdq", "phash", "dhash")
+                if any(name in group for group in rule.groups)
+            }
+            # A view matches by PDQ, or by pHash and dHash together when both are near
+            # identical: each alone has too many chance matches among many views.
+            groups = [{"pdq": min(self.config.region_pdq, reach["pdq"])}] if "pdq" in reach else []
+            if "phash" in reach and "dhash" in reach:
+                groups.append({name: min(_VIEW_BITS, reach[name]) for name in ("phash", "dhash")})
             group = len(self._matchers)
             region = (
                 Matcher(
                     MatchRule(
-                        groups=({"pdq": min(self.config.region_pdq, max(pdq))},),
-                        pdq_min_quality=rule.pdq_min_quality,
-                        veto=rule.veto,
+                        groups=tuple(groups), pdq_min_quality=rule.pdq_min_quality, veto=rule.veto
                     ),
                     self._store,
                     group,
                 )
-                if pdq
+                if groups
                 else None
             )
             self._matchers[(limits, tighten)] = (Matcher(rule, self._store, group), region)
@@ -788,6 +799,6 @@ def _turn_label(name: str) -> str:
 
 
 def _view_label(view: View) -> str:
-    kind = "panel" if view.name.startswith("panel") else view.name
+    kind = view.name.rstrip("_0123456789")
     left, top, right, bottom = view.box
     return f"{VIEW_LABELS[kind]} ({(right - left) * (bottom - top):.0%} of the upload)"

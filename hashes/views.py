@@ -7,7 +7,9 @@ frame too. ``views`` finds the rectangles that may be the picture itself:
 - ``trim``: uniform borders and letterbox bars cut away from each side, and
   ``trim_caption`` the same through caption bars (uniform margins around lines of text);
 - ``panel``: rectangles split off by seams, straight edges that cross a whole panel from
-  side to side (the joins of a collage) or by runs of background colour, recursively.
+  side to side (the joins of a collage) or by runs of background colour, recursively;
+- ``inset``: rectangles bounded by straight edges inside the picture, some of their sides
+  perhaps on its own edges: another picture pasted in a corner or the middle of one.
 
 All of it runs on a small working copy (``WORK_SIDE`` pixels on the longer side); boxes
 are returned as fractions of the frame so they can be cut from any size of it.
@@ -31,6 +33,17 @@ _SEAM_SHARE = 0.6
 _MIN_PANEL = 0.22
 _MAX_VIEWS = 12
 _BLOCK = 24
+# An inset's edge: a step of _STEP grey levels, or of _FAINT_STEP where it is at least twice
+# the steps two pixels either side (a cut between two smooth pictures); over a window of
+# _WINDOW pixels, most of them. A line whose longest such run is _MIN_RUN of the picture
+# may be a side; a rectangle is an inset when each side inside the picture is such an edge
+# along _INSET_COVER of its length.
+_FAINT_STEP = 4
+_WINDOW = 9
+_MIN_RUN = 0.12
+_LINES = 12
+_INSET_COVER = 0.6
+_MAX_INSETS = 2
 
 
 @dataclass(frozen=True)
@@ -60,7 +73,8 @@ def views(image: Image.Image) -> list[View]:
             _add(found, View(name, _fraction(box, width, height)))
     # The channels' mean, their sum taken exactly in int16 first: pixels.mean(axis=2)
     # gives the same values, at several times the cost.
-    grey = (pixels[..., 0] + pixels[..., 1] + pixels[..., 2]) / 3
+    total = pixels[..., 0] + pixels[..., 1] + pixels[..., 2]
+    grey = total / 3
     boxes: list[tuple[int, int, int, int]] = []
     _split(grey, pixels, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
@@ -70,6 +84,8 @@ def views(image: Image.Image) -> list[View]:
             inner = _trim(pixels[top:bottom, left:right], _BORDER_SHARE)
             box = (left + inner[0], top + inner[1], left + inner[2], top + inner[3])
             _add(found, View(f"panel_{index + 1}", _fraction(box, width, height)))
+    for index, box in enumerate(_insets(total)):
+        _add(found, View(f"inset_{index + 1}", _fraction(box, width, height)))
     return found[:_MAX_VIEWS]
 
 
@@ -225,3 +241,104 @@ def _seams(area: np.ndarray, axis: int) -> list[int]:
         if len(seams) >= 3:
             break
     return sorted(seams)
+
+
+def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The rectangles, at most _MAX_INSETS, whose sides inside the picture are straight
+    edges (at least one side across and one down: a strip from edge to edge is a panel),
+    those whose sides are the clearest edges first. ``total``: the sum of each pixel's
+    channels (int16), three times its grey."""
+    height, width = total.shape
+    # Running counts of edge pixels along each boundary between neighbouring columns
+    # (x | x + 1), and between neighbouring rows.
+    down = _running(_edges(np.abs(np.diff(total, axis=1))).T)
+    across = _running(_edges(np.abs(np.diff(total, axis=0)).T).T)
+    xs = np.array(sorted({0, width, *_lines(down)}))
+    ys = np.array(sorted({0, height, *_lines(across)}))
+    # cover_down[i, j, k]: the share of line xs[i] from ys[j] to ys[k] that is an edge
+    # (the frame's own sides: 1); cover_across[j, i, k] the same for ys[j] from xs[i] to xs[k].
+    cover_down = _cover(down, xs, ys)
+    cover_across = _cover(across, ys, xs)
+    left, right, top, bottom = np.ix_(*(range(len(xs)),) * 2, *(range(len(ys)),) * 2)
+    sides = np.stack(
+        np.broadcast_arrays(
+            cover_down[left, top, bottom],
+            cover_down[right, top, bottom],
+            cover_across[top, left, right],
+            cover_across[bottom, left, right],
+        )
+    )
+    inside = np.stack(
+        np.broadcast_arrays(xs[left] > 0, xs[right] < width, ys[top] > 0, ys[bottom] < height)
+    )
+    valid = (
+        (xs[right] - xs[left] >= width * _MIN_PANEL)
+        & (ys[bottom] - ys[top] >= height * _MIN_PANEL)
+        & (inside[0] | inside[1])
+        & (inside[2] | inside[3])
+        & (np.where(inside, sides, 1.0).min(axis=0) >= _INSET_COVER)
+    )
+    if not valid.any():
+        return []
+    score = np.where(inside, sides, 0.0).sum(axis=0) / np.maximum(inside.sum(axis=0), 1)
+    kept: list[tuple[int, int, int, int]] = []
+    for flat in np.argsort(-np.where(valid, score, -1.0), axis=None):
+        if len(kept) == _MAX_INSETS or not valid.flat[flat]:
+            break
+        i, k, j, m = np.unravel_index(flat, valid.shape)
+        box = (int(xs[i]), int(ys[j]), int(xs[k]), int(ys[m]))
+        if all(_iou(box, other) < 0.8 for other in kept):
+            kept.append(box)
+    return kept
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Which of the steps between neighbouring pixels (along axis 1, in sums of three
+    channels) are a straight cut."""
+    # The larger of the steps two pixels before and after each.
+    around = np.zeros_like(steps)
+    around[:, 2:] = steps[:, :-2]
+    np.maximum(around[:, :-2], steps[:, 2:], out=around[:, :-2])
+    return (steps >= 3 * _STEP) | ((steps >= 3 * _FAINT_STEP) & (steps >= 2 * around))
+
+
+def _running(edges: np.ndarray) -> np.ndarray:
+    """For each boundary (row of ``edges``), how many of its first n pixels are edge."""
+    running = np.zeros((edges.shape[0], edges.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.ascontiguousarray(edges), axis=1, out=running[:, 1:])
+    return running
+
+
+def _lines(running: np.ndarray) -> list[int]:
+    """The positions (from 1) of the boundaries with the longest runs of mostly
+    edge pixels along them, at most _LINES, each apart from the others."""
+    length = running.shape[1] - 1
+    half = _WINDOW // 2
+    ends = np.minimum(np.arange(length) + half + 1, length)
+    starts = np.maximum(np.arange(length) - half, 0)
+    mostly = (running[:, ends] - running[:, starts]) * 2 > _WINDOW
+    # A run's length at each pixel: how far it is past the last pixel that is not in one.
+    positions = np.arange(1, length + 1, dtype=np.int32)
+    last_out = np.maximum.accumulate(np.where(mostly, 0, positions), axis=1)
+    longest = (positions - last_out).max(axis=1)
+    picked: list[int] = []
+    for boundary in np.argsort(-longest, kind="stable").tolist():
+        if longest[boundary] < length * _MIN_RUN or len(picked) == _LINES:
+            break
+        if all(abs(boundary - other) > 4 for other in picked):
+            picked.append(boundary)
+    return [boundary + 1 for boundary in picked]
+
+
+def _cover(running: np.ndarray, lines: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """For each line and pair of span ends, the share of the line between them that is an
+    edge, at the best of the boundary on the line and the one either side of it (the
+    frame's own sides count as whole edges)."""
+    boundaries = running.shape[0]
+    spans_long = np.maximum(spans[None, :] - spans[:, None], 1)
+    best = np.zeros((len(lines), len(spans), len(spans)))
+    for shift in (-2, -1, 0):
+        at = running[np.clip(lines + shift, 0, boundaries - 1)][:, spans]  # (lines, spans)
+        best = np.maximum(best, (at[:, None, :] - at[:, :, None]) / spans_long)
+    best[(lines == 0) | (lines > boundaries)] = 1.0
+    return best

@@ -4,7 +4,7 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
 from hashes import detect
 from hashes.algorithms import Fingerprint, distinct_frames
@@ -39,8 +39,13 @@ def _detector(*names: str, config: DetectConfig | None = None) -> Detector:
     return detector
 
 
-def _detect(detector: Detector, data: bytes) -> dict:
-    return detector.detect(probes(load_image(data)))
+def _detect(detector: Detector, data: bytes, *, views: bool = True) -> dict:
+    """What the detector finds in the file; without ``views``, the hash stage sees only the
+    whole upload, so that a copy inside it is left to the local-feature stage."""
+    found = probes(load_image(data))
+    for item in found if not views else ():
+        item.regions = []
+    return detector.detect(found)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +110,7 @@ def test_a_copy_pasted_into_another_picture_is_nominated_by_its_features(
 ) -> None:
     detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
     data = EDITS[edit].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
-    found = _detect(detector, data)
+    found = _detect(detector, data, views=False)
     assert list(found) == [1], found
     assert found[1].stage == "local features"
     assert found[1].box == pytest.approx(box, abs=0.03)
@@ -116,7 +121,7 @@ def test_a_build_files_pictures_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatc
     detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
     for key, name in enumerate(("astronaut", "coffee", "rocket")):
         data = EDITS["paste_centre"].apply(photo(name), random.Random(1), [photo("chelsea")])
-        assert list(_detect(detector, data)) == [key], name
+        assert list(_detect(detector, data, views=False)) == [key], name
 
 
 def test_a_mirrored_crop_is_nominated_by_the_mirrored_upload_s_features() -> None:
@@ -133,7 +138,7 @@ def test_a_picture_removed_is_not_nominated_and_one_added_is() -> None:
     detector.remove(1)
     assert _detect(detector, data) == {}
     detector.add_all({1: _picture("coffee")[0]})
-    assert list(_detect(detector, data)) == [1]
+    assert list(_detect(detector, data, views=False)) == [1]
 
 
 def test_a_recoloured_crop_is_found_by_its_pixels(detector: Detector) -> None:
@@ -340,7 +345,7 @@ def test_a_banned_picture_pasted_inside_a_known_good_one_is_still_found() -> Non
     canvas = photo("astronaut").resize((512, 512))
     canvas.paste(photo("coffee").resize((200, 134)), (290, 360))
 
-    found = _detect(detector, encode(canvas, "JPEG", quality=90))
+    found = _detect(detector, encode(canvas, "JPEG", quality=90), views=False)
 
     assert found[1].stage == Stage.HASH and not found[1].partial, found
     assert found[0].stage == Stage.LOCAL and found[0].partial
@@ -541,3 +546,66 @@ def test_hash_rows_are_banned_as_the_same_pictures_added_one_by_one() -> None:
             }
             for query in (fingerprint, Fingerprint(near, 100)):
                 assert columns.lookup(query) == one_by_one.lookup(query)
+
+
+def _smooth_picture(width: int = 640, height: int = 480) -> Image.Image:
+    """Large soft shapes of colour: a wallpaper with next to no corners for keypoints."""
+    picture = Image.new("RGB", (width, height), (40, 70, 120))
+    draw = ImageDraw.Draw(picture)
+    shapes = random.Random(5)
+    for _ in range(7):
+        x, y = shapes.randrange(width), shapes.randrange(height)
+        radius = shapes.randrange(height // 6, height // 2)
+        colour = tuple(shapes.randrange(256) for _ in range(3))
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+    return picture.filter(ImageFilter.GaussianBlur(14))
+
+
+def test_a_smooth_picture_pasted_in_the_middle_of_a_photo_is_found_by_its_inset() -> None:
+    smooth = _smooth_picture()
+    frame, fingerprint = distinct_frames(load_image(encode(smooth, "PNG")))[0]
+    features, colours = reference_features(frame)
+    detector = Detector(RULE, None, lambda keys: {0: features})
+    detector.add_all({0: BannedPicture(fingerprint, colours, words=indexed_words(features))})
+    canvas = photo("chelsea").resize((640, 480))
+    canvas.paste(smooth.resize((320, 240)), (160, 120))
+
+    found = _detect(detector, encode(canvas, "JPEG", quality=90))
+
+    assert list(found) == [0], found
+    assert found[0].stage == Stage.HASH and found[0].partial
+    assert "inside the upload" in found[0].variant
+    assert found[0].box == pytest.approx((0.25, 0.25, 0.75, 0.75), abs=0.02)
+
+
+def _flip(code: str, bits: int) -> str:
+    """``code`` (hex) with its first ``bits`` bits turned."""
+    width = len(code) * 4
+    return f"{int(code, 16) ^ (((1 << bits) - 1) << (width - bits)):0{len(code)}x}"
+
+
+@pytest.mark.parametrize(("phash_bits", "dhash_bits", "found"), [(4, 4, True), (0, 5, False)])
+def test_a_view_matches_by_phash_and_dhash_together_when_its_pdq_is_too_far(
+    phash_bits: int, dhash_bits: int, found: bool
+) -> None:
+    canvas = photo("chelsea").resize((640, 480))
+    canvas.paste(photo("rocket").resize((320, 240)), (320, 0))
+    data = encode(canvas, "JPEG", quality=90)
+    [item] = probes(load_image(data))
+    view, seen, _ = next(region for region in item.regions if region[0].name == "inset_1")
+    banned = Fingerprint(
+        hashes={
+            "pdq": _flip(seen.hashes["pdq"], 40),
+            "phash": _flip(seen.hashes["phash"], phash_bits),
+            "dhash": _flip(seen.hashes["dhash"], dhash_bits),
+        },
+        pdq_quality=100,
+    )
+    detector = Detector(RULE, DetectConfig(local_features=False))
+    detector.add_all({0: BannedPicture(banned)})
+
+    detected = detector.detect([item])
+
+    assert bool(detected) is found, detected
+    if found:
+        assert detected[0].stage == Stage.HASH and detected[0].box == view.box

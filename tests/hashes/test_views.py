@@ -57,3 +57,16 @@ def test_cut_takes_the_same_part_at_any_size() -> None:
     image = ImageOps.expand(photo("coffee"), border=40, fill="white")
     view = next(v for v in views(working_copy(image)) if v.name == "trim")
     assert abs(cut(image, view).width - photo("coffee").width) <= 8
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(0.25, 0.25, 0.75, 0.75), (0, 0.5, 0.5, 1), (0.12, 0.3, 0.52, 0.75), (0.55, 0, 1, 0.4)],
+)
+def test_a_picture_pasted_inside_another_is_an_inset_view(box: tuple[float, ...]) -> None:
+    canvas = photo("chelsea").resize((600, 450))
+    left, right = (round(600 * share) for share in box[::2])
+    top, bottom = (round(450 * share) for share in box[1::2])
+    canvas.paste(photo("rocket").resize((right - left, bottom - top)), (left, top))
+    insets = [found for name, found in _boxes(canvas).items() if name.startswith("inset")]
+    assert any(_near(found, box) for found in insets), insets
