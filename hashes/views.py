@@ -249,6 +249,8 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
     those whose sides are the clearest edges first. ``total``: the sum of each pixel's
     channels (int16), three times its grey."""
     height, width = total.shape
+    if width < 16 or height < 16:
+        return []
     # Running counts of edge pixels along each boundary between neighbouring columns
     # (x | x + 1), and between neighbouring rows.
     down = _running(_edges(np.abs(np.diff(total, axis=1))).T)

@@ -70,3 +70,8 @@ def test_a_picture_pasted_inside_another_is_an_inset_view(box: tuple[float, ...]
     canvas.paste(photo("rocket").resize((right - left, bottom - top)), (left, top))
     insets = [found for name, found in _boxes(canvas).items() if name.startswith("inset")]
     assert any(_near(found, box) for found in insets), insets
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 50), (50, 1), (3, 700), (17, 17)])
+def test_a_sliver_of_a_picture_has_no_views(size: tuple[int, int]) -> None:
+    assert views(Image.new("RGB", size, "red")) == []
