@@ -48,8 +48,10 @@ class HammingIndex:
             raise ValueError(f"bits must be a positive multiple of 64, not {bits}")
         self.bits = bits
         self._codes = np.zeros((_INITIAL_CAPACITY, bits // 64), dtype=np.uint64)
-        self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
-        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint32)
+        # Keys and tags are held in the narrow types while they fit (the database's ids
+        # and a few groups do), and widened the first time one does not.
+        self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int32)
+        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint16)
         self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
         self._count = 0  # rows in use, dead ones included
         self._dead = 0
@@ -102,6 +104,8 @@ class HammingIndex:
                 keep = np.sort(len(key_array) - 1 - last)
                 key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
+        self._keys = _holding(self._keys, key_array, np.int64)
+        self._tags = _holding(self._tags, tag_array, np.uint32)
         start, end = self._count, self._count + len(key_array)
         self._reserve(end)
         self._codes[start:end] = rows
@@ -184,6 +188,8 @@ class HammingIndex:
         if row is not None:
             return row
         packed = self._keys[: self._indexed]
+        if not _fits(packed.dtype, key):
+            return None
         row = int(np.searchsorted(packed, key))
         if row < self._indexed and packed[row] == key and self._live[row]:
             return row
@@ -262,6 +268,20 @@ class HammingIndex:
             raise ValueError(
                 f"Expected a {self.bits}-bit hash of {self.bits // 4} hex digits, got {code_hex!r}."
             )
+
+
+def _fits(dtype: np.dtype, value: int) -> bool:
+    info = np.iinfo(dtype)
+    return info.min <= value <= info.max
+
+
+def _holding(array: np.ndarray, values: np.ndarray, wide: type) -> np.ndarray:
+    """``array``, in the ``wide`` type if ``values`` do not all fit its own."""
+    if array.dtype == wide or not len(values):
+        return array
+    if _fits(array.dtype, int(values.min())) and _fits(array.dtype, int(values.max())):
+        return array
+    return array.astype(wide)
 
 
 def _resized(rows: np.ndarray, capacity: int) -> np.ndarray:

@@ -220,3 +220,22 @@ def test_chunk_tables_find_exactly_what_brute_force_finds(bits: int, radius: int
         index.add(key, to_hex(entries[key], bits))
     assert index.tabled != 40_000
     check()
+
+
+def test_keys_and_tags_too_large_for_the_narrow_types_are_kept_whole() -> None:
+    index = HammingIndex(64)
+    index.add_many([1, 2], ["00" * 8, "ff" * 8], [7, 8])
+    narrow = index.nbytes()
+    big_key, big_tag = 2**40 + 3, 2**20 + 5
+    index.add(big_key, "0f" * 8, big_tag)
+    assert index.nbytes() > narrow  # widened, in place of holding every key in 64 bits
+    index.add(-(2**35), "f0" * 8, 1)
+    assert index.get(big_key) == ("0f" * 8, big_tag)
+    assert index.get(1) == ("00" * 8, 7)
+    assert big_key in index and -(2**35) in index and 2**41 not in index
+    assert index.query("0f" * 8, 0) == [(big_key, 0)]
+    keys, tags = index.search("0f" * 8, 0)
+    assert keys.tolist() == [big_key] and tags.tolist() == [big_tag]
+    index.remove(big_key)
+    assert big_key not in index and len(index) == 3
+    assert 2**41 not in HammingIndex(64)  # a key wider than any held is simply absent
