@@ -118,9 +118,7 @@ class _Baselines:
         return (
             int(hashes["dhash"], 16),
             int(hashes["phash"], 16),
-            np.unpackbits(np.frombuffer(bytes.fromhex(hashes["pdq"]), dtype=np.uint8)).astype(
-                bool
-            ),
+            np.unpackbits(np.frombuffer(bytes.fromhex(hashes["pdq"]), dtype=np.uint8)).astype(bool),
         )
 
     def add(self, data: bytes) -> None:
@@ -282,6 +280,12 @@ def evaluate(
         banned_images.append(read[1])
     if not result.banned:
         raise ValueError(f"No readable images in {banned_dir}: nothing to ban.")
+    if not innocent_paths:
+        # Without them every report would say "no false positive", having compared nothing.
+        raise ValueError(
+            f"No files in {innocent_dir} to measure false positives against (links are not "
+            "followed: copy the images, or hard-link them)."
+        )
     banned_set = {path.resolve() for path in banned_paths}
     innocent = [path for path in innocent_paths if path.resolve() not in banned_set]
     if not 0 <= distractors <= len(innocent):

@@ -247,6 +247,16 @@ def test_a_folder_without_images_is_refused(tmp_path: Path) -> None:
         evaluate(tmp_path / "missing", tmp_path / "empty")
 
 
+def test_an_innocent_folder_of_links_only_is_refused_not_counted_clean(tmp_path: Path) -> None:
+    banned, innocent = tmp_path / "banned", tmp_path / "innocent"
+    banned.mkdir()
+    innocent.mkdir()
+    (banned / "astronaut.jpg").write_bytes(photo_path("astronaut").read_bytes())
+    (innocent / "coffee.jpg").symlink_to(photo_path("coffee"))
+    with pytest.raises(ValueError, match="No files in .*links are not followed"):
+        evaluate(banned, innocent, edits=[EDITS["jpeg_q40"]], innocent_edits=0)
+
+
 def test_distractors_make_the_blocklist_bigger_and_leave_the_innocent_set(
     tmp_path: Path,
 ) -> None:
