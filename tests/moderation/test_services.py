@@ -2,7 +2,6 @@ import dataclasses
 import errno
 import io
 import os
-import random
 import shutil
 import stat
 import threading
@@ -15,7 +14,6 @@ from django.utils import timezone
 from PIL import Image, ImageOps
 
 from hashes.algorithms import fingerprint_frames
-from hashes.evaluation.edits import EDITS
 from hashes.feature_index import words_from_bytes
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
@@ -815,9 +813,13 @@ def test_rehash_adds_the_coarser_scale_to_features_found_at_one(media: Path, set
     row = BannedFingerprint.objects.get()
     assert LocalFeatures.from_bytes(bytes(row.features)).scales == stored.scales
     assert words_from_bytes(row.words) is not None
-    # The words nominate a copy pasted into another picture, which no hash finds.
-    pasted = EDITS["paste_corner"].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
-    upload = drop(media, "pasted.jpg", pasted)
+    # The words nominate a copy pasted tilted into another picture: no view cuts it out,
+    # so no hash finds it.
+    canvas = photo("chelsea").copy()
+    small = photo("coffee").resize((canvas.width // 2, canvas.height // 2)).convert("RGBA")
+    tilted = small.rotate(6, Image.Resampling.BICUBIC, expand=True)
+    canvas.paste(tilted, (0, canvas.height - tilted.height), tilted)
+    upload = drop(media, "pasted.jpg", encode(canvas, "JPEG", quality=90))
     assert upload.state == State.QUARANTINED
     assert Match.objects.get(upload=upload).stage == "local features"
 
