@@ -65,7 +65,7 @@ def main() -> None:
     blobs = [path.read_bytes() for path in paths]
     larger = [_enlarged(data) for data in blobs]
     print(f"{len(blobs)} images from {args.images}, blocklist of {args.blocklist:,}")
-    matcher, detector = blocklist(blobs, args.blocklist)
+    matcher, detector, _ = blocklist(blobs, args.blocklist)
     costs("the images as they are", blobs, matcher, detector, args.rounds)
     costs(LARGER, larger, matcher, detector, 1)
     print("\nHow far an upload's hashes lie from its ban's (full resolution), in bits:")
