@@ -297,9 +297,14 @@ def _picture(name: str, **options: object) -> tuple[BannedPicture, object]:
     return BannedPicture(fingerprint, colours, **options), features  # type: ignore[arg-type]
 
 
+def _flip(code: str, bits: int) -> str:
+    """``code`` (hex) with its first ``bits`` bits turned."""
+    width = len(code) * 4
+    return f"{int(code, 16) ^ (((1 << bits) - 1) << (width - bits)):0{len(code)}x}"
+
+
 def _flip_pdq(fingerprint: Fingerprint, bits: int) -> Fingerprint:
-    value = int(fingerprint.hashes["pdq"], 16) ^ ((1 << bits) - 1)
-    return Fingerprint(hashes={"pdq": f"{value:064x}"}, pdq_quality=100)
+    return Fingerprint(hashes={"pdq": _flip(fingerprint.hashes["pdq"], bits)}, pdq_quality=100)
 
 
 def _collage(*names: str) -> bytes:
@@ -576,12 +581,6 @@ def test_a_smooth_picture_pasted_in_the_middle_of_a_photo_is_found_by_its_inset(
     assert found[0].stage == Stage.HASH and found[0].partial
     assert "inside the upload" in found[0].variant
     assert found[0].box == pytest.approx((0.25, 0.25, 0.75, 0.75), abs=0.02)
-
-
-def _flip(code: str, bits: int) -> str:
-    """``code`` (hex) with its first ``bits`` bits turned."""
-    width = len(code) * 4
-    return f"{int(code, 16) ^ (((1 << bits) - 1) << (width - bits)):0{len(code)}x}"
 
 
 @pytest.mark.parametrize(("phash_bits", "dhash_bits", "found"), [(4, 4, True), (0, 5, False)])
