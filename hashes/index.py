@@ -190,7 +190,8 @@ class HammingIndex:
         packed = self._keys[: self._indexed]
         if not _fits(packed.dtype, key):
             return None
-        row = int(np.searchsorted(packed, key))
+        # Searched in the keys' own type: another would copy all of them to compare.
+        row = int(np.searchsorted(packed, packed.dtype.type(key)))
         if row < self._indexed and packed[row] == key and self._live[row]:
             return row
         return None
@@ -205,6 +206,8 @@ class HammingIndex:
         if not self._indexed:
             return
         packed = self._keys[: self._indexed]
+        info = np.iinfo(packed.dtype)
+        keys = keys[(keys >= info.min) & (keys <= info.max)].astype(packed.dtype)
         rows = np.searchsorted(packed, keys)
         inside = rows < self._indexed
         rows = rows[inside][packed[rows[inside]] == keys[inside]]

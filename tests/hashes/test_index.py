@@ -239,3 +239,14 @@ def test_keys_and_tags_too_large_for_the_narrow_types_are_kept_whole() -> None:
     index.remove(big_key)
     assert big_key not in index and len(index) == 3
     assert 2**41 not in HammingIndex(64)  # a key wider than any held is simply absent
+
+
+def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
+    index = HammingIndex(64)
+    index.add_many(list(range(5000)), [f"{key:016x}" for key in range(5000)])
+    assert index.tabled == 0 and len(index) == 5000  # packed in key order, in 32 bits
+    index.remove(2**32 + 1)  # 1 in its low 32 bits
+    index.remove(-(2**40))
+    assert 1 in index and len(index) == 5000
+    index.remove(1)
+    assert 1 not in index and index.get(2) == (f"{2:016x}", 0)
