@@ -27,9 +27,12 @@ _MIN_TABLES = 32_768
 # cheap until then, and removed ones only cost a masked check.
 _MIN_REBUILD = 4096
 # A chunk's value indexes one table of 2**width slots; the width grows with the number of
-# codes (about one code per two slots), and this caps a table at 16 MB.
+# codes (about one code per two slots), and this caps a chunk's offsets at 8 MB.
 _MAX_CHUNK_BITS = 22
 _MIN_CHUNK_BITS = 8
+# Offsets are held as 16-bit steps within blocks of 2**_BLOCK_BITS slots (see _Offsets).
+_BLOCK_BITS = 8
+_BLOCK = 1 << _BLOCK_BITS
 
 
 class HammingIndex:
@@ -300,7 +303,12 @@ def _distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
 
 class _Tables:
     """The chunk tables over a fixed set of rows: for each chunk, the rows ordered by the
-    chunk's value (``order``) and where each value's rows start (``offsets``)."""
+    chunk's value (``order``, one run per chunk) and where each value's rows start in it
+    (``offsets``, one slot per value of each chunk).
+
+    Both are held narrow, since together they cost more than the codes: row numbers in
+    three bytes while there are at most 2**24 rows, and each offset as a 16-bit step from
+    the first of its block of _BLOCK slots (32-bit where a block holds more rows)."""
 
     def __init__(self, codes: np.ndarray, bits: int) -> None:
         count = codes.shape[0]
@@ -311,26 +319,29 @@ class _Tables:
         self.starts = [sum(self.widths[:index]) for index in range(chunks)]
         self.bits = bits
         self.count = count
-        self.order = np.empty(chunks * count, dtype=np.uint32)
+        self.order = _RowNumbers(chunks * count, count)
+        wide = np.uint32 if chunks * count < 1 << 32 else np.int64
         offsets = []
         self.offset_base = []
         used = 0
         for index, (start, width) in enumerate(zip(self.starts, self.widths, strict=True)):
             values = _chunk(codes, start, width)
             counts = np.bincount(values, minlength=1 << width)
-            offset = np.zeros((1 << width) + 1, dtype=np.uint32)
+            # Positions in the whole order, so that offsets only grow from chunk to chunk.
+            offset = np.zeros((1 << width) + 1, dtype=wide)
             np.cumsum(counts, out=offset[1:])
+            np.add(offset, index * count, out=offset)
             offsets.append(offset)
             self.offset_base.append(used)
             used += len(offset)
             # Rows in any order within a value: quicksort is twice as fast as a stable one.
-            self.order[index * count : (index + 1) * count] = np.argsort(values.astype(np.uint32))
+            self.order.put(index * count, np.argsort(values.astype(np.uint32)))
             del values, counts
-        self.offsets = np.concatenate(offsets)
+        self.offsets = _Offsets(np.concatenate(offsets))
         self._plans: dict[int, _Plan | None] = {}
 
     def nbytes(self) -> int:
-        return self.order.nbytes + self.offsets.nbytes
+        return self.order.nbytes() + self.offsets.nbytes()
 
     def plan(self, radius: int) -> "_Plan | None":
         """What a query at ``radius`` looks up, or None when scanning every code is cheaper."""
@@ -350,9 +361,8 @@ class _Tables:
             dtype=np.int64,
         )
         slots = plan.slot_base + (chunks[plan.chunk] ^ plan.flips)
-        begins = self.offsets[slots].astype(np.int64)
-        lengths = self.offsets[slots + 1].astype(np.int64) - begins
-        begins += plan.order_base
+        begins = self.offsets[slots]
+        lengths = self.offsets[slots + 1] - begins
         total = int(lengths.sum())
         if not total:
             return np.zeros(0, dtype=np.int64)
@@ -360,7 +370,52 @@ class _Tables:
         # position, repeated over its length, plus how far into it each one is.
         ends = np.cumsum(lengths)
         positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
-        return self.order[positions].astype(np.int64)
+        return self.order[positions]
+
+
+class _RowNumbers:
+    """``size`` row numbers below ``rows``, each in three bytes where they fit (four
+    otherwise), read as unaligned 32-bit words whose top byte is masked off."""
+
+    def __init__(self, size: int, rows: int) -> None:
+        self._width = 3 if rows <= 1 << 24 else 4
+        self._mask = (1 << 8 * self._width) - 1
+        # A byte more, so that the last number too can be read as four bytes.
+        self._bytes = np.zeros(size * self._width + 1, dtype=np.uint8)
+        self._words = np.ndarray((size,), "<u4", self._bytes, strides=(self._width,))
+
+    def nbytes(self) -> int:
+        return self._bytes.nbytes
+
+    def put(self, start: int, numbers: np.ndarray) -> None:
+        little = numbers.astype("<u4").view(np.uint8).reshape(-1, 4)
+        held = self._bytes[start * self._width : (start + len(numbers)) * self._width]
+        held.reshape(-1, self._width)[:] = little[:, : self._width]
+
+    def __getitem__(self, positions: np.ndarray) -> np.ndarray:
+        return (self._words[positions] & np.uint32(self._mask)).astype(np.int64)
+
+
+class _Offsets:
+    """Non-decreasing positions, each held as a step from the one at the start of its
+    block of _BLOCK (16 bits where every block's steps fit, 32 otherwise)."""
+
+    def __init__(self, positions: np.ndarray) -> None:
+        self._base = positions[::_BLOCK].astype(np.int64)
+        # A block's largest step is its last, at most where the next block starts.
+        largest = np.diff(self._base, append=int(positions[-1])).max(initial=0)
+        self._steps = np.empty(len(positions), np.uint16 if largest < 1 << 16 else np.uint32)
+        piece = _BLOCK * 4096  # a piece at a time, rather than temporaries of every slot
+        for start in range(0, len(positions), piece):
+            part = positions[start : start + piece].astype(np.int64)
+            blocks = self._base[start // _BLOCK : (start + len(part) - 1) // _BLOCK + 1]
+            self._steps[start : start + len(part)] = part - np.repeat(blocks, _BLOCK)[: len(part)]
+
+    def nbytes(self) -> int:
+        return self._base.nbytes + self._steps.nbytes
+
+    def __getitem__(self, slots: np.ndarray) -> np.ndarray:
+        return self._base[slots >> _BLOCK_BITS] + self._steps[slots]
 
 
 class _Plan:
@@ -371,7 +426,6 @@ class _Plan:
         self.chunk = chunk
         self.flips = flips
         self.slot_base = np.asarray(tables.offset_base, dtype=np.int64)[chunk]
-        self.order_base = chunk * tables.count
 
     @classmethod
     def make(cls, tables: _Tables, radius: int) -> "_Plan | None":

@@ -1,8 +1,9 @@
 import random
 
+import numpy as np
 import pytest
 
-from hashes.index import HammingIndex
+from hashes.index import HammingIndex, _RowNumbers
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -250,3 +251,22 @@ def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
     assert 1 in index and len(index) == 5000
     index.remove(1)
     assert 1 not in index and index.get(2) == (f"{2:016x}", 0)
+
+
+def test_tables_stay_exact_when_one_chunk_value_holds_more_rows_than_16_bits_count() -> None:
+    rng = random.Random(11)
+    # 70,000 codes sharing their first 32 bits: one slot of the first chunk holds them all.
+    entries = {key: rng.getrandbits(32) for key in range(70_000)}
+    index = HammingIndex(64)
+    index.add_many(list(entries), [to_hex(code, 64) for code in entries.values()])
+    assert index.tabled == 70_000
+    for query in [*rng.sample(list(entries.values()), 5), rng.getrandbits(64)]:
+        assert index.query(to_hex(query, 64), 3) == brute_force(entries, query, 3)
+
+
+def test_row_numbers_take_four_bytes_past_two_to_the_24() -> None:
+    for rows in (1 << 24, (1 << 24) + 1):
+        numbers = _RowNumbers(3, rows)
+        numbers.put(0, np.asarray([rows - 1, 0, 5]))
+        assert numbers[np.asarray([2, 0, 1])].tolist() == [5, rows - 1, 0]
+    assert _RowNumbers(3, 1 << 24).nbytes() < _RowNumbers(3, 1 + (1 << 24)).nbytes()
