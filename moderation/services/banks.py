@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 from django.db.models import Q
@@ -30,6 +32,7 @@ Action = AuditEvent.Action
 logger = logging.getLogger(__name__)
 BATCH = 5000
 _ANALYZE_AFTER = 10_000
+T = TypeVar("T")
 _IMPORT_LOCK = 0x68670001  # the advisory lock's first key: hashguard's bank imports
 # The first lines that are not comments looked at to tell a list's format, and at most
 # how many lines are read to find them.
@@ -189,7 +192,7 @@ def _import_into(
     was_empty = not target.fingerprints.exists()
     started = timezone.now()
     report = ImportReport(bank=target.name, format=chosen)
-    seen: set[tuple[str, str]] = set()
+    seen = _Keys()
     try:
         parsed = read(itertools.chain(head, stream), chosen)
         while batch := list(itertools.islice(parsed, BATCH)):
@@ -203,7 +206,7 @@ def _import_into(
                 _import_batch(target, entries, report, seen, was_empty)
             if progress:
                 progress(len(batch))
-        if replace and (report.bad_lines or not seen):
+        if replace and (report.bad_lines or not len(seen)):
             # A list read wrongly must not empty a bank.
             report.note(
                 Problem(0, "--replace was not applied: the list had bad lines or no hashes")
@@ -246,36 +249,44 @@ def _import_batch(
     bank: Bank,
     entries: list[Entry],
     report: ImportReport,
-    seen: set[tuple[str, str]],
+    seen: "_Keys",
     was_empty: bool,
 ) -> None:
     """Write one batch. ``seen`` holds the keys the bank holds from this import so far
     (written or found there); only the others, and deletions, are looked up."""
+    before = seen.holding([entry.key for entry in entries])
     existing = _existing(
-        bank, [e for e in entries if e.deleted or (not was_empty and e.key not in seen)]
+        bank, [e for e in entries if e.deleted or (not was_empty and e.key not in before)]
     )
     minimum = match_rule().pdq_min_quality
     now = timezone.now()
     new: dict[tuple[str, str], dict[str, object]] = {}
+    # What this batch changed of ``seen``, applied to it at the end.
+    added: set[tuple[str, str]] = set()
+    removed: set[tuple[str, str]] = set()
     for entry in entries:
+        key = entry.key
         if entry.deleted:
-            ids = existing.pop(entry.key, [])
+            ids = existing.pop(key, [])
             if ids:
                 report.removed += BannedFingerprint.objects.filter(pk__in=ids).delete()[0]
-            new.pop(entry.key, None)
-            seen.discard(entry.key)
+            new.pop(key, None)
+            added.discard(key)
+            removed.add(key)
             continue
         refusal = entry_refusal(entry, minimum)
         if refusal:
             report.refused += 1
             continue
-        if entry.key in seen or entry.key in existing:
-            seen.add(entry.key)
+        held = key in added or (key in before and key not in removed)
+        added.add(key)
+        removed.discard(key)
+        if held or key in existing:
             report.unchanged += 1
             continue
-        seen.add(entry.key)
-        new[entry.key] = entry_fields(bank, entry, now)
+        new[key] = entry_fields(bank, entry, now)
     _insert(list(new.values()))
+    seen.update(added, removed)
     report.added += len(new)
 
 
@@ -376,19 +387,90 @@ def entry_fields(bank: Bank, entry: Entry, now: datetime) -> dict[str, object]:
     }
 
 
-def _remove_all_but(bank: Bank, kept: set[tuple[str, str]]) -> int:
+def _remove_all_but(bank: Bank, kept: "_Keys") -> int:
     """Delete the bank's fingerprints whose hashes are none of ``kept``."""
-    stale = []
+    stale: list[int] = []
     kinds = ("pdq", "phash", "dhash", "md5", "sha256")
     rows = BannedFingerprint.objects.filter(bank=bank).values_list("pk", *kinds)
-    for pk, *values in rows.iterator(chunk_size=10_000):
-        keys = {(kind, value) for kind, value in zip(kinds, values, strict=True) if value}
-        if not keys & kept:
-            stale.append(pk)
+    for batch in _batched(rows.iterator(chunk_size=10_000), 10_000):
+        keyed = [
+            (pk, [(kind, value) for kind, value in zip(kinds, values, strict=True) if value])
+            for pk, *values in batch
+        ]
+        held = kept.holding(key for _, keys in keyed for key in keys)
+        stale.extend(pk for pk, keys in keyed if not any(key in held for key in keys))
     removed = 0
     for start in range(0, len(stale), BATCH):
         removed += BannedFingerprint.objects.filter(pk__in=stale[start : start + BATCH]).delete()[0]
     return removed
+
+
+def _batched(items: Iterator[T], size: int) -> Iterator[list[T]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+class _Keys:
+    """The (kind, hash) keys an import has seen, compactly: a 30-million-line list held
+    as Python tuples would take gigabytes. Each kind's hashes are kept as raw bytes in a
+    few sorted numpy runs, each under half the size of the one before it (merged when
+    not), and asked about a batch at a time; keys removed after being added are kept
+    aside until added again."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, list[np.ndarray]] = {}
+        self._removed: set[tuple[str, str]] = set()  # all of them in the runs
+
+    def __len__(self) -> int:
+        return sum(len(run) for runs in self._runs.values() for run in runs) - len(self._removed)
+
+    def holding(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Those of ``keys`` it holds."""
+        return self._in_runs(keys) - self._removed
+
+    def update(self, added: set[tuple[str, str]], removed: set[tuple[str, str]]) -> None:
+        """Add ``added`` and forget ``removed`` (the two are disjoint)."""
+        self._removed -= added
+        self._removed |= self._in_runs(removed)
+        for kind, values in _by_kind(added).items():
+            raw = _raw(values)
+            fresh = np.unique(raw[~self._found(kind, raw)])
+            if not len(fresh):
+                continue
+            runs = self._runs.setdefault(kind, [])
+            runs.append(fresh)
+            while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
+                merged = np.concatenate(runs[-2:])
+                merged.sort()  # in place: the merge holds the two runs twice, not three times
+                runs[-2:] = [merged]
+
+    def _in_runs(self, keys: Iterable[tuple[str, str]]) -> set[tuple[str, str]]:
+        held: set[tuple[str, str]] = set()
+        for kind, values in _by_kind(keys).items():
+            found = self._found(kind, _raw(values))
+            held.update((kind, value) for value, hit in zip(values, found, strict=True) if hit)
+        return held
+
+    def _found(self, kind: str, raw: np.ndarray) -> np.ndarray:
+        found = np.zeros(len(raw), dtype=bool)
+        for run in self._runs.get(kind, []):
+            at = np.minimum(np.searchsorted(run, raw), len(run) - 1)
+            found |= run[at] == raw
+        return found
+
+
+def _by_kind(keys: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    by_kind: dict[str, list[str]] = {}
+    for kind, value in keys:
+        by_kind.setdefault(kind, []).append(value)
+    return by_kind
+
+
+def _raw(values: list[str]) -> np.ndarray:
+    """Hex hashes of one kind (one length) as fixed-width byte strings, which sort and
+    compare as their bytes do."""
+    width = len(values[0]) // 2 if values else 1
+    return np.frombuffer(bytes.fromhex("".join(values)), dtype=f"S{width}")
 
 
 def bank_entries(*, bank: str) -> Iterator[Entry]:

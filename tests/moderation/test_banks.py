@@ -76,6 +76,36 @@ def test_replace_makes_the_bank_hold_exactly_the_list() -> None:
     assert {(r.pdq, r.md5) for r in bank.fingerprints.all()} == {(old[0], ""), ("", MD5)}
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new bank", "bank with bans"])
+def test_a_list_in_many_batches_ends_as_its_last_line_for_each_hash_says(
+    monkeypatch, existing: bool
+) -> None:
+    monkeypatch.setattr(services.banks, "BATCH", 3)  # every few lines a batch of its own
+    rng = random.Random(3)
+    kept, gone, back, other = (random_pdq(rng) for _ in range(4))
+    if existing:
+        import_lines([f"pdq {other}", f"pdq {gone}"])
+    md5 = hashlib.md5(b"x").hexdigest()
+    lines = [
+        "algorithm,hash,deleted",
+        f"pdq,{kept},",
+        f"pdq,{gone},",
+        f"pdq,{back},",
+        f"md5,{md5},",
+        f"pdq,{kept},",  # a repeat, in the next batch
+        f"pdq,{gone},yes",
+        f"pdq,{back},yes",
+        f"md5,{md5},",
+        f"pdq,{back},",  # added again after its deletion
+        f"pdq,{kept},",
+    ]
+    report = import_lines(lines, replace=True)
+    assert (report.added, report.unchanged) == (4 if existing else 5, 4 if existing else 3)
+    bank = Bank.objects.get(name="partner")
+    held = {(row.pdq, row.md5) for row in bank.fingerprints.all()}
+    assert held == {(kept, ""), (back, ""), ("", md5)}
+
+
 def test_provenance_is_kept() -> None:
     import_lines(
         [
@@ -251,6 +281,15 @@ def test_a_list_read_wrongly_does_not_empty_a_bank_on_replace() -> None:
     report = import_lines(["algorithm,hash", f"{PDQ},pdq"], fmt="csv", replace=True)
     assert report.removed == 0 and "--replace was not applied" in report.problems[-1].message
     assert Bank.objects.get(name="partner").fingerprints.count() == 2
+
+
+def test_a_list_of_deletions_only_removes_them_and_replaces_nothing() -> None:
+    import_lines([f"pdq {PDQ}", f"md5 {MD5}"])
+    report = import_lines(["algorithm,hash,deleted", f"md5,{MD5},yes"], replace=True)
+    assert report.removed == 1 and "--replace was not applied" in report.problems[-1].message
+    assert list(Bank.objects.get(name="partner").fingerprints.values_list("pdq", flat=True)) == [
+        PDQ
+    ]
 
 
 def test_hostile_lists_are_reported_not_crashed_on() -> None:
