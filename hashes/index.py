@@ -54,7 +54,7 @@ class HammingIndex:
         # Keys and tags are held in the narrow types while they fit (the database's ids
         # and a few groups do), and widened the first time one does not.
         self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int32)
-        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint16)
+        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint8)
         self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
         self._count = 0  # rows in use, dead ones included
         self._dead = 0
@@ -107,8 +107,8 @@ class HammingIndex:
                 keep = np.sort(len(key_array) - 1 - last)
                 key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
-        self._keys = _holding(self._keys, key_array, np.int64)
-        self._tags = _holding(self._tags, tag_array, np.uint32)
+        self._keys = _holding(self._keys, key_array)
+        self._tags = _holding(self._tags, tag_array)
         start, end = self._count, self._count + len(key_array)
         self._reserve(end)
         self._codes[start:end] = rows
@@ -281,13 +281,24 @@ def _fits(dtype: np.dtype, value: int) -> bool:
     return info.min <= value <= info.max
 
 
-def _holding(array: np.ndarray, values: np.ndarray, wide: type) -> np.ndarray:
-    """``array``, in the ``wide`` type if ``values`` do not all fit its own."""
-    if array.dtype == wide or not len(values):
+def _holding(array: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``array`` in the narrowest of its type and the wider ones after it that holds
+    ``values`` too."""
+    if not len(values):
         return array
-    if _fits(array.dtype, int(values.min())) and _fits(array.dtype, int(values.max())):
-        return array
-    return array.astype(wide)
+    low, high = int(values.min()), int(values.max())
+    for wide in (array.dtype, *_WIDER.get(array.dtype, ())):
+        if _fits(wide, low) and _fits(wide, high):
+            return array if wide == array.dtype else array.astype(wide)
+    raise ValueError(f"{low}..{high} do not fit in {array.dtype} or wider")
+
+
+# Keys start in 32 bits, tags in 8.
+_WIDER = {
+    np.dtype(np.int32): (np.dtype(np.int64),),
+    np.dtype(np.uint8): (np.dtype(np.uint16), np.dtype(np.uint32)),
+    np.dtype(np.uint16): (np.dtype(np.uint32),),
+}
 
 
 def _resized(rows: np.ndarray, capacity: int) -> np.ndarray:

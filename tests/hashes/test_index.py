@@ -242,6 +242,16 @@ def test_keys_and_tags_too_large_for_the_narrow_types_are_kept_whole() -> None:
     assert 2**41 not in HammingIndex(64)  # a key wider than any held is simply absent
 
 
+def test_tags_widen_a_step_at_a_time_and_keep_their_values() -> None:
+    index = HammingIndex(64)
+    sizes = []
+    for key, tag in enumerate([5, 255, 256, 65_535, 65_536]):
+        index.add(key, f"{key:016x}", tag)
+        sizes.append(index.nbytes())
+    assert sizes[0] == sizes[1] < sizes[2] == sizes[3] < sizes[4]
+    assert [index.get(key)[1] for key in range(5)] == [5, 255, 256, 65_535, 65_536]
+
+
 def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
     index = HammingIndex(64)
     index.add_many(list(range(5000)), [f"{key:016x}" for key in range(5000)])
