@@ -106,6 +106,13 @@ def test_a_list_in_many_batches_ends_as_its_last_line_for_each_hash_says(
     assert held == {(kept, ""), (back, ""), ("", md5)}
 
 
+def test_hashes_differing_only_next_to_zero_bytes_are_told_apart(monkeypatch) -> None:
+    monkeypatch.setattr(services.banks, "BATCH", 1)
+    digests = ["00" * 15 + "01", "00" * 15 + "02", "01" + "00" * 15, "01" * 16]
+    report = import_lines([f"md5 {digest}" for digest in digests + digests])
+    assert (report.added, report.unchanged) == (4, 4)
+
+
 def test_provenance_is_kept() -> None:
     import_lines(
         [
