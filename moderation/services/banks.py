@@ -195,7 +195,7 @@ def _import_into(
     seen = _Keys()
     try:
         parsed = read(itertools.chain(head, stream), chosen)
-        while batch := list(itertools.islice(parsed, BATCH)):
+        for batch in _batched(parsed, BATCH):
             entries = []
             for item in batch:
                 if isinstance(item, Problem):
@@ -319,12 +319,9 @@ def _insert(rows: list[dict[str, object]]) -> None:
 
 
 def _existing(bank: Bank, entries: list[Entry]) -> dict[tuple[str, str], list[int]]:
-    by_kind: dict[str, set[str]] = {}
-    for entry in entries:
-        by_kind.setdefault(entry.kind, set()).add(entry.value)
     found: dict[tuple[str, str], list[int]] = {}
-    for kind, values in by_kind.items():
-        for value, pk in _lookup(bank, kind, values):
+    for kind, values in _by_kind(entry.key for entry in entries).items():
+        for value, pk in _lookup(bank, kind, set(values)):
             found.setdefault((kind, value), []).append(pk)
     return found
 
