@@ -18,9 +18,9 @@ from django.db import connection, models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from hashes.algorithms import ALGORITHMS, Fingerprint
+from hashes.algorithms import ALGORITHMS
 from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
-from hashes.matching import is_low_detail
+from hashes.matching import low_detail_rows
 from moderation import files, metrics
 from moderation.blocklist import match_rule
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Category, ImportJob
@@ -258,13 +258,13 @@ def _import_batch(
     existing = _existing(
         bank, [e for e in entries if e.deleted or (not was_empty and e.key not in before)]
     )
-    minimum = match_rule().pdq_min_quality
+    plain = _too_plain(entries, match_rule().pdq_min_quality)
     now = timezone.now()
     new: dict[tuple[str, str], dict[str, object]] = {}
     # What this batch changed of ``seen``, applied to it at the end.
     added: set[tuple[str, str]] = set()
     removed: set[tuple[str, str]] = set()
-    for entry in entries:
+    for entry, refused in zip(entries, plain, strict=True):
         key = entry.key
         if entry.deleted:
             ids = existing.pop(key, [])
@@ -274,8 +274,7 @@ def _import_batch(
             added.discard(key)
             removed.add(key)
             continue
-        refusal = entry_refusal(entry, minimum)
-        if refusal:
+        if refused:
             report.refused += 1
             continue
         held = key in added or (key in before and key not in removed)
@@ -345,15 +344,33 @@ def _lookup(bank: Bank, kind: str, values: set[str]) -> Iterable[tuple[str, int]
 
 def entry_refusal(entry: Entry, pdq_min_quality: int) -> str:
     """Why an entry cannot be banned fuzzily, or "" when it can."""
-    if entry.kind not in ALGORITHMS:
-        return ""  # file digests match exact copies only
-    fingerprint = Fingerprint(
-        hashes={entry.kind: entry.value},
-        pdq_quality=entry.quality if entry.kind == "pdq" else None,
-    )
-    if is_low_detail(fingerprint, pdq_min_quality):
+    if _too_plain([entry], pdq_min_quality)[0]:
         return "too plain to match fuzzily (PDQ quality below the minimum, or a flat hash)"
     return ""
+
+
+def _too_plain(entries: list[Entry], pdq_min_quality: int) -> np.ndarray:
+    """Which entries are perceptual hashes too plain to match fuzzily (file digests match
+    exact copies only, and never are), all at once: a Fingerprint each would cost more
+    than the rest of an import's work on the line."""
+    rows = len(entries)
+    kinds = np.array([entry.kind for entry in entries], dtype=object)
+    codes = {}
+    for name, spec in ALGORITHMS.items():
+        present = kinds == name
+        values = "".join(entry.value for entry, here in zip(entries, present, strict=True) if here)
+        held = np.frombuffer(bytes.fromhex(values), dtype=">u8").reshape(-1, spec.bits // 64)
+        codes[name] = (present, held.astype(np.uint64))
+    qualities = np.fromiter(
+        (
+            -1 if entry.quality is None or entry.kind != "pdq" else entry.quality
+            for entry in entries
+        ),
+        np.int32,
+        rows,
+    )
+    fuzzy = np.isin(kinds, list(ALGORITHMS))
+    return fuzzy & low_detail_rows(codes, qualities, pdq_min_quality)
 
 
 _CATEGORIES = frozenset(Category.values)

@@ -113,6 +113,37 @@ def test_hashes_differing_only_next_to_zero_bytes_are_told_apart(monkeypatch) ->
     assert (report.added, report.unchanged) == (4, 4)
 
 
+def test_an_import_refuses_the_entries_the_match_rule_calls_too_plain() -> None:
+    from hashes.algorithms import ALGORITHMS, Fingerprint
+    from hashes.hashlists import Entry
+    from hashes.matching import is_low_detail
+
+    rng = random.Random(5)
+    digits = {"pdq": 64, "phash": 16, "dhash": 16, "md5": 32, "sha256": 64}
+    entries = []
+    for _ in range(2000):
+        kind = rng.choice(list(digits))
+        alphabet = rng.choice(["0123456789abcdef", "0f", "0000f", "0" * 15 + "f"])
+        value = "".join(rng.choice(alphabet) for _ in range(digits[kind]))
+        quality = rng.choice([None, 10, 49, 50, 90]) if kind == "pdq" else None
+        entries.append(Entry(kind, value, quality=quality))
+    expected = [
+        entry.kind in ALGORITHMS
+        and is_low_detail(Fingerprint({entry.kind: entry.value}, pdq_quality=entry.quality), 50)
+        for entry in entries
+    ]
+    assert 100 < sum(expected) < 1900
+    report = services.bank_import(
+        lines=[
+            "algorithm,hash,quality\n",
+            *(f"{e.kind},{e.value},{'' if e.quality is None else e.quality}\n" for e in entries),
+        ],
+        bank="partner",
+    )
+    assert report.refused == sum(expected)
+    assert report.added + report.unchanged + report.refused == len(entries)
+
+
 def test_provenance_is_kept() -> None:
     import_lines(
         [
