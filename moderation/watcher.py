@@ -19,8 +19,8 @@ from pathlib import Path
 
 from django.db import DatabaseError, close_old_connections, connections
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from moderation import files, selectors, services
@@ -92,6 +92,8 @@ class _Nominator(FileSystemEventHandler):
         if event.event_type in ("opened", "deleted", "closed_no_write"):
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
+        if not path:  # moved out of the tree
+            return
         if event.is_directory:
             # A directory moved or made in: its files may never send events of their own.
             if event.event_type in ("moved", "created"):
@@ -146,9 +148,7 @@ class MediaWatcher:
             if event_type in ("closed", "moved"):
                 nominated.complete = True
                 nominated.open_for_writing = False
-            elif event_type == "created":
-                # Made here, or renamed in from outside the tree: the events after it
-                # tell which.
+            elif event_type == "created":  # made here: its writer's close completes it
                 nominated.complete = False
             elif not nominated.complete:  # written to, or its attributes changed
                 nominated.open_for_writing = not self.polling
@@ -162,7 +162,11 @@ class MediaWatcher:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
-        self.observer = observer = PollingObserver() if self.polling else Observer()
+        # Full events: a file renamed in from outside the tree is a move (complete), not a
+        # creation whose writer may still be at work.
+        self.observer = observer = (
+            PollingObserver() if self.polling else InotifyObserver(generate_full_events=True)
+        )
         observer.schedule(_Nominator(self), str(self.root), recursive=True)
         observer.start()
         logger.info("watching %s", self.root)

@@ -162,15 +162,15 @@ def test_watcher_records_new_images_however_they_arrive(stores: Path, tmp_path: 
     odd = Upload.objects.get(path="caf\\xe9.jpg")
     assert odd.relative_path() == b"caf\xe9.jpg"  # the exact name, for the worker
     # A temporary name seen before its rename is superseded by the renamed file.
-    assert not Upload.objects.filter(path=".upload-123.tmp").exclude(
-        state=Upload.State.SUPERSEDED
-    ).exists()
+    assert (
+        not Upload.objects.filter(path=".upload-123.tmp")
+        .exclude(state=Upload.State.SUPERSEDED)
+        .exists()
+    )
 
 
 def live() -> set[str]:
-    return set(
-        Upload.objects.exclude(state=Upload.State.SUPERSEDED).values_list("path", flat=True)
-    )
+    return set(Upload.objects.exclude(state=Upload.State.SUPERSEDED).values_list("path", flat=True))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -261,10 +261,15 @@ def test_a_file_closed_or_renamed_into_place_is_recorded_without_the_stability_w
         save(photo("coffee"), media / "closed.jpg", "JPEG")
         save(photo("rocket"), media / ".staged.jpg", "JPEG")
         os.rename(media / ".staged.jpg", media / "renamed.jpg")
+        save(photo("astronaut"), tmp_path / "uploaded.jpg", "JPEG")
+        os.rename(tmp_path / "uploaded.jpg", media / "moved-in.jpg")  # from outside the tree
+        save(photo("chelsea"), media / "leaving.jpg", "JPEG")
+        os.rename(media / "leaving.jpg", tmp_path / "left.jpg")  # out of it
         wait_for(
-            lambda: live() == {"closed.jpg", "renamed.jpg"},
+            # (leaving.jpg may be recorded on its close, before it left)
+            lambda: live() - {"leaving.jpg"} == {"closed.jpg", "renamed.jpg", "moved-in.jpg"},
             timeout=20,
-            what="both files recorded",
+            what="the closed and renamed files recorded",
         )
         # A file still open for writing waits for its writer to close it.
         with open(media / "open.jpg", "wb") as handle:
