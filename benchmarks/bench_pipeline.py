@@ -37,6 +37,11 @@ def main() -> None:
     parser.add_argument("--blocklist", type=int, default=100_000)
     parser.add_argument("--redis", help="a Redis URL: run part 2 on Redis, not the file broker")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument(
+        "--files", type=int, default=0, help="then this many distinct files, renamed into place"
+    )
+    parser.add_argument("--rate", type=float, default=0, help="files/s for --files (0: at once)")
+    parser.add_argument("--skip-cost", action="store_true", help="end to end only")
     args = parser.parse_args()
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in {".jpg", ".png"})
     if not images:
@@ -53,7 +58,8 @@ def main() -> None:
 
     django.setup()
     try:
-        per_image(images, args.blocklist)
+        if not args.skip_cost:
+            per_image(images, args.blocklist)
         end_to_end(images, data_dir, args)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -200,6 +206,7 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
         ).count() < len(images):
             time.sleep(0.05)
         burst = time.perf_counter() - start
+        sustained = _sustained(images, data_dir, args.files, args.rate) if args.files else ""
     finally:
         stack.stop()
     broker = "Redis" if args.redis else "the file broker"
@@ -215,6 +222,58 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
     print(
         f"  {len(images)} files at once: all decided in {burst:.2f} s, "
         f"{len(images) / burst:.1f} files/s"
+    )
+    if sustained:
+        print(sustained)
+
+
+def _sustained(images: list[Path], data_dir: Path, count: int, rate: float) -> str:
+    """Drop ``count`` distinct files (the images cropped and recompressed a little, made
+    beforehand), each written beside the media tree and renamed into it as an upload
+    server does, at ``rate`` a second (0: all at once); then the time from each rename
+    to its decision, from the decisions' own timestamps."""
+    import io
+
+    from PIL import Image
+
+    from moderation.models import Upload
+
+    rng = random.Random(3)
+    staging = data_dir / "staging"
+    staging.mkdir()
+    names = []
+    for index in range(count):
+        with Image.open(images[index % len(images)]) as image:
+            picture = image.convert("RGB")
+        cut = rng.randrange(1, 8)
+        picture = picture.crop((cut, cut, picture.width - cut, picture.height - cut))
+        data = io.BytesIO()
+        picture.save(data, "JPEG", quality=rng.randrange(80, 95))
+        names.append(f"sustained-{index}.jpg")
+        (staging / names[-1]).write_bytes(data.getvalue())
+    dropped: dict[str, float] = {}
+    started = time.time()
+    for index, name in enumerate(names):
+        if rate:
+            time.sleep(max(0.0, started + index / rate - time.time()))
+        os.rename(staging / name, data_dir / "media" / name)
+        dropped[name] = time.time()
+    decided: dict[str, float] = {}
+    deadline = time.time() + 600 + 2 * count
+    while len(decided) < count and time.time() < deadline:
+        time.sleep(0.5)
+        rows = Upload.objects.filter(path__startswith="sustained-", decided_at__isnull=False)
+        decided = {path: at.timestamp() for path, at in rows.values_list("path", "decided_at")}
+    waits = sorted(decided[name] - dropped[name] for name in decided)
+    if not waits:
+        return f"  {count} files renamed in: none decided"
+    span = max(decided.values()) - started
+    pace = f"{rate:g} files/s" if rate else "all at once"
+    return (
+        f"  {count} distinct files renamed in, {pace}: {len(waits)} decided "
+        f"({count - len(waits)} not within the wait), {len(waits) / span:.1f} files/s; from "
+        f"rename to decision median {statistics.median(waits):.2f} s, p99 "
+        f"{waits[min(len(waits) - 1, round(len(waits) * 0.99))]:.2f} s, max {waits[-1]:.2f} s"
     )
 
 
