@@ -16,7 +16,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -362,13 +362,15 @@ def _temporary(dir_fd: int) -> tuple[bytes, int]:
     return name, os.open(name, flags, 0o600, dir_fd=dir_fd)
 
 
-def write_private(store: Path, relative: bytes, data: bytes) -> None:
-    """Write a file readable by the service user only, unless it is already there."""
+def write_private(store: Path, relative: bytes, data: bytes | Iterable[bytes]) -> None:
+    """Write a file readable by the service user only, unless it is already there;
+    ``data`` may come as chunks."""
     with _parent(store, relative, create=True, private=True) as (dir_fd, name):
         temporary, fd = _temporary(dir_fd)
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    handle.write(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
             with contextlib.suppress(FileExistsError):

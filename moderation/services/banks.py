@@ -529,22 +529,28 @@ def import_job_create(
     """Keep an uploaded list privately and queue its import for a worker."""
     if fmt != "auto" and fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}.")
-    name = f"{uuid.uuid4().hex}.list"
-    lines = 0
-    data = bytearray()
-    for chunk in chunks:
-        data += chunk
-        lines += chunk.count(b"\n")
-    files.write_private(imports_dir(), name.encode(), bytes(data))
     if bank == Bank.LOCAL:
         raise ValueError("Import lists into a bank of their own, not local.")
+    name = f"{uuid.uuid4().hex}.list"
+    lines = 0
+    last = b"\n"
+
+    def counted() -> Iterator[bytes]:
+        # Streamed to the file, never held whole: a list may be gigabytes.
+        nonlocal lines, last
+        for chunk in chunks:
+            lines += chunk.count(b"\n")
+            last = chunk[-1:] or last
+            yield chunk
+
+    files.write_private(imports_dir(), name.encode(), counted())
     with transaction.atomic():
         job = ImportJob.objects.create(
             bank=bank,
             format=fmt,
             replace=replace,
             file_name=name,
-            lines_total=lines + (1 if data and not data.endswith(b"\n") else 0),
+            lines_total=lines + (last != b"\n"),
             created_by=actor,
         )
         transaction.on_commit(lambda: _queue_import(job.pk))

@@ -305,6 +305,21 @@ def test_a_list_uploaded_in_the_admin_is_imported_by_a_worker(
     assert services.import_job_run(job_id=job.pk).state == ImportJob.State.DONE  # once
 
 
+def test_an_uploaded_list_is_kept_as_its_chunks_arrive(stores: Path) -> None:
+    data = f"pdq {PDQ}\nmd5 {MD5}\npdq {PDQ}".encode()  # no newline at the end
+    chunks = [data[start : start + 7] for start in range(0, len(data), 7)]
+    job = services.import_job_create(
+        chunks=iter(chunks), bank="partner", fmt="auto", replace=False, actor=None
+    )
+    assert job.lines_total == 3
+    assert (services.banks.imports_dir() / job.file_name).read_bytes() == data
+    with pytest.raises(ValueError, match="not local"):
+        services.import_job_create(
+            chunks=iter(chunks), bank=Bank.LOCAL, fmt="auto", replace=False, actor=None
+        )
+    assert [path.name for path in services.banks.imports_dir().iterdir()] == [job.file_name]
+
+
 def test_a_bank_is_exported_from_the_admin(moderator_client) -> None:
     import_lines([f"pdq {PDQ}", f"md5 {MD5}"])
     bank = Bank.objects.get(name="partner")
