@@ -129,6 +129,15 @@ class Match:
     distances: dict[str, int]
     rule: str
 
+    @property
+    def distance(self) -> float:
+        """The mean of the distances as fractions of each hash's bits: what ranks
+        matches, best first."""
+        distances = self.distances
+        return sum(value / ALGORITHMS[name].bits for name, value in distances.items()) / len(
+            distances
+        )
+
 
 _QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group
 _BATCH = 50_000
@@ -319,7 +328,7 @@ class Matcher:
             group = self._matching_group(distances, fingerprint, banned)
             if group is not None:
                 matches.append(Match(key=key, distances=distances, rule=_describe(group)))
-        return sorted(matches, key=lambda match: (_score(match.distances), match.key))
+        return sorted(matches, key=lambda match: (match.distance, match.key))
 
     def _matching_group(
         self, distances: dict[str, int], upload: Fingerprint, banned: Fingerprint
@@ -406,9 +415,3 @@ def is_low_detail(fingerprint: Fingerprint, pdq_min_quality: int) -> bool:
 
 def _describe(group: dict[str, int]) -> str:
     return "+".join(f"{name}<={limit}" for name, limit in group.items())
-
-
-def _score(distances: dict[str, int]) -> float:
-    return sum(distance / ALGORITHMS[name].bits for name, distance in distances.items()) / len(
-        distances
-    )
