@@ -41,8 +41,6 @@ from hashes.detect import (
     TURNS,
     Detector,
     Probe,
-    colour_signature,
-    hue_turned_signatures,
     probe,
     probes,
 )
@@ -86,20 +84,12 @@ def probes_full_size(loaded: LoadedImage) -> list[Probe]:
             for (name, _, undo), turned in zip(TURNS, fingerprint_turns(small), strict=True)
             if undo is not None
         ]
-        regions = []
+        regions, parts = [], []
         for view in views(work) if index == 0 else []:
-            part = working_copy(cut(work, view), HASH_SIDE)
-            regions.append((view, fingerprint_image(part), colour_signature(part)))
-        found.append(
-            Probe(
-                fingerprint=fingerprint,
-                turns=turns,
-                regions=regions,
-                colours=colour_signature(small),
-                image=working_copy(frame, QUERY_FEATURE_SIDE),
-                hue_turned=hue_turned_signatures(small),
-            )
-        )
+            parts.append(working_copy(cut(work, view), HASH_SIDE))
+            regions.append((view, fingerprint_image(parts[-1])))
+        image = working_copy(frame, QUERY_FEATURE_SIDE)
+        found.append(Probe(fingerprint, turns, regions, image, small, parts))
     return found
 
 

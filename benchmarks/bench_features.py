@@ -20,14 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from benchmarks.bench_index import rss_mb
-from hashes.detect import HASH_SIDE, colour_signature, probe, reference_features
+from hashes.detect import probe, reference_features
 from hashes.evaluation.edits import EDITS
 from hashes.feature_index import FeatureIndex, indexed_words, words
 from hashes.loading import load_image
-from hashes.views import working_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_REGION = 2
@@ -83,16 +81,13 @@ def main() -> None:
             other = frames[(key + 1) % len(frames)]
             data = EDITS[edit].apply(frame, random.Random(key), [other])
             item = probe(load_image(data).frames[0].convert("RGB"))
-            uploads = (item.features(), item.features(turn=Image.Transpose.FLIP_LEFT_RIGHT))
+            uploads = (item.features(), item.features(mirrored=True))
             start = time.perf_counter()
-            nominated = {found_key for found_key, _ in index.nominate(uploads, PER_REGION)}
+            nominated = {found_key for found_key, _, _ in index.nominate(uploads, PER_REGION)}
             cost["index"].append(time.perf_counter() - start)
             found["index"] += key in nominated
             start = time.perf_counter()
-            signatures = np.stack(
-                [colour_signature(working_copy(item.image, HASH_SIDE)), *item.hue_turned[:1]]
-                + [signature for _, _, signature in item.regions]
-            ).astype(np.float32)
+            signatures = np.vstack([item.colours, item.hue_turned[:1]]).astype(np.float32)
             scores = colours @ signatures.T
             guessed = set()
             for column in scores.T:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from hashes.detect import probe, reference_features
 from hashes.evaluation.edits import EDITS
@@ -76,9 +75,7 @@ def main() -> None:
         for edit in EDITED:
             data = EDITS[edit].apply(frame, random.Random(key), [other])
             item = probe(load_image(data).frames[0].convert("RGB"))
-            mirrored = edit.startswith("mirror")
-            turn = Image.Transpose.FLIP_LEFT_RIGHT if mirrored else None
-            copies.append((key, item.features(turn=turn)))
+            copies.append((key, item.features(mirrored=edit.startswith("mirror"))))
     unedited = [probe(frame).features() for frame in frames]
     print(
         f"{len(frames)} banned images; {len(copies)} edited copies ({', '.join(EDITED)}); "

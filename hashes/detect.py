@@ -9,21 +9,23 @@ Two stages, each explaining what it found:
    picture pasted inside it) by PDQ at ``region_pdq``, or by pHash and dHash both within
    ``_VIEW_BITS``. This is exact search over the whole blocklist.
 2. **Local features.** Crops, small rotations, stretched and embedded copies move every
-   hash too far. For those, the banned pictures the hash stage found near but not within
-   the rule, those sharing the most keypoints with a region of the upload or of it
-   mirrored (``hashes/feature_index.py``), and those whose colours are nearest the
-   upload's (and each view's, and the upload's with its hues turned) are candidates; ORB
-   keypoints with a RANSAC-fitted geometry place each, and its pixels decide
-   (``hashes/local.py``). A
-   candidate without stored features (a pasted hash) can only match in the first stage.
-   This stage runs only when the first found nothing, and stops at the first banned
-   picture it proves: one is enough to quarantine the upload.
+   hash too far. For those, candidates are nominated by evidence: the banned pictures
+   sharing the most keypoints with a region of the upload or of it mirrored, or with a
+   view of it, voting with the view's own keypoints (``hashes/feature_index.py``), and
+   the few nearest of those its hashes missed narrowly; ORB keypoints with a
+   RANSAC-fitted geometry place each, and its pixels decide (``hashes/local.py``). Colours
+   can nominate too (``colour_candidates``), off by default: the nearest colours are
+   rarely the banned picture's once the blocklist is large. A candidate without stored
+   features (a pasted hash) can only match in the first stage. This stage runs only when
+   the first found nothing, and stops at the first banned picture it proves: one is
+   enough to quarantine the upload.
 
 A banned picture too plain to hash reliably (``is_low_detail``) is never matched fuzzily:
 its hashes sit near those of every other smooth image; only exact copies of its file
 (its SHA-256) are caught.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -39,7 +41,7 @@ from hashes.algorithms import (
     fingerprint_image,
     fingerprint_turns,
 )
-from hashes.feature_index import FeatureIndex
+from hashes.feature_index import FeatureIndex, Region
 from hashes.loading import LoadedImage
 from hashes.local import (
     MIN_AGREEING,
@@ -72,6 +74,12 @@ _VIEWS_VERIFIED = 2
 # A view's pHash and dHash both this near a banned picture's match it.
 _VIEW_BITS = 4
 _PER_REGION = 2
+# The pictures each view of the upload nominates, from votes over all of it.
+_PER_VIEW = 4
+_ALL = ((0.0, 0.0, 1.0, 1.0),)
+_NEAR_VERIFIED = 3
+# Views up to this share of the upload vote with their own local features.
+_VOTING_AREA = 0.55
 # Pictures a build files in the keypoint index at a time, rather than holding all their
 # words at once.
 _FILED_AT_ONCE = 10_000
@@ -96,10 +104,9 @@ TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = tuple(
     )
 )
 
-_UNDO = {name: undo for name, _, undo in TURNS if undo is not None}
-# The upload as it is and mirrored, whose features are found together.
-_MIRROR = (None, Image.Transpose.FLIP_LEFT_RIGHT)
-_MIRROR_NAMES = ("/", f"/{Image.Transpose.FLIP_LEFT_RIGHT.name}")
+_MIRROR = Image.Transpose.FLIP_LEFT_RIGHT
+_VIEW_SIDE = 512
+_MIRRORED = "/mirrored"  # the name of the mirrored upload's features
 
 VIEW_LABELS = {
     "trim": "with its border or letterbox bars cut away",
@@ -117,7 +124,7 @@ class DetectConfig:
     region_pdq: int = 31
     near_pdq: int = 90
     near_phash: int = 16
-    colour_candidates: int = 4
+    colour_candidates: int = 0
     max_candidates: int = 10
     pixel_agreement: float = MIN_AGREEING
     local_features: bool = True
@@ -159,25 +166,41 @@ class Probe:
 
     fingerprint: Fingerprint
     turns: list[tuple[str, Fingerprint]]
-    regions: list[tuple[View, Fingerprint, np.ndarray]]
-    colours: np.ndarray
+    regions: list[tuple[View, Fingerprint]]
     image: Image.Image
-    hue_turned: np.ndarray  # the colour signatures of the upload with its hues turned
+    # The copies HASH_SIDE across of the upload and of each view: what colours are
+    # compared on, when colour candidates are configured.
+    small: Image.Image
+    parts: list[Image.Image] = field(default_factory=list)
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
 
-    def features(
-        self, view: View | None = None, turn: Image.Transpose | None = None
-    ) -> LocalFeatures:
-        """The local features of the frame, or of a view of it, or of it turned."""
-        name = f"{view.name if view else ''}/{turn.name if turn is not None else ''}"
-        if name not in self._features and view is None and turn in _MIRROR:
+    @functools.cached_property
+    def colours(self) -> np.ndarray:
+        """The colour signatures of the upload, then of each view."""
+        return np.stack([colour_signature(picture) for picture in (self.small, *self.parts)])
+
+    @functools.cached_property
+    def hue_turned(self) -> np.ndarray:
+        """The colour signatures of the upload with its hues turned."""
+        return hue_turned_signatures(self.small)
+
+    def features(self, view: View | None = None, *, mirrored: bool = False) -> LocalFeatures:
+        """The local features of the frame, or of it mirrored, or of a view of it."""
+        name = view.name if view else _MIRRORED if mirrored else ""
+        if name not in self._features and view is None:
             found = upload_features(
                 self.image, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE
             )
-            self._features.update(zip(_MIRROR_NAMES, found, strict=True))
-        if name not in self._features:
-            picture = cut(self.image, view) if view else self.image
-            picture = picture.transpose(turn) if turn is not None else picture
+            self._features.update(zip(("", _MIRRORED), found, strict=True))
+        if name not in self._features and view is not None:
+            picture = cut(self.image, view)
+            # A small view is enlarged (up to twice): ORB's pyramid reaches only down
+            # from the picture it is given, and a copy pasted at half size shows the
+            # banned picture's corners at the scale they were found at only when enlarged.
+            scale = min(2.0, _VIEW_SIDE / max(picture.size))
+            if scale > 1:
+                size = (round(picture.width * scale), round(picture.height * scale))
+                picture = picture.resize(size, Image.Resampling.BILINEAR)
             self._features[name] = local_features(
                 picture,
                 QUERY_FEATURES,
@@ -299,19 +322,11 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
         for (name, _, undo), turned in zip(TURNS, fingerprints, strict=True)
         if undo is not None
     ]
-    found = []
-    if regions:
-        for view in views(work):
-            part = working_copy(cut(work, view), HASH_SIDE)
-            found.append((view, fingerprint_image(part), colour_signature(part)))
-    return Probe(
-        fingerprint=fingerprints[0],
-        turns=turns,
-        regions=found,
-        colours=colour_signature(small),
-        image=query,
-        hue_turned=hue_turned_signatures(small),
-    )
+    found, parts = [], []
+    for view in views(work) if regions else ():
+        parts.append(working_copy(cut(work, view), HASH_SIDE))
+        found.append((view, fingerprint_image(parts[-1])))
+    return Probe(fingerprints[0], turns, found, query, small, parts)
 
 
 def probes(loaded: LoadedImage) -> list[Probe]:
@@ -603,7 +618,7 @@ class Detector:
                             turn=name,
                         )
                     )
-            for view, fingerprint, _ in item.regions if region is not None else ():
+            for view, fingerprint in item.regions if region is not None else ():
                 for match in region.match(fingerprint):  # type: ignore[union-attr]
                     found.append(
                         Detection(
@@ -620,80 +635,120 @@ class Detector:
         return found
 
     def _local_stage(self, item: Probe) -> Detection | None:
-        # Candidates in order of promise: near hash misses first.
-        candidates: dict[int, list[View]] = {}
-        # A near miss of the upload turned (a mirrored crop) is verified turned that way,
-        # and so is a picture the mirrored upload's features nominate; those nominated
-        # only that way are not verified as they are.
-        turned: dict[int, str] = {}
-        as_is: set[int] = set()
-        # Laid over the whole upload, edge to edge, only where the whole-picture hashes
-        # are near, or all but opposite (a negative turns every bit): the upload is then
-        # most likely all of the picture, if any.
-        whole: set[int] = set()
-        negative = ("negative", _inverted(item.fingerprint))
-        for name, fingerprint in (("as_is", item.fingerprint), negative, *item.turns):
-            for match in self._near.match(fingerprint):
-                if match.key not in candidates and name not in ("as_is", "negative"):
-                    turned[match.key] = name
-                candidates.setdefault(match.key, [])
-                as_is.add(match.key)
-                if name in ("as_is", "negative"):
-                    whole.add(match.key)
-        # Then those sharing the most local features with a region of the upload, or of
-        # it mirrored.
-        uploads = (item.features(), item.features(turn=Image.Transpose.FLIP_LEFT_RIGHT))
-        for key, which in self._feature_index.nominate(uploads, _PER_REGION):
-            if which:
-                turned.setdefault(key, "mirrored")
-            else:
-                as_is.add(key)
-            candidates.setdefault(key, [])
-        # Then by colour, the closest pairs of (upload or view, banned picture) first,
-        # whichever view they come from: a collage's tile is all but equal to its banned
-        # picture, where the nearest pictures to its other tiles are merely alike.
-        signatures = [item.colours, *(colours for _, _, colours in item.regions)]
-        views_of = [None, *(view for view, _, _ in item.regions)]
-        # Those nearest the upload with its hues turned back (recoloured copies) rank
-        # among them by how near they are.
-        for _, index, key in sorted(
-            self._nearest_colours(signatures, item.hue_turned), reverse=True
-        ):
-            found = candidates.setdefault(key, [])
-            as_is.add(key)
-            view = views_of[index]
-            if view is not None:
-                found.append(view)
-        ordered = [key for key in candidates if key in self._colours]
-        ordered = ordered[: self.config.max_candidates]
-        if not ordered:
+        candidates = self._candidates(item)
+        if not candidates:
             return None
-        stored = self._load_features(ordered)  # type: ignore[misc]
+        stored = self._load_features(list(candidates))  # type: ignore[misc]
         agreeing = self.config.pixel_agreement
-        for key in ordered:
+        for key, candidate in candidates.items():
             banned = stored.get(key)
             if banned is None:
                 continue
             result = None
-            if key in as_is:
-                # The whole upload first; then the views whose colours nominated it, where
-                # a small copy among other pictures has more of its own keypoints.
+            if candidate.as_is:
+                # The whole upload first; then the views where the candidate was seen, in
+                # which a small copy among other pictures has more of its own keypoints.
                 result = verify(banned, item.features(), agreeing)
-                if result is None and key in whole:
+                if result is None and candidate.whole:
                     result = verify_whole(banned, item.features(), agreeing)
-                for view in candidates[key][:_VIEWS_VERIFIED]:
+                for view in candidate.views[:_VIEWS_VERIFIED]:
                     if result is not None:
                         break
                     result = verify(banned, item.features(view), agreeing)
                     result = result.within(view.box) if result else None
-            turn = turned.get(key, "as_is") if result is None else "as_is"
-            if turn != "as_is":
-                undo = _UNDO[turn]
-                result = verify(banned, item.features(turn=undo), agreeing)
-                result = result.turned_back(undo) if result else None
+            turn = "mirrored" if result is None and candidate.mirrored else "as_is"
+            if turn == "mirrored":
+                result = verify(banned, item.features(mirrored=True), agreeing)
+                result = result.turned_back(_MIRROR) if result else None
             if result is not None:
                 return self._local_detection(key, item, result, turn)
         return None
+
+    def _candidates(self, item: Probe) -> dict[int, "_Candidate"]:
+        """The banned pictures (with stored features) to verify, in order of promise, at
+        most max_candidates: the nearest hash misses, then those sharing the most local
+        features with a region of the upload or of it mirrored, then (when configured)
+        those nearest in colour. Near misses come by chance, a few an upload for every
+        hundred thousand pictures, so only the nearest _NEAR_VERIFIED are taken."""
+        candidates: dict[int, _Candidate] = {}
+        for key, name in self._near_misses(item)[:_NEAR_VERIFIED]:
+            candidate = candidates.setdefault(key, _Candidate())
+            candidate.as_is = True
+            if name in ("as_is", "negative"):
+                # Laid over the whole upload, edge to edge, only where the whole-picture
+                # hashes are near, or all but opposite (a negative turns every bit): the
+                # upload is then most likely all of the picture, if any.
+                candidate.whole = True
+            else:
+                # A near miss of the upload mirrored (a mirrored crop) is verified on the
+                # mirrored upload's features too. ORB's points are found turned by any
+                # angle: a copy turned as well needs no features of its own.
+                candidate.mirrored = True
+        # A small copy among other pictures, or in a small upload, has too few of the
+        # upload's keypoints to win its vote: each view up to half the upload (a pasted
+        # picture, a collage's tile) votes with its own as well. The best of every vote
+        # come first, then the second best...
+        uploads = (item.features(), item.features(mirrored=True))
+        votes: list[tuple[View | None, list[tuple[int, int, list[Region]]]]]
+        votes = [(None, self._feature_index.nominate(uploads, _PER_REGION))]
+        votes += [
+            (view, self._feature_index.nominate([item.features(view)], _PER_VIEW, _ALL))
+            for view, _ in item.regions
+            if _area(view.box) <= _VOTING_AREA
+        ]
+        ranked = sorted(
+            [
+                (place, key, which, regions, view)
+                for view, nominated in votes
+                for place, (key, which, regions) in enumerate(nominated)
+            ],
+            key=lambda nomination: nomination[0],
+        )
+        for _, key, which, regions, view in ranked:
+            candidate = candidates.setdefault(key, _Candidate())
+            if which:
+                # Nominated by the mirrored upload: verified mirrored (and only so, unless
+                # nominated as it is too).
+                candidate.mirrored = True
+                continue
+            candidate.as_is = True
+            if view:
+                candidate.voted.append(view)
+            else:
+                candidate.covering.extend(_overlapping(item.regions, regions))
+        if self.config.colour_candidates:
+            self._add_colour_candidates(item, candidates)
+        verified = [key for key in candidates if key in self._colours]
+        return {key: candidates[key] for key in verified[: self.config.max_candidates]}
+
+    def _near_misses(self, item: Probe) -> list[tuple[int, str]]:
+        """(key, the way of the upload it is near) for the banned pictures near the upload,
+        its negative or it mirrored, nearest first."""
+        found: dict[int, tuple[float, str]] = {}
+        negative = ("negative", _inverted(item.fingerprint))
+        mirrored = [(name, turned) for name, turned in item.turns if name == "mirrored"]
+        for name, fingerprint in (("as_is", item.fingerprint), negative, *mirrored):
+            for match in self._near.match(fingerprint):
+                if match.key not in found or match.distance < found[match.key][0]:
+                    found[match.key] = (match.distance, name)
+        ranked = sorted(found.items(), key=lambda pair: (pair[1][0], pair[0]))
+        return [(key, name) for key, (_, name) in ranked]
+
+    def _add_colour_candidates(self, item: Probe, candidates: dict[int, "_Candidate"]) -> None:
+        """Add those nearest in colour: the closest pairs of (upload or view, banned
+        picture) first, whichever view they come from (a collage's tile is all but equal
+        to its banned picture, where the nearest pictures to its other tiles are merely
+        alike), and those nearest the upload with its hues turned back (recoloured
+        copies) among them by how near they are."""
+        views_of = [None, *(view for view, _ in item.regions)]
+        for _, index, key in sorted(
+            self._nearest_colours(item.colours, item.hue_turned), reverse=True
+        ):
+            candidate = candidates.setdefault(key, _Candidate())
+            candidate.as_is = True
+            view = views_of[index]
+            if view is not None:
+                candidate.covering.append(view)
 
     def _local_detection(
         self, key: int, item: Probe, result: Verification, turn: str = "as_is"
@@ -714,7 +769,7 @@ class Detector:
         )
 
     def _nearest_colours(
-        self, signatures: list[np.ndarray], hue_turned: np.ndarray
+        self, signatures: np.ndarray, hue_turned: np.ndarray
     ) -> list[tuple[float, int, int]]:
         """(similarity, index of the signature, banned key) for the banned pictures nearest
         each colour signature, and half as many nearest any of the upload's hue-turned
@@ -724,7 +779,7 @@ class Detector:
         if not count:
             return []
         # One pass over the matrix for all the signatures of an upload.
-        stacked = np.vstack([np.stack(signatures), hue_turned]).astype(np.float32)
+        stacked = np.vstack([signatures, hue_turned]).astype(np.float32)
         scores = table.rows() @ stacked.T
         found = []
         for index, column in enumerate(scores[:, : len(signatures)].T):
@@ -735,6 +790,50 @@ class Detector:
         for row in np.argpartition(-best, fewer - 1)[:fewer]:
             found.append((float(best[row]), 0, table.key(row)))
         return found
+
+
+@dataclass
+class _Candidate:
+    """How to verify one banned picture against an upload."""
+
+    as_is: bool = False  # against the upload as it is (and its views)
+    whole: bool = False  # laid over all of the upload too, when its points are too few
+    mirrored: bool = False  # against the upload mirrored as well
+    voted: list[View] = field(default_factory=list)  # the views whose own features nominated it
+    # The views covering the regions of the upload whose features nominated it, or (by
+    # colour) those whose colours are nearest.
+    covering: list[View] = field(default_factory=list)
+
+    @property
+    def views(self) -> list[View]:
+        """The views to verify it on, in order of promise."""
+        return list(dict.fromkeys([*self.voted, *self.covering]))
+
+
+def _overlapping(
+    views: Sequence[tuple[View, Fingerprint]], regions: Sequence[Region]
+) -> list[View]:
+    """The views covering much of a region (a third of their union or more), the best
+    covered first: where the keypoints that nominated a picture lie."""
+    scored = []
+    for view, _ in views:
+        best = max(_shared(view.box, region) for region in regions)
+        if best >= 1 / 3:
+            scored.append((-best, view))
+    return [view for _, view in sorted(scored, key=lambda pair: pair[0])]
+
+
+def _area(box: Region) -> float:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _shared(a: Region, b: Region) -> float:
+    """The area two boxes share over the area of their union."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    common = max(0.0, width) * max(0.0, height)
+    union = _area(a) + _area(b) - common
+    return common / union if union > 0 else 0.0
 
 
 class _ColourTable:

@@ -52,7 +52,8 @@ _POSITIONS = (
 )
 _WEIGHTS = np.left_shift(np.uint32(1), np.arange(WORD_BITS, dtype=np.uint32))
 # The regions of an upload pictures are ranked in, as (left, top, right, bottom) fractions.
-REGIONS = (
+Region = tuple[float, float, float, float]
+REGIONS: tuple[Region, ...] = (
     (0.0, 0.0, 1.0, 1.0),
     (0.0, 0.0, 0.5, 0.5),
     (0.5, 0.0, 1.0, 0.5),
@@ -247,24 +248,34 @@ class FeatureIndex:
                 table.merge(self._live)
             self._dead = 0
 
-    def nominate(self, uploads: Sequence[LocalFeatures], per_region: int) -> list[tuple[int, int]]:
-        """(key, which of ``uploads`` it is nominated by) for the pictures with the most
-        votes in each region of each upload (the same picture as it is, mirrored...), the
-        best of every region first, then the second best, up to ``per_region`` each; a
-        picture nominated by two uploads comes once for each."""
+    def nominate(
+        self,
+        uploads: Sequence[LocalFeatures],
+        per_region: int,
+        regions: Sequence[Region] = REGIONS,
+    ) -> list[tuple[int, int, list[Region]]]:
+        """(key, which of ``uploads`` it is nominated by, the regions it was nominated in)
+        for the pictures with the most votes in each of the ``regions`` of each upload
+        (the same picture as it is, mirrored...), the best of every region first, then the
+        second best, up to ``per_region`` each; a picture nominated by two uploads comes
+        once for each."""
         ranked = [
-            (ranking, number)
+            (ranking, number, region)
             for number, upload in enumerate(uploads)
-            for ranking in self._rank(upload, per_region)
+            for ranking, region in zip(
+                self._rank(upload, per_region, regions), regions, strict=False
+            )
         ]
-        found: dict[tuple[int, int], None] = {}
+        found: dict[tuple[int, int], list[Region]] = {}
         for place in range(per_region):
-            for ranking, number in ranked:
+            for ranking, number, region in ranked:
                 if place < len(ranking):
-                    found[(ranking[place], number)] = None
-        return list(found)
+                    found.setdefault((ranking[place], number), []).append(region)
+        return [(key, number, regions) for (key, number), regions in found.items()]
 
-    def _rank(self, upload: LocalFeatures, count: int) -> list[list[int]]:
+    def _rank(
+        self, upload: LocalFeatures, count: int, regions: Sequence[Region]
+    ) -> list[list[int]]:
         """Per region of the upload, the keys of the ``count`` pictures with the most
         votes from its descriptors there (at least MIN_VOTES)."""
         if not self._slot or not len(upload.descriptors):
@@ -286,7 +297,7 @@ class FeatureIndex:
         x = upload.points[rows, 0] / max(1, upload.size[0])
         y = upload.points[rows, 1] / max(1, upload.size[1])
         rankings = []
-        for left, top, right, bottom in REGIONS:
+        for left, top, right, bottom in regions:
             inside = (x >= left) & (x < right) & (y >= top) & (y < bottom)
             votes = np.bincount(slots[inside], minlength=len(voted))
             best = np.flatnonzero(votes >= MIN_VOTES)

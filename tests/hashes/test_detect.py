@@ -44,7 +44,7 @@ def _detect(detector: Detector, data: bytes, *, views: bool = True) -> dict:
     whole upload, so that a copy inside it is left to the local-feature stage."""
     found = probes(load_image(data))
     for item in found if not views else ():
-        item.regions = []
+        item.regions, item.parts = [], []
     return detector.detect(found)
 
 
@@ -114,6 +114,53 @@ def test_a_copy_pasted_into_another_picture_is_nominated_by_its_features(
     assert list(found) == [1], found
     assert found[1].stage == "local features"
     assert found[1].box == pytest.approx(box, abs=0.03)
+
+
+def test_a_small_copy_is_nominated_by_the_view_it_fills(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Neither the whole upload's keypoints nor any hash nominate here, and views match no
+    # hash: only the pasted picture's view, voting with its own keypoints, can.
+    monkeypatch.setattr(detect, "_PER_REGION", 0)
+    detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)
+    data = EDITS["paste_corner"].apply(photo("coffee"), random.Random(1), [photo("chelsea")])
+    [item] = probes(load_image(data))
+    item.regions = [(view, detect._inverted(seen)) for view, seen in item.regions]
+    found = detector.detect([item])
+    assert list(found) == [1], found
+    assert found[1].stage == "local features"
+    assert found[1].box == pytest.approx((0.0, 0.5, 0.5, 1.0), abs=0.03)
+    monkeypatch.setattr(detect, "_VOTING_AREA", 0.0)  # no view votes
+    assert detector.detect([item]) == {}
+
+
+def test_chance_near_misses_do_not_crowd_out_the_picture_the_keypoints_nominate() -> None:
+    # Fifty banned pictures whose pHash is 2 bits from the crop's (their other hashes are
+    # far, so the rule's veto keeps them from matching): near misses as a large blocklist
+    # has by chance, nearer than the banned picture's own; their features are another's.
+    picture, features = _picture("coffee")
+    other = _picture("astronaut")[1]
+    data = EDITS["crop_20"].apply(photo("coffee"), random.Random(3), [])
+    crop = probes(load_image(data))[0].fingerprint
+    rng = random.Random(4)
+    pictures = {}
+    for key in range(50):
+        hashes = {
+            "phash": f"{int(crop.hashes['phash'], 16) ^ 3 << rng.randrange(62):016x}",
+            "dhash": f"{int(crop.hashes['dhash'], 16) ^ rng.getrandbits(64) | 0xFFFF:016x}",
+            "pdq": f"{rng.getrandbits(256):064x}",
+        }
+        pictures[key] = BannedPicture(Fingerprint(hashes, 100), picture.colours)
+    pictures[50] = picture
+    stored = {key: features if key == 50 else other for key in pictures}
+    # The crop's own pHash is 16 from its ban's: with near misses up to 12, only the
+    # keypoints nominate it.
+    config = DetectConfig(near_phash=12)
+    detector = Detector(RULE, config, lambda keys: {key: stored[key] for key in keys})
+    detector.add_all(pictures)
+
+    found = _detect(detector, data)
+
+    assert list(found) == [50], found
+    assert found[50].stage == "local features"
 
 
 def test_a_build_files_pictures_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -591,7 +638,7 @@ def test_a_view_matches_by_phash_and_dhash_together_when_its_pdq_is_too_far(
     canvas.paste(photo("rocket").resize((320, 240)), (320, 0))
     data = encode(canvas, "JPEG", quality=90)
     [item] = probes(load_image(data))
-    view, seen, _ = next(region for region in item.regions if region[0].name == "inset_1")
+    view, seen = next(region for region in item.regions if region[0].name == "inset_1")
     banned = Fingerprint(
         hashes={
             "pdq": _flip(seen.hashes["pdq"], 40),

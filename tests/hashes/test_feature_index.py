@@ -70,7 +70,14 @@ def test_a_small_copy_is_nominated_by_its_coarser_scale(name: str) -> None:
     for features, nominated in ((both, True), (finer, False)):
         index = FeatureIndex()
         index.add_many([(7, indexed_words(features))])
-        assert ((7, 0) in index.nominate([upload], 1)) is nominated
+        assert ((7, 0) in _nominated(index, [upload], 1)) is nominated
+
+
+def _nominated(
+    index: FeatureIndex, uploads: list[LocalFeatures], per_region: int
+) -> list[tuple[int, int]]:
+    """(key, which upload) of the pictures nominated, wherever in the uploads."""
+    return [(key, which) for key, which, _ in index.nominate(uploads, per_region)]
 
 
 def _random_upload(
@@ -92,9 +99,14 @@ def test_the_picture_a_region_shows_is_nominated_and_noise_nominates_nothing() -
     index = FeatureIndex()
     index.add_many((key, words(descriptors)) for key, descriptors in pictures.items())
 
-    assert index.nominate([_random_upload(pictures, 17, rng)], 2) == [(17, 0)]
+    # Its descriptors lie in the top-left quarter: it wins there, over the whole, and in
+    # the centre, which takes a quarter of that quarter; not in the other quarters.
+    whole, top_left, centre = (0.0, 0.0, 1.0, 1.0), (0.0, 0.0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75)
+    found = index.nominate([_random_upload(pictures, 17, rng)], 2)
+    assert found == [(17, 0, [whole, top_left, centre])]
     mirrored = _random_upload(pictures, 23, rng)
-    assert index.nominate([_random_upload(pictures, 17, rng), mirrored], 1) == [(17, 0), (23, 1)]
+    found = _nominated(index, [_random_upload(pictures, 17, rng), mirrored], 1)
+    assert found == [(17, 0), (23, 1)]
     noise = LocalFeatures(
         rng.uniform(0, 100, (1500, 2)).astype(np.float32),
         rng.integers(0, 256, (1500, 32), dtype=np.uint8),
@@ -139,8 +151,8 @@ def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
     assert len(live) == len(built) == len(held) == 200 - 33 + 6
     for key in range(200):
         upload = _random_upload(pictures, key, rng)
-        nominated = live.nominate([upload], 3)
-        assert nominated == built.nominate([upload], 3)
+        nominated = _nominated(live, [upload], 3)
+        assert nominated == _nominated(built, [upload], 3)
         assert ((key, 0) in nominated) is (key in held)
 
 
@@ -167,7 +179,7 @@ def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.Mo
         (key for key in votes if votes[key] >= MIN_VOTES), key=lambda k: (-votes[k], k)
     )
 
-    found = [key for key, _ in index.nominate([upload], 100)]
+    found = [key for key, _ in _nominated(index, [upload], 100)]
 
     assert len(expected) > 20
     assert found == expected
