@@ -89,15 +89,18 @@ class _Nominator(FileSystemEventHandler):
         self.watcher = watcher
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "deleted", "closed_no_write"):
+        # Synthetic events are watchdog's own listing of a directory moved or made in:
+        # the scan that directory's event asks for covers them.
+        if event.event_type in ("opened", "deleted", "closed_no_write") or event.is_synthetic:
             return
         path = event.dest_path if event.event_type == "moved" else event.src_path
         if not path:  # moved out of the tree
             return
         if event.is_directory:
             # A directory moved or made in: its files may never send events of their own.
+            # Those of one renamed into place were complete before it moved.
             if event.event_type in ("moved", "created"):
-                self.watcher.request_scan(path)
+                self.watcher.request_scan(path, complete=event.event_type == "moved")
             return
         self.watcher.nominate(path, event.event_type)
 
@@ -123,7 +126,7 @@ class MediaWatcher:
         self.tick_seconds = tick_seconds
         self._lock = threading.Lock()
         self._pending: dict[bytes, _Nominated] = {}
-        self._scan_requests: list[bytes] = []
+        self._scan_requests: list[tuple[bytes, bool]] = []
         # relative path -> (size, mtime_ns, inode) of files already recorded, so rescans
         # skip them.
         self._recorded: dict[bytes, tuple[int | None, int | None, int | None]] = {}
@@ -153,11 +156,11 @@ class MediaWatcher:
             elif not nominated.complete:  # written to, or its attributes changed
                 nominated.open_for_writing = not self.polling
 
-    def request_scan(self, directory: str | bytes) -> None:
+    def request_scan(self, directory: str | bytes, *, complete: bool = False) -> None:
         relative = self._relative(directory)
         if relative is not None:
             with self._lock:
-                self._scan_requests.append(relative)
+                self._scan_requests.append((relative, complete))
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -208,13 +211,15 @@ class MediaWatcher:
             else:
                 self._recorded[relative] = signature
 
-    def scan(self, directory: bytes = b"") -> int:
-        """Nominate every file under directory not yet recorded as it is now."""
+    def scan(self, directory: bytes = b"", *, complete: bool = False) -> int:
+        """Nominate every file under directory not yet recorded as it is now; as
+        ``complete`` (a directory renamed into place), they need no stability window."""
         count = 0
         for relative, info in iter_files(self.root, directory):
             if self._recorded.get(relative) != _signature(info):
                 with self._lock:
-                    self._pending.setdefault(relative, _Nominated())
+                    nominated = self._pending.setdefault(relative, _Nominated())
+                    nominated.complete = nominated.complete or complete
                 count += 1
         return count
 
@@ -224,8 +229,8 @@ class MediaWatcher:
         open)."""
         with self._lock:
             requests, self._scan_requests = self._scan_requests, []
-        for directory in requests:
-            self.scan(directory)
+        for directory, complete in requests:
+            self.scan(directory, complete=complete)
         with self._lock:
             pending = list(self._pending.items())
         now = time.monotonic()

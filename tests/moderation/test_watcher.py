@@ -265,9 +265,14 @@ def test_a_file_closed_or_renamed_into_place_is_recorded_without_the_stability_w
         os.rename(tmp_path / "uploaded.jpg", media / "moved-in.jpg")  # from outside the tree
         save(photo("chelsea"), media / "leaving.jpg", "JPEG")
         os.rename(media / "leaving.jpg", tmp_path / "left.jpg")  # out of it
+        (tmp_path / "album" / "inner").mkdir(parents=True)
+        save(photo("coffee"), tmp_path / "album" / "a.jpg", "JPEG")
+        save(photo("rocket"), tmp_path / "album" / "inner" / "b.jpg", "JPEG")
+        os.rename(tmp_path / "album", media / "album")  # a directory, from outside the tree
+        moved = {"closed.jpg", "renamed.jpg", "moved-in.jpg", "album/a.jpg", "album/inner/b.jpg"}
         wait_for(
             # (leaving.jpg may be recorded on its close, before it left)
-            lambda: live() - {"leaving.jpg"} == {"closed.jpg", "renamed.jpg", "moved-in.jpg"},
+            lambda: live() - {"leaving.jpg"} == moved,
             timeout=20,
             what="the closed and renamed files recorded",
         )
