@@ -170,7 +170,8 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
     from tests.moderation.processes import Stack, database_url
 
     call_command("migrate", verbosity=0)
-    services.banned_add_image(data=images[0].read_bytes())
+    for path in images[:4]:  # image-backed bans: the second stage runs as in production
+        services.banned_add_image(data=path.read_bytes())
     stack = Stack(
         data_dir,
         database_url=database_url(),

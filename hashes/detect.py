@@ -105,6 +105,7 @@ TURNS: tuple[tuple[str, str, Image.Transpose | None], ...] = tuple(
 )
 
 _MIRROR = Image.Transpose.FLIP_LEFT_RIGHT
+# The side a view is scaled to (enlarged twice at most) before its keypoints are found.
 _VIEW_SIDE = 512
 _MIRRORED = "/mirrored"  # the name of the mirrored upload's features
 
@@ -194,13 +195,15 @@ class Probe:
             self._features.update(zip(("", _MIRRORED), found, strict=True))
         if name not in self._features and view is not None:
             picture = cut(self.image, view)
-            # A small view is enlarged (up to twice): ORB's pyramid reaches only down
-            # from the picture it is given, and a copy pasted at half size shows the
-            # banned picture's corners at the scale they were found at only when enlarged.
+            # Each view is searched at _VIEW_SIDE, about the size banned pictures' own
+            # keypoints were found at: a small one enlarged (up to twice), as ORB's
+            # pyramid reaches only down from the picture it is given and a copy pasted at
+            # half size shows the banned picture's corners at their own scale only when
+            # enlarged; a large one reduced, at a fraction of the cost.
             scale = min(2.0, _VIEW_SIDE / max(picture.size))
-            if scale > 1:
-                size = (round(picture.width * scale), round(picture.height * scale))
-                picture = picture.resize(size, Image.Resampling.BILINEAR)
+            if scale != 1:
+                size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+                picture = picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             self._features[name] = local_features(
                 picture,
                 QUERY_FEATURES,
@@ -668,8 +671,8 @@ class Detector:
         """The banned pictures (with stored features) to verify, in order of promise, at
         most max_candidates: the nearest hash misses, then those sharing the most local
         features with a region of the upload or of it mirrored, then (when configured)
-        those nearest in colour. Near misses come by chance, a few an upload for every
-        hundred thousand pictures, so only the nearest _NEAR_VERIFIED are taken."""
+        those nearest in colour. Near misses come by chance, about one an upload for every
+        ten thousand pictures, so only the nearest _NEAR_VERIFIED are taken."""
         candidates: dict[int, _Candidate] = {}
         for key, name in self._near_misses(item)[:_NEAR_VERIFIED]:
             candidate = candidates.setdefault(key, _Candidate())
@@ -684,10 +687,18 @@ class Detector:
                 # mirrored upload's features too. ORB's points are found turned by any
                 # angle: a copy turned as well needs no features of its own.
                 candidate.mirrored = True
-        # A small copy among other pictures, or in a small upload, has too few of the
-        # upload's keypoints to win its vote: each view up to half the upload (a pasted
-        # picture, a collage's tile) votes with its own as well. The best of every vote
-        # come first, then the second best...
+        if len(self._feature_index):  # else no picture to vote for: no keypoints to find
+            self._add_nominations(item, candidates)
+        if self.config.colour_candidates:
+            self._add_colour_candidates(item, candidates)
+        verified = [key for key in candidates if key in self._colours]
+        return {key: candidates[key] for key in verified[: self.config.max_candidates]}
+
+    def _add_nominations(self, item: Probe, candidates: dict[int, "_Candidate"]) -> None:
+        """Add those the keypoint index nominates. A small copy among other pictures, or
+        in a small upload, has too few of the upload's keypoints to win its vote: each
+        view up to half the upload (a pasted picture, a collage's tile) votes with its own
+        as well. The best of every vote come first, then the second best..."""
         uploads = (item.features(), item.features(mirrored=True))
         votes: list[tuple[View | None, list[tuple[int, int, list[Region]]]]]
         votes = [(None, self._feature_index.nominate(uploads, _PER_REGION))]
@@ -716,10 +727,6 @@ class Detector:
                 candidate.voted.append(view)
             else:
                 candidate.covering.extend(_overlapping(item.regions, regions))
-        if self.config.colour_candidates:
-            self._add_colour_candidates(item, candidates)
-        verified = [key for key in candidates if key in self._colours]
-        return {key: candidates[key] for key in verified[: self.config.max_candidates]}
 
     def _near_misses(self, item: Probe) -> list[tuple[int, str]]:
         """(key, the way of the upload it is near) for the banned pictures near the upload,
