@@ -63,7 +63,7 @@ from hashes.matching import (
     low_detail_rows,
     tags,
 )
-from hashes.views import View, cut, views, working_copy
+from hashes.views import View, area, cut, iou, views, working_copy
 
 HASH_SIDE = 256
 QUERY_FEATURE_SIDE = 1024
@@ -705,7 +705,7 @@ class Detector:
         votes += [
             (view, self._feature_index.nominate([item.features(view)], _PER_VIEW, _ALL))
             for view, _ in item.regions
-            if _area(view.box) <= _VOTING_AREA
+            if area(view.box) <= _VOTING_AREA
         ]
         ranked = sorted(
             [
@@ -824,23 +824,10 @@ def _overlapping(
     covered first: where the keypoints that nominated a picture lie."""
     scored = []
     for view, _ in views:
-        best = max(_shared(view.box, region) for region in regions)
+        best = max(iou(view.box, region) for region in regions)
         if best >= 1 / 3:
             scored.append((-best, view))
     return [view for _, view in sorted(scored, key=lambda pair: pair[0])]
-
-
-def _area(box: Region) -> float:
-    return (box[2] - box[0]) * (box[3] - box[1])
-
-
-def _shared(a: Region, b: Region) -> float:
-    """The area two boxes share over the area of their union."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    common = max(0.0, width) * max(0.0, height)
-    union = _area(a) + _area(b) - common
-    return common / union if union > 0 else 0.0
 
 
 class _ColourTable:

@@ -110,17 +110,23 @@ def _fraction(
 
 
 def _add(found: list[View], view: View) -> None:
-    if all(_iou(view.box, other.box) < 0.97 for other in found):
+    if all(iou(view.box, other.box) < 0.97 for other in found):
         found.append(view)
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def area(box: tuple[float, ...]) -> float:
+    """The area of a (left, top, right, bottom) box."""
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """The area two boxes share over the area of their union."""
     width = min(a[2], b[2]) - max(a[0], b[0])
     height = min(a[3], b[3]) - max(a[1], b[1])
     if width <= 0 or height <= 0:
         return 0.0
     inter = width * height
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return inter / (area(a) + area(b) - inter)
 
 
 def _trim(pixels: np.ndarray, share: float) -> tuple[int, int, int, int]:
@@ -289,7 +295,7 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
             break
         i, k, j, m = np.unravel_index(flat, valid.shape)
         box = (int(xs[i]), int(ys[j]), int(xs[k]), int(ys[m]))
-        if all(_iou(box, other) < 0.8 for other in kept):
+        if all(iou(box, other) < 0.8 for other in kept):
             kept.append(box)
     return kept
 
