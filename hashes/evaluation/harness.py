@@ -212,9 +212,11 @@ class Harness:
 
 
 def _read(path: Path) -> tuple[bytes, Image.Image] | None:
+    """The file and its picture at full size: what a user would edit, not the reduced copy
+    a worker decodes."""
     try:
         data = path.read_bytes()
-        loaded = load_image(data)
+        loaded = load_image(data, full_size=True)
     except (ImageError, OSError):
         return None
     return data, loaded.frames[0]

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from hashes.evaluation.edits import CATALOGUE, EDITS, EXACT, PARTIAL
+from hashes.evaluation.edits import CATALOGUE, EDITS, EXACT, PARTIAL, Edit
 from hashes.evaluation.harness import SYSTEMS, Harness, evaluate
 from hashes.evaluation.report import summary, write_report
-from hashes.loading import load_image
+from hashes.loading import DECODE_SIDE, load_image
 from tests.images import encode, photo, photo_path
 
 
@@ -303,3 +303,24 @@ def test_the_harness_checks_every_frame_with_its_own_fingerprint() -> None:
     matches, _, explanation, _ = harness.check(gif.getvalue())
 
     assert matches["hashguard"] == {1}, explanation
+
+
+def test_edits_start_from_the_banned_file_at_full_size(tmp_path: Path) -> None:
+    # A worker decodes a large JPEG reduced; a user edits the whole picture.
+    banned, innocent = tmp_path / "banned", tmp_path / "innocent"
+    banned.mkdir()
+    innocent.mkdir()
+    size = (2 * DECODE_SIDE + 10, DECODE_SIDE)
+    (banned / "large.jpg").write_bytes(encode(photo("rocket").resize(size), "JPEG"))
+    (innocent / "chelsea.jpg").write_bytes(photo_path("chelsea").read_bytes())
+    edited = []
+
+    def original(image: Image.Image, rng: random.Random, others: object) -> bytes:
+        edited.append(image.size)
+        return encode(image, "JPEG")
+
+    edit = Edit("original", "copy", EXACT, "the file as banned", original)
+    result = evaluate(banned, innocent, edits=[edit], innocent_edits=0)
+
+    assert edited == [size]
+    assert summary(result)["overall_recall"]["hashguard"] == 1.0
