@@ -40,6 +40,10 @@ from hashes.loading import LoadedImage
 # before it samples: at 640 the window is 5, odd, so it stays centred; sides with an even
 # window (680-760, 920-1000) moved corpus hashes about twice as far from full resolution.
 MATCH_SIDE = 640
+# What 64-bit pHash and dHash reduce a picture to (ImageHash's sizes and filter).
+_PHASH_SIZE = (32, 32)
+_DHASH_SIZE = (9, 8)
+_REDUCING = Image.Resampling.LANCZOS
 
 _Item = TypeVar("_Item")
 
@@ -83,7 +87,7 @@ def fingerprint_image(image: Image.Image) -> Fingerprint:
             "hashes.loading.load_image, which converts and flattens them."
         )
     bits, quality = pdqhash.compute(np.asarray(image))
-    return _fingerprint(image, bits, quality)
+    return _fingerprint(image, image, bits, quality)
 
 
 # The eight ways a picture can be turned or flipped, in pdqhash.compute_dihedral's order:
@@ -99,6 +103,13 @@ DIHEDRAL: tuple[Image.Transpose | None, ...] = (
     Image.Transpose.TRANSPOSE,
     Image.Transpose.TRANSVERSE,
 )
+# Those that swap width and height, as the transpose followed by one that does not.
+_AFTER_TRANSPOSE: dict[Image.Transpose, Image.Transpose | None] = {
+    Image.Transpose.ROTATE_90: Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.ROTATE_270: Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.TRANSPOSE: None,
+    Image.Transpose.TRANSVERSE: Image.Transpose.ROTATE_180,
+}
 
 
 def fingerprint_turns(image: Image.Image, small: Image.Image | None = None) -> list[Fingerprint]:
@@ -110,20 +121,39 @@ def fingerprint_turns(image: Image.Image, small: Image.Image | None = None) -> l
     the picture as it is is hashed on ``image`` alone.
     """
     dihedral, quality = pdqhash.compute_dihedral(np.asarray(image))
-    # pHash and dHash see grey only: the picture is made grey once, then turned.
-    turnable = (image if small is None else small).convert("L")
-    return [
-        _fingerprint(turnable.transpose(turn) if turn is not None else image, bits, quality)
-        for turn, bits in zip(DIHEDRAL, dihedral, strict=True)
-    ]
+    # pHash and dHash look at the picture in grey, reduced to _PHASH_SIZE and _DHASH_SIZE.
+    # Reducing and flipping (top to bottom, left to right, both) give the same pixels in
+    # either order, so the grey picture and its transpose are reduced once each and the
+    # reductions flipped: every turn is one of them flipped or not.
+    grey = (image if small is None else small).convert("L")
+    reduced = {
+        transposed: (picture.resize(_PHASH_SIZE, _REDUCING), picture.resize(_DHASH_SIZE, _REDUCING))
+        for transposed, picture in (
+            (False, grey),
+            (True, grey.transpose(Image.Transpose.TRANSPOSE)),
+        )
+    }
+    fingerprints = [_fingerprint(image, image, dihedral[0], quality)]
+    for turn, bits in zip(DIHEDRAL[1:], dihedral[1:], strict=True):
+        assert turn is not None
+        flip = _AFTER_TRANSPOSE.get(turn, turn)
+        pictures = reduced[turn in _AFTER_TRANSPOSE]
+        phash_of, dhash_of = (
+            picture if flip is None else picture.transpose(flip) for picture in pictures
+        )
+        fingerprints.append(_fingerprint(phash_of, dhash_of, bits, quality))
+    return fingerprints
 
 
-def _fingerprint(image: Image.Image, pdq_bits: np.ndarray, pdq_quality: float) -> Fingerprint:
-    """The one place pHash, dHash and PDQ's bits become a fingerprint."""
+def _fingerprint(
+    phash_of: Image.Image, dhash_of: Image.Image, pdq_bits: np.ndarray, pdq_quality: float
+) -> Fingerprint:
+    """The one place pHash, dHash and PDQ's bits become a fingerprint: the first two of
+    these pictures (any size; pHash and dHash reduce them as they need)."""
     return Fingerprint(
         hashes={
-            "phash": str(imagehash.phash(image, hash_size=8)),
-            "dhash": str(imagehash.dhash(image, hash_size=8)),
+            "phash": str(imagehash.phash(phash_of, hash_size=8)),
+            "dhash": str(imagehash.dhash(dhash_of, hash_size=8)),
             "pdq": np.packbits(pdq_bits.astype(np.uint8)).tobytes().hex(),
         },
         pdq_quality=int(pdq_quality),
