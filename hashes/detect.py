@@ -42,7 +42,7 @@ from hashes.algorithms import (
     fingerprint_turns,
 )
 from hashes.feature_index import FeatureIndex, Region
-from hashes.loading import LoadedImage
+from hashes.loading import DECODE_SIDE, LoadedImage
 from hashes.local import (
     MIN_AGREEING,
     QUERY_FEATURES,
@@ -66,7 +66,7 @@ from hashes.matching import (
 from hashes.views import View, area, cut, iou, views, working_copy
 
 HASH_SIDE = 256
-QUERY_FEATURE_SIDE = 1024
+QUERY_FEATURE_SIDE = DECODE_SIDE
 QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
 HUE_TURNS = 8
@@ -311,13 +311,15 @@ def _signature(pixels: np.ndarray) -> np.ndarray:
 def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     """Everything the detector compares for one RGB frame of an upload.
 
-    The fingerprint and all eight PDQ turns come from one copy MATCH_SIDE across, scaled
-    from the one local features use; the views, and the turns' pHash and dHash, from the
-    copy at WORK_SIDE made from the frame: views found on a copy made any other way move.
+    Every copy is scaled from the one local features use (QUERY_FEATURE_SIDE across, the
+    size a large JPEG is decoded at): the fingerprint and all eight PDQ turns from one
+    MATCH_SIDE across; the views found on one at WORK_SIDE, and the turns' pHash and dHash
+    on one HASH_SIDE across made from that; each view hashed on
+    its part of that copy.
     """
     query = working_copy(frame, QUERY_FEATURE_SIDE)
     match = working_copy(query, MATCH_SIDE)
-    work = working_copy(frame)
+    work = working_copy(query)
     small = working_copy(work, HASH_SIDE)
     fingerprints = fingerprint_turns(match, small)
     turns = [

@@ -43,7 +43,7 @@ _TOLERANT_LOCK = threading.Lock()
 LATER_FRAME_SIDE = 1024
 # The largest side any check of an upload works on (hashes.detect.QUERY_FEATURE_SIDE): a
 # JPEG upload at least twice as large is decoded reduced, to no less than this.
-DECODE_SIDE = 1024
+DECODE_SIDE = 800
 # The JPEG decoder's DCT scaling: the whole picture, at 1/8, 1/4 or 1/2 of its size.
 _DCT_SCALES = (8, 4, 2)
 

@@ -499,9 +499,9 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
     ("size", "decoded"),
     [
         ((4200, 2800), (1050, 700)),  # 1/4: 1/8 would leave under DECODE_SIDE across
-        ((4000, 2670), (2000, 1335)),  # 1/2: 1/4 would leave 1000 across
-        ((2048, 1366), (1024, 683)),  # 1/2: twice DECODE_SIDE
-        ((2047, 1366), (2047, 1366)),  # under twice DECODE_SIDE: as it is
+        ((3000, 2000), (1500, 1000)),  # 1/2: 1/4 would leave 750 across
+        ((1600, 1066), (800, 533)),  # 1/2: twice DECODE_SIDE
+        ((1599, 1066), (1599, 1066)),  # under twice DECODE_SIDE: as it is
         ((9000, 1200), (1125, 150)),  # 1/8: at most 1/8
         ((16000, 60), (4000, 15)),  # 1/4: the shorter side stays at least MIN_SIDE
     ],
