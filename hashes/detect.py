@@ -66,6 +66,10 @@ from hashes.matching import (
 from hashes.views import View, area, cut, iou, views, working_copy
 
 HASH_SIDE = 256
+# The side views are hashed at. PDQ box-filters by ceil(side / 128) pixels: at 256 the
+# window is even, off centre, and a picture's PDQ lay a median 20 bits from its
+# full-resolution hash (corpus); at 384 (odd) 6, as at MATCH_SIDE.
+VIEW_HASH_SIDE = 384
 QUERY_FEATURE_SIDE = DECODE_SIDE
 QUERY_PIXELS_SIDE = 512
 COLOUR_BINS = 4
@@ -169,8 +173,8 @@ class Probe:
     turns: list[tuple[str, Fingerprint]]
     regions: list[tuple[View, Fingerprint]]
     image: Image.Image
-    # The copies HASH_SIDE across of the upload and of each view: what colours are
-    # compared on, when colour candidates are configured.
+    # The copies of the upload HASH_SIDE across and of each view VIEW_HASH_SIDE across:
+    # what colours are compared on, when colour candidates are configured.
     small: Image.Image
     parts: list[Image.Image] = field(default_factory=list)
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
@@ -314,8 +318,7 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     Every copy is scaled from the one local features use (QUERY_FEATURE_SIDE across, the
     size a large JPEG is decoded at): the fingerprint and all eight PDQ turns from one
     MATCH_SIDE across; the views found on one at WORK_SIDE, and the turns' pHash and dHash
-    on one HASH_SIDE across made from that; each view hashed on
-    its part of that copy.
+    on one HASH_SIDE across made from that; each view hashed on its own part of the first.
     """
     query = working_copy(frame, QUERY_FEATURE_SIDE)
     match = working_copy(query, MATCH_SIDE)
@@ -329,7 +332,7 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     ]
     found, parts = [], []
     for view in views(work) if regions else ():
-        parts.append(working_copy(cut(work, view), HASH_SIDE))
+        parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
         found.append((view, fingerprint_image(parts[-1])))
     return Probe(fingerprints[0], turns, found, query, small, parts)
 

@@ -1,6 +1,7 @@
 import hashlib
 import io
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -655,3 +656,23 @@ def test_a_view_matches_by_phash_and_dhash_together_when_its_pdq_is_too_far(
     assert bool(detected) is found, detected
     if found:
         assert detected[0].stage == Stage.HASH and detected[0].box == view.box
+
+
+def test_a_view_is_hashed_near_the_full_resolution_hash_of_the_picture_it_shows() -> None:
+    # PDQ's box filter is off centre on an even window (a 256-pixel copy): views hashed
+    # there lay a median 16 bits from these pictures' bans; at VIEW_HASH_SIDE, 4.
+    distances = []
+    for name in PHOTOS:
+        picture = photo(name)
+        picture = picture.resize((1200, round(1200 * picture.height / picture.width)))
+        ban = distinct_frames(load_image(encode(picture, "JPEG", quality=95), full_size=True))
+        bar = picture.height // 6
+        canvas = Image.new("RGB", (picture.width, picture.height + bar), "white")
+        canvas.paste(picture, (0, bar))
+        ImageDraw.Draw(canvas).text((20, bar // 3), "the caption of a shared picture", fill="black")
+
+        [item] = probes(load_image(encode(canvas, "JPEG", quality=90)))
+
+        [seen] = [hashes for view, hashes in item.regions if view.name == "trim_caption"]
+        distances.append(seen.distance(ban[0][1])["pdq"])
+    assert statistics.median(distances) <= 8, distances
