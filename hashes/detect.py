@@ -68,7 +68,7 @@ from hashes.views import View, area, cut, iou, views, working_copy
 HASH_SIDE = 256
 # The side views are hashed at. PDQ box-filters by ceil(side / 128) pixels: at 256 the
 # window is even, off centre, and a picture's PDQ lay a median 20 bits from its
-# full-resolution hash (corpus); at 384 (odd) 6, as at MATCH_SIDE.
+# full-resolution hash (corpus); at 384 (odd) 6.
 VIEW_HASH_SIDE = 384
 QUERY_FEATURE_SIDE = DECODE_SIDE
 QUERY_PIXELS_SIDE = 512
