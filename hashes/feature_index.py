@@ -9,7 +9,8 @@ table, where two unrelated ones do far less often (bit-sampling locality-sensiti
 hashing).
 An upload's descriptors vote for the pictures filed under their words, one vote per
 descriptor and picture; a word that many pictures share (a flat patch, a letter) says
-nothing and is skipped.
+nothing and is skipped, and a word the upload itself repeats (the corners of a pattern,
+of a texture) votes once: else a picture holding it once gets a vote from every repeat.
 
 A copy pasted into a corner of another picture, or one tile of a collage, gets votes from
 its own part of the upload only, while the look-alikes of the picture around it get theirs
@@ -285,8 +286,10 @@ class FeatureIndex:
         slots_held = len(self._keys)
         pairs = []
         for table, query in zip(self._tables, words(upload.descriptors), strict=True):
-            rows, slots = table.pairs(query, limit)
-            pairs.append(rows * slots_held + slots)
+            # Each distinct word once, from the first (strongest) descriptor holding it.
+            _, first = np.unique(query, return_index=True)
+            rows, slots = table.pairs(query[first], limit)
+            pairs.append(first[rows] * slots_held + slots)
         # One vote per descriptor and picture, whichever tables they met in.
         unique = np.unique(np.concatenate(pairs))
         rows, slots = np.divmod(unique, slots_held)

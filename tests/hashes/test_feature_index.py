@@ -125,6 +125,23 @@ def test_a_word_many_pictures_share_does_not_vote() -> None:
     assert index.nominate([upload], 5) == []
 
 
+def test_a_word_the_upload_repeats_votes_once() -> None:
+    rng = np.random.default_rng(6)
+    pattern = rng.integers(0, 256, (1, 32), dtype=np.uint8)
+    # A picture holding the corner of a pattern once, among its own corners.
+    held = np.concatenate([pattern, rng.integers(0, 256, (40, 32), dtype=np.uint8)])
+    index = FeatureIndex()
+    index.add_many([(1, words(held))])
+    # An upload of that pattern repeated: all its corners' descriptors alike.
+    repeats = pattern.repeat(MIN_VOTES * 4, axis=0)
+    upload = LocalFeatures(rng.uniform(0, 100, (len(repeats), 2)).astype(np.float32),
+                           repeats, (100, 100))  # fmt: skip
+    assert index.nominate([upload], 5) == []
+    # Its own distinct corners still vote each.
+    copy = LocalFeatures(rng.uniform(0, 100, (len(held), 2)).astype(np.float32), held, (100, 100))
+    assert _nominated(index, [copy], 5) == [(1, 0)]
+
+
 def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -170,10 +187,16 @@ def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.Mo
         np.full((400, 2), 90, np.float32), vocabulary[rng.integers(0, 3000, 400)], (100, 100)
     )
     query = words(upload.descriptors)
+    # A word the upload repeats votes once, from its first descriptor.
+    firsts = [
+        np.isin(np.arange(len(column)), np.unique(column, return_index=True)[1]) for column in query
+    ]
     votes = {}
     for key, descriptors in pictures.items():
         held = words(descriptors)
-        shared = [np.isin(query[table], held[table]) for table in range(WORD_TABLES)]
+        shared = [
+            np.isin(query[table], held[table]) & firsts[table] for table in range(WORD_TABLES)
+        ]
         votes[key] = int(np.logical_or.reduce(shared).sum())
     expected = sorted(
         (key for key in votes if votes[key] >= MIN_VOTES), key=lambda k: (-votes[k], k)
