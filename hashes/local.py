@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from hashes.index import row_bits
+
 FEATURE_SIDE = 640
 _MIN_ORB_SIDE = 32
 REFERENCE_FEATURES = 500
@@ -423,9 +425,9 @@ def matched_pairs(banned: LocalFeatures, upload: LocalFeatures) -> tuple[np.ndar
     if not len(pairs):
         return nothing, nothing
     query, train = np.divmod(pairs, width)
-    distance = np.bitwise_count(
+    distance = row_bits(
         banned.descriptors.view(np.uint64)[query] ^ upload.descriptors.view(np.uint64)[train]
-    ).sum(axis=1)
+    )
     ranked = np.argsort(query * 257 + distance, kind="stable")
     query, train, distance = query[ranked], train[ranked], distance[ranked]
     best = np.flatnonzero(np.r_[True, query[1:] != query[:-1]])
