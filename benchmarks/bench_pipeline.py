@@ -1,12 +1,13 @@
 """How fast images are decided: per-image cost in a worker, and drop-to-decision end to end.
 
-    .venv/bin/python -m benchmarks.bench_pipeline [--images DIR] [--redis URL]
+    .venv/bin/python -m benchmarks.bench_pipeline [--images DIR] [--hash-only N] [--redis URL]
 
 Part 1 times what a worker does per image against a blocklist of --blocklist entries, both
 stages (decode, fingerprints, turns, views, candidates from the index of local features,
 ORB verification), beside the same with colour candidates as well (the default before
 they were left out), the hash stage alone and the classic tutorial's cost (decode +
-dHash only), in the same run. Part 2 starts a real watcher and worker (the
+dHash only), in the same run; with --hash-only N, both stages again once N hash-only bans
+(an imported list's) are added. Part 2 starts a real watcher and worker (the
 embedded default, or PostgreSQL + Redis when --redis and DATABASE_URL are given), drops
 images into the media directory one at a time and then all at once, and reports how long
 each took to be decided. Figures only; nothing is asserted.
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hashes.detect import Detector
+    from hashes.detect import Detector, HashRows
     from hashes.matching import Matcher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "corpus")
     parser.add_argument("--blocklist", type=int, default=100_000)
+    parser.add_argument(
+        "--hash-only", type=int, default=0, help="then this many hash-only bans as well"
+    )
     parser.add_argument("--redis", help="a Redis URL: run part 2 on Redis, not the file broker")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument(
@@ -58,7 +62,7 @@ def main() -> None:
     django.setup()
     try:
         if not args.skip_cost:
-            per_image(images, args.blocklist)
+            per_image(images, args.blocklist, args.hash_only)
         end_to_end(images, data_dir, args)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -109,7 +113,28 @@ def blocklist(blobs: list[bytes], size: int) -> tuple["Matcher", "Detector", "De
     return matcher, detector, by_colour
 
 
-def per_image(images: list[Path], blocklist_size: int) -> None:
+def hash_only_rows(count: int, batch: int = 1_000_000) -> Iterable["HashRows"]:
+    """``count`` random hash-only bans (PDQ, pHash and dHash each, as an imported hash
+    list gives them), keyed from 10**9 up, a batch at a time."""
+    import numpy as np
+
+    from hashes.detect import HashRows
+
+    rng = np.random.default_rng(11)
+    for start in range(0, count, batch):
+        size = min(batch, count - start)
+        codes = rng.integers(0, 2**64, (size, 6), dtype=np.uint64).astype(">u8")
+        yield HashRows(
+            keys=range(10**9 + start, 10**9 + start + size),
+            hashes={
+                name: [row[columns].tobytes().hex() for row in codes]
+                for name, columns in (("pdq", slice(0, 4)), ("phash", 4), ("dhash", 5))
+            },
+            qualities=[100] * size,
+        )
+
+
+def per_image(images: list[Path], blocklist_size: int, hash_only: int) -> None:
     import io
 
     import imagehash
@@ -151,6 +176,12 @@ def per_image(images: list[Path], blocklist_size: int) -> None:
         f"Per image, {len(blobs)} images from {images[0].parent}, "
         f"blocklist of {blocklist_size:,} fingerprints:"
     )
+    if hash_only:
+        detector.add_hash_rows(hash_only_rows(hash_only))
+        start = time.perf_counter()
+        for data in blobs:
+            both_stages(data)
+        timings[f"+{hash_only:,} hash-only"] = (time.perf_counter() - start) / len(blobs)
     for name, seconds in timings.items():
         print(f"  {name:<20} {seconds * 1000:8.1f} ms/image  {1 / seconds:7.1f} images/s")
     now = timings["now: both stages"]
@@ -178,6 +209,8 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
         broker_url=args.redis or "filesystem://",
         HASHGUARD_STABLE_SECONDS="1.0",
         HASHGUARD_LOG_LEVEL="INFO",
+        # Connections kept between tasks, as the production environment file sets.
+        DATABASE_CONN_MAX_AGE=os.environ.get("DATABASE_CONN_MAX_AGE", "60"),
     )
     media = data_dir / "media"
     media.mkdir(exist_ok=True)
@@ -210,7 +243,8 @@ def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> 
     broker = "Redis" if args.redis else "the file broker"
     print(
         f"\nEnd to end ({broker}, {args.concurrency} worker processes, "
-        "HASHGUARD_STABLE_SECONDS=1.0):"
+        "HASHGUARD_STABLE_SECONDS=1.0, "
+        f"DATABASE_CONN_MAX_AGE={stack.env['DATABASE_CONN_MAX_AGE']}):"
     )
     print(
         f"  one file at a time: median {statistics.median(latencies):.2f} s from write to "
