@@ -59,6 +59,7 @@ from hashes.matching import (
     Match,
     Matcher,
     MatchRule,
+    SharedSearch,
     is_low_detail,
     low_detail_rows,
     tags,
@@ -555,9 +556,9 @@ class Detector:
     def lookup(self, fingerprint: Fingerprint) -> list[Match]:
         """The pictures a bare fingerprint matches as it is (no turns, views or local
         features: there is no image), under the rule and each picture's own limits."""
-        found = [
-            match for whole, _ in self._matchers.values() for match in whole.match(fingerprint)
-        ]
+        wholes = [whole for whole, _ in self._matchers.values()]
+        search = SharedSearch(self._store, wholes)
+        found = [match for whole in wholes for match in whole.match(fingerprint, search)]
         return sorted(found, key=lambda match: (sum(match.distances.values()), match.key))
 
     def is_allowed(self, key: int) -> bool:
@@ -612,9 +613,14 @@ class Detector:
 
     def _hash_stage(self, item: Probe, frame: int) -> list[Detection]:
         found = []
-        for whole, region in self._matchers.values():
+        # Pictures with their own limits are other groups of the same store: each hash of
+        # the upload is looked up once for all of them.
+        matchers = self._matchers.values()
+        whole_search = SharedSearch(self._store, [whole for whole, _ in matchers])
+        region_search = SharedSearch(self._store, [region for _, region in matchers if region])
+        for whole, region in matchers:
             for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
-                for match in whole.match(fingerprint):
+                for match in whole.match(fingerprint, whole_search):
                     found.append(
                         Detection(
                             match.key,
@@ -627,7 +633,7 @@ class Detector:
                         )
                     )
             for view, fingerprint in item.regions if region is not None else ():
-                for match in region.match(fingerprint):  # type: ignore[union-attr]
+                for match in region.match(fingerprint, region_search):  # type: ignore[union-attr]
                     found.append(
                         Detection(
                             match.key,

@@ -236,10 +236,30 @@ class FingerprintStore:
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
         return fingerprint, tag >> _QUALITY_BITS
 
-    def search(self, name: str, code: str, radius: int, group: int) -> list[int]:
-        """The keys of ``group`` whose ``name`` hash is within ``radius`` of ``code``."""
+    def search(self, name: str, code: str, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """The keys whose ``name`` hash is within ``radius`` of ``code``, and their groups."""
         keys, tags = self._indexes[name].search(code, radius)
-        return keys[(tags >> _QUALITY_BITS) == group].tolist()
+        return keys, tags >> _QUALITY_BITS
+
+
+class SharedSearch:
+    """The searches of one store for the matchers of some of its groups: each hash looked
+    up once, at the largest radius any of them looks it up at, and its candidates told
+    apart by group. A candidate beyond a matcher's own radius costs one comparison and
+    is rejected by its rule, so each matcher finds what its own searches would."""
+
+    def __init__(self, store: "FingerprintStore", matchers: Iterable["Matcher"]) -> None:
+        self._store = store
+        self._reach: dict[str, int] = {}
+        for matcher in matchers:
+            for name, radius in matcher.radii.items():
+                self._reach[name] = max(radius, self._reach.get(name, 0))
+        self._found: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, name: str, code: str) -> tuple[np.ndarray, np.ndarray]:
+        if (name, code) not in self._found:
+            self._found[(name, code)] = self._store.search(name, code, self._reach[name])
+        return self._found[(name, code)]
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -305,22 +325,29 @@ class Matcher:
         found = self._store.get(key)
         return found[0] if found is not None and found[1] == self.group else None
 
-    def match(self, fingerprint: Fingerprint) -> list[Match]:
+    @property
+    def radii(self) -> dict[str, int]:
+        """The radius each algorithm's index is searched at."""
+        return dict(self._radius)
+
+    def match(self, fingerprint: Fingerprint, search: SharedSearch | None = None) -> list[Match]:
         """Every banned fingerprint the rule matches, best first.
 
         Each group's candidates are found through one of its algorithms' indexes (see
         ``__init__``), which finds every candidate the group could accept; the rule is then
         applied to the full distances, so the result is the same as checking every banned
-        fingerprint.
+        fingerprint. ``search``: the searches shared with the matchers of other groups of
+        the store.
         Best first is by the mean of the distances as fractions of each hash's bits (the
         mean, not the sum, so that a match on one pasted hash is not favoured over a
         closer match on all three), then by key.
         """
+        search = search or SharedSearch(self._store, [self])
         candidates: set[int] = set()
-        for name, radius in self._radius.items():
+        for name in self._radius:
             if name in fingerprint.hashes and self._votes(name, fingerprint):
-                code = fingerprint.hashes[name]
-                candidates.update(self._store.search(name, code, radius, self.group))
+                keys, groups = search(name, fingerprint.hashes[name])
+                candidates.update(keys[groups == self.group].tolist())
         matches = []
         for key in candidates:
             banned = self._store.get(key)[0]  # type: ignore[index]

@@ -20,6 +20,7 @@ from hashes.detect import (
 )
 from hashes.evaluation.edits import EDITS
 from hashes.feature_index import indexed_words
+from hashes.index import HammingIndex
 from hashes.loading import DECODE_SIDE, load_image
 from hashes.local import LocalFeatures, Verification, verify_whole
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
@@ -465,6 +466,39 @@ def test_a_picture_s_own_limits_take_the_place_of_the_rule_s() -> None:
     assert resized[0].distances["pdq"] > 0
     assert RULE.with_limits({"pdq": 20}).groups[0] == {"pdq": 20}
     assert RULE.with_limits({}) is RULE
+
+
+def test_each_hash_of_an_upload_is_looked_up_once_for_every_group_of_limits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, fingerprint = distinct_frames(load_image(encode(photo("rocket"), "JPEG")))[0]
+    pasted = Fingerprint(hashes={"pdq": fingerprint.hashes["pdq"]}, pdq_quality=100)
+    grouped = {
+        0: BannedPicture(pasted),
+        1: BannedPicture(pasted, limits=(("pdq", 0),)),
+        2: BannedPicture(pasted, limits=(("pdq", 40),)),
+        3: BannedPicture(_flip_pdq(pasted, 100), limits=(("pdq", 20),), allow=True),
+    }
+    lookups: list[str] = []
+    search = HammingIndex.search
+
+    def counted(index: HammingIndex, code: str, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        lookups.append(code)
+        return search(index, code, radius)
+
+    monkeypatch.setattr(HammingIndex, "search", counted)
+    upload = probes(load_image(encode(photo("rocket").resize((150, 130)), "JPEG", quality=60)))
+    found, searched = {}, {}
+    for name, pictures in (("one group", {0: grouped[0]}), ("four", grouped)):
+        detector = Detector(RULE)
+        detector.add_all(pictures)
+        lookups.clear()
+        found[name] = detector.detect(upload)
+        searched[name] = len(lookups)
+
+    # Four groups, four times the matchers: the same lookups, each at the largest radius.
+    assert searched["four"] == searched["one group"] == len(set(lookups))
+    assert set(found["four"]) == {0, 2}
 
 
 def test_pictures_are_removed_and_replaced_in_place() -> None:
