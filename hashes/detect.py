@@ -617,7 +617,9 @@ class Detector:
         # the upload is looked up once for all of them.
         matchers = self._matchers.values()
         whole_search = SharedSearch(self._store, [whole for whole, _ in matchers])
-        region_search = SharedSearch(self._store, [region for _, region in matchers if region])
+        region_search = SharedSearch(
+            self._store, [region for _, region in matchers if region is not None]
+        )
         for whole, region in matchers:
             for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
                 for match in whole.match(fingerprint, whole_search):

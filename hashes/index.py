@@ -135,10 +135,11 @@ class HammingIndex:
         order = np.lexsort((keys, distances))
         return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
 
-    def search(self, code_hex: str, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-        """The keys within ``max_distance`` and their tags, in no particular order."""
-        rows, _ = self._search(self.decode([code_hex])[0], max_distance)
-        return self._keys[rows], self._tags[rows]
+    def search(self, code_hex: str, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The keys within ``max_distance``, their tags and their distances, in no
+        particular order."""
+        rows, distances = self._search(self.decode([code_hex])[0], max_distance)
+        return self._keys[rows], self._tags[rows], distances
 
     def get(self, key: int) -> tuple[str, int] | None:
         """The code (hex) and tag stored under ``key``, or None."""

@@ -236,17 +236,20 @@ class FingerprintStore:
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
         return fingerprint, tag >> _QUALITY_BITS
 
-    def search(self, name: str, code: str, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """The keys whose ``name`` hash is within ``radius`` of ``code``, and their groups."""
-        keys, tags = self._indexes[name].search(code, radius)
-        return keys, tags >> _QUALITY_BITS
+    def search(self, name: str, code: str, radius: int) -> "Found":
+        """The keys whose ``name`` hash is within ``radius`` of ``code``, their groups and
+        distances."""
+        keys, tags, distances = self._indexes[name].search(code, radius)
+        return keys, tags >> _QUALITY_BITS, distances
+
+
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class SharedSearch:
     """The searches of one store for the matchers of some of its groups: each hash looked
-    up once, at the largest radius any of them looks it up at, and its candidates told
-    apart by group. A candidate beyond a matcher's own radius costs one comparison and
-    is rejected by its rule, so each matcher finds what its own searches would."""
+    up once, at the largest radius any of them looks it up at; each matcher takes the keys
+    of its own group within its own radius, what its own search would have found."""
 
     def __init__(self, store: "FingerprintStore", matchers: Iterable["Matcher"]) -> None:
         self._store = store
@@ -254,9 +257,9 @@ class SharedSearch:
         for matcher in matchers:
             for name, radius in matcher.radii.items():
                 self._reach[name] = max(radius, self._reach.get(name, 0))
-        self._found: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._found: dict[tuple[str, str], Found] = {}
 
-    def __call__(self, name: str, code: str) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, name: str, code: str) -> Found:
         if (name, code) not in self._found:
             self._found[(name, code)] = self._store.search(name, code, self._reach[name])
         return self._found[(name, code)]
@@ -344,10 +347,10 @@ class Matcher:
         """
         search = search or SharedSearch(self._store, [self])
         candidates: set[int] = set()
-        for name in self._radius:
+        for name, radius in self._radius.items():
             if name in fingerprint.hashes and self._votes(name, fingerprint):
-                keys, groups = search(name, fingerprint.hashes[name])
-                candidates.update(keys[groups == self.group].tolist())
+                keys, groups, apart = search(name, fingerprint.hashes[name])
+                candidates.update(keys[(groups == self.group) & (apart <= radius)].tolist())
         matches = []
         for key in candidates:
             banned = self._store.get(key)[0]  # type: ignore[index]

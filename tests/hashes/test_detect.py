@@ -501,6 +501,15 @@ def test_each_hash_of_an_upload_is_looked_up_once_for_every_group_of_limits(
     assert set(found["four"]) == {0, 2}
 
 
+def test_an_upload_is_checked_against_a_blocklist_emptied_by_removes() -> None:
+    detector = Detector(RULE)
+    detector.add_all({1: _picture("coffee")[0]})
+    detector.remove(1)
+    # Framed: its view (the picture inside the frame) is searched too.
+    framed = ImageOps.expand(photo("coffee"), 40, fill="white")
+    assert _detect(detector, encode(framed, "JPEG")) == {}
+
+
 def test_pictures_are_removed_and_replaced_in_place() -> None:
     pictures = {
         key: _picture(name)[0] for key, name in enumerate(("astronaut", "coffee", "rocket"))

@@ -235,8 +235,8 @@ def test_keys_and_tags_too_large_for_the_narrow_types_are_kept_whole() -> None:
     assert index.get(1) == ("00" * 8, 7)
     assert big_key in index and -(2**35) in index and 2**41 not in index
     assert index.query("0f" * 8, 0) == [(big_key, 0)]
-    keys, tags = index.search("0f" * 8, 0)
-    assert keys.tolist() == [big_key] and tags.tolist() == [big_tag]
+    keys, tags, distances = index.search("0f" * 8, 0)
+    assert keys.tolist() == [big_key] and tags.tolist() == [big_tag] and distances.tolist() == [0]
     index.remove(big_key)
     assert big_key not in index and len(index) == 3
     assert 2**41 not in HammingIndex(64)  # a key wider than any held is simply absent
