@@ -286,7 +286,7 @@ class FeatureIndex:
         slots_held = len(self._keys)
         pairs = []
         for table, query in zip(self._tables, words(upload.descriptors), strict=True):
-            # Each distinct word once, from the first (strongest) descriptor holding it.
+            # Each distinct word once, from the first descriptor holding it.
             _, first = np.unique(query, return_index=True)
             rows, slots = table.pairs(query[first], limit)
             pairs.append(first[rows] * slots_held + slots)

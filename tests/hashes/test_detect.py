@@ -482,7 +482,7 @@ def test_each_hash_of_an_upload_is_looked_up_once_for_every_group_of_limits(
     lookups: list[str] = []
     search = HammingIndex.search
 
-    def counted(index: HammingIndex, code: str, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    def counted(index: HammingIndex, code: str, radius: int) -> tuple[np.ndarray, ...]:
         lookups.append(code)
         return search(index, code, radius)
 
