@@ -142,6 +142,8 @@ class Match:
 _QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group
 _BATCH = 50_000
 T = TypeVar("T")
+# A search's keys, their groups and their distances.
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class FingerprintStore:
@@ -236,14 +238,11 @@ class FingerprintStore:
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
         return fingerprint, tag >> _QUALITY_BITS
 
-    def search(self, name: str, code: str, radius: int) -> "Found":
+    def search(self, name: str, code: str, radius: int) -> Found:
         """The keys whose ``name`` hash is within ``radius`` of ``code``, their groups and
         distances."""
         keys, tags, distances = self._indexes[name].search(code, radius)
         return keys, tags >> _QUALITY_BITS, distances
-
-
-Found = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class SharedSearch:
