@@ -83,6 +83,12 @@ _PER_REGION = 2
 _PER_VIEW = 4
 _ALL = ((0.0, 0.0, 1.0, 1.0),)
 _NEAR_VERIFIED = 3
+# A near miss is verified only when one as near would come by chance (the banned
+# pictures' hashes taken as random bits) in fewer than one upload in this many: among
+# 100,000 banned pictures, a pHash within 16 bits comes about eleven times an upload by
+# chance, each costing a verification, where a real near miss has its other hashes near
+# too (docs/calibration.md).
+_NEAR_CHANCE = 0.01
 # Views up to this share of the upload vote with their own local features.
 _VOTING_AREA = 0.55
 # Pictures a build files in the keypoint index at a time, rather than holding all their
@@ -684,8 +690,8 @@ class Detector:
         """The banned pictures (with stored features) to verify, in order of promise, at
         most max_candidates: the nearest hash misses, then those sharing the most local
         features with a region of the upload or of it mirrored, then (when configured)
-        those nearest in colour. Near misses come by chance, about one an upload for every
-        ten thousand pictures, so only the nearest _NEAR_VERIFIED are taken."""
+        those nearest in colour. Only the _NEAR_VERIFIED near misses least likely by chance
+        are taken."""
         candidates: dict[int, _Candidate] = {}
         for key, name in self._near_misses(item)[:_NEAR_VERIFIED]:
             candidate = candidates.setdefault(key, _Candidate())
@@ -743,14 +749,20 @@ class Detector:
 
     def _near_misses(self, item: Probe) -> list[tuple[int, str]]:
         """(key, the way of the upload it is near) for the banned pictures near the upload,
-        its negative or it mirrored, nearest first."""
+        its negative or it mirrored, nearer than chance would bring one given how many
+        are compared (see _NEAR_CHANCE), least likely by chance first."""
         found: dict[int, tuple[float, str]] = {}
         negative = ("negative", _inverted(item.fingerprint))
         mirrored = [(name, turned) for name, turned in item.turns if name == "mirrored"]
-        for name, fingerprint in (("as_is", item.fingerprint), negative, *mirrored):
+        ways = [("as_is", item.fingerprint), negative, *mirrored]
+        compared = len(ways) * len(self._near)
+        for name, fingerprint in ways:
             for match in self._near.match(fingerprint):
-                if match.key not in found or match.distance < found[match.key][0]:
-                    found[match.key] = (match.distance, name)
+                chance = match.chance
+                if compared * chance > _NEAR_CHANCE:
+                    continue
+                if match.key not in found or chance < found[match.key][0]:
+                    found[match.key] = (chance, name)
         ranked = sorted(found.items(), key=lambda pair: (pair[1][0], pair[0]))
         return [(key, name) for key, (_, name) in ranked]
 

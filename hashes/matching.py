@@ -19,8 +19,10 @@ both sides and within its limit. The default groups, and why:
 How these were measured, with the figures: docs/calibration.md.
 """
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import TypeVar
 
 import numpy as np
@@ -137,6 +139,22 @@ class Match:
         return sum(value / ALGORITHMS[name].bits for name, value in distances.items()) / len(
             distances
         )
+
+    @property
+    def chance(self) -> float:
+        """How likely an unrelated picture's hashes, as random bits, would lie this near
+        all at once: the product of each hash's chance of so few bits differing."""
+        return math.prod(
+            _within(ALGORITHMS[name].bits)[value] for name, value in self.distances.items()
+        )
+
+
+@cache
+def _within(bits: int) -> tuple[float, ...]:
+    """For each distance d, the chance that two random codes of ``bits`` differ in at
+    most d bits."""
+    counts = [math.comb(bits, flipped) for flipped in range(bits + 1)]
+    return tuple(sum(counts[: distance + 1]) / 2**bits for distance in range(bits + 1))
 
 
 _QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group

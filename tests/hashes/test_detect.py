@@ -165,6 +165,39 @@ def test_chance_near_misses_do_not_crowd_out_the_picture_the_keypoints_nominate(
     assert found[50].stage == "local features"
 
 
+@pytest.mark.parametrize(("others", "verified"), [(0, True), (1000, False)])
+def test_a_near_miss_is_verified_only_when_nearer_than_chance_would_bring_one(
+    others: int, verified: bool
+) -> None:
+    # The banned picture's stored hashes lie from the upload's as an unrelated picture's
+    # may by chance: pHash 16 bits, dHash and PDQ half their bits. Alone, a near miss
+    # that near is worth verifying; among 1,000 others, chance brings one in about every
+    # thirty uploads. It is not in the keypoint index: only near misses nominate it.
+    picture, features = _picture("coffee", words=None)
+    data = encode(photo("coffee"), "JPEG")
+    seen = probes(load_image(data))[0].fingerprint
+    hashes = {
+        "phash": _flip(seen.hashes["phash"], 16),
+        "dhash": _flip(seen.hashes["dhash"], 32),
+        "pdq": _flip(seen.hashes["pdq"], 128),
+    }
+    rng = random.Random(5)
+    pictures = {0: BannedPicture(Fingerprint(hashes, 100), picture.colours)}
+    for key in range(1, others + 1):
+        random_hashes = {
+            "phash": f"{rng.getrandbits(64):016x}",
+            "dhash": f"{rng.getrandbits(64):016x}",
+            "pdq": f"{rng.getrandbits(256):064x}",
+        }
+        pictures[key] = BannedPicture(Fingerprint(random_hashes, 100), picture.colours)
+    detector = Detector(RULE, None, lambda keys: {key: features for key in keys})
+    detector.add_all(pictures)
+
+    found = _detect(detector, data)
+
+    assert list(found) == ([0] if verified else []), found
+
+
 def test_a_build_files_pictures_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(detect, "_FILED_AT_ONCE", 2)
     detector = _detector("astronaut", "coffee", "rocket", config=_FEATURES_ONLY)

@@ -1,3 +1,4 @@
+import math
 import random
 
 import pytest
@@ -83,6 +84,13 @@ def test_pdq_does_not_vote_below_the_minimum_quality(upload_quality, banned_qual
     assert [m.key for m in via_pdq] == ([1] if votes else [])
     # A low quality silences PDQ only; the other groups still decide.
     assert [m.rule for m in via_phash] == (["pdq<=31"] if votes else ["phash<=4"])
+
+
+def test_a_match_s_chance_is_how_likely_random_hashes_would_lie_as_near() -> None:
+    assert Match(1, {"phash": 0}, "").chance == 2.0**-64
+    assert Match(1, {"phash": 64}, "").chance == 1.0
+    half = 0.5 + math.comb(64, 32) / 2**65  # 32 of 64 bits or fewer differ
+    assert Match(1, {"phash": 32, "pdq": 0}, "").chance == pytest.approx(half * 2.0**-256)
 
 
 def test_a_single_pasted_hash_can_be_banned_on_its_own():
