@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from hashes.index import HammingIndex, _RowNumbers
+from hashes.index import HammingIndex, _Offsets, _RowNumbers
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -272,6 +272,16 @@ def test_tables_stay_exact_when_one_chunk_value_holds_more_rows_than_16_bits_cou
     assert index.tabled == 70_000
     for query in [*rng.sample(list(entries.values()), 5), rng.getrandbits(64)]:
         assert index.query(to_hex(query, 64), 3) == brute_force(entries, query, 3)
+
+
+@pytest.mark.parametrize(("gap", "kind"), [(3, np.uint8), (300, np.uint16), (70_000, np.uint32)])
+def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
+    gap: int, kind: type
+) -> None:
+    positions = np.concatenate([[0], np.cumsum(np.random.default_rng(1).integers(0, gap, 999))])
+    offsets = _Offsets(positions)
+    assert offsets._steps.dtype == kind
+    assert offsets[np.arange(1000)].tolist() == positions.tolist()
 
 
 def test_row_numbers_take_four_bytes_past_two_to_the_24() -> None:
