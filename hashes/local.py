@@ -336,7 +336,7 @@ def _packed(
 ) -> LocalFeatures:
     if descriptors is None or not len(keypoints):
         return LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8), size, kept)
-    points = np.array([keypoint.pt for keypoint in keypoints], dtype=np.float32)
+    points = np.asarray(cv2.KeyPoint.convert(keypoints), np.float32)
     return LocalFeatures(points, descriptors, size, kept)
 
 
@@ -361,8 +361,10 @@ def _spread(
     if not keypoints:
         return []
     height, width = shape[:2]
-    strength = np.array([keypoint.response for keypoint in keypoints])
-    points = np.array([keypoint.pt for keypoint in keypoints])
+    strength = np.fromiter(
+        (keypoint.response for keypoint in keypoints), np.float64, len(keypoints)
+    )
+    points = np.asarray(cv2.KeyPoint.convert(keypoints), np.float64)
     strongest = np.argsort(-strength, kind="stable")
     columns = np.minimum(grid - 1, (points[strongest, 0] * grid / width).astype(int))
     rows = np.minimum(grid - 1, (points[strongest, 1] * grid / height).astype(int))
