@@ -152,26 +152,27 @@ class _Table:
 
     def _main_runs(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each query word's entries start in the main run, and how many there
-        are: its bucket, then a binary search of the bucket's last bytes, for all the
-        query words at once."""
+        are: its bucket, then a binary search of the bucket's last bytes for the first
+        entry at its last byte and the first past it, for all the query words at once."""
         buckets = query >> np.uint32(8)
-        tails = (query & np.uint32(0xFF)).astype(np.uint8)
-        first = self._bound(self.starts[buckets], self.starts[buckets + 1], tails, right=False)
-        last = self._bound(first, self.starts[buckets + 1], tails, right=True)
+        tails = (query & np.uint32(0xFF)).astype(np.int16)
+        low = np.tile(self.starts[buckets].astype(np.int64), 2)
+        high = np.tile(self.starts[buckets + 1].astype(np.int64), 2)
+        # The first entry not below the last byte, then the first entry above it.
+        bounds = self._bound(low, high, np.concatenate([tails, tails + 1]))
+        first, last = np.split(bounds, 2)
         return first, last - first
 
-    def _bound(
-        self, low: np.ndarray, high: np.ndarray, tails: np.ndarray, *, right: bool
-    ) -> np.ndarray:
-        low, high = low.astype(np.int64), high.astype(np.int64)
+    def _bound(self, low: np.ndarray, high: np.ndarray, tails: np.ndarray) -> np.ndarray:
+        """For each range of the main run, the first entry whose last byte is not below
+        its tail."""
         limit = max(0, len(self.tails) - 1)
         while True:
             open_ = low < high
             if not open_.any():
                 return low
             middle = (low + high) // 2
-            seen = self.tails[np.minimum(middle, limit)]
-            after = open_ & ((seen <= tails) if right else (seen < tails))
+            after = open_ & (self.tails[np.minimum(middle, limit)] < tails)
             low = np.where(after, middle + 1, low)
             high = np.where(open_ & ~after, middle, high)
 
