@@ -626,6 +626,8 @@ class Detector:
         region_search = SharedSearch(
             self._store, [region for _, region in matchers if region is not None]
         )
+        whole_search.prefetch([item.fingerprint, *(turned for _, turned in item.turns)])
+        region_search.prefetch([fingerprint for _, fingerprint in item.regions])
         for whole, region in matchers:
             for name, fingerprint in (("as_is", item.fingerprint), *item.turns):
                 for match in whole.match(fingerprint, whole_search):

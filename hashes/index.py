@@ -128,17 +128,30 @@ class HammingIndex:
 
     def query(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """Every ``(key, distance)`` within ``max_distance``, nearest first, then by key."""
-        query = self.decode([code_hex])[0]
-        rows, distances = self._search(query, max_distance)
-        keys = self._keys[rows]
+        keys, _, distances = self.search(code_hex, max_distance)
         order = np.lexsort((keys, distances))
         return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
 
     def search(self, code_hex: str, max_distance: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The keys within ``max_distance``, their tags and their distances, in no
         particular order."""
-        rows, distances = self._search(self.decode([code_hex])[0], max_distance)
-        return self._keys[rows], self._tags[rows], distances
+        return self.search_many([code_hex], max_distance)[0]
+
+    def search_many(
+        self, codes_hex: list[str], max_distance: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``search`` for each code, in one pass over the tables for all of them: an
+        upload's turns and views, each one query, cost one call."""
+        if not codes_hex:
+            return []
+        queries = self.decode(codes_hex)
+        which, rows, distances = self._search(queries, max_distance)
+        order = np.argsort(which, kind="stable")
+        ends = np.searchsorted(which[order], np.arange(1, len(queries) + 1))
+        found = []
+        for part in np.split(order, ends[:-1]):
+            found.append((self._keys[rows[part]], self._tags[rows[part]], distances[part]))
+        return found
 
     def get(self, key: int) -> tuple[str, int] | None:
         """The code (hex) and tag stored under ``key``, or None."""
@@ -157,21 +170,41 @@ class HammingIndex:
 
     # -- searching -----------------------------------------------------------------------
 
-    def _search(self, query: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, queries: np.ndarray, radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(which query, row, distance) for every live row within ``radius`` of each of
+        the queries (rows of words)."""
         tables = self._tables
         plan = tables.plan(radius) if tables is not None else None
         if tables is None or plan is None:
-            return self._scan(query, radius, 0, self._count)
-        rows = tables.candidates(query, plan)
-        distances = _distances(self._codes[rows], query)
+            return self._scans(queries, radius, 0)
+        which, rows = tables.candidates(queries, plan)
+        distances = _distances(self._codes[rows], queries[which])
         hit = (distances <= radius) & self._live[rows]
-        # A code near the query in several chunks is found once per chunk.
-        found, first = np.unique(rows[hit], return_index=True)
-        found_distances = distances[hit][first]
+        # A code near a query in several chunks is found once per chunk.
+        pairs, first = np.unique(which[hit] * self._count + rows[hit], return_index=True)
+        which, rows = np.divmod(pairs, self._count)
+        distances = distances[hit][first]
         if self._indexed == self._count:
-            return found, found_distances
-        tail_rows, tail_distances = self._scan(query, radius, self._indexed, self._count)
-        return np.concatenate([found, tail_rows]), np.concatenate([found_distances, tail_distances])
+            return which, rows, distances
+        # Rows added since the tables were built are compared one by one.
+        more_which, more_rows, more_distances = self._scans(queries, radius, self._indexed)
+        return (
+            np.concatenate([which, more_which]),
+            np.concatenate([rows, more_rows]),
+            np.concatenate([distances, more_distances]),
+        )
+
+    def _scans(
+        self, queries: np.ndarray, radius: int, start: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_search`` by comparing each query with every row from ``start`` on."""
+        found = [self._scan(query, radius, start, self._count) for query in queries]
+        which = np.repeat(np.arange(len(queries)), [len(rows) for rows, _ in found])
+        rows = np.concatenate([rows for rows, _ in found]).astype(np.int64)
+        distances = np.concatenate([distances for _, distances in found]).astype(np.int64)
+        return which, rows, distances
 
     def _scan(
         self, query: np.ndarray, radius: int, start: int, end: int
@@ -374,28 +407,26 @@ class _Tables:
             self._plans[radius] = _Plan.make(self, radius)
         return self._plans[radius]
 
-    def candidates(self, query: np.ndarray, plan: "_Plan") -> np.ndarray:
-        """The rows sharing a chunk value with the query within the plan's flips (some
-        more than once)."""
-        value = int.from_bytes(query.astype(">u8").tobytes(), "big")
-        chunks = np.array(
+    def candidates(self, queries: np.ndarray, plan: "_Plan") -> tuple[np.ndarray, np.ndarray]:
+        """(which query, row) for the rows sharing a chunk value with a query within the
+        plan's flips (some more than once)."""
+        chunks = np.stack(
             [
-                (value >> (self.bits - start - width)) & ((1 << width) - 1)
+                _chunk(queries, start, width)
                 for start, width in zip(self.starts, self.widths, strict=True)
             ],
-            dtype=np.int64,
+            axis=1,
         )
-        slots = plan.slot_base + (chunks[plan.chunk] ^ plan.flips)
+        slots = (plan.slot_base + (chunks[:, plan.chunk] ^ plan.flips)).reshape(-1)
         begins = self.offsets[slots]
         lengths = self.offsets[slots + 1] - begins
         total = int(lengths.sum())
-        if not total:
-            return np.zeros(0, dtype=np.int64)
         # Every position of every range, without a Python loop: each range's first
         # position, repeated over its length, plus how far into it each one is.
         ends = np.cumsum(lengths)
         positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
-        return self.order[positions]
+        which = np.repeat(np.arange(len(slots)) // len(plan.flips), lengths)
+        return which, self.order[positions]
 
 
 class _RowNumbers:

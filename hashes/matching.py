@@ -256,11 +256,13 @@ class FingerprintStore:
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
         return fingerprint, tag >> _QUALITY_BITS
 
-    def search(self, name: str, code: str, radius: int) -> Found:
-        """The keys whose ``name`` hash is within ``radius`` of ``code``, their groups and
-        distances."""
-        keys, tags, distances = self._indexes[name].search(code, radius)
-        return keys, tags >> _QUALITY_BITS, distances
+    def search(self, name: str, codes: list[str], radius: int) -> list[Found]:
+        """For each code, the keys whose ``name`` hash is within ``radius`` of it, their
+        groups and distances: one index query for all the codes."""
+        return [
+            (keys, tags >> _QUALITY_BITS, distances)
+            for keys, tags, distances in self._indexes[name].search_many(codes, radius)
+        ]
 
 
 class SharedSearch:
@@ -270,16 +272,34 @@ class SharedSearch:
 
     def __init__(self, store: "FingerprintStore", matchers: Iterable["Matcher"]) -> None:
         self._store = store
+        self._matchers = list(matchers)
         self._reach: dict[str, int] = {}
-        for matcher in matchers:
+        for matcher in self._matchers:
             for name, radius in matcher.radii.items():
                 self._reach[name] = max(radius, self._reach.get(name, 0))
         self._found: dict[tuple[str, str], Found] = {}
 
     def __call__(self, name: str, code: str) -> Found:
         if (name, code) not in self._found:
-            self._found[(name, code)] = self._store.search(name, code, self._reach[name])
+            self._fetch(name, [code])
         return self._found[(name, code)]
+
+    def prefetch(self, fingerprints: Iterable[Fingerprint]) -> None:
+        """Look up every hash of these fingerprints that the matchers will search for, one
+        index query per algorithm for all of them (an upload's turns, its views)."""
+        wanted: dict[str, dict[str, None]] = {}
+        for fingerprint in fingerprints:
+            for name in {
+                name for matcher in self._matchers for name in matcher.searched(fingerprint)
+            }:
+                if (name, fingerprint.hashes[name]) not in self._found:
+                    wanted.setdefault(name, {})[fingerprint.hashes[name]] = None
+        for name, codes in wanted.items():
+            self._fetch(name, list(codes))
+
+    def _fetch(self, name: str, codes: list[str]) -> None:
+        found = self._store.search(name, codes, self._reach[name])
+        self._found.update(((name, code), item) for code, item in zip(codes, found, strict=True))
 
 
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -364,10 +384,9 @@ class Matcher:
         """
         search = search or SharedSearch(self._store, [self])
         candidates: set[int] = set()
-        for name, radius in self._radius.items():
-            if name in fingerprint.hashes and self._votes(name, fingerprint):
-                keys, groups, apart = search(name, fingerprint.hashes[name])
-                candidates.update(keys[(groups == self.group) & (apart <= radius)].tolist())
+        for name in self.searched(fingerprint):
+            keys, groups, apart = search(name, fingerprint.hashes[name])
+            candidates.update(keys[(groups == self.group) & (apart <= self._radius[name])].tolist())
         matches = []
         for key in candidates:
             banned = self._store.get(key)[0]  # type: ignore[index]
@@ -376,6 +395,14 @@ class Matcher:
             if group is not None:
                 matches.append(Match(key=key, distances=distances, rule=_describe(group)))
         return sorted(matches, key=lambda match: (match.distance, match.key))
+
+    def searched(self, fingerprint: Fingerprint) -> list[str]:
+        """The algorithms whose index ``match`` looks the fingerprint up in."""
+        return [
+            name
+            for name in self._radius
+            if name in fingerprint.hashes and self._votes(name, fingerprint)
+        ]
 
     def _matching_group(
         self, distances: dict[str, int], upload: Fingerprint, banned: Fingerprint

@@ -513,13 +513,13 @@ def test_each_hash_of_an_upload_is_looked_up_once_for_every_group_of_limits(
         3: BannedPicture(_flip_pdq(pasted, 100), limits=(("pdq", 20),), allow=True),
     }
     lookups: list[str] = []
-    search = HammingIndex.search
+    search = HammingIndex.search_many
 
-    def counted(index: HammingIndex, code: str, radius: int) -> tuple[np.ndarray, ...]:
-        lookups.append(code)
-        return search(index, code, radius)
+    def counted(index: HammingIndex, codes: list[str], radius: int) -> list:
+        lookups.extend(codes)
+        return search(index, codes, radius)
 
-    monkeypatch.setattr(HammingIndex, "search", counted)
+    monkeypatch.setattr(HammingIndex, "search_many", counted)
     upload = probes(load_image(encode(photo("rocket").resize((150, 130)), "JPEG", quality=60)))
     found, searched = {}, {}
     for name, pictures in (("one group", {0: grouped[0]}), ("four", grouped)):

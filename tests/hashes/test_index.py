@@ -197,11 +197,17 @@ def test_chunk_tables_find_exactly_what_brute_force_finds(bits: int, radius: int
             near(rng, rng.choice(stored), bits, rng.randrange(radius + 4)) for _ in range(16)
         ]
         queries += [random_code(rng, bits) for _ in range(4)]
-        for query in queries:
+        codes = [to_hex(query, bits) for query in queries]
+        # All the queries at once, as an upload's turns and views are looked up.
+        together = {limit: index.search_many(codes, limit) for limit in radii}
+        for number, query in enumerate(queries):
             expected = _brute_force_radii(entries, query, radii)
             for limit in radii:
-                assert index.query(to_hex(query, bits), limit) == expected[limit]
-                assert index.scan(to_hex(query, bits), limit) == expected[limit]
+                assert index.query(codes[number], limit) == expected[limit]
+                assert index.scan(codes[number], limit) == expected[limit]
+                keys, _, distances = together[limit][number]
+                pairs = zip(keys.tolist(), distances.tolist(), strict=True)
+                assert sorted(pairs, key=lambda pair: pair[::-1]) == expected[limit]
 
     check()
     removed = rng.sample(list(entries), 3000)
