@@ -146,12 +146,10 @@ class HammingIndex:
             return []
         queries = self.decode(codes_hex)
         which, rows, distances = self._search(queries, max_distance)
+        # Each query's results, as runs of the results ordered by query.
         order = np.argsort(which, kind="stable")
-        ends = np.searchsorted(which[order], np.arange(1, len(queries) + 1))
-        found = []
-        for part in np.split(order, ends[:-1]):
-            found.append((self._keys[rows[part]], self._tags[rows[part]], distances[part]))
-        return found
+        runs = np.split(order, np.cumsum(np.bincount(which, minlength=len(queries)))[:-1])
+        return [(self._keys[rows[run]], self._tags[rows[run]], distances[run]) for run in runs]
 
     def get(self, key: int) -> tuple[str, int] | None:
         """The code (hex) and tag stored under ``key``, or None."""
