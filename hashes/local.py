@@ -274,9 +274,9 @@ class _Detected:
             grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         pixels = np.asarray(grey)
         if colour:
-            shown = image.convert("RGB").resize(
-                grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0
-            )
+            shown = image.convert("RGB")
+            if shown.size != grey.size:
+                shown = shown.resize(grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             kept = _shrink(np.asarray(shown), pixels_side)
         else:
             kept = _shrink(pixels, pixels_side)
