@@ -6,7 +6,7 @@ Each image of --images is checked two ways in the same run, in turn:
 
 - full size, as workers did before: every pixel decoded, the fingerprint hashed on the
   whole frame, and the copies for turns, views and local features each scaled from it;
-- reduced, as they do now: a JPEG at least twice ``DECODE_SIDE`` across decoded reduced
+- reduced, as they do now: a JPEG at least twice ``DRAFT_SIDE`` across decoded reduced
   by the decoder's DCT scaling (``load_image``), the fingerprint and PDQ's turns hashed on
   one copy ``MATCH_SIDE`` across (``probes``).
 
@@ -44,11 +44,11 @@ from hashes.detect import (
     probe,
     probes,
 )
-from hashes.loading import DECODE_SIDE, LoadedImage, load_image
+from hashes.loading import DRAFT_SIDE, LoadedImage, load_image
 from hashes.matching import Matcher
 from hashes.views import cut, views, working_copy
 
-LARGER = f"saved 2.5x larger as JPEGs, decoded reduced over {2 * DECODE_SIDE} px"
+LARGER = f"saved 2.5x larger as JPEGs, decoded reduced over {2 * DRAFT_SIDE} px"
 
 
 def main() -> None:

@@ -41,9 +41,12 @@ KEPT_FRAMES_FACTOR = 4
 _TOLERANT_LOCK = threading.Lock()
 # Frames after the first are kept at most this many pixels on their longer side.
 LATER_FRAME_SIDE = 1024
-# The largest side any check of an upload works on (hashes.detect.QUERY_FEATURE_SIDE): a
-# JPEG upload at least twice as large is decoded reduced, to no less than this.
+# The largest side any check of an upload works on (hashes.detect.QUERY_FEATURE_SIDE).
 DECODE_SIDE = 800
+# A JPEG upload at least twice this large is decoded reduced, to no less than this: the
+# side its whole-picture hashes are taken at (hashes.algorithms.MATCH_SIDE). Its local
+# features are then found on what was decoded where that is under DECODE_SIDE.
+DRAFT_SIDE = 640
 # The JPEG decoder's DCT scaling: the whole picture, at 1/8, 1/4 or 1/2 of its size.
 _DCT_SCALES = (8, 4, 2)
 
@@ -151,10 +154,10 @@ def load_image(
 ) -> LoadedImage:
     """Decode an image from bytes or a file path into RGB frames.
 
-    A JPEG at least twice ``DECODE_SIDE`` on its longer side is decoded reduced, by the
+    A JPEG at least twice ``DRAFT_SIDE`` on its longer side is decoded reduced, by the
     decoder's DCT scaling (1/2, 1/4 or 1/8), as far as its longer side stays at least
-    ``DECODE_SIDE``: uploads are checked on copies no larger than that, so the full-size
-    pixels would only be made to be scaled down again. ``full_size`` decodes every pixel:
+    ``DRAFT_SIDE``: uploads are checked on copies no larger than ``DECODE_SIDE``, so the
+    full-size pixels would only be made to be scaled down again. ``full_size`` decodes every pixel:
     banned images are hashed at full size, so that their PDQ hashes are what other PDQ
     implementations compute from the file.
 
@@ -207,7 +210,7 @@ def load_image(
             f"The image header is damaged ({exc}). Upload the original file again."
         ) from exc
     with image:
-        return _decode(image, max_pixels, max_frames, None if full_size else DECODE_SIDE)
+        return _decode(image, max_pixels, max_frames, None if full_size else DRAFT_SIDE)
 
 
 def _read_file(path: str | os.PathLike, max_bytes: int) -> bytes:

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from hashes.evaluation.edits import CATALOGUE, EDITS, EXACT, PARTIAL, Edit
 from hashes.evaluation.harness import SYSTEMS, Harness, evaluate
 from hashes.evaluation.report import summary, write_report
-from hashes.loading import DECODE_SIDE, load_image
+from hashes.loading import DRAFT_SIDE, load_image
 from tests.images import encode, photo, photo_path
 
 
@@ -310,7 +310,7 @@ def test_edits_start_from_the_banned_file_at_full_size(tmp_path: Path) -> None:
     banned, innocent = tmp_path / "banned", tmp_path / "innocent"
     banned.mkdir()
     innocent.mkdir()
-    size = (2 * DECODE_SIDE + 10, DECODE_SIDE)
+    size = (2 * DRAFT_SIDE + 10, DRAFT_SIDE)
     (banned / "large.jpg").write_bytes(encode(photo("rocket").resize(size), "JPEG"))
     (innocent / "chelsea.jpg").write_bytes(photo_path("chelsea").read_bytes())
     edited = []

@@ -22,7 +22,14 @@ from hashes.errors import (
     UncheckableFormat,
     UnsupportedFormat,
 )
-from hashes.loading import ALLOWED_FORMATS, DECODE_SIDE, SNIFF_BYTES, image_kind, load_image
+from hashes.loading import (
+    ALLOWED_FORMATS,
+    DECODE_SIDE,
+    DRAFT_SIDE,
+    SNIFF_BYTES,
+    image_kind,
+    load_image,
+)
 from tests.images import encode, photo, photo_path, save
 
 RED = (255, 0, 0)
@@ -192,9 +199,7 @@ def test_long_animation_keeps_the_frames_shown_longest():
     frames = [Image.new("RGB", (16, 16), colour) for colour in COLOURS]
     durations = [50] * len(COLOURS)
     durations[5] = 60_000
-    data = encode(
-        frames[0], "GIF", save_all=True, append_images=frames[1:], duration=durations
-    )
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=durations)
 
     loaded = load_image(data, max_frames=3)
 
@@ -498,10 +503,11 @@ def mean_difference(a: Image.Image, b: Image.Image) -> float:
 @pytest.mark.parametrize(
     ("size", "decoded"),
     [
-        ((4200, 2800), (1050, 700)),  # 1/4: 1/8 would leave under DECODE_SIDE across
-        ((3000, 2000), (1500, 1000)),  # 1/2: 1/4 would leave 750 across
-        ((1600, 1066), (800, 533)),  # 1/2: twice DECODE_SIDE
-        ((1599, 1066), (1599, 1066)),  # under twice DECODE_SIDE: as it is
+        ((4200, 2800), (1050, 700)),  # 1/4: 1/8 would leave under DRAFT_SIDE across
+        ((3000, 2000), (750, 500)),  # 1/4: 1/8 would leave 375 across
+        ((1600, 1066), (800, 533)),  # 1/2
+        ((1280, 853), (640, 427)),  # 1/2: twice DRAFT_SIDE
+        ((1279, 852), (1279, 852)),  # under twice DRAFT_SIDE: as it is
         ((9000, 1200), (1125, 150)),  # 1/8: at most 1/8
         ((16000, 60), (4000, 15)),  # 1/4: the shorter side stays at least MIN_SIDE
     ],
@@ -521,10 +527,10 @@ def test_a_large_jpeg_upload_is_decoded_reduced(size, decoded):
 
 
 def test_jpeg_decoding_reduced_never_goes_under_what_the_checks_use():
-    assert max(QUERY_FEATURE_SIDE, MATCH_SIDE) <= DECODE_SIDE
-    for width in range(2 * DECODE_SIDE, 12 * DECODE_SIDE, 997):
+    assert MATCH_SIDE <= DRAFT_SIDE <= DECODE_SIDE == QUERY_FEATURE_SIDE
+    for width in range(2 * DRAFT_SIDE, 12 * DRAFT_SIDE, 997):
         data = encode(Image.new("RGB", (width, 300), WHITE), "JPEG")
-        assert DECODE_SIDE <= load_image(data).frames[0].width < 2 * DECODE_SIDE
+        assert DRAFT_SIDE <= load_image(data).frames[0].width < 2 * DRAFT_SIDE
 
 
 @pytest.mark.parametrize(
