@@ -189,7 +189,13 @@ def read_regular_file(store: Path, relative: bytes, *, max_bytes: int) -> bytes:
     """The file's bytes, or its first max_bytes + 1 when it is larger, so the image
     loader reports it as too large without reading all of it."""
     with open_regular(store, relative) as handle:
-        return handle.read(max_bytes + 1)
+        # As much as the file holds: a read of the limit would reserve that much memory
+        # for every file, however small.
+        size = os.fstat(handle.fileno()).st_size
+        data = handle.read(min(size, max_bytes) + 1)
+        if size < len(data) <= max_bytes:  # it has grown since
+            data += handle.read(max_bytes + 1 - len(data))
+        return data
 
 
 def sha256_of(data: bytes) -> str:

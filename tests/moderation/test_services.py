@@ -142,6 +142,23 @@ def test_an_image_too_large_to_check_is_held(media: Path, settings) -> None:
     assert (files.quarantine_dir() / upload.quarantine_name).read_bytes() == encoded("rocket")
 
 
+def test_a_file_is_read_whole_up_to_the_limit_with_memory_for_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    import tracemalloc
+
+    (tmp_path / "a.jpg").write_bytes(b"x" * 5000)
+    assert files.read_regular_file(tmp_path, b"a.jpg", max_bytes=100_000) == b"x" * 5000
+    assert files.read_regular_file(tmp_path, b"a.jpg", max_bytes=1000) == b"x" * 1001
+    tracemalloc.start()
+    try:
+        files.read_regular_file(tmp_path, b"a.jpg", max_bytes=100 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak  # not the 100 MB of the limit
+
+
 def test_resized_copy_is_quarantined_with_its_distances(media: Path, banned_astronaut) -> None:
     upload = drop(media, "profile/me.png", encoded("astronaut", "PNG", size=(180, 180)))
     assert upload.state == State.QUARANTINED
