@@ -187,15 +187,14 @@ def _enabled_banks() -> dict[int, Bank]:
     return {bank.pk: bank for bank in Bank.objects.filter(enabled=True)}
 
 
-def build_blocklist(only: Q | None = None) -> Blocklist:
-    """The active fingerprints of enabled banks; ``only``: those it selects, and the
-    known-good ones (which void matches of the same picture), for a look-back."""
+def build_blocklist() -> Blocklist:
+    """The active fingerprints of enabled banks."""
     # A build makes millions of small objects, freed by reference counting as it goes:
     # the collector's passes over them would find nothing and cost a third of the time.
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _build(only)
+        return _build()
     finally:
         if paused:
             gc.enable()
@@ -220,7 +219,7 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 
 
-def _build(only: Q | None) -> Blocklist:
+def _build() -> Blocklist:
     # Read the version and the newest change before the rows: a change committed in
     # between is seen by the next check, never missed.
     version, last_change = current_state()
@@ -233,14 +232,10 @@ def _build(only: Q | None) -> Blocklist:
         )[0].token
     detector = Detector(match_rule(), detect_config(), _FeatureCache().load)
     banks = _enabled_banks()
-    selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True)
     # Hashes alone, as lists give them (millions of rows), are read as columns, bank by
     # bank, at a fraction of the cost of a picture object for each; the rest one by one.
     listed = Q(sha256="", md5="", colours__isnull=True) & ~Q(bank__action=Bank.Act.ALLOW)
-    if only is not None:
-        selected = selected.filter(only | Q(bank__action=Bank.Act.ALLOW))
-    else:
-        selected = selected.exclude(listed)
+    selected = BannedFingerprint.objects.filter(active=True, bank__enabled=True).exclude(listed)
     rows = selected.values_list(*_ROW_FIELDS).iterator(chunk_size=10_000)
     review: set[int] = set()
 
@@ -251,12 +246,11 @@ def _build(only: Q | None) -> Blocklist:
             yield key, picture
 
     detector.add_all(pictures())
-    if only is None:
-        for bank in banks.values():
-            if bank.action != Bank.Act.ALLOW:
-                in_bank = BannedFingerprint.objects.filter(listed, active=True, bank=bank)
-                held = review if bank.action == Bank.Act.REVIEW else None
-                detector.add_hash_rows(_hash_rows(in_bank, held), bank.limits())
+    for bank in banks.values():
+        if bank.action != Bank.Act.ALLOW:
+            in_bank = BannedFingerprint.objects.filter(listed, active=True, bank=bank)
+            held = review if bank.action == Bank.Act.REVIEW else None
+            detector.add_hash_rows(_hash_rows(in_bank, held), bank.limits())
     return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
 
 

@@ -17,8 +17,8 @@ from django.utils import timezone
 from hashes.detect import probes
 from hashes.errors import ImageError
 from moderation import files
-from moderation.blocklist import Blocklist, build_blocklist
-from moderation.models import Bank, RetroCheck, Transition, Upload
+from moderation.blocklist import current_blocklist
+from moderation.models import Bank, BannedFingerprint, RetroCheck, Transition, Upload
 from moderation.services.common import Action, audit, in_media, load
 from moderation.services.uploads import Decision, apply_decision, judge
 
@@ -151,7 +151,9 @@ def _checked(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
     total = job.total or window.count()  # counted once: a resumed check keeps it
     if not mine.update(total=total):
         raise _Lost
-    blocklist = build_blocklist(only=_selection(job.bans))
+    # The process's own blocklist, which holds every ban, the new ones included: a second
+    # one of the new bans alone would double a worker's memory after a large import.
+    new = BannedFingerprint.objects.filter(_selection(job.bans), active=True, bank__enabled=True)
     done, found, skipped, last = job.done, job.found, 0, job.last_upload
     checked: set[int] = set()
 
@@ -160,7 +162,7 @@ def _checked(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
         if upload.pk in checked:
             return
         checked.add(upload.pk)
-        result = _look_again(upload, blocklist)
+        result = _look_again(upload, new)
         found += result == "found"
         skipped += result == "skipped"
         done += 1
@@ -168,7 +170,7 @@ def _checked(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
         if not mine.update(done=done, found=found, last_upload=last, beat_at=timezone.now()):
             raise _Lost
 
-    if not blocklist.detector.is_empty():
+    if new.exists():
         while batch := list(window.filter(pk__gt=last).order_by("pk")[:BATCH]):
             for upload in batch:
                 last = upload.pk
@@ -196,7 +198,7 @@ def _checked(job: RetroCheck, mine: "QuerySet[RetroCheck]") -> None:
         audit(Action.RETRO_CHECKED, detail=f"look-back #{job.pk}: {summary}")
 
 
-def _look_again(upload: Upload, blocklist: Blocklist) -> str:
+def _look_again(upload: Upload, new: "QuerySet[BannedFingerprint]") -> str:
     """Check one clean upload against the new bans: "found", "clean" or "skipped". A file
     gone or changed since is left to the watcher, which records its new content anew;
     one that cannot be moved is skipped with the reason logged, not the whole check."""
@@ -214,7 +216,7 @@ def _look_again(upload: Upload, blocklist: Blocklist) -> str:
     except ImageError:
         return "skipped"
     md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    found, verdict = judge(blocklist, checked, sha256, md5)
+    found, verdict = judge(current_blocklist(), checked, sha256, md5, among=new)
     if verdict.state == Upload.State.CLEAN:
         return "clean"
     decision = Decision(

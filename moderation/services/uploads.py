@@ -22,6 +22,7 @@ from hashes.loading import SNIFF_BYTES, describe_content, image_kind
 from moderation import files, metrics
 from moderation.blocklist import Blocklist, Verdict, current_blocklist
 from moderation.models import (
+    BannedFingerprint,
     ErrorCode,
     Match,
     Transition,
@@ -475,14 +476,27 @@ def _decide(upload: Upload) -> Decision:
 
 
 def judge(
-    blocklist: Blocklist, checked: list[Probe], sha256: str, md5: str
+    blocklist: Blocklist,
+    checked: list[Probe],
+    sha256: str,
+    md5: str,
+    among: QuerySet[BannedFingerprint] | None = None,
 ) -> tuple[dict[int, Detection], Verdict]:
     """Both stages on a file's probes, less the bans a moderator let this content pass,
-    and what the banks say of the rest: what a worker decides, and the API answers."""
+    and what the banks say of the rest: what a worker decides, and the API answers. With
+    ``among``, only the bans it selects count, and the known-good ones (a look-back)."""
     with blocklist.lock:  # not changed by another thread meanwhile
         found = blocklist.detector.detect(checked, sha256, md5)
     released = released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
+    if among is not None:
+        chosen = set(among.filter(pk__in=found).values_list("pk", flat=True))
+        with blocklist.lock:
+            found = {
+                key: hit
+                for key, hit in found.items()
+                if key in chosen or blocklist.detector.is_allowed(key)
+            }
     with blocklist.lock:
         return found, blocklist.verdict(found)
 

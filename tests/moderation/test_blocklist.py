@@ -106,13 +106,19 @@ def test_processes_forked_after_a_preload_use_its_blocklist_without_building() -
 
 
 def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
-    """Hash-only rows are read bank by bank as columns; a look-back build reads every row
-    one by one. Both hold the same pictures, groups, review set and matches."""
+    """Hash-only rows are read bank by bank as columns; changes followed are read one by
+    one, as pictures. Both hold the same pictures, groups, review set and matches."""
     import random
 
-    from django.db.models import Q
-
-    from moderation.blocklist import build_blocklist
+    from hashes.detect import Detector
+    from moderation.blocklist import (
+        _ROW_FIELDS,
+        _enabled_banks,
+        _pictures,
+        build_blocklist,
+        detect_config,
+        match_rule,
+    )
     from tests.images import encode, photo
 
     rng = random.Random(3)
@@ -129,14 +135,19 @@ def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
     services.banned_add_hashes(hashes={"pdq": PDQ, "phash": "8f3c61d2a4b59e07"}, pdq_quality=90)
     [image] = services.banned_add_image(data=encode(photo("chelsea"), "JPEG"))
 
-    columns, one_by_one = build_blocklist(), build_blocklist(Q(active=True))
+    columns = build_blocklist()
+    rows = BannedFingerprint.objects.values_list(*_ROW_FIELDS)
+    read = list(_pictures(rows, _enabled_banks()))
+    one_by_one = Detector(match_rule(), detect_config())
+    one_by_one.add_all((key, picture) for key, picture, _ in read)
 
     keys = list(BannedFingerprint.objects.values_list("pk", flat=True))
     assert len(keys) == 67 and image.pk in keys
-    assert len(columns.detector) == len(one_by_one.detector)
-    assert columns.review == one_by_one.review and len(columns.review) == 20
+    assert len(columns.detector) == len(one_by_one)
+    assert columns.review == {key for key, _, action in read if action == Bank.Act.REVIEW}
+    assert len(columns.review) == 20
     for key in keys:
-        fingerprint = one_by_one.detector.fingerprint(key)
+        fingerprint = one_by_one.fingerprint(key)
         assert fingerprint is not None and columns.detector.fingerprint(key) == fingerprint
-        assert columns.detector.lookup(fingerprint) == one_by_one.detector.lookup(fingerprint)
-        assert columns.detector.is_allowed(key) == one_by_one.detector.is_allowed(key)
+        assert columns.detector.lookup(fingerprint) == one_by_one.lookup(fingerprint)
+        assert columns.detector.is_allowed(key) == one_by_one.is_allowed(key)

@@ -148,3 +148,33 @@ def test_a_run_that_lost_its_check_writes_nothing_more(stores) -> None:
     retro._run(job, RetroCheck.objects.filter(pk=job.pk, owner="mine"))
     job.refresh_from_db()
     assert (job.state, job.done, job.owner) == ("running", 0, "someone-else")
+
+
+def test_a_look_back_after_a_large_import_builds_no_blocklist_of_its_own(stores) -> None:
+    """It checks with the process's blocklist, which holds the new bans already: a second
+    one of them would double a worker's memory after an import of millions."""
+    import random
+    import tracemalloc
+
+    from hashes.detect import probes
+    from moderation.blocklist import build_blocklist, current_blocklist
+    from moderation.services.common import load
+
+    earlier = clean(stores, "u/coffee.jpg", "coffee")
+    rng = random.Random(5)
+    listed = [f"pdq {rng.randbytes(32).hex()}\n" for _ in range(50_000)]
+    data = (stores / "media" / "u/coffee.jpg").read_bytes()
+    services.bank_import(lines=[*listed, f"md5 {hashlib.md5(data).hexdigest()}\n"], bank="big")
+    # The process follows the import and checks a file with it, as a worker does.
+    current_blocklist().detector.detect(probes(load(data)), "", "")
+    tracemalloc.start()
+    try:
+        build_blocklist()
+        building = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        assert run(RetroCheck.objects.get()).found == 1
+        looking_back = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert Upload.objects.get(pk=earlier.pk).state == State.QUARANTINED
+    assert looking_back < building / 4, (looking_back, building)
