@@ -179,11 +179,15 @@ class HammingIndex:
             return self._scans(queries, radius, 0)
         which, rows = tables.candidates(queries, plan)
         distances = _distances(self._codes[rows], queries[which])
-        hit = (distances <= radius) & self._live[rows]
+        hit = np.flatnonzero(distances <= radius)
+        which, rows, distances = which[hit], rows[hit], distances[hit]
+        if self._dead:  # only the few near rows are looked up
+            live = self._live[rows]
+            which, rows, distances = which[live], rows[live], distances[live]
         # A code near a query in several chunks is found once per chunk.
-        pairs, first = np.unique(which[hit] * self._count + rows[hit], return_index=True)
+        pairs, first = np.unique(which * self._count + rows, return_index=True)
         which, rows = np.divmod(pairs, self._count)
-        distances = distances[hit][first]
+        distances = distances[first]
         if self._indexed == self._count:
             return which, rows, distances
         # Rows added since the tables were built are compared one by one.
@@ -423,7 +427,8 @@ class _Tables:
         # position, repeated over its length, plus how far into it each one is.
         ends = np.cumsum(lengths)
         positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
-        which = np.repeat(np.arange(len(slots)) // len(plan.flips), lengths)
+        # A query's slots are side by side, and so are their rows.
+        which = np.repeat(np.arange(len(queries)), lengths.reshape(len(queries), -1).sum(axis=1))
         return which, self.order[positions]
 
 
