@@ -758,8 +758,9 @@ class Detector:
         mirrored = [(name, turned) for name, turned in item.turns if name == "mirrored"]
         ways = [("as_is", item.fingerprint), negative, *mirrored]
         compared = len(ways) * len(self._near)
-        for name, fingerprint in ways:
-            for match in self._near.match(fingerprint):
+        matched = self._near.match_many([fingerprint for _, fingerprint in ways])
+        for (name, _), matches in zip(ways, matched, strict=True):
+            for match in matches:
                 chance = match.chance
                 if compared * chance > _NEAR_CHANCE:
                     continue

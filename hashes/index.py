@@ -160,8 +160,7 @@ class HammingIndex:
 
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
-        query = self.decode([code_hex])[0]
-        rows, distances = self._scan(query, max_distance, 0, self._count)
+        _, rows, distances = self._scans(self.decode([code_hex]), max_distance, 0)
         keys = self._keys[rows]
         order = np.lexsort((keys, distances))
         return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
@@ -201,23 +200,32 @@ class HammingIndex:
     def _scans(
         self, queries: np.ndarray, radius: int, start: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``_search`` by comparing each query with every row from ``start`` on."""
-        found = [self._scan(query, radius, start, self._count) for query in queries]
+        """``_search`` by comparing each query with every row from ``start`` on. A query's
+        complement (an upload's negative) is not compared again: each row's distance to
+        it is the bits less the distance to the query."""
+        compared: dict[bytes, np.ndarray] = {}
+        found = []
+        for query in queries:
+            complement = compared.get((~query).tobytes())
+            if complement is not None:
+                distances = self.bits - complement
+            else:
+                distances = compared.setdefault(query.tobytes(), self._distances_from(query, start))
+            hits = np.flatnonzero((distances <= radius) & self._live[start : self._count])
+            found.append((hits + start, distances[hits].astype(np.int64)))
         which = np.repeat(np.arange(len(queries)), [len(rows) for rows, _ in found])
         rows = np.concatenate([rows for rows, _ in found]).astype(np.int64)
-        distances = np.concatenate([distances for _, distances in found]).astype(np.int64)
+        distances = np.concatenate([distances for _, distances in found])
         return which, rows, distances
 
-    def _scan(
-        self, query: np.ndarray, radius: int, start: int, end: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        distances = np.zeros(end - start, dtype=np.uint16)
-        scratch = np.empty(end - start, dtype=np.uint64)
+    def _distances_from(self, query: np.ndarray, start: int) -> np.ndarray:
+        """The distance of every row from ``start`` on to ``query``."""
+        distances = np.zeros(self._count - start, dtype=np.uint16)
+        scratch = np.empty(self._count - start, dtype=np.uint64)
         for word in range(query.shape[0]):
-            np.bitwise_xor(self._codes[start:end, word], query[word], out=scratch)
+            np.bitwise_xor(self._codes[start : self._count, word], query[word], out=scratch)
             distances += np.bitwise_count(scratch)
-        hits = np.flatnonzero((distances <= radius) & self._live[start:end])
-        return hits + start, distances[hits].astype(np.int64)
+        return distances
 
     # -- keeping rows --------------------------------------------------------------------
 

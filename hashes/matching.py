@@ -396,6 +396,12 @@ class Matcher:
                 matches.append(Match(key=key, distances=distances, rule=_describe(group)))
         return sorted(matches, key=lambda match: (match.distance, match.key))
 
+    def match_many(self, fingerprints: list[Fingerprint]) -> list[list[Match]]:
+        """``match`` for each fingerprint, their index lookups made together."""
+        search = SharedSearch(self._store, [self])
+        search.prefetch(fingerprints)
+        return [self.match(fingerprint, search) for fingerprint in fingerprints]
+
     def searched(self, fingerprint: Fingerprint) -> list[str]:
         """The algorithms whose index ``match`` looks the fingerprint up in."""
         return [

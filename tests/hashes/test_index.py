@@ -197,6 +197,10 @@ def test_chunk_tables_find_exactly_what_brute_force_finds(bits: int, radius: int
             near(rng, rng.choice(stored), bits, rng.randrange(radius + 4)) for _ in range(16)
         ]
         queries += [random_code(rng, bits) for _ in range(4)]
+        # Near codes after their complements (an upload's negative): a full comparison
+        # reads their distances from the complement's.
+        nearby = [near(rng, rng.choice(stored), bits, 2) for _ in range(2)]
+        queries += [code ^ ((1 << bits) - 1) for code in nearby] + nearby
         codes = [to_hex(query, bits) for query in queries]
         # All the queries at once, as an upload's turns and views are looked up.
         together = {limit: index.search_many(codes, limit) for limit in radii}
