@@ -71,12 +71,10 @@ def views(image: Image.Image) -> list[View]:
         box = _trim(pixels, share)
         if box != (0, 0, width, height):
             _add(found, View(name, _fraction(box, width, height)))
-    # The channels' mean, their sum taken exactly in int16 first: pixels.mean(axis=2)
-    # gives the same values, at several times the cost.
+    # The sum of the channels, three times the grey level, exact in int16.
     total = pixels[..., 0] + pixels[..., 1] + pixels[..., 2]
-    grey = total / 3
     boxes: list[tuple[int, int, int, int]] = []
-    _split(grey, pixels, (0, 0, width, height), depth=0, out=boxes)
+    _split(total, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
         if box != (0, 0, width, height):
             # A collage's gutters are borders of the panels beside them.
@@ -183,28 +181,28 @@ def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
     """Which of the (int16) pixels are within _TOLERANCE of ``colour`` in every channel.
 
     The colour is a median, a whole or half number: the bounds are rounded inwards so that
-    whole-number pixels are compared without a float copy of them.
+    whole-number pixels are compared without a float copy of them, and both at once, as
+    the distance past the lower bound read unsigned (below it, it wraps to a large one).
     """
     low = np.ceil(colour - _TOLERANCE).astype(pixels.dtype)
-    high = np.floor(colour + _TOLERANCE).astype(pixels.dtype)
-    inside = (pixels >= low) & (pixels <= high)
+    span = (np.floor(colour + _TOLERANCE) - low).astype(np.uint16)
+    inside = (pixels - low).view(np.uint16) <= span
     return inside[..., 0] & inside[..., 1] & inside[..., 2]
 
 
 def _split(
-    grey: np.ndarray,
-    pixels: np.ndarray,
+    total: np.ndarray,
     box: tuple[int, int, int, int],
     depth: int,
     out: list[tuple[int, int, int, int]],
 ) -> None:
     left, top, right, bottom = box
-    full_height, full_width = grey.shape
+    full_height, full_width = total.shape
     if depth > 0:
         out.append(box)
     if depth >= 2:
         return
-    area = grey[top:bottom, left:right]
+    area = total[top:bottom, left:right]
     for axis in (1, 0):
         seams = _seams(area, axis)
         if not seams:
@@ -220,18 +218,17 @@ def _split(
                 if axis == 1
                 else (left, top + start, right, top + end)
             )
-            _split(grey, pixels, part, depth + 1, out)
+            _split(total, part, depth + 1, out)
 
 
 def _seams(area: np.ndarray, axis: int) -> list[int]:
-    """Offsets along ``axis`` (1: columns, 0: rows) where a straight edge crosses ``area``."""
-    if axis == 0:
-        area = area.T
-    height, width = area.shape
+    """Offsets along ``axis`` (1: columns, 0: rows) where a straight edge crosses ``area``
+    (sums of three channels)."""
+    width, height = area.shape[axis], area.shape[1 - axis]
     if width < 16 or height < 16:
         return []
-    steps = np.abs(np.diff(area, axis=1)) >= _STEP
-    share = steps.mean(axis=0)
+    steps = np.abs(np.diff(area, axis=axis)) >= 3 * _STEP
+    share = steps.mean(axis=1 - axis)
     margin = max(3, round(width * 0.1))
     seams: list[int] = []
     for x in np.argsort(share)[::-1]:
@@ -259,8 +256,8 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
         return []
     # Running counts of edge pixels along each boundary between neighbouring columns
     # (x | x + 1), and between neighbouring rows.
-    down = _running(_edges(np.abs(np.diff(total, axis=1))).T)
-    across = _running(_edges(np.abs(np.diff(total, axis=0)).T).T)
+    down = _running(_edges(np.abs(np.diff(total, axis=1))))
+    across = _running(_edges(np.abs(np.diff(total, axis=0)).T))
     xs = np.array(sorted({0, width, *_lines(down)}))
     ys = np.array(sorted({0, height, *_lines(across)}))
     # cover_down[i, j, k]: the share of line xs[i] from ys[j] to ys[k] that is an edge
@@ -311,24 +308,28 @@ def _edges(steps: np.ndarray) -> np.ndarray:
 
 
 def _running(edges: np.ndarray) -> np.ndarray:
-    """For each boundary (row of ``edges``), how many of its first n pixels are edge."""
-    running = np.zeros((edges.shape[0], edges.shape[1] + 1), dtype=np.int32)
-    np.cumsum(np.ascontiguousarray(edges), axis=1, out=running[:, 1:])
-    return running
+    """For each boundary (column of ``edges``), how many of its first n pixels are edge:
+    a row for each boundary."""
+    running = np.zeros((edges.shape[0] + 1, edges.shape[1]), dtype=np.int32)
+    np.cumsum(edges, axis=0, out=running[1:])
+    return running.T
 
 
 def _lines(running: np.ndarray) -> list[int]:
     """The positions (from 1) of the boundaries with the longest runs of mostly
     edge pixels along them, at most _LINES, each apart from the others."""
-    length = running.shape[1] - 1
+    boundaries, length = running.shape[0], running.shape[1] - 1
     half = _WINDOW // 2
-    ends = np.minimum(np.arange(length) + half + 1, length)
-    starts = np.maximum(np.arange(length) - half, 0)
-    mostly = (running[:, ends] - running[:, starts]) * 2 > _WINDOW
-    # A run's length at each pixel: how far it is past the last pixel that is not in one.
-    positions = np.arange(1, length + 1, dtype=np.int32)
-    last_out = np.maximum.accumulate(np.where(mostly, 0, positions), axis=1)
-    longest = (positions - last_out).max(axis=1)
+    # The edge pixels in the window around each pixel, the windows cut short at the ends.
+    padded = np.pad(running, ((0, 0), (half, half)), mode="edge")
+    mostly = np.zeros((boundaries, length + 2), dtype=bool)
+    counts = padded[:, 2 * half + 1 : 2 * half + 1 + length] - padded[:, :length]
+    np.greater(counts * 2, _WINDOW, out=mostly[:, 1:-1])
+    # Each run's start and end, read row by row (a row's own False ends part them).
+    changes = np.flatnonzero(mostly[:, 1:] != mostly[:, :-1])
+    starts, ends = changes[::2], changes[1::2]
+    longest = np.zeros(boundaries, dtype=np.int64)
+    np.maximum.at(longest, starts // (length + 1), ends - starts)
     picked: list[int] = []
     for boundary in np.argsort(-longest, kind="stable").tolist():
         if longest[boundary] < length * _MIN_RUN or len(picked) == _LINES:

@@ -75,3 +75,12 @@ def test_a_picture_pasted_inside_another_is_an_inset_view(box: tuple[float, ...]
 @pytest.mark.parametrize("size", [(1, 1), (1, 50), (50, 1), (3, 700), (17, 17)])
 def test_a_sliver_of_a_picture_has_no_views(size: tuple[int, int]) -> None:
     assert views(Image.new("RGB", size, "red")) == []
+
+
+def test_a_join_of_exactly_the_seam_step_is_a_seam() -> None:
+    """Grey levels 70/3 and 28/3 differ by exactly _STEP (14): a seam, by the rule, however
+    a division by three would round them."""
+    canvas = Image.new("RGB", (400, 300), (24, 23, 23))
+    canvas.paste((10, 9, 9), (200, 0, 400, 300))
+    boxes = sorted(box for name, box in _boxes(canvas).items() if name.startswith("panel"))
+    assert boxes == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
