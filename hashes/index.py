@@ -210,11 +210,12 @@ class HammingIndex:
             if complement is not None:
                 distances = self.bits - complement
             else:
-                distances = compared.setdefault(query.tobytes(), self._distances_from(query, start))
+                distances = self._distances_from(query, start)
+                compared[query.tobytes()] = distances
             hits = np.flatnonzero((distances <= radius) & self._live[start : self._count])
             found.append((hits + start, distances[hits].astype(np.int64)))
         which = np.repeat(np.arange(len(queries)), [len(rows) for rows, _ in found])
-        rows = np.concatenate([rows for rows, _ in found]).astype(np.int64)
+        rows = np.concatenate([rows for rows, _ in found])
         distances = np.concatenate([distances for _, distances in found])
         return which, rows, distances
 

@@ -489,15 +489,13 @@ def judge(
         found = blocklist.detector.detect(checked, sha256, md5)
     released = released_keys(sha256, found)
     found = {key: hit for key, hit in found.items() if key not in released}
+    chosen = None
     if among is not None:
         chosen = set(among.filter(pk__in=found).values_list("pk", flat=True))
-        with blocklist.lock:
-            found = {
-                key: hit
-                for key, hit in found.items()
-                if key in chosen or blocklist.detector.is_allowed(key)
-            }
     with blocklist.lock:
+        if chosen is not None:
+            allowed = blocklist.detector.is_allowed
+            found = {key: hit for key, hit in found.items() if key in chosen or allowed(key)}
         return found, blocklist.verdict(found)
 
 
