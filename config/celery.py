@@ -38,6 +38,28 @@ def preload_blocklist(**kwargs: object) -> None:
         blocklist.preload()
 
 
+_cores_each = 0
+
+
+@signals.worker_init.connect
+def share_cores(sender: object = None, **kwargs: object) -> None:
+    """Note each pool process's share of the cores. OpenCV spreads a call over every core
+    of the machine by default; with a pool process per core, each would wait on threads
+    that fight the other processes for them."""
+    global _cores_each
+    concurrency = getattr(sender, "concurrency", None)
+    if isinstance(concurrency, int) and concurrency > 0:
+        _cores_each = max(1, (os.cpu_count() or 1) // concurrency)
+
+
+@signals.worker_process_init.connect
+def use_share_of_cores(**kwargs: object) -> None:
+    if _cores_each:
+        import cv2
+
+        cv2.setNumThreads(_cores_each)
+
+
 @signals.worker_process_init.connect
 def write_metrics(**kwargs: object) -> None:
     """Each pool process writes what it counted for /metrics every few seconds."""

@@ -73,3 +73,25 @@ def test_a_fault_retrying_cannot_fix_is_recorded_at_once(upload: Upload, monkeyp
     assert len(calls) == 1
     assert (held.state, held.error_code) == (State.HELD, "internal")
     assert "Permission denied" in held.error
+
+
+@pytest.mark.parametrize(("cores", "concurrency", "threads"), [(8, 4, 2), (2, 2, 1), (2, 8, 1)])
+def test_a_pool_process_keeps_opencv_to_its_share_of_the_cores(
+    monkeypatch, cores: int, concurrency: int, threads: int
+) -> None:
+    import os
+    from types import SimpleNamespace
+
+    import cv2
+
+    from config import celery
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(celery, "_cores_each", 0)
+    before = cv2.getNumThreads()
+    try:
+        celery.share_cores(sender=SimpleNamespace(concurrency=concurrency))  # the main process
+        celery.use_share_of_cores()  # each pool process, once forked
+        assert cv2.getNumThreads() == threads
+    finally:
+        cv2.setNumThreads(before)
