@@ -60,6 +60,17 @@ def use_share_of_cores(**kwargs: object) -> None:
         cv2.setNumThreads(_cores_each)
 
 
+@signals.task_prerun.connect
+@signals.task_postrun.connect
+def close_old_connections(task: object = None, **kwargs: object) -> None:
+    """Close the connections past DATABASE_CONN_MAX_AGE, or broken, before and after each
+    task, as Django does around a request; the others are kept for the next task."""
+    if not getattr(getattr(task, "request", None), "is_eager", False):
+        from django import db
+
+        db.close_old_connections()
+
+
 @signals.worker_process_init.connect
 def write_metrics(**kwargs: object) -> None:
     """Each pool process writes what it counted for /metrics every few seconds."""

@@ -244,6 +244,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery closes a worker's database connections around every task unless told to reuse
+# them: that would open one per upload whatever DATABASE_CONN_MAX_AGE says. Django's own
+# rule decides instead, around each task as around a request (config/celery.py); Celery
+# still renews a connection every this many tasks.
+CELERY_DB_REUSE_MAX = 1000
 # Fail fast when the broker is down: the upload stays pending, the error is recorded and
 # the watcher queues it again later.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {

@@ -17,7 +17,7 @@ from collections import defaultdict
 from datetime import timedelta
 
 from django.db import Error as DatabaseError
-from django.db import connection, connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -88,7 +88,7 @@ class _Buffer:
             except Exception:  # a bug here must not end the counting for good
                 logger.exception("recording metrics failed")
             finally:
-                connections.close_all()  # this thread's own connection
+                close_old_connections()  # this thread's own, if DATABASE_CONN_MAX_AGE is past
 
 
 _buffer = _Buffer()

@@ -151,6 +151,38 @@ def test_scan_waits_until_a_backlog_is_decided(stack: Stack) -> None:
     assert "deciding: 100%" in output  # the progress bar
 
 
+def test_a_worker_keeps_its_database_connection_from_task_to_task(stack: Stack) -> None:
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("counts connections in PostgreSQL's pg_stat_activity")
+    # As the production environment file sets; the worker's connections are named.
+    stack.env["DATABASE_CONN_MAX_AGE"] = "60"
+    url = stack.env["DATABASE_URL"]
+    stack.env["DATABASE_URL"] = f"{url}?application_name=hashguard-worker"
+    stack.worker()
+    stack.env["DATABASE_URL"] = url
+    stack.watcher()
+
+    def worker_connections() -> set[int]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = 'hashguard-worker' AND query LIKE %s",
+                ["%moderation_upload%"],
+            )
+            return {pid for (pid,) in cursor.fetchall()}
+
+    media = stack.data_dir / "media"
+    photo("coffee").save(media / "first.jpg", "JPEG")
+    wait_decided("first.jpg")
+    kept = wait_for(worker_connections, what="the worker's connection, kept after its task")
+    for index, name in enumerate(("rocket", "chelsea", "astronaut")):
+        photo(name).save(media / f"next-{index}.jpg", "JPEG")
+        wait_decided(f"next-{index}.jpg")
+    assert worker_connections() == kept, stack.logs()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
