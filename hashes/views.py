@@ -17,6 +17,7 @@ are returned as fractions of the frame so they can be cut from any size of it.
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -64,7 +65,7 @@ def working_copy(frame: Image.Image, side: int = WORK_SIDE) -> Image.Image:
 
 def views(image: Image.Image) -> list[View]:
     """Sub-rectangles of ``image`` (an RGB working copy) that may be a picture of their own."""
-    pixels = np.asarray(image, dtype=np.int16)
+    pixels = np.asarray(image)
     height, width = pixels.shape[:2]
     found: list[View] = []
     for name, share in (("trim", _BORDER_SHARE), ("trim_caption", _CAPTION_SHARE)):
@@ -72,7 +73,7 @@ def views(image: Image.Image) -> list[View]:
         if box != (0, 0, width, height):
             _add(found, View(name, _fraction(box, width, height)))
     # The sum of the channels, three times the grey level, exact in int16.
-    total = pixels[..., 0] + pixels[..., 1] + pixels[..., 2]
+    total = pixels[..., 0].astype(np.int16) + pixels[..., 1] + pixels[..., 2]
     boxes: list[tuple[int, int, int, int]] = []
     _split(total, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
@@ -156,12 +157,13 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     rows = rows[: len(rows) // 2]
     colour = np.median(rows[0], axis=0)
     # Most pictures have no border: the first row says so before the rest is compared.
-    if _near(rows[0], colour).mean() < _BORDER_SHARE:
+    if np.count_nonzero(_near(rows[:1], colour)) / rows.shape[1] < _BORDER_SHARE:
         return 0
     # Row by row in blocks, up to the first row that is not mostly that colour.
     blocks = []
     for start in range(0, len(rows), _BLOCK):
-        block = _near(rows[start : start + _BLOCK], colour).mean(axis=1)
+        block = np.count_nonzero(_near(rows[start : start + _BLOCK], colour), axis=1)
+        block = block / rows.shape[1]
         blocks.append(block)
         if (block < share).any():
             break
@@ -178,16 +180,15 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
 
 
 def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Which of the (int16) pixels are within _TOLERANCE of ``colour`` in every channel.
+    """Which of the (uint8, RGB) pixels are within _TOLERANCE of ``colour`` in every
+    channel, as 255 or 0.
 
     The colour is a median, a whole or half number: the bounds are rounded inwards so that
-    whole-number pixels are compared without a float copy of them, and both at once, as
-    the distance past the lower bound read unsigned (below it, it wraps to a large one).
+    whole-number pixels are compared as they are.
     """
-    low = np.ceil(colour - _TOLERANCE).astype(pixels.dtype)
-    span = (np.floor(colour + _TOLERANCE) - low).astype(np.uint16)
-    inside = (pixels - low).view(np.uint16) <= span
-    return inside[..., 0] & inside[..., 1] & inside[..., 2]
+    low = np.clip(np.ceil(colour - _TOLERANCE), 0, 255)
+    high = np.clip(np.floor(colour + _TOLERANCE), 0, 255)
+    return cv2.inRange(np.ascontiguousarray(pixels), low, high)
 
 
 def _split(
@@ -254,10 +255,10 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
     height, width = total.shape
     if width < 16 or height < 16:
         return []
-    # Running counts of edge pixels along each boundary between neighbouring columns
-    # (x | x + 1), and between neighbouring rows.
-    down = _running(_edges(np.abs(np.diff(total, axis=1))))
-    across = _running(_edges(np.abs(np.diff(total, axis=0)).T))
+    # The edge pixels along each boundary between neighbouring columns (x | x + 1), a row
+    # for each, and the same for the boundaries between neighbouring rows.
+    down = _edges(np.ascontiguousarray(total.T))
+    across = _edges(total)
     xs = np.array(sorted({0, width, *_lines(down)}))
     ys = np.array(sorted({0, height, *_lines(across)}))
     # cover_down[i, j, k]: the share of line xs[i] from ys[j] to ys[k] that is an edge
@@ -297,33 +298,26 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
     return kept
 
 
-def _edges(steps: np.ndarray) -> np.ndarray:
-    """Which of the steps between neighbouring pixels (along axis 1, in sums of three
-    channels) are a straight cut."""
-    # The larger of the steps two pixels before and after each.
-    around = np.zeros_like(steps)
-    around[:, 2:] = steps[:, :-2]
-    np.maximum(around[:, :-2], steps[:, 2:], out=around[:, :-2])
-    return (steps >= 3 * _STEP) | ((steps >= 3 * _FAINT_STEP) & (steps >= 2 * around))
+def _edges(total: np.ndarray) -> np.ndarray:
+    """Which of the steps between neighbouring rows of ``total`` (sums of three channels)
+    are a straight cut, as 1 or 0: a row for each boundary."""
+    steps = cv2.absdiff(total[1:], total[:-1])
+    # The larger of the steps two pixels before and after each, across the boundary.
+    around = cv2.dilate(steps, _TWO_APART, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    cut = (steps >= 3 * _STEP) | ((steps >= 3 * _FAINT_STEP) & (steps >= 2 * around))
+    return cut.view(np.uint8)
 
 
-def _running(edges: np.ndarray) -> np.ndarray:
-    """For each boundary (column of ``edges``), how many of its first n pixels are edge:
-    a row for each boundary."""
-    running = np.zeros((edges.shape[0] + 1, edges.shape[1]), dtype=np.int32)
-    np.cumsum(edges, axis=0, out=running[1:])
-    return running.T
+_TWO_APART = np.array([[1], [0], [0], [0], [1]], np.uint8)
 
 
-def _lines(running: np.ndarray) -> list[int]:
+def _lines(edges: np.ndarray) -> list[int]:
     """The positions (from 1) of the boundaries with the longest runs of mostly
     edge pixels along them, at most _LINES, each apart from the others."""
-    boundaries, length = running.shape[0], running.shape[1] - 1
-    half = _WINDOW // 2
+    boundaries, length = edges.shape
     # The edge pixels in the window around each pixel, the windows cut short at the ends.
-    padded = np.pad(running, ((0, 0), (half, half)), mode="edge")
+    counts = cv2.boxFilter(edges, -1, (_WINDOW, 1), normalize=False, borderType=cv2.BORDER_CONSTANT)
     mostly = np.zeros((boundaries, length + 2), dtype=bool)
-    counts = padded[:, 2 * half + 1 : 2 * half + 1 + length] - padded[:, :length]
     np.greater(counts * 2, _WINDOW, out=mostly[:, 1:-1])
     # Each run's start and end, read row by row (a row's own False ends part them).
     changes = np.flatnonzero(mostly[:, 1:] != mostly[:, :-1])
@@ -339,15 +333,19 @@ def _lines(running: np.ndarray) -> list[int]:
     return [boundary + 1 for boundary in picked]
 
 
-def _cover(running: np.ndarray, lines: np.ndarray, spans: np.ndarray) -> np.ndarray:
+def _cover(edges: np.ndarray, lines: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """For each line and pair of span ends, the share of the line between them that is an
     edge, at the best of the boundary on the line and the one either side of it (the
     frame's own sides count as whole edges)."""
-    boundaries = running.shape[0]
+    boundaries, length = edges.shape
     spans_long = np.maximum(spans[None, :] - spans[:, None], 1)
+    # How many of the first n pixels of each boundary looked at are edge.
+    near = np.clip(lines[:, None] + np.arange(-2, 1), 0, boundaries - 1)
+    running = np.zeros((near.size, length + 1), dtype=np.int32)
+    np.cumsum(edges[near.ravel()], axis=1, out=running[:, 1:])
+    at = running[:, spans].reshape(len(lines), 3, len(spans))
     best = np.zeros((len(lines), len(spans), len(spans)))
-    for shift in (-2, -1, 0):
-        at = running[np.clip(lines + shift, 0, boundaries - 1)][:, spans]  # (lines, spans)
-        best = np.maximum(best, (at[:, None, :] - at[:, :, None]) / spans_long)
+    for shift in range(3):
+        best = np.maximum(best, (at[:, shift, None, :] - at[:, shift, :, None]) / spans_long)
     best[(lines == 0) | (lines > boundaries)] = 1.0
     return best
