@@ -72,10 +72,13 @@ def views(image: Image.Image) -> list[View]:
         box = _trim(pixels, share)
         if box != (0, 0, width, height):
             _add(found, View(name, _fraction(box, width, height)))
-    # The sum of the channels, three times the grey level, exact in int16.
+    # The sum of the channels, three times the grey level, exact in int16; and the steps
+    # in it across each boundary between neighbouring columns (x | x + 1), a row for each
+    # boundary, and across each between neighbouring rows.
     total = pixels[..., 0].astype(np.int16) + pixels[..., 1] + pixels[..., 2]
+    steps = (_steps(np.ascontiguousarray(total.T)), _steps(total))
     boxes: list[tuple[int, int, int, int]] = []
-    _split(total, (0, 0, width, height), depth=0, out=boxes)
+    _split(steps, (0, 0, width, height), depth=0, out=boxes)
     for index, box in enumerate(boxes):
         if box != (0, 0, width, height):
             # A collage's gutters are borders of the panels beside them.
@@ -83,7 +86,7 @@ def views(image: Image.Image) -> list[View]:
             inner = _trim(pixels[top:bottom, left:right], _BORDER_SHARE)
             box = (left + inner[0], top + inner[1], left + inner[2], top + inner[3])
             _add(found, View(f"panel_{index + 1}", _fraction(box, width, height)))
-    for index, box in enumerate(_insets(total)):
+    for index, box in enumerate(_insets(*steps)):
         _add(found, View(f"inset_{index + 1}", _fraction(box, width, height)))
     return found[:_MAX_VIEWS]
 
@@ -192,20 +195,23 @@ def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
 
 
 def _split(
-    total: np.ndarray,
+    steps: tuple[np.ndarray, np.ndarray],
     box: tuple[int, int, int, int],
     depth: int,
     out: list[tuple[int, int, int, int]],
 ) -> None:
     left, top, right, bottom = box
-    full_height, full_width = total.shape
+    down, across = steps
+    full_height, full_width = down.shape[1], across.shape[1]
     if depth > 0:
         out.append(box)
     if depth >= 2:
         return
-    area = total[top:bottom, left:right]
     for axis in (1, 0):
-        seams = _seams(area, axis)
+        inside = (
+            down[left : right - 1, top:bottom] if axis else across[top : bottom - 1, left:right]
+        )
+        seams = _seams(inside)
         if not seams:
             continue
         length = right - left if axis == 1 else bottom - top
@@ -219,17 +225,16 @@ def _split(
                 if axis == 1
                 else (left, top + start, right, top + end)
             )
-            _split(total, part, depth + 1, out)
+            _split(steps, part, depth + 1, out)
 
 
-def _seams(area: np.ndarray, axis: int) -> list[int]:
-    """Offsets along ``axis`` (1: columns, 0: rows) where a straight edge crosses ``area``
-    (sums of three channels)."""
-    width, height = area.shape[axis], area.shape[1 - axis]
+def _seams(steps: np.ndarray) -> list[int]:
+    """Offsets where a straight edge crosses a part of the picture, from the ``steps``
+    across each boundary within it (a row for each boundary)."""
+    width, height = len(steps) + 1, steps.shape[1]
     if width < 16 or height < 16:
         return []
-    steps = np.abs(np.diff(area, axis=axis)) >= 3 * _STEP
-    share = steps.mean(axis=1 - axis)
+    share = (steps >= 3 * _STEP).mean(axis=1)
     margin = max(3, round(width * 0.1))
     seams: list[int] = []
     for x in np.argsort(share)[::-1]:
@@ -247,18 +252,16 @@ def _seams(area: np.ndarray, axis: int) -> list[int]:
     return sorted(seams)
 
 
-def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
+def _insets(down: np.ndarray, across: np.ndarray) -> list[tuple[int, int, int, int]]:
     """The rectangles, at most _MAX_INSETS, whose sides inside the picture are straight
     edges (at least one side across and one down: a strip from edge to edge is a panel),
-    those whose sides are the clearest edges first. ``total``: the sum of each pixel's
-    channels (int16), three times its grey."""
-    height, width = total.shape
+    those whose sides are the clearest edges first; from the steps across each boundary
+    between columns (``down``) and between rows (``across``), a row for each boundary."""
+    height, width = down.shape[1], across.shape[1]
     if width < 16 or height < 16:
         return []
-    # The edge pixels along each boundary between neighbouring columns (x | x + 1), a row
-    # for each, and the same for the boundaries between neighbouring rows.
-    down = _edges(np.ascontiguousarray(total.T))
-    across = _edges(total)
+    # The edge pixels along each boundary.
+    down, across = _edges(down), _edges(across)
     xs = np.array(sorted({0, width, *_lines(down)}))
     ys = np.array(sorted({0, height, *_lines(across)}))
     # cover_down[i, j, k]: the share of line xs[i] from ys[j] to ys[k] that is an edge
@@ -298,10 +301,17 @@ def _insets(total: np.ndarray) -> list[tuple[int, int, int, int]]:
     return kept
 
 
-def _edges(total: np.ndarray) -> np.ndarray:
-    """Which of the steps between neighbouring rows of ``total`` (sums of three channels)
-    are a straight cut, as 1 or 0: a row for each boundary."""
-    steps = cv2.absdiff(total[1:], total[:-1])
+def _steps(total: np.ndarray) -> np.ndarray:
+    """The steps between neighbouring rows of ``total`` (sums of three channels), a row for
+    each boundary."""
+    if len(total) < 2:  # a sliver one pixel high: OpenCV has nothing to compare
+        return np.zeros((0, total.shape[1]), total.dtype)
+    return cv2.absdiff(total[1:], total[:-1])
+
+
+def _edges(steps: np.ndarray) -> np.ndarray:
+    """Which of the ``steps`` across boundaries (a row for each) are a straight cut, as 1
+    or 0."""
     # The larger of the steps two pixels before and after each, across the boundary.
     around = cv2.dilate(steps, _TWO_APART, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     cut = (steps >= 3 * _STEP) | ((steps >= 3 * _FAINT_STEP) & (steps >= 2 * around))
