@@ -42,10 +42,10 @@ _TOLERANT_LOCK = threading.Lock()
 # Frames after the first are kept at most this many pixels on their longer side.
 LATER_FRAME_SIDE = 1024
 # The largest side any check of an upload works on (hashes.detect.QUERY_FEATURE_SIDE).
-DECODE_SIDE = 800
+DECODE_SIDE = 640
 # A JPEG upload at least twice this large is decoded reduced, to no less than this: the
-# side its whole-picture hashes are taken at (hashes.algorithms.MATCH_SIDE). Its local
-# features are then found on what was decoded where that is under DECODE_SIDE.
+# side its whole-picture hashes are taken at (hashes.algorithms.MATCH_SIDE), which its
+# local features share (DECODE_SIDE).
 DRAFT_SIDE = 640
 # The JPEG decoder's DCT scaling: the whole picture, at 1/8, 1/4 or 1/2 of its size.
 _DCT_SCALES = (8, 4, 2)
