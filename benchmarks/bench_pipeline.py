@@ -290,12 +290,13 @@ def _sustained(images: list[Path], data_dir: Path, count: int, rate: float) -> s
             time.sleep(max(0.0, started + index / rate - time.time()))
         os.rename(staging / name, data_dir / "media" / name)
         dropped[name] = time.time()
-    decided: dict[str, float] = {}
+    rows = Upload.objects.filter(path__startswith="sustained-", decided_at__isnull=False)
     deadline = time.time() + 600 + 2 * count
-    while len(decided) < count and time.time() < deadline:
+    # Counted while waiting, read once at the end: reading every decision each poll
+    # would spend the cores the pipeline is measured on.
+    while rows.count() < count and time.time() < deadline:
         time.sleep(0.5)
-        rows = Upload.objects.filter(path__startswith="sustained-", decided_at__isnull=False)
-        decided = {path: at.timestamp() for path, at in rows.values_list("path", "decided_at")}
+    decided = {path: at.timestamp() for path, at in rows.values_list("path", "decided_at")}
     waits = sorted(decided[name] - dropped[name] for name in decided)
     if not waits:
         return f"  {count} files renamed in: none decided"
