@@ -160,13 +160,12 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     rows = rows[: len(rows) // 2]
     colour = np.median(rows[0], axis=0)
     # Most pictures have no border: the first row says so before the rest is compared.
-    if np.count_nonzero(_near(rows[:1], colour)) / rows.shape[1] < _BORDER_SHARE:
+    if _near_shares(rows[:1], colour)[0] < _BORDER_SHARE:
         return 0
     # Row by row in blocks, up to the first row that is not mostly that colour.
     blocks = []
     for start in range(0, len(rows), _BLOCK):
-        block = np.count_nonzero(_near(rows[start : start + _BLOCK], colour), axis=1)
-        block = block / rows.shape[1]
+        block = _near_shares(rows[start : start + _BLOCK], colour)
         blocks.append(block)
         if (block < share).any():
             break
@@ -182,16 +181,17 @@ def _uniform_run(rows: np.ndarray, share: float) -> int:
     return run if run >= max(2, round(len(rows) * 0.015)) else 0
 
 
-def _near(pixels: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """Which of the (uint8, RGB) pixels are within _TOLERANCE of ``colour`` in every
-    channel, as 255 or 0.
+def _near_shares(rows: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """The share of each row of (uint8, RGB) pixels within _TOLERANCE of ``colour`` in
+    every channel.
 
     The colour is a median, a whole or half number: the bounds are rounded inwards so that
     whole-number pixels are compared as they are.
     """
     low = np.clip(np.ceil(colour - _TOLERANCE), 0, 255)
     high = np.clip(np.floor(colour + _TOLERANCE), 0, 255)
-    return cv2.inRange(np.ascontiguousarray(pixels), low, high)
+    near = cv2.inRange(np.ascontiguousarray(rows), low, high)
+    return np.count_nonzero(near, axis=1) / rows.shape[1]
 
 
 def _split(
