@@ -89,7 +89,7 @@ def probes_full_size(loaded: LoadedImage) -> list[Probe]:
             parts.append(working_copy(cut(work, view), HASH_SIDE))
             regions.append((view, fingerprint_image(parts[-1])))
         image = working_copy(frame, QUERY_FEATURE_SIDE)
-        found.append(Probe(fingerprint, turns, regions, image, small, parts))
+        found.append(Probe(fingerprint, turns, regions, image, parts))
     return found
 
 

@@ -112,33 +112,28 @@ _AFTER_TRANSPOSE: dict[Image.Transpose, Image.Transpose | None] = {
 }
 
 
-def fingerprint_turns(image: Image.Image, small: Image.Image | None = None) -> list[Fingerprint]:
+def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
     """The fingerprint of an RGB frame turned and flipped each way of ``DIHEDRAL``; PDQ's
     are computed in one pass, as its dihedral function does.
 
-    With ``small``, a smaller copy of the same frame, the pHash and dHash of the seven
-    turned pictures are computed on it instead (they look at 32 and 9 pixels across);
-    the picture as it is is hashed on ``image`` alone.
+    pHash and dHash of every turn come from the grey reductions of the frame as it is:
+    reducing and flipping (top to bottom, left to right, both) give the same pixels in
+    either order, and reducing and transposing the same but for the rounding of Pillow's
+    first pass, so each turn is a reduction flipped, or transposed and flipped. dHash's
+    reduction is not square: the turns that swap width and height take one more, 8
+    wide and 9 high, transposed.
     """
     dihedral, quality = pdqhash.compute_dihedral(np.asarray(image))
-    # Reducing and flipping (top to bottom, left to right, both) give the same pixels in
-    # either order, so the grey picture and its transpose are reduced once each and the
-    # reductions flipped: every turn is one of them flipped or not.
-    grey = (image if small is None else small).convert("L")
-    reduced = {
-        transposed: _reduced(picture)
-        for transposed, picture in (
-            (False, grey),
-            (True, grey.transpose(Image.Transpose.TRANSPOSE)),
-        )
-    }
-    turned = [_reduced(image.convert("L"))]
+    grey = image.convert("L")
+    for_phash, for_dhash = _reduced(grey)
+    across = np.asarray(grey.resize(_DHASH_SIZE[::-1], _REDUCING)).T
+    reduced = {False: (for_phash, for_dhash), True: (for_phash.T, across)}
+    turned = [reduced[False]]
     for turn in DIHEDRAL[1:]:
         assert turn is not None
-        flip = _AFTER_TRANSPOSE.get(turn, turn)
-        flipped = _FLIPS[flip]
-        for_phash, for_dhash = reduced[turn in _AFTER_TRANSPOSE]
-        turned.append((flipped(for_phash), flipped(for_dhash)))
+        flipped = _FLIPS[_AFTER_TRANSPOSE.get(turn, turn)]
+        phash_pixels, dhash_pixels = reduced[turn in _AFTER_TRANSPOSE]
+        turned.append((flipped(phash_pixels), flipped(dhash_pixels)))
     return _fingerprints(turned, dihedral, quality)
 
 

@@ -180,11 +180,15 @@ class Probe:
     turns: list[tuple[str, Fingerprint]]
     regions: list[tuple[View, Fingerprint]]
     image: Image.Image
-    # The copies of the upload HASH_SIDE across and of each view VIEW_HASH_SIDE across:
-    # what colours are compared on, when colour candidates are configured.
-    small: Image.Image
+    # The copies of each view VIEW_HASH_SIDE across, and (``small``) of the upload
+    # HASH_SIDE across: what colours are compared on, when colour candidates are
+    # configured.
     parts: list[Image.Image] = field(default_factory=list)
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
+
+    @functools.cached_property
+    def small(self) -> Image.Image:
+        return working_copy(self.image, HASH_SIDE)
 
     @functools.cached_property
     def colours(self) -> np.ndarray:
@@ -323,15 +327,13 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     """Everything the detector compares for one RGB frame of an upload.
 
     Every copy is scaled from the one local features use (QUERY_FEATURE_SIDE across, the
-    size a large JPEG is decoded at): the fingerprint and all eight PDQ turns from one
-    MATCH_SIDE across; the views found on one at WORK_SIDE, and the turns' pHash and dHash
-    on one HASH_SIDE across made from that; each view hashed on its own part of the first.
+    size a large JPEG is decoded at): the fingerprint and all eight turns from one
+    MATCH_SIDE across; the views found on one at WORK_SIDE; each view hashed on its own
+    part of the first.
     """
     query = working_copy(frame, QUERY_FEATURE_SIDE)
-    match = working_copy(query, MATCH_SIDE)
     work = working_copy(query)
-    small = working_copy(work, HASH_SIDE)
-    fingerprints = fingerprint_turns(match, small)
+    fingerprints = fingerprint_turns(working_copy(query, MATCH_SIDE))
     turns = [
         (name, turned)
         for (name, _, undo), turned in zip(TURNS, fingerprints, strict=True)
@@ -341,7 +343,7 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     for view in views(work) if regions else ():
         parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
         found.append((view, fingerprint_image(parts[-1])))
-    return Probe(fingerprints[0], turns, found, query, small, parts)
+    return Probe(fingerprints[0], turns, found, query, parts)
 
 
 def probes(loaded: LoadedImage) -> list[Probe]:

@@ -198,17 +198,24 @@ def test_a_banned_image_loaded_at_full_size_has_the_full_resolution_hashes():
     assert fingerprint.pdq_quality == quality
 
 
-def test_turns_take_pdq_from_the_frame_and_turned_phash_and_dhash_from_the_small_copy():
+def test_turns_are_the_hashes_of_the_frame_turned():
     image = photo("rocket")
-    small = image.resize((256, 171), Image.Resampling.BILINEAR)
 
-    turns = fingerprint_turns(image, small)
+    turns = fingerprint_turns(image)
 
     assert turns[0] == fingerprint_image(image)
+    dihedral, _ = pdqhash.compute_dihedral(np.asarray(image))
     assert [turn.hashes["pdq"] for turn in turns] == [
-        turn.hashes["pdq"] for turn in fingerprint_turns(image)
+        np.packbits(bits.astype(np.uint8)).tobytes().hex() for bits in dihedral
     ]
+    flips = (Image.Transpose.ROTATE_180, *DIHEDRAL[4:6])
     for turn, fingerprint in zip(DIHEDRAL[1:], turns[1:], strict=True):
-        turned = small.transpose(turn)
-        assert fingerprint.hashes["phash"] == str(imagehash.phash(turned))
-        assert fingerprint.hashes["dhash"] == str(imagehash.dhash(turned))
+        turned = image.transpose(turn)
+        phash, dhash = str(imagehash.phash(turned)), str(imagehash.dhash(turned))
+        if turn in flips:
+            # Flipped pixels reduce to the reduction flipped, exactly.
+            assert (fingerprint.hashes["phash"], fingerprint.hashes["dhash"]) == (phash, dhash)
+        else:
+            # Transposed, they differ only by the rounding of Pillow's first pass.
+            assert hamming(fingerprint.hashes["phash"], phash) <= 4
+            assert hamming(fingerprint.hashes["dhash"], dhash) <= 4
