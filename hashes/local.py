@@ -308,7 +308,7 @@ class _Detected:
         """The features of the copy mirrored left to right. ORB's corners and scales are
         symmetric, so the same keypoints, mirrored with their orientation, are the ones
         a search of the mirrored copy finds; only their descriptors differ."""
-        flipped = np.ascontiguousarray(self.kept[:, ::-1])
+        flipped = cv2.flip(self.kept, 1)
         if self.descriptors is None or self.orb is None:
             return _packed((), None, self.size, flipped)
         width = self.grey.shape[1]
@@ -324,7 +324,7 @@ class _Detected:
             )
             for keypoint in self.keypoints
         ]
-        keypoints, descriptors = self.orb.compute(np.ascontiguousarray(self.grey[:, ::-1]), turned)
+        keypoints, descriptors = self.orb.compute(cv2.flip(self.grey, 1), turned)
         return _packed(keypoints, descriptors, self.size, flipped)
 
 
