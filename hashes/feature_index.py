@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from hashes.index import distinct
 from hashes.local import LocalFeatures
 
 # Each ban's words are stored with it (BannedFingerprint.words): a change to these, or to
@@ -165,16 +166,18 @@ class _Table:
 
     def _bound(self, low: np.ndarray, high: np.ndarray, tails: np.ndarray) -> np.ndarray:
         """For each range of the main run, the first entry whose last byte is not below
-        its tail."""
+        its tail: a binary search of all the ranges at once, in steps of halving powers
+        of two, each taken where the entry before its end is still below the tail."""
+        found = low
+        if not len(low):
+            return found
         limit = max(0, len(self.tails) - 1)
-        while True:
-            open_ = low < high
-            if not open_.any():
-                return low
-            middle = (low + high) // 2
-            after = open_ & (self.tails[np.minimum(middle, limit)] < tails)
-            low = np.where(after, middle + 1, low)
-            high = np.where(open_ & ~after, middle, high)
+        step = 1 << int((high - low).max()).bit_length()
+        while step := step >> 1:
+            end = found + step
+            below = (end <= high) & (self.tails[np.minimum(end - 1, limit)] < tails)
+            found = found + step * below
+        return found
 
     def pairs(self, query: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """(query row, slot) for every entry filed under a query word, words held more
@@ -292,7 +295,7 @@ class FeatureIndex:
             rows, slots = table.pairs(query[first], limit)
             pairs.append(first[rows] * slots_held + slots)
         # One vote per descriptor and picture, whichever tables they met in.
-        unique = np.unique(np.concatenate(pairs))
+        unique = distinct(np.concatenate(pairs))
         rows, slots = np.divmod(unique, slots_held)
         alive = self._live[slots]
         rows, slots = rows[alive], slots[alive]

@@ -356,6 +356,16 @@ def _distances(codes: np.ndarray, query: np.ndarray) -> np.ndarray:
     return row_bits(codes ^ query)
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D array, in order: ``np.unique`` by a sort, which for
+    the few thousand of a query costs a third of numpy's own (hashing) way."""
+    ordered = np.sort(values)
+    kept = np.empty(len(ordered), dtype=bool)
+    kept[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=kept[1:])
+    return ordered[kept]
+
+
 def row_bits(words: np.ndarray) -> np.ndarray:
     """The set bits of each row of (n, w) 64-bit words, added a column at a time: numpy's
     sum along so short a last axis costs four times as much."""

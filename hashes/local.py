@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hashes.index import row_bits
+from hashes.index import distinct, row_bits
 
 FEATURE_SIDE = 640
 _MIN_ORB_SIDE = 32
@@ -423,7 +423,7 @@ def matched_pairs(banned: LocalFeatures, upload: LocalFeatures) -> tuple[np.ndar
     sizes, first, rows = sizes[looked], theirs.starts[at[looked]], rows[looked]
     at = np.repeat(first - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
     width = len(upload.descriptors)
-    pairs = np.unique(np.repeat(rows, sizes).astype(np.int64) * width + theirs.rows[at])
+    pairs = distinct(np.repeat(rows, sizes).astype(np.int64) * width + theirs.rows[at])
     if not len(pairs):
         return nothing, nothing
     query, train = np.divmod(pairs, width)
