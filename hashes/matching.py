@@ -302,6 +302,18 @@ class SharedSearch:
         self._found.update(((name, code), item) for code, item in zip(codes, found, strict=True))
 
 
+def _reach(
+    groups: tuple[dict[str, int], ...], chosen: list[str], leaving_out: int = -1
+) -> dict[str, int]:
+    """How far each algorithm is searched when each group is searched by its ``chosen``
+    one (but the group ``leaving_out``): the largest limit of the groups searched by it."""
+    reach: dict[str, int] = {}
+    for index, (limits, name) in enumerate(zip(groups, chosen, strict=True)):
+        if index != leaving_out:
+            reach[name] = max(limits[name], reach.get(name, 0))
+    return reach
+
+
 def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
     batch: list[T] = []
     for item in items:
@@ -334,14 +346,23 @@ class Matcher:
         self, rule: MatchRule, store: FingerprintStore | None = None, group: int = 0
     ) -> None:
         self.rule = rule
+
         # A group matches only when every hash in it is within its limit, so its candidates
         # are found by searching for one of them: the one searched most cheaply, the
-        # nearest as a share of its bits. Each algorithm is searched at the largest limit
-        # of the groups searched by it.
-        self._radius: dict[str, int] = {}
-        for group_limits in rule.groups:
-            name = min(group_limits, key=lambda name: group_limits[name] / ALGORITHMS[name].bits)
-            self._radius[name] = max(group_limits[name], self._radius.get(name, 0))
+        # nearest as a share of its bits, unless another group's search already reaches
+        # as far in one of them (pHash at 10 finds every match of pHash 10 and dHash 6:
+        # dHash need then be searched only as far as its own group, 4). Each algorithm is
+        # searched at the largest limit of the groups searched by it.
+        def share(limits: dict[str, int], name: str) -> float:
+            return limits[name] / ALGORITHMS[name].bits
+
+        chosen = [min(limits, key=lambda name: share(limits, name)) for limits in rule.groups]
+        for index, limits in enumerate(rule.groups):
+            reach = _reach(rule.groups, chosen, leaving_out=index)
+            covered = [name for name in limits if reach.get(name, -1) >= limits[name]]
+            if covered:
+                chosen[index] = min(covered, key=lambda name: share(limits, name))
+        self._radius = _reach(rule.groups, chosen)
         self._store = store if store is not None else FingerprintStore()
         self.group = group
 

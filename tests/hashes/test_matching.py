@@ -175,6 +175,7 @@ def brute_force(rule: MatchRule, banned: dict[int, Fingerprint], upload: Fingerp
         DEFAULT_RULE_CONFIG,
         {"groups": [{"pdq": 60, "phash": 8}, {"dhash": 12}], "pdq_min_quality": 0},
         {"groups": [{"pdq": 31}, {"dhash": 12}], "veto": 1},
+        {"groups": [{"phash": 6, "dhash": 4}, {"pdq": 50, "phash": 8}, {"dhash": 2}]},
     ],
 )
 def test_matcher_agrees_with_brute_force(config):
@@ -205,6 +206,12 @@ def test_matcher_agrees_with_brute_force(config):
         assert all(m.distances == upload.distance(banned[m.key]) for m in matches)
 
     assert hits > 100
+
+
+def test_a_group_another_group_s_search_reaches_is_not_searched_again():
+    # pHash at 10 (for pdq 60 + phash 10) finds every match of phash 10 + dhash 6.
+    assert Matcher(MatchRule()).radii == {"pdq": 31, "phash": 10, "dhash": 4}
+    assert Matcher(MatchRule(groups=({"phash": 10, "dhash": 6},))).radii == {"dhash": 6}
 
 
 def test_the_default_rule_is_the_rule_built_from_its_settings():
