@@ -43,9 +43,11 @@ _cores_each = 0
 
 @signals.worker_init.connect
 def share_cores(sender: object = None, **kwargs: object) -> None:
-    """Note each pool process's share of the cores. OpenCV spreads a call over every core
-    of the machine by default; with a pool process per core, each would wait on threads
-    that fight the other processes for them."""
+    """Note each pool process's share of the cores. OpenCV and numpy's BLAS (the matrix
+    products of an upload's hash reductions) spread a call over every core of the
+    machine by default; with a pool process per core, each would wait on threads that
+    fight the other processes for them (BLAS's spin as they wait: 3,000 files at 20/s
+    were decided at 14.3 a second where one thread each kept up)."""
     global _cores_each
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and concurrency > 0:
@@ -55,9 +57,11 @@ def share_cores(sender: object = None, **kwargs: object) -> None:
 @signals.worker_process_init.connect
 def use_share_of_cores(**kwargs: object) -> None:
     if _cores_each:
-        import cv2
+        import cv2  # numpy, and its BLAS, with it
+        from threadpoolctl import threadpool_limits
 
         cv2.setNumThreads(_cores_each)
+        threadpool_limits(_cores_each, user_api="blas")
 
 
 @signals.task_prerun.connect

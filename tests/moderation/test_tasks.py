@@ -76,22 +76,29 @@ def test_a_fault_retrying_cannot_fix_is_recorded_at_once(upload: Upload, monkeyp
 
 
 @pytest.mark.parametrize(("cores", "concurrency", "threads"), [(8, 4, 2), (2, 2, 1), (2, 8, 1)])
-def test_a_pool_process_keeps_opencv_to_its_share_of_the_cores(
+def test_a_pool_process_keeps_opencv_and_blas_to_its_share_of_the_cores(
     monkeypatch, cores: int, concurrency: int, threads: int
 ) -> None:
     import os
     from types import SimpleNamespace
 
     import cv2
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from config import celery
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     monkeypatch.setattr(celery, "_cores_each", 0)
     before = cv2.getNumThreads()
+    restore = threadpool_limits(None)  # the limits as they are, to put back
     try:
         celery.share_cores(sender=SimpleNamespace(concurrency=concurrency))  # the main process
         celery.use_share_of_cores()  # each pool process, once forked
         assert cv2.getNumThreads() == threads
+        assert blas_threads() == {threads}
     finally:
         cv2.setNumThreads(before)
+        restore.restore_original_limits()
