@@ -43,11 +43,9 @@ _cores_each = 0
 
 @signals.worker_init.connect
 def share_cores(sender: object = None, **kwargs: object) -> None:
-    """Note each pool process's share of the cores. OpenCV and numpy's BLAS (the matrix
-    products of an upload's hash reductions) spread a call over every core of the
-    machine by default; with a pool process per core, each would wait on threads that
-    fight the other processes for them (BLAS's spin as they wait: 3,000 files at 20/s
-    were decided at 14.3 a second where one thread each kept up)."""
+    """Note each pool process's share of the cores, which it keeps its threads to
+    (``hashes.use_threads``): with BLAS spread over both cores, 3,000 files at 20/s
+    were decided at 14.3 a second where one thread each kept up."""
     global _cores_each
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and concurrency > 0:
@@ -57,11 +55,9 @@ def share_cores(sender: object = None, **kwargs: object) -> None:
 @signals.worker_process_init.connect
 def use_share_of_cores(**kwargs: object) -> None:
     if _cores_each:
-        import cv2  # numpy, and its BLAS, with it
-        from threadpoolctl import threadpool_limits
+        from hashes import use_threads
 
-        cv2.setNumThreads(_cores_each)
-        threadpool_limits(_cores_each, user_api="blas")
+        use_threads(_cores_each)
 
 
 @signals.task_prerun.connect

@@ -22,6 +22,7 @@ from hashes.detect import (
     Stage,
     probes,
     reference_features,
+    use_threads,
 )
 from hashes.errors import ImageError
 from hashes.loading import SNIFF_BYTES, LoadedImage, describe_content, image_kind, load_image
@@ -54,4 +55,5 @@ __all__ = [
     "parse_hash",
     "probes",
     "reference_features",
+    "use_threads",
 ]

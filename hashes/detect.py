@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
+import cv2
 import numpy as np
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from hashes.algorithms import (
     DIHEDRAL,
@@ -344,6 +346,15 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
         parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
         found.append((view, fingerprint_image(parts[-1])))
     return Probe(fingerprints[0], turns, found, query, parts)
+
+
+def use_threads(count: int) -> None:
+    """Keep OpenCV and numpy's BLAS, on which the detector's work runs, to ``count``
+    threads in this process. Both spread a call over every core by default: a process
+    of a pool with one process a core must take its share, or its threads fight the
+    other processes' for the cores (BLAS's spin as they wait)."""
+    cv2.setNumThreads(count)
+    threadpool_limits(count, user_api="blas")
 
 
 def probes(loaded: LoadedImage) -> list[Probe]:

@@ -16,6 +16,7 @@ The baselines read the file as those tools do: the first frame, no EXIF orientat
 import hashlib
 import io
 import multiprocessing
+import os
 import random
 import statistics
 import time
@@ -34,6 +35,7 @@ from hashes.detect import (
     Detector,
     probes,
     reference_features,
+    use_threads,
 )
 from hashes.errors import ImageError
 from hashes.evaluation.edits import CATALOGUE, Edit
@@ -320,7 +322,8 @@ def evaluate(
     try:
         if jobs > 1:
             context = multiprocessing.get_context("fork")
-            with context.Pool(jobs) as pool:
+            share = max(1, (os.cpu_count() or 1) // jobs)
+            with context.Pool(jobs, use_threads, (share,)) as pool:
                 outcomes = pool.imap(_check_task, tasks)
                 _collect(outcomes, tasks, result, distances, progress)
         else:
