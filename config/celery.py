@@ -38,26 +38,16 @@ def preload_blocklist(**kwargs: object) -> None:
         blocklist.preload()
 
 
-_cores_each = 0
-
-
 @signals.worker_init.connect
 def share_cores(sender: object = None, **kwargs: object) -> None:
-    """Note each pool process's share of the cores, which it keeps its threads to
-    (``hashes.use_threads``): with BLAS spread over both cores, 3,000 files at 20/s
-    were decided at 14.3 a second where one thread each kept up."""
-    global _cores_each
+    """Keep the threads of each pool process, forked after this, to its share of the
+    cores (``hashes.use_threads``): with BLAS spread over both cores, 3,000 files at
+    20/s were decided at 14.3 a second where one thread each kept up."""
     concurrency = getattr(sender, "concurrency", None)
     if isinstance(concurrency, int) and concurrency > 0:
-        _cores_each = max(1, (os.cpu_count() or 1) // concurrency)
-
-
-@signals.worker_process_init.connect
-def use_share_of_cores(**kwargs: object) -> None:
-    if _cores_each:
         from hashes import use_threads
 
-        use_threads(_cores_each)
+        use_threads(max(1, (os.cpu_count() or 1) // concurrency))
 
 
 @signals.task_prerun.connect

@@ -348,13 +348,22 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     return Probe(fingerprints[0], turns, found, query, parts)
 
 
-def use_threads(count: int) -> None:
+def use_threads(count: int) -> Callable[[], None]:
     """Keep OpenCV and numpy's BLAS, on which the detector's work runs, to ``count``
-    threads in this process. Both spread a call over every core by default: a process
-    of a pool with one process a core must take its share, or its threads fight the
-    other processes' for the cores (BLAS's spin as they wait)."""
+    threads in this process and the processes it forks after; what puts the limits as
+    they were back. Both spread a call over every core by default: a pool with one
+    process a core must give each its share, or their threads fight for the cores
+    (BLAS's spin as they wait). Call it before forking the pool: BLAS cannot be limited
+    in a process forked from one that has used its threads (the call hangs)."""
+    opencv = cv2.getNumThreads()
+    blas = threadpool_limits(count, user_api="blas")
     cv2.setNumThreads(count)
-    threadpool_limits(count, user_api="blas")
+
+    def restore() -> None:
+        cv2.setNumThreads(opencv)
+        blas.restore_original_limits()
+
+    return restore
 
 
 def probes(loaded: LoadedImage) -> list[Probe]:

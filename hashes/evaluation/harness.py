@@ -322,10 +322,13 @@ def evaluate(
     try:
         if jobs > 1:
             context = multiprocessing.get_context("fork")
-            share = max(1, (os.cpu_count() or 1) // jobs)
-            with context.Pool(jobs, use_threads, (share,)) as pool:
-                outcomes = pool.imap(_check_task, tasks)
-                _collect(outcomes, tasks, result, distances, progress)
+            restore = use_threads(max(1, (os.cpu_count() or 1) // jobs))
+            try:
+                with context.Pool(jobs) as pool:
+                    outcomes = pool.imap(_check_task, tasks)
+                    _collect(outcomes, tasks, result, distances, progress)
+            finally:
+                restore()
         else:
             _collect(map(_check_task, tasks), tasks, result, distances, progress)
     finally:

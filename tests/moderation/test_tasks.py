@@ -79,26 +79,32 @@ def test_a_fault_retrying_cannot_fix_is_recorded_at_once(upload: Upload, monkeyp
 def test_a_pool_process_keeps_opencv_and_blas_to_its_share_of_the_cores(
     monkeypatch, cores: int, concurrency: int, threads: int
 ) -> None:
+    import multiprocessing
     import os
     from types import SimpleNamespace
 
     import cv2
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_limits
 
     from config import celery
 
-    def blas_threads() -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
-
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
-    monkeypatch.setattr(celery, "_cores_each", 0)
     before = cv2.getNumThreads()
     restore = threadpool_limits(None)  # the limits as they are, to put back
     try:
-        celery.share_cores(sender=SimpleNamespace(concurrency=concurrency))  # the main process
-        celery.use_share_of_cores()  # each pool process, once forked
-        assert cv2.getNumThreads() == threads
-        assert blas_threads() == {threads}
+        # In the main process, before the pool processes fork: they inherit the limits.
+        celery.share_cores(sender=SimpleNamespace(concurrency=concurrency))
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            assert pool.apply(threads_in_this_process) == (threads, {threads})
     finally:
         cv2.setNumThreads(before)
         restore.restore_original_limits()
+
+
+def threads_in_this_process() -> tuple[int, set[int]]:
+    """OpenCV's threads and BLAS's (each library's)."""
+    import cv2
+    from threadpoolctl import threadpool_info
+
+    blas = {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+    return cv2.getNumThreads(), blas
