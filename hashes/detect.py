@@ -66,7 +66,7 @@ from hashes.matching import (
     low_detail_rows,
     tags,
 )
-from hashes.views import View, area, cut, iou, views, working_copy
+from hashes.views import WORK_SIDE, View, area, cut, iou, views, working_copy
 
 HASH_SIDE = 256
 # The side views are hashed at. PDQ box-filters by ceil(side / 128) pixels: at 256 the
@@ -74,7 +74,8 @@ HASH_SIDE = 256
 # full-resolution hash (corpus); at 384 (odd) 6.
 VIEW_HASH_SIDE = 384
 QUERY_FEATURE_SIDE = DECODE_SIDE
-QUERY_PIXELS_SIDE = 512
+# An upload's pixels for the photometric check are the copy its views are found on.
+QUERY_PIXELS_SIDE = WORK_SIDE
 COLOUR_BINS = 4
 HUE_TURNS = 8
 _VIEWS_VERIFIED = 2
@@ -186,6 +187,9 @@ class Probe:
     # HASH_SIDE across: what colours are compared on, when colour candidates are
     # configured.
     parts: list[Image.Image] = field(default_factory=list)
+    # The copy the views were found on, QUERY_PIXELS_SIDE across: the upload's pixels for
+    # the photometric check (None: made from ``image`` when needed).
+    work: Image.Image | None = None
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
 
     @functools.cached_property
@@ -207,7 +211,7 @@ class Probe:
         name = view.name if view else _MIRRORED if mirrored else ""
         if name not in self._features and view is None:
             found = upload_features(
-                self.image, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE
+                self.image, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE, self.work
             )
             self._features.update(zip(("", _MIRRORED), found, strict=True))
         if name not in self._features and view is not None:
@@ -345,7 +349,7 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     for view in views(work) if regions else ():
         parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
         found.append((view, fingerprint_image(parts[-1])))
-    return Probe(fingerprints[0], turns, found, query, parts)
+    return Probe(fingerprints[0], turns, found, query, parts, work)
 
 
 def use_threads(count: int) -> Callable[[], None]:

@@ -240,12 +240,17 @@ def reference_local_features(image: Image.Image) -> LocalFeatures:
 
 
 def upload_features(
-    image: Image.Image, count: int, side: int, pixels_side: int
+    image: Image.Image,
+    count: int,
+    side: int,
+    pixels_side: int,
+    shown: Image.Image | None = None,
 ) -> tuple[LocalFeatures, LocalFeatures]:
     """The local features of an upload (``local_features`` in colour), and those of the
     upload mirrored: the same corners, whose descriptors are computed again on the
-    mirrored copy at a fraction of the cost of finding them there."""
-    detected = _Detected.of(image, count, side, REFERENCE_GRID, pixels_side, True)
+    mirrored copy at a fraction of the cost of finding them there. ``shown``: a copy of
+    the upload already at most ``pixels_side`` across, to take its pixels from."""
+    detected = _Detected.of(image, count, side, REFERENCE_GRID, pixels_side, True, shown)
     return detected.features(), detected.mirrored()
 
 
@@ -265,7 +270,14 @@ class _Detected:
 
     @classmethod
     def of(
-        cls, image: Image.Image, count: int, side: int, grid: int, pixels_side: int, colour: bool
+        cls,
+        image: Image.Image,
+        count: int,
+        side: int,
+        grid: int,
+        pixels_side: int,
+        colour: bool,
+        shown: Image.Image | None = None,
     ) -> "_Detected":
         grey = image.convert("L")
         scale = side / max(grey.size)
@@ -274,9 +286,10 @@ class _Detected:
             grey = grey.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
         pixels = np.asarray(grey)
         if colour:
-            shown = image.convert("RGB")
-            if shown.size != grey.size:
-                shown = shown.resize(grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+            if shown is None:
+                shown = image.convert("RGB")
+                if shown.size != grey.size:
+                    shown = shown.resize(grey.size, Image.Resampling.BILINEAR, reducing_gap=2.0)
             kept = _shrink(np.asarray(shown), pixels_side)
         else:
             kept = _shrink(pixels, pixels_side)
