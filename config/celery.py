@@ -47,7 +47,7 @@ def share_cores(sender: object = None, **kwargs: object) -> None:
     if isinstance(concurrency, int) and concurrency > 0:
         from hashes import use_threads
 
-        use_threads(max(1, (os.cpu_count() or 1) // concurrency))
+        use_threads(concurrency)
 
 
 @signals.task_prerun.connect

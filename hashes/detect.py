@@ -26,6 +26,7 @@ its hashes sit near those of every other smooth image; only exact copies of its 
 """
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -352,13 +353,14 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     return Probe(fingerprints[0], turns, found, query, parts, work)
 
 
-def use_threads(count: int) -> Callable[[], None]:
-    """Keep OpenCV and numpy's BLAS, on which the detector's work runs, to ``count``
-    threads in this process and the processes it forks after; what puts the limits as
-    they were back. Both spread a call over every core by default: a pool with one
-    process a core must give each its share, or their threads fight for the cores
-    (BLAS's spin as they wait). Call it before forking the pool: BLAS cannot be limited
-    in a process forked from one that has used its threads (the call hangs)."""
+def use_threads(processes: int) -> Callable[[], None]:
+    """Keep OpenCV and numpy's BLAS, on which the detector's work runs, to this process's
+    share of the cores when a pool of ``processes`` shares them, here and in the
+    processes it forks after; what puts the limits as they were back. Both spread a call
+    over every core by default: without a share each, a pool's threads fight for the
+    cores (BLAS's spin as they wait). Call it before forking the pool: BLAS cannot be
+    limited in a process forked from one that has used its threads (the call hangs)."""
+    count = max(1, (os.cpu_count() or 1) // max(1, processes))
     opencv = cv2.getNumThreads()
     blas = threadpool_limits(count, user_api="blas")
     cv2.setNumThreads(count)

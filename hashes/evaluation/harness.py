@@ -16,7 +16,6 @@ The baselines read the file as those tools do: the first frame, no EXIF orientat
 import hashlib
 import io
 import multiprocessing
-import os
 import random
 import statistics
 import time
@@ -322,7 +321,7 @@ def evaluate(
     try:
         if jobs > 1:
             context = multiprocessing.get_context("fork")
-            restore = use_threads(max(1, (os.cpu_count() or 1) // jobs))
+            restore = use_threads(jobs)
             try:
                 with context.Pool(jobs) as pool:
                     outcomes = pool.imap(_check_task, tasks)
