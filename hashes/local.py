@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from hashes.index import distinct, row_bits
+from hashes.index import distinct, pair_bits
 
 FEATURE_SIDE = 640
 _MIN_ORB_SIDE = 32
@@ -440,8 +440,8 @@ def matched_pairs(banned: LocalFeatures, upload: LocalFeatures) -> tuple[np.ndar
     if not len(pairs):
         return nothing, nothing
     query, train = np.divmod(pairs, width)
-    distance = row_bits(
-        banned.descriptors.view(np.uint64)[query] ^ upload.descriptors.view(np.uint64)[train]
+    distance = pair_bits(
+        banned.descriptors.view(np.uint64), query, upload.descriptors.view(np.uint64), train
     )
     ranked = np.argsort(query * 257 + distance, kind="stable")
     query, train, distance = query[ranked], train[ranked], distance[ranked]
