@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from hashes.index import HammingIndex, _Offsets, _RowNumbers
+from hashes.index import HammingIndex, _Offsets, _RowNumbers, pair_bits
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -300,3 +300,18 @@ def test_row_numbers_take_four_bytes_past_two_to_the_24() -> None:
         numbers.put(0, np.asarray([rows - 1, 0, 5]))
         assert numbers[np.asarray([2, 0, 1])].tolist() == [5, rows - 1, 0]
     assert _RowNumbers(3, 1 << 24).nbytes() < _RowNumbers(3, 1 + (1 << 24)).nbytes()
+
+
+@pytest.mark.parametrize("words", [1, 4])
+def test_pair_bits_counts_the_bits_each_pair_of_rows_differs_in(words: int) -> None:
+    rng = np.random.default_rng(words)
+    left = rng.integers(0, 2**64, (50, words), dtype=np.uint64)
+    right = rng.integers(0, 2**64, (30, words), dtype=np.uint64)
+    left_rows = rng.integers(0, 50, 200)
+    right_rows = rng.integers(0, 30, 200)
+    expected = [
+        sum((int(a) ^ int(b)).bit_count() for a, b in zip(left[i], right[j], strict=True))
+        for i, j in zip(left_rows, right_rows, strict=True)
+    ]
+    assert pair_bits(left, left_rows, right, right_rows).tolist() == expected
+    assert len(pair_bits(left, left_rows[:0], right, right_rows[:0])) == 0
