@@ -20,7 +20,8 @@ Three algorithms, each stored as lowercase hex:
 
 Uploads are only matched, never exported: they are hashed on a copy ``MATCH_SIDE`` pixels
 across (``hashes.detect.probe``), a few bits from the full-resolution hashes at a small
-part of the cost, which grows faster than the pixels.
+part of the cost, which grows faster than the pixels; their PDQ is Meta's computation
+written as matrix products (``pdq_turns``), the same bits at a fifth of pdqhash's cost.
 
 Each algorithm has a version: bump it whenever the computation changes (resampling,
 preprocessing, library upgrade that alters output) so stored values can be recomputed.
@@ -82,14 +83,22 @@ class Fingerprint:
         }
 
 
-def fingerprint_image(image: Image.Image) -> Fingerprint:
-    """Hash one RGB frame, as ``load_image`` produces, with every algorithm."""
+def fingerprint_image(image: Image.Image, *, exported: bool = True) -> Fingerprint:
+    """Hash one RGB frame, as ``load_image`` produces, with every algorithm. PDQ by Meta's
+    own code (pdqhash), as a banned picture's hashes, which are shared with other tools,
+    must be; not ``exported`` (an upload's copy, only matched), as ``pdq_turns`` computes
+    it, the same bits at a fraction of the cost."""
     if image.mode != "RGB":
         raise ValueError(
             f"fingerprint_image needs an RGB image, not {image.mode}: load files with "
             "hashes.loading.load_image, which converts and flattens them."
         )
-    bits, quality = pdqhash.compute(np.asarray(image))
+    pixels = np.asarray(image)
+    if exported:
+        bits, quality = pdqhash.compute(pixels)
+    else:
+        turns, quality = pdq_turns(pixels, 1)
+        bits = turns[0]
     return _fingerprints([_reduced(image.convert("L"))], [bits], quality)[0]
 
 
@@ -117,7 +126,7 @@ _AFTER_TRANSPOSE: dict[Image.Transpose, Image.Transpose | None] = {
 
 def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
     """The fingerprint of an RGB frame turned and flipped each way of ``DIHEDRAL``; PDQ's
-    are computed in one pass, as its dihedral function does.
+    are computed in one pass (``pdq_turns``), as Meta's dihedral function does.
 
     pHash and dHash of every turn come from the grey reductions of the frame as it is
     (``_lanczos_reductions``): reducing and flipping (top to bottom, left to right, both)
@@ -126,7 +135,7 @@ def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
     and flipped. dHash's reduction is not square: the turns that swap width and height
     take one more, 8 wide and 9 high, transposed.
     """
-    dihedral, quality = pdqhash.compute_dihedral(np.asarray(image))
+    dihedral, quality = pdq_turns(np.asarray(image))
     for_phash, for_dhash, across = _lanczos_reductions(np.asarray(image.convert("L")))
     reduced = {False: (for_phash, for_dhash), True: (for_phash.T, across.T)}
     turned = [reduced[False]]
@@ -136,6 +145,100 @@ def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
         phash_pixels, dhash_pixels = reduced[turn in _AFTER_TRANSPOSE]
         turned.append((flipped(phash_pixels), flipped(dhash_pixels)))
     return _fingerprints(turned, dihedral, quality)
+
+
+# PDQ, as Meta's reference code computes it: the picture's luma blurred twice by a box
+# filter about side/128 pixels wide (Jarosz), sampled at 64 x 64 points, the 16 x 16
+# lowest frequencies of those samples but the constant one (a DCT), each bit one of them
+# above their median.
+_PDQ_SAMPLES = 64
+_PDQ_PASSES = 2
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+# Below this many pixels a side samples repeat pixels, and frequencies that tie in exact
+# arithmetic are told apart by rounding: Meta's code decides those, as it would.
+_PDQ_MIN_SIDE = 64
+# How each turn of DIHEDRAL moves those frequencies: (transposed; the signs of the odd
+# ones down the columns flipped; across the rows flipped).
+_PDQ_TURNS = (
+    (False, False, False),
+    (True, True, False),
+    (False, True, True),
+    (True, False, True),
+    (False, True, False),
+    (False, False, True),
+    (True, False, False),
+    (True, True, True),
+)
+_ODD = np.where(np.arange(1, 17) % 2, -1.0, 1.0)
+
+
+def pdq_turns(pixels: np.ndarray, turns: int = len(DIHEDRAL)) -> tuple[list[np.ndarray], int]:
+    """PDQ's bits of an RGB array turned each of the first ``turns`` ways of ``DIHEDRAL``,
+    and its quality, as ``pdqhash.compute_dihedral`` gives them (element ``i``: bit
+    ``255 - i``): the same bits (the tests compare), at a fifth of its cost.
+
+    The luma, the blur and the sampling are all linear, and only the 64 x 64 samples
+    count, so they are two matrix products (``_pdq_sampling``) rather than four passes
+    over every pixel; a turn only transposes the frequencies and flips the signs of
+    odd ones, as Meta's dihedral function turns them.
+    """
+    height, width = pixels.shape[:2]
+    if min(height, width) < _PDQ_MIN_SIDE:
+        found, quality = pdqhash.compute_dihedral(np.ascontiguousarray(pixels))
+        return found[:turns], quality
+    luma = pixels @ _LUMA
+    samples = _pdq_sampling(height) @ luma @ _pdq_sampling(width).T
+    # Quality: the mean step between neighbouring samples, each in whole hundredths of
+    # the grey range, as Meta's code rounds them.
+    steps = sum(
+        np.abs(np.trunc(np.diff(samples, axis=axis) * np.float32(100) / np.float32(255))).sum()
+        for axis in (0, 1)
+    )
+    quality = min(100, int(steps) // 90)
+    cosines = _pdq_cosines()
+    frequencies = cosines @ samples.astype(np.float64) @ cosines.T
+    found = []
+    for transposed, down, across in _PDQ_TURNS[:turns]:
+        turned = frequencies.T if transposed else frequencies
+        if down:
+            turned = turned * _ODD[:, None]
+        if across:
+            turned = turned * _ODD[None, :]
+        flat = turned.reshape(-1)
+        median = np.partition(flat, 127)[127]  # the lower median, as Meta's code takes it
+        found.append((flat > median)[::-1])
+    return found, quality
+
+
+@lru_cache(maxsize=64)
+def _pdq_sampling(size: int) -> np.ndarray:
+    """For a line of ``size`` pixels, the weight of each pixel in each of PDQ's 64 samples
+    along it: the box filter (a window of ``(size + 127) // 128`` pixels, cut short at
+    the ends, as Meta's code cuts it) twice, then the sample's pixel."""
+    window = (size + 2 * _PDQ_SAMPLES - 1) // (2 * _PDQ_SAMPLES)
+    ahead = (window + 2) // 2 - 1
+    line = np.arange(size)
+    first = np.maximum(0, line - (window - 1 - ahead))
+    last = np.minimum(size - 1, line + ahead)
+
+    def boxes(at: np.ndarray) -> np.ndarray:
+        inside = (line >= first[at, None]) & (line <= last[at, None])
+        return inside / (last[at] - first[at] + 1)[:, None]
+
+    weights = boxes(((np.arange(_PDQ_SAMPLES) + 0.5) * size / _PDQ_SAMPLES).astype(int))
+    for _ in range(_PDQ_PASSES - 1):
+        reached = np.flatnonzero(weights.any(axis=0))
+        weights = weights[:, reached] @ boxes(reached)
+    return weights.astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _pdq_cosines() -> np.ndarray:
+    """The 16 x 64 DCT matrix of PDQ's frequencies 1 to 16."""
+    frequency = np.arange(1, 17)[:, None]
+    sample = np.arange(_PDQ_SAMPLES)[None, :]
+    scale = np.sqrt(2 / _PDQ_SAMPLES)
+    return scale * np.cos(np.pi / (2 * _PDQ_SAMPLES) * frequency * (2 * sample + 1))
 
 
 def _lanczos_reductions(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -349,7 +349,7 @@ def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     found, parts = [], []
     for view in views(work) if regions else ():
         parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
-        found.append((view, fingerprint_image(parts[-1])))
+        found.append((view, fingerprint_image(parts[-1], exported=False)))
     return Probe(fingerprints[0], turns, found, query, parts, work)
 
 

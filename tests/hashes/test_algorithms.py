@@ -17,6 +17,7 @@ from hashes.algorithms import (
     fingerprint_turns,
     hamming,
     parse_hash,
+    pdq_turns,
 )
 from hashes.loading import load_image
 from hashes.matching import DEFAULT_RULE_CONFIG, Matcher, MatchRule
@@ -218,3 +219,24 @@ def test_turns_are_the_hashes_of_the_frame_turned():
         phash, dhash = str(imagehash.phash(turned)), str(imagehash.dhash(turned))
         assert hamming(fingerprint.hashes["phash"], phash) <= 4
         assert hamming(fingerprint.hashes["dhash"], dhash) <= 4
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+@pytest.mark.parametrize("size", [(640, 427), (384, 384), (129, 300), (65, 64), (40, 90), (4, 50)])
+def test_pdq_turns_are_meta_codes_bits(name, size):
+    # Sides with odd, even and one-pixel filter windows, and too few pixels to sample.
+    pixels = np.asarray(photo(name).resize(size, Image.Resampling.BILINEAR))
+
+    found, quality = pdq_turns(pixels)
+
+    dihedral, expected = pdqhash.compute_dihedral(pixels)
+    assert quality == expected
+    assert [bits.tolist() for bits in found] == [bits.astype(bool).tolist() for bits in dihedral]
+    first, _ = pdq_turns(pixels, 1)
+    assert len(first) == 1 and first[0].tolist() == found[0].tolist()
+
+
+def test_an_uploads_copy_hashes_as_a_banned_picture_does():
+    image = photo("chelsea").resize((384, 301), Image.Resampling.BILINEAR)
+
+    assert fingerprint_image(image, exported=False) == fingerprint_image(image)
