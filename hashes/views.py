@@ -15,6 +15,8 @@ All of it runs on a small working copy (``WORK_SIDE`` pixels on the longer side)
 are returned as fractions of the frame so they can be cut from any size of it.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -54,13 +56,25 @@ class View:
 
 
 def working_copy(frame: Image.Image, side: int = WORK_SIDE) -> Image.Image:
-    """``frame`` scaled down so that its longer side is at most ``side`` pixels."""
-    if max(frame.size) <= side:
+    """``frame`` (a decoded one) scaled down so that its longer side is at most ``side``
+    pixels, to the size ``Image.thumbnail`` would make it: resized from the frame itself,
+    as ``thumbnail`` resizes a copy made for it, whose fresh pixels cost an 800-px frame
+    1.5 ms more to read."""
+    width, height = frame.size
+    if max(width, height) <= side:
         return frame
-    small = frame.copy()
-    small.draft("RGB", (side, side))
-    small.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
-    return small
+    aspect = width / height
+    if width <= height:
+        size = (_nearest(side * aspect, lambda new: abs(aspect - new / side)), side)
+    else:
+        size = (side, _nearest(side / aspect, lambda new: abs(aspect - side / new) if new else 0))
+    return frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _nearest(side: float, error: Callable[[int], float]) -> int:
+    """The whole side, rounded down or up, whose aspect ratio is nearer (at least 1): as
+    ``Image.thumbnail`` rounds."""
+    return max(1, min(math.floor(side), math.ceil(side), key=error))
 
 
 def views(image: Image.Image) -> list[View]:

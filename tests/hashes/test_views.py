@@ -84,3 +84,20 @@ def test_a_join_of_exactly_the_seam_step_is_a_seam() -> None:
     canvas.paste((10, 9, 9), (200, 0, 400, 300))
     boxes = sorted(box for name, box in _boxes(canvas).items() if name.startswith("panel"))
     assert boxes == [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)]
+
+
+@pytest.mark.parametrize("side", [384, 512, 640])
+def test_a_working_copy_is_the_frame_as_thumbnail_reduces_it(side):
+    frame = photo("astronaut").resize((1003, 877))
+    shapes = [(1003, 877), (877, 1003), (641, 640), (640, 641), (1003, 5), (5, 1003), (900, 900)]
+    # Aspect ratios whose rounding down or up is a close call.
+    shapes += [(side + 1 + step * 37, 3 + step * 61) for step in range(20)]
+    for width, height in shapes:
+        picture = frame.resize((width, height))
+        expected = picture.copy()
+        expected.thumbnail((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+        copy = working_copy(picture, side)
+
+        assert copy.size == expected.size
+        assert copy.tobytes() == expected.tobytes()
