@@ -368,29 +368,33 @@ def _spread(
     if not keypoints:
         return []
     height, width = shape[:2]
+    # ORB's responses are 32-bit: sorted in that width, at two thirds of the cost.
     strength = np.fromiter(
-        (keypoint.response for keypoint in keypoints), np.float64, len(keypoints)
+        (keypoint.response for keypoint in keypoints), np.float32, len(keypoints)
     )
     points = np.asarray(cv2.KeyPoint.convert(keypoints), np.float64)
     strongest = np.argsort(-strength, kind="stable")
     columns = np.minimum(grid - 1, (points[strongest, 0] * grid / width).astype(int))
     rows = np.minimum(grid - 1, (points[strongest, 1] * grid / height).astype(int))
     cells = rows * grid + columns
-    # Each cell's place in line (where its strongest keypoint comes), and each keypoint's
-    # rank within its cell.
-    _, first = np.unique(cells, return_index=True)
-    place = np.empty(grid * grid, dtype=np.int64)
-    place[cells[np.sort(first)]] = np.arange(len(first))
-    by_cell = np.argsort(cells, kind="stable")
-    starts = np.searchsorted(cells[by_cell], cells[by_cell])
-    rank = np.empty(len(cells), dtype=np.int64)
-    rank[by_cell] = np.arange(len(cells)) - starts
+    size = len(cells)
+    # Each keypoint's rank within its cell, and each cell's place in line (where its
+    # strongest keypoint comes), counted down a column per cell.
+    member = cells[:, None] == np.arange(grid * grid)
+    seen = np.cumsum(member, axis=0)
+    rank = seen[np.arange(size), cells] - 1
+    present = np.flatnonzero(seen[-1])
+    place = np.zeros(grid * grid, dtype=np.int64)
+    place[present[np.argsort(member[:, present].argmax(axis=0))]] = np.arange(len(present))
     share = max(1, count // (grid * grid))
     kept = rank < share
     chosen = np.flatnonzero(kept)
-    chosen = chosen[np.lexsort((rank[chosen], place[cells[chosen]]))]
+    chosen = chosen[np.argsort(place[cells[chosen]] * size + rank[chosen])]
+    # The others by strength, keypoints as strong as each other by their cell's place.
     rest = np.flatnonzero(~kept)
-    rest = rest[np.lexsort((rank[rest], place[cells[rest]], -strength[strongest[rest]]))]
+    ordered = strength[strongest]
+    tier = np.cumsum(np.concatenate([[0], ordered[1:] != ordered[:-1]]))
+    rest = rest[np.argsort((tier[rest] * grid * grid + place[cells[rest]]) * size + rank[rest])]
     picked = np.concatenate([chosen, rest[: max(0, count - len(chosen))]])
     return [keypoints[index] for index in strongest[picked].tolist()]
 
