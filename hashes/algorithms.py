@@ -209,7 +209,7 @@ def pdq_turns(pixels: np.ndarray, turns: int = len(DIHEDRAL)) -> tuple[list[np.n
     return found, quality
 
 
-@lru_cache(maxsize=64)  # a copy is 640 or 384 px on its longer side; the other varies
+@lru_cache(maxsize=32)  # a copy is 640 or 384 px on its longer side; the other varies
 def _pdq_sampling(size: int) -> np.ndarray:
     """For a line of ``size`` pixels, the weight of each pixel in each of PDQ's 64 samples
     along it: the sample's pixel after a box filter (a window of ``(size + 127) // 128``
