@@ -461,26 +461,29 @@ class _Tables:
 
 
 class _RowNumbers:
-    """``size`` row numbers below ``rows``, each in three bytes where they fit (four
-    otherwise), read as unaligned 32-bit words whose top byte is masked off."""
+    """``size`` row numbers below ``rows``, each split in two aligned arrays: its low 16
+    bits, and the rest in one byte while there are at most 2**24 rows (two past that).
+    Three bytes a number, as one unaligned array would hold them, read by two plain
+    gathers: numpy reads an array of unaligned 32-bit words a third slower (100,000 numbers
+    in runs of about four, of 30 million: 6.2 ms, split 4.0)."""
 
     def __init__(self, size: int, rows: int) -> None:
-        self._width = 3 if rows <= 1 << 24 else 4
-        self._mask = (1 << 8 * self._width) - 1
-        # A byte more, so that the last number too can be read as four bytes.
-        self._bytes = np.zeros(size * self._width + 1, dtype=np.uint8)
-        self._words = np.ndarray((size,), "<u4", self._bytes, strides=(self._width,))
+        self._low = np.zeros(size, dtype=np.uint16)
+        self._high = np.zeros(size, dtype=np.uint8 if rows <= 1 << 24 else np.uint16)
 
     def nbytes(self) -> int:
-        return self._bytes.nbytes
+        return self._low.nbytes + self._high.nbytes
 
     def put(self, start: int, numbers: np.ndarray) -> None:
-        little = numbers.astype("<u4").view(np.uint8).reshape(-1, 4)
-        held = self._bytes[start * self._width : (start + len(numbers)) * self._width]
-        held.reshape(-1, self._width)[:] = little[:, : self._width]
+        end = start + len(numbers)
+        np.bitwise_and(numbers, 0xFFFF, out=self._low[start:end], casting="unsafe")
+        np.right_shift(numbers, 16, out=self._high[start:end], casting="unsafe")
 
     def __getitem__(self, positions: np.ndarray) -> np.ndarray:
-        return (self._words[positions] & np.uint32(self._mask)).astype(np.int64)
+        numbers = np.take(self._high, positions).astype(np.int64)
+        numbers <<= 16
+        numbers |= np.take(self._low, positions)
+        return numbers
 
 
 class _Offsets:
