@@ -419,8 +419,7 @@ class _Tables:
             offsets.append(offset)
             self.offset_base.append(used)
             used += len(offset)
-            # Rows in any order within a value: quicksort is twice as fast as a stable one.
-            self.order.put(index * count, np.argsort(values.astype(np.uint32)))
+            self.order.put(index * count, _by_value(values, width))
             del values, counts
         self.offsets = _Offsets(np.concatenate(offsets))
         self._plans: dict[int, _Plan | None] = {}
@@ -557,6 +556,20 @@ def _masks(width: int, flips: int) -> np.ndarray:
         )
         masks.extend(frontier)
     return np.asarray(masks, dtype=np.int64)
+
+
+def _by_value(values: np.ndarray, width: int) -> np.ndarray:
+    """The rows of ``width``-bit ``values`` in order of value, by a radix sort of 16 bits
+    at a time, lowest first: numpy sorts 8 and 16-bit integers by radix, wider ones by
+    comparison (10M 23-bit values: 1.15 s, by quicksort of 32-bit values 1.81)."""
+
+    def digits(shift: int) -> np.ndarray:
+        return (values >> shift).astype(np.uint16 if width - shift > 8 else np.uint8)
+
+    order = np.argsort(digits(0), kind="stable")
+    for shift in range(16, width, 16):
+        order = order[np.argsort(digits(shift)[order], kind="stable")]
+    return order
 
 
 def _chunk(codes: np.ndarray, start: int, width: int) -> np.ndarray:

@@ -3,7 +3,7 @@ import random
 import numpy as np
 import pytest
 
-from hashes.index import HammingIndex, _Offsets, _RowNumbers, pair_bits
+from hashes.index import HammingIndex, _by_value, _Offsets, _RowNumbers, pair_bits
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -292,6 +292,14 @@ def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
     offsets = _Offsets(positions)
     assert offsets._steps.dtype == kind
     assert offsets[np.arange(1000)].tolist() == positions.tolist()
+
+
+@pytest.mark.parametrize("width", [5, 8, 16, 17, 24])
+def test_chunk_values_are_ordered_by_value_whatever_their_width(width: int) -> None:
+    values = np.random.default_rng(width).integers(0, 1 << width, 20_000)
+    order = _by_value(values, width)
+    assert sorted(order.tolist()) == list(range(len(values)))
+    assert (np.diff(values[order]) >= 0).all()
 
 
 def test_row_numbers_take_four_bytes_past_two_to_the_24() -> None:
