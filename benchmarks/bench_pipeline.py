@@ -123,14 +123,19 @@ def hash_only_rows(count: int, batch: int = 1_000_000) -> Iterable["HashRows"]:
     rng = np.random.default_rng(11)
     for start in range(0, count, batch):
         size = min(batch, count - start)
-        codes = rng.integers(0, 2**64, (size, 6), dtype=np.uint64).astype(">u8")
+        codes = rng.integers(0, 2**64, (size, 6), dtype=np.uint64)
+        present = np.ones(size, dtype=bool)
         yield HashRows(
-            keys=range(10**9 + start, 10**9 + start + size),
+            keys=np.arange(10**9 + start, 10**9 + start + size, dtype=np.int64),
             hashes={
-                name: [row[columns].tobytes().hex() for row in codes]
-                for name, columns in (("pdq", slice(0, 4)), ("phash", 4), ("dhash", 5))
+                name: (present, codes[:, columns])
+                for name, columns in (
+                    ("pdq", slice(0, 4)),
+                    ("phash", slice(4, 5)),
+                    ("dhash", slice(5, 6)),
+                )
             },
-            qualities=[100] * size,
+            qualities=np.full(size, 100, dtype=np.int32),
         )
 
 

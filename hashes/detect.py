@@ -37,6 +37,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from hashes.algorithms import (
+    ALGORITHMS,
     DIHEDRAL,
     MATCH_SIDE,
     Fingerprint,
@@ -45,6 +46,7 @@ from hashes.algorithms import (
     fingerprint_turns,
 )
 from hashes.feature_index import FeatureIndex, Region
+from hashes.index import decode
 from hashes.loading import DECODE_SIDE, LoadedImage
 from hashes.local import (
     MIN_AGREEING,
@@ -290,9 +292,46 @@ class HashRows:
     """Banned pictures known by their hashes alone, as columns: no file digests, colours
     or known-good flag. What an imported hash list becomes, millions of rows at a time."""
 
-    keys: Sequence[int]
-    hashes: Mapping[str, Sequence[str]]  # each algorithm's hex codes, "" where a row has none
-    qualities: Sequence[int | None]  # PDQ quality, None where not known
+    keys: np.ndarray  # int64
+    # For each algorithm, which rows have its hash (a mask) and those rows' codes, as
+    # ``index.decode`` gives them.
+    hashes: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    qualities: np.ndarray  # int32: PDQ quality, -1 where not known
+
+    @classmethod
+    def from_hex(
+        cls,
+        keys: Sequence[int],
+        hashes: Mapping[str, Sequence[str]],
+        qualities: Sequence[int | None],
+    ) -> "HashRows":
+        """Rows of hex codes ("" where a row has none) and qualities (None where not
+        known); ValueError names a malformed code."""
+        rows = len(keys)
+        return cls(
+            np.asarray(keys, dtype=np.int64),
+            {
+                name: (
+                    np.fromiter(map(bool, column), bool, rows),
+                    decode(list(filter(None, column)), ALGORITHMS[name].bits),
+                )
+                for name, column in hashes.items()
+            },
+            np.fromiter(
+                (-1 if quality is None else quality for quality in qualities), np.int32, rows
+            ),
+        )
+
+
+def _hex_rows(codes: Mapping[str, tuple[np.ndarray, np.ndarray]], rows: list[int]) -> list[dict]:
+    """The hex codes of these rows of ``HashRows.hashes``, by algorithm."""
+    found: list[dict[str, str]] = [{} for _ in rows]
+    for name, (present, held) in codes.items():
+        at = np.cumsum(present) - 1
+        for hashes, row in zip(found, rows, strict=True):
+            if present[row]:
+                hashes[name] = held[at[row]].astype(">u8").tobytes().hex()
+    return found
 
 
 def colour_signature(image: Image.Image) -> np.ndarray:
@@ -521,23 +560,13 @@ class Detector:
         parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         count = 0
         for batch in batches:
-            keys = np.asarray(batch.keys, dtype=np.int64)
-            rows = len(keys)
-            qualities = np.fromiter(
-                (-1 if quality is None else quality for quality in batch.qualities), np.int32, rows
-            )
-            codes = {
-                name: (
-                    np.fromiter(map(bool, column), bool, rows),
-                    self._store.decode(name, [code for code in column if code]),
-                )
-                for name, column in batch.hashes.items()
-            }
-            pdq = codes["pdq"][0] if "pdq" in codes else np.zeros(rows, dtype=bool)
-            qualities[~pdq] = -1  # a quality says nothing without the PDQ hash it rates
+            keys, codes = batch.keys, batch.hashes
+            pdq = codes["pdq"][0] if "pdq" in codes else np.zeros(len(keys), dtype=bool)
+            # A quality says nothing without the PDQ hash it rates.
+            qualities = np.where(pdq, batch.qualities, -1).astype(np.int32)
             low = low_detail_rows(codes, qualities, self.rule.pdq_min_quality)
-            for row in np.flatnonzero(low).tolist():
-                hashes = {name: column[row] for name, column in batch.hashes.items() if column[row]}
+            plain = np.flatnonzero(low).tolist()
+            for row, hashes in zip(plain, _hex_rows(codes, plain), strict=True):
                 quality = int(qualities[row])
                 self._plain[int(keys[row])] = Fingerprint(hashes, None if quality < 0 else quality)
             fuzzy = ~low

@@ -298,26 +298,31 @@ class HammingIndex:
 
     def decode(self, codes: list[str]) -> np.ndarray:
         """Hex codes as rows of 64-bit words; ValueError names a malformed one."""
-        words = self.bits // 64
-        try:
-            raw = bytes.fromhex("".join(codes))
-        except ValueError:
-            raw = b""
-        if len(raw) != len(codes) * words * 8:
-            for code in codes:  # one is malformed: say which
-                self._check(code)
-        return np.frombuffer(raw, dtype=">u8").reshape(len(codes), words).astype(np.uint64)
+        return decode(codes, self.bits)
 
-    def _check(self, code_hex: str) -> None:
-        try:
-            raw = bytes.fromhex(code_hex)
-        except ValueError:
-            raw = b""
-        # Checked on the decoded bytes, because fromhex skips spaces.
-        if len(raw) * 8 != self.bits or len(code_hex) != self.bits // 4:
-            raise ValueError(
-                f"Expected a {self.bits}-bit hash of {self.bits // 4} hex digits, got {code_hex!r}."
-            )
+
+def decode(codes: list[str], bits: int) -> np.ndarray:
+    """``bits``-bit hex codes as rows of 64-bit words; ValueError names a malformed one."""
+    try:
+        return decode_joined("".join(codes), len(codes), bits)
+    except ValueError:
+        for code in codes:  # one is malformed: say which
+            decode_joined(code, 1, bits)
+        raise
+
+
+def decode_joined(codes: str, count: int, bits: int) -> np.ndarray:
+    """``count`` ``bits``-bit hex codes written one after the other, as rows of 64-bit
+    words; ValueError when they are not."""
+    try:
+        raw = bytes.fromhex(codes)
+    except ValueError:
+        raw = b""
+    # Checked on the decoded bytes too, because fromhex skips spaces.
+    if len(codes) != count * bits // 4 or len(raw) * 8 != count * bits:
+        shown = repr(codes) if count == 1 else f"{count} codes ({codes[:80]!r}...)"
+        raise ValueError(f"Expected a {bits}-bit hash of {bits // 4} hex digits, got {shown}.")
+    return np.frombuffer(raw, dtype=">u8").reshape(count, bits // 64).astype(np.uint64)
 
 
 def _fits(dtype: np.dtype, value: int) -> bool:

@@ -222,16 +222,12 @@ class FingerprintStore:
         self, parts: Mapping[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], count: int
     ) -> None:
         """Store the codes of ``count`` keys it does not hold: for each algorithm, parts
-        of (keys, codes as ``decode`` gives them, tags as ``tags`` makes them)."""
+        of (keys, codes as ``index.decode`` gives them, tags as ``tags`` makes them)."""
         for name, held in parts.items():
             if held:
                 columns = (np.concatenate(column) for column in zip(*held, strict=True))
                 self._indexes[name].add_arrays(*columns)
         self._count += count
-
-    def decode(self, name: str, codes: list[str]) -> np.ndarray:
-        """``name`` hashes (hex) as ``add_new`` takes them."""
-        return self._indexes[name].decode(codes)
 
     def remove(self, key: int) -> bool:
         """Forget ``key``; whether it was held."""

@@ -97,6 +97,10 @@ class Bank(models.Model):
         )
 
 
+# A banned fingerprint with no file digest or colours: a hash from a list, or pasted.
+HASH_ONLY = models.Q(sha256="", md5="", colours__isnull=True)
+
+
 class BannedFingerprint(models.Model):
     """The fingerprints of one banned image (one row per distinct frame of an animation),
     or one hash from a list."""
@@ -163,6 +167,9 @@ class BannedFingerprint(models.Model):
         indexes = [
             models.Index(fields=[name], condition=~models.Q(**{name: ""}), name=f"banned_{name}")
             for name in ("pdq", "phash", "dhash", "sha256", "md5")
+        ] + [
+            # The rows a build reads one by one: a few among millions of listed hashes.
+            models.Index(fields=["id"], condition=~HASH_ONLY, name="banned_picture")
         ]
 
     def __str__(self) -> str:

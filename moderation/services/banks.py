@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS
 from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
+from hashes.index import decode_joined
 from hashes.matching import low_detail_rows
 from moderation import files, metrics
 from moderation.blocklist import match_rule
@@ -359,8 +360,7 @@ def _too_plain(entries: list[Entry], pdq_min_quality: int) -> np.ndarray:
     for name, spec in ALGORITHMS.items():
         present = kinds == name
         values = "".join(entry.value for entry, here in zip(entries, present, strict=True) if here)
-        held = np.frombuffer(bytes.fromhex(values), dtype=">u8").reshape(-1, spec.bits // 64)
-        codes[name] = (present, held.astype(np.uint64))
+        codes[name] = (present, decode_joined(values, int(present.sum()), spec.bits))
     qualities = np.fromiter(
         (
             -1 if entry.quality is None or entry.kind != "pdq" else entry.quality

@@ -652,7 +652,7 @@ def test_hash_rows_are_banned_as_the_same_pictures_added_one_by_one() -> None:
         half = len(rows) // 2
         columns.add_hash_rows(
             (
-                HashRows(
+                HashRows.from_hex(
                     [key for key, _, _ in part],
                     {
                         name: [hashes.get(name, "") for _, hashes, _ in part]

@@ -3,7 +3,15 @@ import random
 import numpy as np
 import pytest
 
-from hashes.index import HammingIndex, _by_value, _Offsets, _RowNumbers, pair_bits
+from hashes.index import (
+    HammingIndex,
+    _by_value,
+    _Offsets,
+    _RowNumbers,
+    decode,
+    decode_joined,
+    pair_bits,
+)
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -166,6 +174,24 @@ def test_many_added_at_once_are_searched_as_if_added_one_by_one(bits: int) -> No
         assert at_once.query(query, radius) == one_by_one.query(query, radius)
     with pytest.raises(ValueError):  # malformed, as add says
         at_once.add_many([9000, 9001], ["ab" * (bits // 8), "abc"])
+
+
+def test_codes_written_one_after_another_decode_only_when_each_is_whole() -> None:
+    codes = ["00ff" * 4, "0123456789abcdef"]
+    words = decode_joined("".join(codes), 2, 64)
+    assert words.tolist() == [[0x00FF00FF00FF00FF], [0x0123456789ABCDEF]]
+    assert decode(codes, 64).tolist() == words.tolist()
+    assert decode_joined("ab" * 64, 2, 256).shape == (2, 4)
+    for joined, count in [
+        ("00ff" * 4 + "0123", 2),  # one short
+        ("00ff" * 4, 2),
+        ("00ff 00ff00ff00ff", 1),  # fromhex skips spaces
+        ("zz" * 8, 1),
+    ]:
+        with pytest.raises(ValueError, match="64-bit hash of 16 hex digits"):
+            decode_joined(joined, count, 64)
+    with pytest.raises(ValueError, match="'abc'"):  # named among the rest
+        decode(["ab" * 8, "abc", "cd" * 8], 64)
 
 
 def _brute_force_radii(

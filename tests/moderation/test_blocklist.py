@@ -3,7 +3,7 @@ it build again."""
 
 import pytest
 
-from hashes.algorithms import Fingerprint
+from hashes.algorithms import ALGORITHMS, Fingerprint
 from moderation import services
 from moderation.blocklist import current_blocklist
 from moderation.models import ApiToken, Bank, BannedFingerprint, BlocklistChange, BlocklistVersion
@@ -151,3 +151,48 @@ def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
         assert fingerprint is not None and columns.detector.fingerprint(key) == fingerprint
         assert columns.detector.lookup(fingerprint) == one_by_one.lookup(fingerprint)
         assert columns.detector.is_allowed(key) == one_by_one.is_allowed(key)
+
+
+def test_postgresql_reads_hash_rows_whole_as_a_cursor_reads_them_row_by_row(
+    monkeypatch,
+) -> None:
+    """PostgreSQL gives a batch of rows as one row of joined columns; every other database
+    a row at a time. Both read each row's hashes and quality as they are, across batches."""
+    import random
+
+    from hashes.detect import _hex_rows
+    from moderation import blocklist
+    from moderation.models import HASH_ONLY
+
+    rng = random.Random(4)
+    lines = [
+        f"{kind} {rng.randbytes(32 if kind == 'pdq' else 8).hex()}\n"
+        for kind in ("pdq", "phash", "dhash") * 7
+    ]
+    services.bank_import(lines=lines, bank="partner")
+    services.banned_add_hashes(hashes={"pdq": PDQ, "dhash": "8f3c61d2a4b59e07"}, pdq_quality=90)
+    services.banned_add_hashes(hashes={"phash": "8f3c61d2a4b59e07"})
+    hash_only = BannedFingerprint.objects.filter(HASH_ONLY)
+    stored = {
+        key: ({name: code for name, code in zip(ALGORITHMS, codes, strict=True) if code}, quality)
+        for key, *codes, quality in hash_only.values_list("pk", *ALGORITHMS, "pdq_quality")
+    }
+    assert len(stored) == 23 and {quality for _, quality in stored.values()} == {None, 90, 100}
+    monkeypatch.setattr(blocklist, "_HASH_ROWS_BATCH", 5)
+
+    def read(reader) -> dict[int, tuple[dict[str, str], int | None]]:
+        batches = list(reader(hash_only))
+        assert [len(batch.keys) for batch in batches] == [5, 5, 5, 5, 3]
+        rows = {}
+        for batch in batches:
+            everyone = list(range(len(batch.keys)))
+            for key, hashes, quality in zip(
+                batch.keys.tolist(),
+                _hex_rows(batch.hashes, everyone),
+                batch.qualities.tolist(),
+                strict=True,
+            ):
+                rows[key] = (hashes, None if quality < 0 else quality)
+        return rows
+
+    assert read(blocklist._aggregated_rows) == read(blocklist._fetched_rows) == stored
