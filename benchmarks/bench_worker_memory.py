@@ -104,7 +104,7 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
     )
 
 
-def _insert(bans: int) -> None:
+def insert_bans(bans: int) -> None:
     """Import one hash of each kind, then copy its row with other, random-looking hashes
     (from SHA-256 and MD5 of a counter) until there are ``bans``."""
     from django.db import connection
@@ -152,7 +152,7 @@ def main() -> None:
 
         started = time.perf_counter()
         if connection.vendor == "postgresql":
-            _insert(args.bans)
+            insert_bans(args.bans)
         else:
             rng = random.Random(1)
             lines = (
