@@ -31,7 +31,7 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from hashes.algorithms import ALGORITHMS, Fingerprint
+from hashes.algorithms import Fingerprint
 from hashes.detect import (
     COLOUR_BINS,
     DEFAULT_DETECT_CONFIG,
@@ -42,9 +42,9 @@ from hashes.detect import (
     HashRows,
 )
 from hashes.feature_index import words_from_bytes
-from hashes.index import decode_joined
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+from moderation.hash_rows import hash_rows
 from moderation.models import (
     HASH_ONLY,
     Bank,
@@ -237,7 +237,7 @@ def _build() -> Blocklist:
     # Hashes alone, as lists give them (millions of rows), are read as columns, bank by
     # bank, at a fraction of the cost of a picture object for each; the rest one by one
     # (known-good ones too, which Detector.voided needs as pictures).
-    active = BannedFingerprint.objects.filter(active=True)
+    active = BannedFingerprint.objects.filter(active=True).order_by()
     allow = [pk for pk, bank in banks.items() if bank.action == Bank.Act.ALLOW]
     banning = [bank for pk, bank in banks.items() if pk not in allow]
     selected = [active.filter(bank__in=allow), active.filter(~HASH_ONLY, bank__in=banning)]
@@ -262,72 +262,15 @@ def _build() -> Blocklist:
     return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
 
 
-_HASH_ROWS_BATCH = 100_000
-_HASH_COLUMNS = ("id", *ALGORITHMS, "pdq_quality")  # the hash columns are named as the algorithms
-
-
 def _hash_rows(
     selected: "QuerySet[BannedFingerprint]", review: set[int] | None
 ) -> Iterator[HashRows]:
     """The rows ``selected``, in batches of columns; their keys are added to ``review``
     when it is given."""
-    postgresql = connections[selected.db].vendor == "postgresql"
-    for batch in (_aggregated_rows if postgresql else _fetched_rows)(selected):
+    for batch in hash_rows(selected):
         if review is not None:
             review.update(batch.keys.tolist())
         yield batch
-
-
-def _fetched_rows(selected: "QuerySet[BannedFingerprint]") -> Iterator[HashRows]:
-    """The rows ``selected``, fetched a batch at a time with a server-side cursor where
-    the database has them."""
-    sql, params = selected.order_by().values_list(*_HASH_COLUMNS).query.sql_with_params()
-    with connections[selected.db].chunked_cursor() as cursor:
-        cursor.execute(sql, params)
-        while batch := cursor.fetchmany(_HASH_ROWS_BATCH):
-            keys, *codes, quality = zip(*batch, strict=True)
-            yield HashRows.from_hex(keys, dict(zip(ALGORITHMS, codes, strict=True)), quality)
-
-
-# PostgreSQL gives a batch of rows as one row of columns, each column's values joined:
-# numpy reads them whole, where a row each would cost a Python tuple and its objects
-# (4x the time at 30M rows).
-_AGGREGATES = ", ".join(
-    [
-        "count(*)",
-        "max(id)",
-        "string_agg(int8send(id), '')",
-        "string_agg(int4send(coalesce(pdq_quality::int4, -1)), '')",
-    ]
-    + [
-        f"string_agg(CASE WHEN {name} = '' THEN '0' ELSE '1' END, ''), string_agg({name}, '')"
-        for name in ALGORITHMS
-    ]
-)
-
-
-def _aggregated_rows(selected: "QuerySet[BannedFingerprint]") -> Iterator[HashRows]:
-    """``_fetched_rows`` on PostgreSQL, a batch of ids at a time, each read as one row."""
-    last = 0
-    while True:
-        page = selected.filter(pk__gt=last).order_by("pk").values_list(*_HASH_COLUMNS)
-        sql, params = page[:_HASH_ROWS_BATCH].query.sql_with_params()
-        with connections[selected.db].cursor() as cursor:
-            cursor.execute(f"SELECT {_AGGREGATES} FROM ({sql}) AS page", params)
-            count, last, keys, qualities, *columns = cursor.fetchone()
-        if not count:
-            return
-        hashes = {}
-        for (name, spec), present, codes in zip(
-            ALGORITHMS.items(), columns[::2], columns[1::2], strict=True
-        ):
-            mask = np.frombuffer(present.encode(), dtype=np.uint8) == ord("1")
-            hashes[name] = (mask, decode_joined(codes, int(mask.sum()), spec.bits))
-        yield HashRows(
-            np.frombuffer(keys, dtype=">i8").astype(np.int64),
-            hashes,
-            np.frombuffer(qualities, dtype=">i4").astype(np.int32),
-        )
 
 
 def _change_at(change_id: int) -> tuple[int, str] | None:

@@ -153,15 +153,23 @@ def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
         assert columns.detector.is_allowed(key) == one_by_one.is_allowed(key)
 
 
+@pytest.mark.parametrize(
+    "committed",
+    [
+        pytest.param(False, id="in-a-transaction"),
+        pytest.param(True, id="in-parallel", marks=pytest.mark.django_db(transaction=True)),
+    ],
+)
 def test_postgresql_reads_hash_rows_whole_as_a_cursor_reads_them_row_by_row(
-    monkeypatch,
+    monkeypatch, committed: bool
 ) -> None:
-    """PostgreSQL gives a batch of rows as one row of joined columns; every other database
-    a row at a time. Both read each row's hashes and quality as they are, across batches."""
+    """PostgreSQL gives a batch of rows as one row of joined columns, the id range in
+    parts at once (in one within a transaction); every other database a row at a time.
+    Both read each row's hashes and quality as they are, across batches."""
     import random
 
     from hashes.detect import _hex_rows
-    from moderation import blocklist
+    from moderation import hash_rows
     from moderation.models import HASH_ONLY
 
     rng = random.Random(4)
@@ -171,18 +179,25 @@ def test_postgresql_reads_hash_rows_whole_as_a_cursor_reads_them_row_by_row(
     ]
     services.bank_import(lines=lines, bank="partner")
     services.banned_add_hashes(hashes={"pdq": PDQ, "dhash": "8f3c61d2a4b59e07"}, pdq_quality=90)
-    services.banned_add_hashes(hashes={"phash": "8f3c61d2a4b59e07"})
+    services.banned_add_hashes(hashes={"phash": "8f3c61d2a4b59e07", "dhash": "0123456789abcdef"})
     hash_only = BannedFingerprint.objects.filter(HASH_ONLY)
     stored = {
         key: ({name: code for name, code in zip(ALGORITHMS, codes, strict=True) if code}, quality)
         for key, *codes, quality in hash_only.values_list("pk", *ALGORITHMS, "pdq_quality")
     }
     assert len(stored) == 23 and {quality for _, quality in stored.values()} == {None, 90, 100}
-    monkeypatch.setattr(blocklist, "_HASH_ROWS_BATCH", 5)
+    monkeypatch.setattr(hash_rows, "BATCH", 5)
+    low, high = min(stored) - 1, max(stored)
+    in_parts = [sum(low < key <= top for key in stored) for low, top in hash_rows.parts(low, high)]
+    assert len(in_parts) == hash_rows.READERS > 1
 
-    def read(reader) -> dict[int, tuple[dict[str, str], int | None]]:
+    def sizes(rows: int) -> list[int]:
+        return [5] * (rows // 5) + [rows % 5] * (rows % 5 > 0)
+
+    def read(reader, parts: list[int]) -> dict[int, tuple[dict[str, str], int | None]]:
         batches = list(reader(hash_only))
-        assert [len(batch.keys) for batch in batches] == [5, 5, 5, 5, 3]
+        expected = sorted(size for part in parts for size in sizes(part))
+        assert sorted(len(batch.keys) for batch in batches) == expected
         rows = {}
         for batch in batches:
             everyone = list(range(len(batch.keys)))
@@ -195,4 +210,12 @@ def test_postgresql_reads_hash_rows_whole_as_a_cursor_reads_them_row_by_row(
                 rows[key] = (hashes, None if quality < 0 else quality)
         return rows
 
-    assert read(blocklist._aggregated_rows) == read(blocklist._fetched_rows) == stored
+    joined = read(hash_rows.joined_rows, in_parts if committed else [len(stored)])
+    assert joined == read(hash_rows.fetched_rows, [len(stored)]) == stored
+
+    # A hash malformed in the database (written past the checks) stops a read, and says so.
+    hash_only.filter(pk=max(stored)).update(phash="zz" * 8)
+    with pytest.raises(ValueError, match="malformed hash among the banned fingerprints"):
+        list(hash_rows.joined_rows(hash_only))
+    with pytest.raises(ValueError, match="'zzzzzzzzzzzzzzzz'"):
+        list(hash_rows.fetched_rows(hash_only))
