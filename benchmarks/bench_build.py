@@ -1,6 +1,7 @@
 """How long a process takes to build its blocklist from a database of hash-only bans:
-the hashes read as PostgreSQL's joined columns (the default there) beside a row at a time
-through a cursor (as before, and as other databases read them), in the same run.
+the hashes read as PostgreSQL's joined columns (the default there: the id range in parts
+at once, and in one part) beside a row at a time through a cursor (as before, and as
+other databases read them), in the same run.
 
     DATABASE_URL=postgres://... .venv/bin/python -m benchmarks.bench_build \
         [--bans 3000000] [--rounds 2]
@@ -11,6 +12,7 @@ alternately, and prints the fastest of each and the time spent reading the rows 
 """
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 from unittest import mock
@@ -33,7 +35,7 @@ def main() -> None:
     with throwaway_database("build"):
         from django.db import connection
 
-        from moderation import blocklist
+        from moderation import blocklist, hash_rows
         from moderation.models import HASH_ONLY, BannedFingerprint
 
         if connection.vendor != "postgresql":
@@ -43,15 +45,20 @@ def main() -> None:
         print(f"{args.bans:,} bans written in {time.perf_counter() - started:.0f} s")
         rows = BannedFingerprint.objects.filter(HASH_ONLY, active=True)
         ways = {
-            "joined columns": blocklist._aggregated_rows,
-            "a row at a time": blocklist._fetched_rows,
+            f"joined, {hash_rows.READERS} parts": (hash_rows.joined_rows, hash_rows.READERS),
+            "joined, 1 part": (hash_rows.joined_rows, 1),
+            "a row at a time": (hash_rows.fetched_rows, hash_rows.READERS),
         }
         builds: dict[str, list[float]] = {name: [] for name in ways}
         reads: dict[str, list[float]] = {name: [] for name in ways}
+        gc.disable()  # as a build does
         for _ in range(args.rounds):
-            for name, reader in ways.items():
-                reads[name].append(_timed(lambda reader=reader: sum(1 for _ in reader(rows))))
-                with mock.patch.object(blocklist, "_aggregated_rows", reader):
+            for name, (reader, readers) in ways.items():
+                with (
+                    mock.patch.object(hash_rows, "joined_rows", reader),
+                    mock.patch.object(hash_rows, "READERS", readers),
+                ):
+                    reads[name].append(_timed(lambda: sum(1 for _ in hash_rows.hash_rows(rows))))
                     builds[name].append(_timed(blocklist.build_blocklist))
         base_build, base_read = min(builds["a row at a time"]), min(reads["a row at a time"])
         print(f"Building the blocklist of {args.bans:,} bans (fastest of {args.rounds}):")
