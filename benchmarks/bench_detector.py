@@ -20,6 +20,7 @@ import numpy as np
 from benchmarks.bench_index import flipped, rss_mb
 from hashes.algorithms import Fingerprint
 from hashes.detect import BannedPicture, Detector
+from hashes.index import encode
 from hashes.matching import MatchRule
 
 
@@ -27,12 +28,8 @@ def _codes(rng: np.random.Generator, n: int, words: int) -> np.ndarray:
     return rng.integers(0, 2**64, (n, words), dtype=np.uint64)
 
 
-def _hex(row: np.ndarray) -> str:
-    return row.astype(">u8").tobytes().hex()
-
-
 def _fingerprint(pdq: np.ndarray, phash: np.ndarray, dhash: np.ndarray) -> Fingerprint:
-    hashes = {"phash": _hex(phash), "dhash": _hex(dhash), "pdq": _hex(pdq)}
+    hashes = {"phash": encode(phash), "dhash": encode(dhash), "pdq": encode(pdq)}
     return Fingerprint(hashes=hashes, pdq_quality=100)
 
 

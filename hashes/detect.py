@@ -46,7 +46,7 @@ from hashes.algorithms import (
     fingerprint_turns,
 )
 from hashes.feature_index import FeatureIndex, Region
-from hashes.index import decode
+from hashes.index import decode, encode
 from hashes.loading import DECODE_SIDE, LoadedImage
 from hashes.local import (
     MIN_AGREEING,
@@ -330,7 +330,7 @@ def _hex_rows(codes: Mapping[str, tuple[np.ndarray, np.ndarray]], rows: list[int
         at = np.cumsum(present) - 1
         for hashes, row in zip(found, rows, strict=True):
             if present[row]:
-                hashes[name] = held[at[row]].astype(">u8").tobytes().hex()
+                hashes[name] = encode(held[at[row]])
     return found
 
 

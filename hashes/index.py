@@ -156,7 +156,7 @@ class HammingIndex:
         row = self._row(key)
         if row is None:
             return None
-        return self._codes[row].astype(">u8").tobytes().hex(), int(self._tags[row])
+        return encode(self._codes[row]), int(self._tags[row])
 
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
@@ -299,6 +299,11 @@ class HammingIndex:
     def decode(self, codes: list[str]) -> np.ndarray:
         """Hex codes as rows of 64-bit words; ValueError names a malformed one."""
         return decode(codes, self.bits)
+
+
+def encode(words: np.ndarray) -> str:
+    """One code's 64-bit words (a row of what ``decode`` gives) as hex."""
+    return words.astype(">u8").tobytes().hex()
 
 
 def decode(codes: list[str], bits: int) -> np.ndarray:
