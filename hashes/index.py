@@ -104,12 +104,19 @@ class HammingIndex:
         """``add_many`` of keys, codes as ``decode`` gives them, and tags."""
         if not len(key_array):
             return
-        if len(key_array) > 1:
-            # The last of each key: unique over the reversed keys finds first occurrences.
-            _, last = np.unique(key_array[::-1], return_index=True)
-            if len(last) < len(key_array):
-                keep = np.sort(len(key_array) - 1 - last)
-                key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
+        # The last of each key: a stable sort keeps each key's rows in the order given.
+        order = np.argsort(key_array, kind="stable")
+        ordered = key_array[order]
+        last = order[np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))]
+        if not self._count and len(last) >= _MIN_TABLES:
+            # A build: packed in key order at once, not appended to be packed again.
+            self._keys = _holding(self._keys, key_array)
+            self._tags = _holding(self._tags, tag_array)
+            self._pack(rows, key_array, tag_array, last)
+            return
+        if len(last) < len(key_array):
+            keep = np.sort(last)
+            key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
         self._keys = _holding(self._keys, key_array)
         self._tags = _holding(self._tags, tag_array)
@@ -276,14 +283,22 @@ class HammingIndex:
     def _rebuild(self) -> None:
         """Pack the live rows to the front in key order, and index the chunks again."""
         live = np.flatnonzero(self._live[: self._count])
-        rows = live[np.argsort(self._keys[live], kind="stable")]
+        self._pack(
+            self._codes, self._keys, self._tags, live[np.argsort(self._keys[live], kind="stable")]
+        )
+
+    def _pack(
+        self, codes: np.ndarray, keys: np.ndarray, tags: np.ndarray, rows: np.ndarray
+    ) -> None:
+        """Hold ``rows`` of these arrays (in key order, each key once) at the front of new
+        ones, as the keys' and tags' types are now, and index them."""
         count = len(rows)
         self._tables = None  # freed before the new ones are made
         # Room for the adds before the next rebuild, so the arrays need not grow meanwhile.
         capacity = count + max(_MIN_REBUILD, count // 64) + 1
-        self._codes = _resized(self._codes[rows], capacity)
-        self._keys = _resized(self._keys[rows], capacity)
-        self._tags = _resized(self._tags[rows], capacity)
+        self._codes = _gathered(codes, rows, capacity)
+        self._keys = _gathered(keys, rows, capacity, self._keys.dtype)
+        self._tags = _gathered(tags, rows, capacity, self._tags.dtype)
         self._live = np.zeros(capacity, dtype=bool)
         self._live[:count] = True
         self._count, self._dead, self._indexed = count, 0, count
@@ -358,6 +373,19 @@ _WIDER = {
     np.dtype(np.uint8): (np.dtype(np.uint16), np.dtype(np.uint32)),
     np.dtype(np.uint16): (np.dtype(np.uint32),),
 }
+
+
+def _gathered(
+    array: np.ndarray, rows: np.ndarray, capacity: int, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """``array``'s ``rows``, in ``dtype``, at the front of a zeroed array of ``capacity``
+    rows: gathered into it, not copied there from a gathered array."""
+    grown = np.zeros((capacity, *array.shape[1:]), dtype=dtype or array.dtype)
+    if array.dtype == grown.dtype:
+        np.take(array, rows, axis=0, out=grown[: len(rows)])
+    else:
+        grown[: len(rows)] = array[rows]
+    return grown
 
 
 def _resized(rows: np.ndarray, capacity: int) -> np.ndarray:

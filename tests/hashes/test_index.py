@@ -176,6 +176,24 @@ def test_many_added_at_once_are_searched_as_if_added_one_by_one(bits: int) -> No
         at_once.add_many([9000, 9001], ["ab" * (bits // 8), "abc"])
 
 
+def test_a_build_out_of_key_order_keeps_each_keys_last_and_finds_what_adds_one_by_one_do() -> None:
+    rng = random.Random(7)
+    keys = rng.sample(range(2**40, 2**40 + 200_000), 40_000)  # wider than 32 bits
+    keys += keys[:500]  # given twice: the second code and tag stand
+    codes = [f"{rng.getrandbits(64):016x}" for _ in keys]
+    tags = [rng.randrange(3) for _ in keys]
+    built, one_by_one = HammingIndex(64), HammingIndex(64)
+    built.add_many(keys, codes, tags)  # on an empty index: packed at once
+    for key, code, tag in zip(keys, codes, tags, strict=True):
+        one_by_one.add(key, code, tag)
+    assert len(built) == built.tabled == len(one_by_one) == 40_000
+    assert [built.get(key) for key in keys[:20]] == list(
+        zip(codes[-500:-480], tags[-500:-480], strict=True)
+    )
+    for query in [*codes[:10], *codes[-10:], f"{rng.getrandbits(64):016x}"]:
+        assert built.query(query, 12) == one_by_one.query(query, 12)
+
+
 def test_codes_written_one_after_another_decode_only_when_each_is_whole() -> None:
     codes = ["00ff" * 4, "0123456789abcdef"]
     words = decode_joined("".join(codes), 2, 64)
