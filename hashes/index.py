@@ -379,10 +379,11 @@ def _gathered(
     array: np.ndarray, rows: np.ndarray, capacity: int, dtype: np.dtype | None = None
 ) -> np.ndarray:
     """``array``'s ``rows``, in ``dtype``, at the front of a zeroed array of ``capacity``
-    rows: gathered into it, not copied there from a gathered array."""
+    rows: gathered into it, not copied there from a gathered array (and by ``take`` in
+    its clipping mode: checking each row, it gathers into a copy of its own first)."""
     grown = np.zeros((capacity, *array.shape[1:]), dtype=dtype or array.dtype)
     if array.dtype == grown.dtype:
-        np.take(array, rows, axis=0, out=grown[: len(rows)])
+        np.take(array, rows, axis=0, out=grown[: len(rows)], mode="clip")
     else:
         grown[: len(rows)] = array[rows]
     return grown
