@@ -95,14 +95,32 @@ def words_from_bytes(data: bytes | memoryview) -> np.ndarray | None:
     return found.astype(np.uint32).reshape(WORD_TABLES, -1)
 
 
-def _merged(
-    held: tuple[np.ndarray, np.ndarray], new: tuple[np.ndarray, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Two runs sorted by word as one, in a single pass over the larger."""
-    if not len(held[0]):
-        return new
-    at = np.searchsorted(held[0], new[0], "right")
-    return np.insert(held[0], at, new[0]), np.insert(held[1], at, new[1])
+Run = tuple[np.ndarray, np.ndarray]  # words and their slots
+
+
+def _entries(ordered: Sequence[Run], new: Run | None = None) -> np.ndarray:
+    """Runs of entries, those ``ordered`` already in order and a ``new`` one in any, as
+    one run of 64-bit integers, word above slot, in order: by word, and a word's by slot,
+    the order they were filed in, since slots only grow.
+
+    The new run is sorted by numpy's SIMD sort where the CPU has one, then all merged by
+    its stable sort, which finds runs in order and merges them (40M entries and 4.5M:
+    0.1 s, a SIMD sort of all of them 0.3 s), into one array: fresh memory costs more
+    than the work. Words sorted apart from their slots, and runs merged by ``insert``,
+    cost 100k pictures' build 25 s, not 7."""
+    runs = [*ordered, *([new] if new is not None else [])]
+    entries = np.empty(sum(len(slots) for _, slots in runs), np.uint64)
+    at = 0
+    for found, slots in runs:
+        part = entries[at : at + len(slots)]
+        part[:] = found
+        part <<= np.uint64(32)
+        part |= slots
+        at += len(slots)
+    if new is not None:
+        entries[at - len(new[1]) :].sort()
+    entries.sort(kind="stable")
+    return entries
 
 
 class _Table:
@@ -127,10 +145,10 @@ class _Table:
         return sum(array.nbytes for array in arrays)
 
     def add(self, found: np.ndarray, slots: np.ndarray) -> None:
-        order = np.argsort(found, kind="stable")
-        self.recent_words, self.recent_slots = _merged(
-            (self.recent_words, self.recent_slots), (found[order], slots[order])
-        )
+        entries = _entries([(self.recent_words, self.recent_slots)], (found, slots))
+        self.recent_slots = entries.astype(np.uint32)  # the low 32 bits
+        entries >>= np.uint64(32)
+        self.recent_words = entries.astype(np.uint32)
         if len(self.recent_words) > max(_RECENT, len(self.tails) // 16):
             self.merge()
 
@@ -138,15 +156,19 @@ class _Table:
         """Fold the recent run into the main one, and drop the entries of slots not
         ``live``."""
         buckets = np.arange(len(self.starts) - 1, dtype=np.uint32)
-        held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(8) | self.tails
-        found, slots = _merged((held, self.slots), (self.recent_words, self.recent_slots))
+        held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(8)
+        held |= self.tails
+        entries = _entries([(held, self.slots), (self.recent_words, self.recent_slots)])
         del held
+        slots = entries.astype(np.uint32)  # the low 32 bits
         if live is not None:
             kept = live[slots]
-            found, slots = found[kept], slots[kept]
-        buckets = np.arange(len(self.starts), dtype=np.uint32)
-        self.starts = np.searchsorted(found >> np.uint32(8), buckets).astype(np.uint32)
-        self.tails = (found & np.uint32(0xFF)).astype(np.uint8)
+            entries, slots = entries[kept], slots[kept]
+        entries >>= np.uint64(32)
+        self.tails = entries.astype(np.uint8)  # the words' last bytes
+        entries >>= np.uint64(8)
+        counts = np.bincount(entries.view(np.int64), minlength=len(self.starts) - 1)
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32)
         self.slots = slots
         self.recent_words = np.zeros(0, np.uint32)
         self.recent_slots = np.zeros(0, np.uint32)
