@@ -43,6 +43,7 @@ from hashes.detect import (
     Probe,
     probe,
     probes,
+    query_copy,
 )
 from hashes.loading import DRAFT_SIDE, LoadedImage, load_image
 from hashes.matching import Matcher
@@ -84,18 +85,18 @@ def probes_full_size(loaded: LoadedImage) -> list[Probe]:
             for (name, _, undo), turned in zip(TURNS, fingerprint_turns(small), strict=True)
             if undo is not None
         ]
-        regions, parts = [], []
-        for view in views(work) if index == 0 else []:
-            parts.append(working_copy(cut(work, view), HASH_SIDE))
-            regions.append((view, fingerprint_image(parts[-1])))
+        regions = [
+            (view, fingerprint_image(working_copy(cut(work, view), HASH_SIDE)))
+            for view in (views(work) if index == 0 else [])
+        ]
         image = working_copy(frame, QUERY_FEATURE_SIDE)
-        found.append(Probe(fingerprint, turns, regions, image, parts))
+        found.append(Probe(fingerprint, turns, regions, image, image.convert("L"), work))
     return found
 
 
 def upload_fingerprint(frame: Image.Image) -> Fingerprint:
     """The fingerprint ``probe`` gives a frame, without the rest of the probe."""
-    return fingerprint_image(working_copy(working_copy(frame, QUERY_FEATURE_SIDE), MATCH_SIDE))
+    return fingerprint_image(working_copy(query_copy(frame), MATCH_SIDE), exported=False)
 
 
 def costs(

@@ -87,8 +87,9 @@ def fingerprint_image(image: Image.Image, *, exported: bool = True) -> Fingerpri
     """Hash one RGB frame, as ``load_image`` produces, with every algorithm. PDQ by Meta's
     own code (pdqhash), as a banned picture's hashes, which are shared with other tools,
     must be; not ``exported`` (an upload's copy, only matched), as ``pdq_turns`` computes
-    it, the same bits at a fraction of the cost."""
-    if image.mode != "RGB":
+    it, the same bits at a fraction of the cost, of an RGB frame or of its luma ("L" or
+    "F")."""
+    if image.mode != "RGB" and (exported or image.mode not in _GREY):
         raise ValueError(
             f"fingerprint_image needs an RGB image, not {image.mode}: load files with "
             "hashes.loading.load_image, which converts and flattens them."
@@ -99,7 +100,18 @@ def fingerprint_image(image: Image.Image, *, exported: bool = True) -> Fingerpri
     else:
         turns, quality = pdq_turns(pixels, 1)
         bits = turns[0]
-    return _fingerprints([_reduced(image.convert("L"))], [bits], quality)[0]
+    return _fingerprints([_reduced(grey_levels(image))], [bits], quality)[0]
+
+
+_GREY = ("L", "F")
+
+
+def grey_levels(image: Image.Image) -> Image.Image:
+    """A picture in whole grey levels ("L"): an RGB one converted, a luma ("F") rounded, as
+    pHash and dHash take a banned picture's."""
+    if image.mode == "F":
+        return Image.fromarray(_levels(np.asarray(image)).astype(np.uint8))
+    return image if image.mode == "L" else image.convert("L")
 
 
 # The eight ways a picture can be turned or flipped, in pdqhash.compute_dihedral's order:
@@ -125,8 +137,9 @@ _AFTER_TRANSPOSE: dict[Image.Transpose, Image.Transpose | None] = {
 
 
 def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
-    """The fingerprint of an RGB frame turned and flipped each way of ``DIHEDRAL``; PDQ's
-    are computed in one pass (``pdq_turns``), as Meta's dihedral function does.
+    """The fingerprint of an RGB frame, or of its luma, turned and flipped each way of
+    ``DIHEDRAL``; PDQ's are computed in one pass (``pdq_turns``), as Meta's dihedral
+    function does.
 
     pHash and dHash of every turn come from the grey reductions of the frame as it is
     (``_lanczos_reductions``): reducing and flipping (top to bottom, left to right, both)
@@ -136,7 +149,7 @@ def fingerprint_turns(image: Image.Image) -> list[Fingerprint]:
     take one more, 8 wide and 9 high, transposed.
     """
     dihedral, quality = pdq_turns(np.asarray(image))
-    for_phash, for_dhash, across = _lanczos_reductions(np.asarray(image.convert("L")))
+    for_phash, for_dhash, across = _lanczos_reductions(np.asarray(grey_levels(image)))
     reduced = {False: (for_phash, for_dhash), True: (for_phash.T, across.T)}
     turned = [reduced[False]]
     for turn in DIHEDRAL[1:]:
@@ -174,7 +187,8 @@ _ODD = np.where(np.arange(1, 17) % 2, -1.0, 1.0)
 def pdq_turns(pixels: np.ndarray, turns: int = len(DIHEDRAL)) -> tuple[list[np.ndarray], int]:
     """PDQ's bits of an RGB array turned each of the first ``turns`` ways of ``DIHEDRAL``,
     and its quality, as ``pdqhash.compute_dihedral`` gives them (element ``i``: bit
-    ``255 - i``): the same bits (the tests compare), at a fifth of its cost.
+    ``255 - i``): the same bits (the tests compare), at a fifth of its cost. A 2-D array
+    is the luma itself.
 
     The luma, the blur and the sampling are all linear, and only the 64 x 64 samples
     count, so they are two matrix products (``_pdq_sampling``) rather than four passes
@@ -183,9 +197,11 @@ def pdq_turns(pixels: np.ndarray, turns: int = len(DIHEDRAL)) -> tuple[list[np.n
     """
     height, width = pixels.shape[:2]
     if min(height, width) < _PDQ_MIN_SIDE:
-        found, quality = pdqhash.compute_dihedral(np.ascontiguousarray(pixels))
+        coloured = pixels if pixels.ndim == 3 else np.repeat(_levels(pixels)[..., None], 3, 2)
+        coloured = coloured.astype(np.uint8)
+        found, quality = pdqhash.compute_dihedral(np.ascontiguousarray(coloured))
         return found[:turns], quality
-    luma = pixels @ _LUMA
+    luma = pixels @ _LUMA if pixels.ndim == 3 else pixels.astype(np.float32)
     samples = _pdq_sampling(height) @ luma @ _pdq_sampling(width).T
     # Quality: the mean step between neighbouring samples, each in whole hundredths of
     # the grey range, as Meta's code rounds them.

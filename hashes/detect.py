@@ -44,6 +44,7 @@ from hashes.algorithms import (
     distinct,
     fingerprint_image,
     fingerprint_turns,
+    grey_levels,
 )
 from hashes.feature_index import FeatureIndex, Region
 from hashes.index import decode, encode
@@ -69,7 +70,7 @@ from hashes.matching import (
     low_detail_rows,
     tags,
 )
-from hashes.views import WORK_SIDE, View, area, cut, iou, views, working_copy
+from hashes.views import WORK_SIDE, View, area, colour_copy, cut, iou, views, working_copy
 
 HASH_SIDE = 256
 # The side views are hashed at. PDQ box-filters by ceil(side / 128) pixels: at 256 the
@@ -185,23 +186,29 @@ class Probe:
     fingerprint: Fingerprint
     turns: list[tuple[str, Fingerprint]]
     regions: list[tuple[View, Fingerprint]]
-    image: Image.Image
-    # The copies of each view VIEW_HASH_SIDE across, and (``small``) of the upload
-    # HASH_SIDE across: what colours are compared on, when colour candidates are
+    # The frame as decoded, RGB: what colours are compared on, when colour candidates are
     # configured.
-    parts: list[Image.Image] = field(default_factory=list)
-    # The copy the views were found on, QUERY_PIXELS_SIDE across: the upload's pixels for
-    # the photometric check (None: made from ``image`` when needed).
-    work: Image.Image | None = None
+    image: Image.Image
+    # The frame's luma in whole grey levels, QUERY_FEATURE_SIDE across: what its local
+    # features are found on.
+    grey: Image.Image
+    # The copy the views were found on, QUERY_PIXELS_SIDE across, in colour: the upload's
+    # pixels for the photometric check.
+    work: Image.Image
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
 
     @functools.cached_property
     def small(self) -> Image.Image:
-        return working_copy(self.image, HASH_SIDE)
+        return colour_copy(self.image, HASH_SIDE)
+
+    @functools.cached_property
+    def parts(self) -> list[Image.Image]:
+        """Each view VIEW_HASH_SIDE across, in colour."""
+        return [colour_copy(cut(self.image, view), VIEW_HASH_SIDE) for view, _ in self.regions]
 
     @functools.cached_property
     def colours(self) -> np.ndarray:
-        """The colour signatures of the upload, then of each view."""
+        """The colour signatures of the upload (HASH_SIDE across), then of each view."""
         return np.stack([colour_signature(picture) for picture in (self.small, *self.parts)])
 
     @functools.cached_property
@@ -214,11 +221,11 @@ class Probe:
         name = view.name if view else _MIRRORED if mirrored else ""
         if name not in self._features and view is None:
             found = upload_features(
-                self.image, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE, self.work
+                self.grey, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE, self.work
             )
             self._features.update(zip(("", _MIRRORED), found, strict=True))
         if name not in self._features and view is not None:
-            picture = cut(self.image, view)
+            picture = cut(self.grey, view)
             # Each view is searched at _VIEW_SIDE, about the size banned pictures' own
             # keypoints were found at: a small one enlarged (up to twice), as ORB's
             # pyramid reaches only down from the picture it is given and a copy pasted at
@@ -234,6 +241,7 @@ class Probe:
                 side=QUERY_FEATURE_SIDE,
                 pixels_side=QUERY_PIXELS_SIDE,
                 colour=True,
+                shown=cut(self.work, view),
             )
         return self._features[name]
 
@@ -372,24 +380,32 @@ def _signature(pixels: np.ndarray) -> np.ndarray:
 def probe(frame: Image.Image, *, regions: bool = True) -> Probe:
     """Everything the detector compares for one RGB frame of an upload.
 
-    Every copy is scaled from the one local features use (QUERY_FEATURE_SIDE across, the
-    size a large JPEG is decoded at): the fingerprint and all eight turns from one
-    MATCH_SIDE across; the views found on one at WORK_SIDE; each view hashed on its own
-    part of the first.
+    The hashes and local features are found on one copy of its luma, QUERY_FEATURE_SIDE
+    across (the size a large JPEG is decoded at): the fingerprint and all eight turns on
+    it as it is (MATCH_SIDE), each view on its own part of it, and local features on it
+    rounded to grey levels. The views are found on a colour copy WORK_SIDE across.
     """
-    query = working_copy(frame, QUERY_FEATURE_SIDE)
-    work = working_copy(query)
-    fingerprints = fingerprint_turns(working_copy(query, MATCH_SIDE))
+    luma = query_copy(frame)
+    grey = grey_levels(luma)
+    work = colour_copy(frame)
+    fingerprints = fingerprint_turns(working_copy(luma, MATCH_SIDE))
     turns = [
         (name, turned)
         for (name, _, undo), turned in zip(TURNS, fingerprints, strict=True)
         if undo is not None
     ]
-    found, parts = [], []
-    for view in views(work) if regions else ():
-        parts.append(working_copy(cut(query, view), VIEW_HASH_SIDE))
-        found.append((view, fingerprint_image(parts[-1], exported=False)))
-    return Probe(fingerprints[0], turns, found, query, parts, work)
+    found = [
+        (view, fingerprint_image(working_copy(cut(luma, view), VIEW_HASH_SIDE), exported=False))
+        for view in (views(work) if regions else ())
+    ]
+    return Probe(fingerprints[0], turns, found, frame, grey, work)
+
+
+def query_copy(frame: Image.Image) -> Image.Image:
+    """The luma of an RGB frame of an upload, QUERY_FEATURE_SIDE across, unrounded ("F"),
+    as PDQ takes the luma of a banned picture: what its hashes are found on. Scaling one
+    channel, not three, costs a third (a 1008-px frame: 2.3 ms, not 6.4)."""
+    return working_copy(frame.convert("F"), QUERY_FEATURE_SIDE)
 
 
 def use_threads(processes: int) -> Callable[[], None]:

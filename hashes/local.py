@@ -205,10 +205,12 @@ def local_features(
     grid: int = REFERENCE_GRID,
     pixels_side: int = PIXELS_SIDE,
     colour: bool = False,
+    shown: Image.Image | None = None,
 ) -> LocalFeatures:
     """ORB keypoints of ``image`` (any mode), on a copy at most ``side`` pixels across,
     and the picture at most ``pixels_side`` across for the photometric check: in grey, or
-    in ``colour`` for an upload, whose colours may have been changed.
+    in ``colour`` for an upload, whose colours may have been changed (``shown``: the
+    picture in colour at any size, where ``image`` is grey).
 
     The strongest corners are taken per cell of a ``grid`` x ``grid`` split, not over the
     whole picture, so that every part has its share: a crop keeps keypoints of its own,
@@ -216,7 +218,7 @@ def local_features(
     pictures give few corners at ORB's usual contrast threshold, so a picture that yields
     under a fifth of ``count`` is searched again at a low one.
     """
-    return _Detected.of(image, count, side, grid, pixels_side, colour).features()
+    return _Detected.of(image, count, side, grid, pixels_side, colour, shown).features()
 
 
 def reference_local_features(image: Image.Image) -> LocalFeatures:
@@ -249,7 +251,7 @@ def upload_features(
     """The local features of an upload (``local_features`` in colour), and those of the
     upload mirrored: the same corners, whose descriptors are computed again on the
     mirrored copy at a fraction of the cost of finding them there. ``shown``: a copy of
-    the upload already at most ``pixels_side`` across, to take its pixels from."""
+    the upload at most ``pixels_side`` across, to take its pixels from."""
     detected = _Detected.of(image, count, side, REFERENCE_GRID, pixels_side, True, shown)
     return detected.with_mirrored()
 
@@ -279,7 +281,7 @@ class _Detected:
         colour: bool,
         shown: Image.Image | None = None,
     ) -> "_Detected":
-        grey = image.convert("L")
+        grey = image if image.mode == "L" else image.convert("L")
         scale = side / max(grey.size)
         if scale < 1:
             size = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))

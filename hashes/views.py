@@ -60,15 +60,42 @@ def working_copy(frame: Image.Image, side: int = WORK_SIDE) -> Image.Image:
     pixels, to the size ``Image.thumbnail`` would make it. Resized from the frame itself,
     not from a copy made for ``thumbnail``: a copy's fresh pixels cost an 800-px frame
     1.5 ms more to resize."""
-    width, height = frame.size
-    if max(width, height) <= side:
+    size = _thumbnail_size(frame.size, side)
+    if size == frame.size:
         return frame
+    return frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def colour_copy(frame: Image.Image, side: int = WORK_SIDE) -> Image.Image:
+    """``working_copy`` of an RGB frame for what only looks at its colours (the views, the
+    photometric check), not what hashes or keypoints are found on: the same size, at a
+    fraction of the cost of Pillow's filter on three channels (an 800-px frame to 512:
+    1.2 ms, not 4.7). Whole steps of the scale are averaged by ``Image.reduce``; the rest,
+    under two, is smoothed by a Gaussian of sigma (scale - 1) / 2 against aliasing, as
+    scikit-image's ``resize`` smooths, and sampled bilinearly by OpenCV; each way apart."""
+    size = _thumbnail_size(frame.size, side)
+    if size == frame.size:
+        return frame
+    whole = (frame.width // size[0], frame.height // size[1])
+    reduced = frame.reduce(whole) if max(whole) > 1 else frame
+    pixels = np.asarray(reduced)
+    across, down = ((reduced.size[axis] / size[axis] - 1) / 2 for axis in (0, 1))
+    if max(across, down) > 0 and min(pixels.shape[:2]) > 1:
+        # A kernel a pixel wide leaves a way already at its scale (a sigma of 0) as it is.
+        widths = [2 * math.ceil(3 * sigma) + 1 for sigma in (across, down)]
+        pixels = cv2.GaussianBlur(pixels, widths, across, sigmaY=down)
+    return Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR))
+
+
+def _thumbnail_size(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """The size ``Image.thumbnail`` would scale a picture of ``size`` to, to fit ``side``."""
+    width, height = size
+    if max(width, height) <= side:
+        return size
     aspect = width / height
     if width <= height:
-        size = (_nearest(side * aspect, lambda new: abs(aspect - new / side)), side)
-    else:
-        size = (side, _nearest(side / aspect, lambda new: abs(aspect - side / new) if new else 0))
-    return frame.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        return (_nearest(side * aspect, lambda new: abs(aspect - new / side)), side)
+    return (side, _nearest(side / aspect, lambda new: abs(aspect - side / new) if new else 0))
 
 
 def _nearest(side: float, error: Callable[[int], float]) -> int:

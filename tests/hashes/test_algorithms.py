@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from hashes.algorithms import (
+    _LUMA,
     ALGORITHMS,
     DIHEDRAL,
     Fingerprint,
@@ -15,6 +16,7 @@ from hashes.algorithms import (
     fingerprint_frames,
     fingerprint_image,
     fingerprint_turns,
+    grey_levels,
     hamming,
     parse_hash,
     pdq_turns,
@@ -234,6 +236,38 @@ def test_pdq_turns_are_meta_codes_bits(name, size):
     assert [bits.tolist() for bits in found] == [bits.astype(bool).tolist() for bits in dihedral]
     first, _ = pdq_turns(pixels, 1)
     assert len(first) == 1 and first[0].tolist() == found[0].tolist()
+
+
+@pytest.mark.parametrize("size", [(640, 427), (40, 90)])
+def test_pdq_turns_of_a_pictures_luma_are_those_of_the_picture(size):
+    pixels = np.asarray(photo("chelsea").resize(size, Image.Resampling.BILINEAR))
+    # The luma rounded to grey levels where too small to sample, as pdqhash takes it.
+    luma = pixels @ _LUMA if min(size) >= 64 else np.asarray(Image.fromarray(pixels).convert("L"))
+
+    found, quality = pdq_turns(luma)
+
+    expected, expected_quality = pdq_turns(pixels if min(size) >= 64 else np.stack([luma] * 3, 2))
+    assert quality == expected_quality
+    assert [bits.tolist() for bits in found] == [bits.tolist() for bits in expected]
+
+
+def test_grey_levels_round_a_luma_as_pillow_rounds_grey():
+    luma = Image.fromarray(np.array([[0.4, 0.6, 1.5, 127.49, 254.7, 255.0]], np.float32))
+
+    assert np.asarray(grey_levels(luma)).tolist() == [[0, 1, 2, 127, 255, 255]]
+    assert grey_levels(photo("coffee")).tobytes() == photo("coffee").convert("L").tobytes()
+
+
+def test_an_uploads_luma_hashes_as_the_upload_does():
+    image = photo("chelsea").resize((384, 301), Image.Resampling.BILINEAR)
+    luma = Image.fromarray((np.asarray(image) @ _LUMA).astype(np.float32))
+
+    found = fingerprint_image(luma, exported=False)
+
+    assert hamming(found.hashes["pdq"], fingerprint_image(image).hashes["pdq"]) == 0
+    assert found.distance(fingerprint_image(image)) == {"phash": 0, "dhash": 0, "pdq": 0}
+    with pytest.raises(ValueError, match="needs an RGB image"):
+        fingerprint_image(luma)
 
 
 def test_an_uploads_copy_hashes_as_a_banned_picture_does():

@@ -1,12 +1,13 @@
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-from hashes.views import cut, views, working_copy
+from hashes.views import colour_copy, cut, views, working_copy
 from tests.images import photo
 
 
 def _boxes(image: Image.Image) -> dict[str, tuple[float, ...]]:
-    return {view.name: view.box for view in views(working_copy(image))}
+    return {view.name: view.box for view in views(colour_copy(image))}
 
 
 def _near(box: tuple[float, ...], expected: tuple[float, ...], slack: float = 0.02) -> bool:
@@ -55,7 +56,7 @@ def test_each_tile_of_a_collage_is_a_view() -> None:
 
 def test_cut_takes_the_same_part_at_any_size() -> None:
     image = ImageOps.expand(photo("coffee"), border=40, fill="white")
-    view = next(v for v in views(working_copy(image)) if v.name == "trim")
+    view = next(v for v in views(colour_copy(image)) if v.name == "trim")
     assert abs(cut(image, view).width - photo("coffee").width) <= 8
 
 
@@ -101,3 +102,33 @@ def test_a_working_copy_is_the_frame_as_thumbnail_reduces_it(side):
 
         assert copy.size == expected.size
         assert copy.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("size", "apart"),
+    # Under twice as large (a JPEG decoded reduced), all but Pillow's pixels; larger, a
+    # few grey levels sharper than its triangle filter (1.8 and 3.5 here).
+    [((1003, 877), 1), ((877, 1003), 1), ((513, 512), 1), ((1600, 1200), 4), ((4000, 900), 4)],
+)
+def test_a_colour_copy_is_a_working_copys_size_and_much_its_picture(size, apart):
+    picture = photo("astronaut").resize(size)
+
+    copy = colour_copy(picture)
+    expected = working_copy(picture)
+
+    assert copy.mode == "RGB" and copy.size == expected.size
+    difference = np.abs(np.asarray(copy, np.int16) - np.asarray(expected, np.int16))
+    assert difference.mean() < apart
+
+
+# (1024, 701): halved, as it is across and a little smaller down.
+@pytest.mark.parametrize(
+    "size", [(2000, 1), (1, 2000), (4000, 33), (1024, 701), (701, 1024), (600, 400)]
+)
+def test_a_colour_copy_of_a_sliver_or_a_small_frame_is_made(size):
+    picture = Image.new("RGB", size, (10, 200, 30))
+
+    copy = colour_copy(picture)
+
+    assert copy.size == working_copy(picture).size
+    assert copy.getpixel((0, 0)) == (10, 200, 30)
