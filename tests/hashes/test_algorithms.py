@@ -251,7 +251,7 @@ def test_pdq_turns_of_a_pictures_luma_are_those_of_the_picture(size):
     assert [bits.tolist() for bits in found] == [bits.tolist() for bits in expected]
 
 
-def test_grey_levels_round_a_luma_as_pillow_rounds_grey():
+def test_grey_levels_round_a_luma_to_the_nearest_level():
     luma = Image.fromarray(np.array([[0.4, 0.6, 1.5, 127.49, 254.7, 255.0]], np.float32))
 
     assert np.asarray(grey_levels(luma)).tolist() == [[0, 1, 2, 127, 255, 255]]
