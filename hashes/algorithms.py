@@ -200,9 +200,9 @@ def pdq_turns(pixels: np.ndarray, turns: int = len(DIHEDRAL)) -> tuple[list[np.n
     """
     height, width = pixels.shape[:2]
     if min(height, width) < _PDQ_MIN_SIDE:
-        coloured = pixels if pixels.ndim == 3 else np.repeat(_levels(pixels)[..., None], 3, 2)
-        coloured = coloured.astype(np.uint8)
-        found, quality = pdqhash.compute_dihedral(np.ascontiguousarray(coloured))
+        if pixels.ndim == 2:  # a luma: its grey levels as the three channels
+            pixels = np.repeat(_levels(pixels).astype(np.uint8)[..., None], 3, axis=2)
+        found, quality = pdqhash.compute_dihedral(np.ascontiguousarray(pixels))
         return found[:turns], quality
     luma = pixels @ _LUMA if pixels.ndim == 3 else pixels.astype(np.float32)
     samples = _pdq_sampling(height) @ luma @ _pdq_sampling(width).T

@@ -264,7 +264,6 @@ def test_an_uploads_luma_hashes_as_the_upload_does():
 
     found = fingerprint_image(luma, exported=False)
 
-    assert hamming(found.hashes["pdq"], fingerprint_image(image).hashes["pdq"]) == 0
     assert found.distance(fingerprint_image(image)) == {"phash": 0, "dhash": 0, "pdq": 0}
     with pytest.raises(ValueError, match="needs an RGB image"):
         fingerprint_image(luma)
