@@ -103,9 +103,11 @@ def blocklist(blobs: list[bytes], size: int) -> tuple["Matcher", "Detector", "De
             pdq_quality=100,
         )
         matcher.add(key, fingerprint)
-        random_features = descriptors.integers(0, 256, (2 * INDEXED, 32), dtype=np.uint8)
+        own, mirrored = (
+            words(descriptors.integers(0, 256, (2 * INDEXED, 32), dtype=np.uint8)) for _ in range(2)
+        )
         signature = colours[key].astype(np.float16)
-        pictures[key] = BannedPicture(fingerprint, signature, words=words(random_features))
+        pictures[key] = BannedPicture(fingerprint, signature, words=own, mirrored_words=mirrored)
 
     def load(keys: Iterable[int]) -> dict:
         return {key: features[key % len(features)][0] for key in keys}

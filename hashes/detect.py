@@ -196,6 +196,7 @@ class Probe:
     # pixels for the photometric check.
     work: Image.Image
     _features: dict[str, LocalFeatures] = field(default_factory=dict)
+    _mirror: Callable[[], LocalFeatures] = field(init=False, repr=False, compare=False)
 
     @functools.cached_property
     def small(self) -> Image.Image:
@@ -219,11 +220,12 @@ class Probe:
     def features(self, view: View | None = None, *, mirrored: bool = False) -> LocalFeatures:
         """The local features of the frame, or of it mirrored, or of a view of it."""
         name = view.name if view else _MIRRORED if mirrored else ""
-        if name not in self._features and view is None:
-            found = upload_features(
+        if "" not in self._features:
+            self._features[""], self._mirror = upload_features(
                 self.grey, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE, self.work
             )
-            self._features.update(zip(("", _MIRRORED), found, strict=True))
+        if name not in self._features and view is None:
+            self._features[name] = self._mirror()
         if name not in self._features and view is not None:
             picture = cut(self.grey, view)
             # Each view is searched at _VIEW_SIDE, about the size banned pictures' own
@@ -291,8 +293,10 @@ class BannedPicture:
     limits: "Limits" = ()  # its own (algorithm, distance) limits, in place of the rule's
     allow: bool = False  # known-good: see Detector.voided
     # The words its local features are filed under (feature_index.indexed_words); None:
-    # nominated only by near hashes and colours.
+    # nominated only by near hashes and colours. And those of it mirrored; None: stored
+    # before they were, its mirrored copies nominated by the upload mirrored.
     words: np.ndarray | None = None
+    mirrored_words: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -526,7 +530,7 @@ class Detector:
         items = pictures.items() if isinstance(pictures, Mapping) else pictures
         keys, colours = [], []
         near: list[tuple[int, Fingerprint]] = []
-        filed: list[tuple[int, np.ndarray]] = []
+        filed: list[tuple[int, np.ndarray, np.ndarray | None]] = []
         self._matchers_for(())
         building = self.is_empty()
 
@@ -555,7 +559,7 @@ class Detector:
                     keys.append(key)
                     colours.append(signature)
                     if picture.words is not None:
-                        filed.append((key, picture.words))
+                        filed.append((key, picture.words, picture.mirrored_words))
                     if len(filed) == _FILED_AT_ONCE:
                         self._feature_index.add_many(filed)
                         filed.clear()
@@ -622,6 +626,13 @@ class Detector:
     def is_empty(self) -> bool:
         """Whether it holds no picture at all, fuzzy or as a file."""
         return not self._plain and not len(self._store)
+
+    @property
+    def mirrors_all(self) -> bool:
+        """Whether every picture its keypoint index holds is filed mirrored too; else
+        each upload's features are found mirrored as well, to nominate those that are not
+        (banned before their mirrored words were stored: ``manage.py rehash``)."""
+        return self._feature_index.mirrors_all
 
     def bans_file(self, *digests: str) -> bool:
         """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
@@ -793,14 +804,17 @@ class Detector:
         in a small upload, has too few of the upload's keypoints to win its vote: each
         view up to half the upload (a pasted picture, a collage's tile) votes with its own
         as well. The best of every vote come first, then the second best..."""
-        uploads = (item.features(), item.features(mirrored=True))
+        uploads = [item.features()]
+        if not self.mirrors_all:
+            uploads.append(item.features(mirrored=True))
         votes: list[tuple[View | None, list[tuple[int, int, list[Region]]]]]
         votes = [(None, self._feature_index.nominate(uploads, _PER_REGION))]
-        votes += [
-            (view, self._feature_index.nominate([item.features(view)], _PER_VIEW, _ALL))
-            for view, _ in item.regions
-            if area(view.box) <= _VOTING_AREA
-        ]
+        for voting, _ in item.regions:
+            if area(voting.box) <= _VOTING_AREA:
+                nominated = self._feature_index.nominate([item.features(voting)], _PER_VIEW, _ALL)
+                # Its mirrored ones are left out: verified mirrored, they would be laid
+                # over the whole upload, not the view.
+                votes.append((voting, [found for found in nominated if not found[1]]))
         ranked = sorted(
             [
                 (place, key, which, regions, view)
@@ -812,8 +826,8 @@ class Detector:
         for _, key, which, regions, view in ranked:
             candidate = candidates.setdefault(key, _Candidate())
             if which:
-                # Nominated by the mirrored upload: verified mirrored (and only so, unless
-                # nominated as it is too).
+                # Nominated mirrored (by its mirrored words, or the upload mirrored):
+                # verified mirrored (and only so, unless nominated as it is too).
                 candidate.mirrored = True
                 continue
             candidate.as_is = True

@@ -83,6 +83,13 @@ def indexed_words(features: LocalFeatures) -> np.ndarray:
     return words(features.descriptors[np.concatenate(chosen)])
 
 
+def filed_words(features: LocalFeatures) -> tuple[np.ndarray, np.ndarray | None]:
+    """The words a banned picture is filed under, as it is and mirrored (None: its
+    features were not found mirrored)."""
+    mirrored = features.mirrored
+    return indexed_words(features), indexed_words(mirrored) if mirrored is not None else None
+
+
 def words_to_bytes(found: np.ndarray) -> bytes:
     return np.ascontiguousarray(found, dtype="<u4").tobytes()
 
@@ -152,8 +159,8 @@ class _Table:
             self.merge()
 
     def merge(self, live: np.ndarray | None = None) -> None:
-        """Fold the recent run into the main one, and drop the entries of slots not
-        ``live``."""
+        """Fold the recent run into the main one, and drop the entries of pictures not
+        ``live`` (by picture: two slots each, see FeatureIndex)."""
         buckets = np.arange(len(self.starts) - 1, dtype=np.uint32)
         held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(8)
         held |= self.tails
@@ -161,7 +168,7 @@ class _Table:
         del held
         slots = entries.astype(np.uint32)  # the low 32 bits
         if live is not None:
-            kept = live[slots]
+            kept = live[slots >> 1]
             entries, slots = entries[kept], slots[kept]
         entries >>= np.uint64(32)
         self.tails = entries.astype(np.uint8)  # the words' last bytes
@@ -220,20 +227,27 @@ class _Table:
 
 
 class FeatureIndex:
-    """Banned pictures by the words of their local features, searched by vote."""
+    """Banned pictures by the words of their local features, searched by vote.
+
+    Each picture is filed under its own words and, apart, under those of it mirrored: an
+    upload's descriptors then vote for a mirrored copy's picture as they do for a copy's,
+    with no descriptors of the upload mirrored to compute. Picture ``p``'s own entries
+    are slot ``2p``, its mirrored ones ``2p + 1``."""
 
     def __init__(self) -> None:
         self._tables = [_Table() for _ in range(WORD_TABLES)]
-        self._slot: dict[int, int] = {}
-        self._keys = np.zeros(0, np.int64)  # by slot
+        self._picture: dict[int, int] = {}
+        self._keys = np.zeros(0, np.int64)  # by picture
         self._live = np.zeros(0, bool)
         self._dead = 0
+        # Live pictures filed without their mirrored words (stored before they were).
+        self._unmirrored: set[int] = set()
 
     def __len__(self) -> int:
-        return len(self._slot)
+        return len(self._picture)
 
     def __contains__(self, key: int) -> bool:
-        return key in self._slot
+        return key in self._picture
 
     @property
     def nbytes(self) -> int:
@@ -241,35 +255,46 @@ class FeatureIndex:
         own = self._keys.nbytes + self._live.nbytes
         return own + sum(table.nbytes for table in self._tables)
 
-    def add_many(self, items: Iterable[tuple[int, np.ndarray]]) -> None:
-        """File pictures under their words ((WORD_TABLES, n) arrays); a key held is
-        filed anew."""
+    @property
+    def mirrors_all(self) -> bool:
+        """Whether every picture is filed under its mirrored words too: if not, only an
+        upload mirrored finds a mirrored copy of those that are not."""
+        return not self._unmirrored
+
+    def add_many(self, items: Iterable[tuple[int, np.ndarray, np.ndarray | None]]) -> None:
+        """File pictures under their words and those of it mirrored ((WORD_TABLES, n)
+        arrays; None: not known); a key held is filed anew."""
         keys: list[int] = []
         found: list[np.ndarray] = []
         slots: list[np.ndarray] = []
-        for key, held in dict(items).items():
+        for key, (held, mirrored) in {key: rest for key, *rest in items}.items():
             self.remove(key)
-            slot = len(self._keys) + len(keys)
-            self._slot[key] = slot
+            picture = len(self._keys) + len(keys)
+            self._picture[key] = picture
             keys.append(key)
-            found.append(held)
-            slots.append(np.full(held.shape[1], slot, np.uint32))
-        if not found:
+            for turn, words_held in enumerate((held, mirrored)):
+                if words_held is not None:
+                    found.append(words_held)
+                    slots.append(np.full(words_held.shape[1], 2 * picture + turn, np.uint32))
+            if mirrored is None:
+                self._unmirrored.add(key)
+        if not keys:
             return
         self._keys = np.concatenate([self._keys, np.array(keys, np.int64)])
-        self._live = np.concatenate([self._live, np.ones(len(found), bool)])
+        self._live = np.concatenate([self._live, np.ones(len(keys), bool)])
         everything = np.concatenate(found, axis=1)
         owners = np.concatenate(slots)
         for table, column in zip(self._tables, everything, strict=True):
             table.add(column, owners)
 
     def remove(self, key: int) -> None:
-        slot = self._slot.pop(key, None)
-        if slot is None:
+        picture = self._picture.pop(key, None)
+        if picture is None:
             return
-        self._live[slot] = False
+        self._unmirrored.discard(key)
+        self._live[picture] = False
         self._dead += 1
-        if self._dead > max(_DEAD, len(self._slot) // 8):
+        if self._dead > max(_DEAD, len(self._picture) // 8):
             for table in self._tables:
                 table.merge(self._live)
             self._dead = 0
@@ -280,57 +305,60 @@ class FeatureIndex:
         per_region: int,
         regions: Sequence[Region] = REGIONS,
     ) -> list[tuple[int, int, list[Region]]]:
-        """(key, which of ``uploads`` it is nominated by, the regions it was nominated in)
-        for the pictures with the most votes in each of the ``regions`` of each upload
-        (the same picture as it is, mirrored...), the best of every region first, then the
-        second best, up to ``per_region`` each; a picture nominated by two uploads comes
-        once for each."""
+        """(key, whether the picture is nominated mirrored (1) or as it is (0), the
+        regions it was nominated in) for the pictures with the most votes in each of the
+        ``regions`` of each upload (the same picture as it is, and maybe mirrored: what it
+        finds of a picture's mirrored words counts as it is), as it is and mirrored apart:
+        the best of every region first, then the second best, up to ``per_region`` each
+        way; a picture nominated both ways comes once for each."""
         ranked = [
-            (ranking, number, region)
+            (ranking, number ^ turn, region)
             for number, upload in enumerate(uploads)
-            for ranking, region in zip(
-                self._rank(upload, per_region, regions), regions, strict=False
-            )
+            for turn, rankings in enumerate(self._rank(upload, per_region, regions))
+            for ranking, region in zip(rankings, regions, strict=False)
         ]
         found: dict[tuple[int, int], list[Region]] = {}
         for place in range(per_region):
-            for ranking, number, region in ranked:
+            for ranking, which, region in ranked:
                 if place < len(ranking):
-                    found.setdefault((ranking[place], number), []).append(region)
-        return [(key, number, regions) for (key, number), regions in found.items()]
+                    found.setdefault((ranking[place], which), []).append(region)
+        return [(key, which, regions) for (key, which), regions in found.items()]
 
     def _rank(
         self, upload: LocalFeatures, count: int, regions: Sequence[Region]
-    ) -> list[list[int]]:
+    ) -> tuple[list[list[int]], list[list[int]]]:
         """Per region of the upload, the keys of the ``count`` pictures with the most
-        votes from its descriptors there (at least MIN_VOTES)."""
-        if not self._slot or not len(upload.descriptors):
-            return []
+        votes from its descriptors there (at least MIN_VOTES) for their own words, and
+        the same for their mirrored words."""
+        if not self._picture or not len(upload.descriptors):
+            return [], []
         total = sum(len(table) for table in self._tables)
         limit = max(_COMMON, total // _COMMON_SHARE)
-        slots_held = len(self._keys)
+        slots_held = 2 * len(self._keys)
         pairs = []
         for table, query in zip(self._tables, words(upload.descriptors), strict=True):
             # Each distinct word once, from the first descriptor holding it.
             _, first = np.unique(query, return_index=True)
             rows, slots = table.pairs(query[first], limit)
             pairs.append(first[rows] * slots_held + slots)
-        # One vote per descriptor and picture, whichever tables they met in.
+        # One vote per descriptor and slot, whichever tables they met in.
         unique = distinct(np.concatenate(pairs))
         rows, slots = np.divmod(unique, slots_held)
-        alive = self._live[slots]
+        alive = self._live[slots >> 1]
         rows, slots = rows[alive], slots[alive]
         voted, slots = np.unique(slots, return_inverse=True)
-        keys = self._keys[voted]
+        keys = self._keys[voted >> 1]
+        mirrored = (voted & 1).astype(bool)
         x = upload.points[rows, 0] / max(1, upload.size[0])
         y = upload.points[rows, 1] / max(1, upload.size[1])
-        rankings = []
+        rankings: tuple[list[list[int]], list[list[int]]] = ([], [])
         for left, top, right, bottom in regions:
             inside = (x >= left) & (x < right) & (y >= top) & (y < bottom)
             votes = np.bincount(slots[inside], minlength=len(voted))
-            best = np.flatnonzero(votes >= MIN_VOTES)
-            # Most votes first; ties by key, so that a ranking is the same however the
-            # index was filled.
-            best = best[np.lexsort((keys[best], -votes[best]))][:count]
-            rankings.append(keys[best].tolist())
+            for turn, ranking in enumerate(rankings):
+                best = np.flatnonzero((votes >= MIN_VOTES) & (mirrored == turn))
+                # Most votes first; ties by key, so that a ranking is the same however
+                # the index was filled.
+                best = best[np.lexsort((keys[best], -votes[best]))][:count]
+                ranking.append(keys[best].tolist())
         return rankings

@@ -95,6 +95,9 @@ class LocalFeatures:
     # How many of the points each scale gave, largest first: a banned picture's
     # (reference_local_features); () for an upload's, or features stored before then.
     scales: tuple[int, ...] = ()
+    # A banned picture's features as found on it mirrored, to file it under the words a
+    # mirrored copy shows (reference_local_features); not stored with the features.
+    mirrored: "LocalFeatures | None" = None
 
     @functools.cached_property
     def chunk_table(self) -> "_ChunkTable":
@@ -226,18 +229,32 @@ def reference_local_features(image: Image.Image) -> LocalFeatures:
     SMALL_FEATURES more found on a copy SMALL_FEATURE_SIDE across, placed in the same
     pixels. A copy pasted at half size or less into a larger picture shows corners of
     that coarser scale, which ORB's pyramid, reaching only upward from the copy it is
-    given, cannot find on the larger one."""
-    large = local_features(image)
-    if max(large.size) < SMALL_FEATURE_SIDE * _PYRAMID_STEP:
-        return dataclasses.replace(large, scales=(len(large.points),))
-    side = SMALL_FEATURE_SIDE
-    small = _Detected.of(image, SMALL_FEATURES, side, REFERENCE_GRID, side, False).features()
-    points = small.points * (np.array(large.size, np.float32) / np.array(small.size, np.float32))
+    given, cannot find on the larger one. With them, as ``mirrored``, the same found on
+    the picture mirrored."""
+    large = _Detected.of(
+        image, REFERENCE_FEATURES, FEATURE_SIDE, REFERENCE_GRID, PIXELS_SIDE, False
+    )
+    scales = [large.with_mirrored()]
+    if max(large.size) >= SMALL_FEATURE_SIDE * _PYRAMID_STEP:
+        side = SMALL_FEATURE_SIDE
+        small = _Detected.of(image, SMALL_FEATURES, side, REFERENCE_GRID, side, False)
+        scales.append(small.with_mirrored())
+    as_is, mirrored = (_joined([both[turn] for both in scales]) for turn in (0, 1))
+    return dataclasses.replace(as_is, mirrored=mirrored)
+
+
+def _joined(scales: list[LocalFeatures]) -> LocalFeatures:
+    """The features of each scale of a picture, largest first, as one, their points
+    placed in the pixels of the first."""
+    first = scales[0]
+    size = np.array(first.size, np.float32)
     return dataclasses.replace(
-        large,
-        points=np.concatenate([large.points, points]),
-        descriptors=np.concatenate([large.descriptors, small.descriptors]),
-        scales=(len(large.points), len(points)),
+        first,
+        points=np.concatenate(
+            [part.points * (size / np.array(part.size, np.float32)) for part in scales]
+        ),
+        descriptors=np.concatenate([part.descriptors for part in scales]),
+        scales=tuple(len(part.points) for part in scales),
     )
 
 
@@ -247,13 +264,14 @@ def upload_features(
     side: int,
     pixels_side: int,
     shown: Image.Image | None = None,
-) -> tuple[LocalFeatures, LocalFeatures]:
-    """The local features of an upload (``local_features`` in colour), and those of the
-    upload mirrored: the same corners, whose descriptors are computed again on the
-    mirrored copy at a fraction of the cost of finding them there. ``shown``: a copy of
-    the upload at most ``pixels_side`` across, to take its pixels from."""
+) -> tuple[LocalFeatures, Callable[[], LocalFeatures]]:
+    """The local features of an upload (``local_features`` in colour), and what makes
+    those of the upload mirrored when they are needed: the same corners, whose
+    descriptors are computed again on the mirrored copy at a fraction of the cost of
+    finding them there. ``shown``: a copy of the upload at most ``pixels_side`` across,
+    to take its pixels from."""
     detected = _Detected.of(image, count, side, REFERENCE_GRID, pixels_side, True, shown)
-    return detected.with_mirrored()
+    return detected.features(), detected.mirrored
 
 
 @dataclass(frozen=True)
@@ -320,22 +338,25 @@ class _Detected:
         return _packed(self.keypoints, self.descriptors, self.size, self.kept)
 
     def with_mirrored(self) -> tuple[LocalFeatures, LocalFeatures]:
-        """The features, and those of the copy mirrored left to right. ORB's corners and
-        scales are symmetric, so the same keypoints, mirrored with their orientation, are
-        the ones a search of the mirrored copy finds; only their descriptors differ. The
-        keypoints are mirrored in place once the features are packed, their last use:
-        made anew, they cost 0.7 ms an upload."""
-        features = self.features()
+        """The features, and those of the copy mirrored left to right."""
+        return self.features(), self.mirrored()
+
+    def mirrored(self) -> LocalFeatures:
+        """The features of the copy mirrored left to right. ORB's corners and scales are
+        symmetric, so the same keypoints, mirrored with their orientation, are the ones a
+        search of the mirrored copy finds; only their descriptors differ. The keypoints
+        are mirrored in place, their last use (made anew, they cost 0.7 ms an upload):
+        ``features`` must have been packed first, and this is called once."""
         flipped = cv2.flip(self.kept, 1)
         if self.descriptors is None or self.orb is None:
-            return features, _packed((), None, self.size, flipped)
+            return _packed((), None, self.size, flipped)
         width = self.grey.shape[1]
         for keypoint in self.keypoints:
             left, top = keypoint.pt
             keypoint.pt = (width - 1 - left, top)
             keypoint.angle = (180 - keypoint.angle) % 360
         keypoints, descriptors = self.orb.compute(cv2.flip(self.grey, 1), self.keypoints)
-        return features, _packed(keypoints, descriptors, self.size, flipped)
+        return _packed(keypoints, descriptors, self.size, flipped)
 
 
 def _packed(

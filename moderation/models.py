@@ -134,10 +134,11 @@ class BannedFingerprint(models.Model):
     # File name in HASHGUARD_REFERENCE_DIR; served to staff only, through a view.
     reference_name = models.CharField(max_length=255, blank=True)
     # From the reference frame, for the second stage (hashes/detect.py): a colour signature
-    # and the words of its keypoints (hashes/feature_index.py) to pick candidates by, and
-    # the keypoints to verify them. Empty for pasted hashes.
+    # and the words of its keypoints, as it is and mirrored (hashes/feature_index.py), to
+    # pick candidates by, and the keypoints to verify them. Empty for pasted hashes.
     colours = models.BinaryField(null=True, blank=True, editable=False)
     words = models.BinaryField(null=True, blank=True, editable=False)
+    mirrored_words = models.BinaryField(null=True, blank=True, editable=False)
     features = models.BinaryField(null=True, blank=True, editable=False)
     source = models.CharField(max_length=16, choices=Source.choices)
     source_upload = models.ForeignKey(

@@ -38,7 +38,7 @@ from hashes.detect import (
 )
 from hashes.errors import ImageError
 from hashes.evaluation.edits import CATALOGUE, Edit
-from hashes.feature_index import indexed_words
+from hashes.feature_index import filed_words
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
 from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule, is_low_detail
@@ -175,11 +175,13 @@ class Harness:
         features, colours = reference_features(loaded.frames[0])
         self.fingerprints[key] = fingerprint
         self.features[key] = features
+        own, mirrored = filed_words(features)
         self.pictures[key] = BannedPicture(
             fingerprint,
             colours,
             hashlib.sha256(data).hexdigest(),
-            words=indexed_words(features),
+            words=own,
+            mirrored_words=mirrored,
         )
         self.baselines.add(data)
         return is_low_detail(fingerprint, self.rule.pdq_min_quality)

@@ -20,7 +20,7 @@ from hashes.algorithms import (
     parse_hash,
 )
 from hashes.detect import reference_features
-from hashes.feature_index import indexed_words, words_to_bytes
+from hashes.feature_index import filed_words, words_to_bytes
 from hashes.loading import LoadedImage
 from hashes.local import LocalFeatures
 from hashes.matching import is_low_detail
@@ -88,6 +88,7 @@ class BanFrame:
     fingerprint: Fingerprint
     colours: bytes
     words: bytes
+    mirrored_words: bytes | None
     features: bytes
 
     @classmethod
@@ -95,11 +96,13 @@ class BanFrame:
         frames = []
         for frame, fingerprint in distinct_frames(loaded):
             features, colours = reference_features(frame)
+            found, mirrored = filed_words(features)
             frames.append(
                 cls(
                     fingerprint,
                     colours.tobytes(),
-                    words_to_bytes(indexed_words(features)),
+                    words_to_bytes(found),
+                    words_to_bytes(mirrored) if mirrored is not None else None,
                     features.to_bytes(),
                 )
             )
@@ -110,6 +113,7 @@ class BanFrame:
             **_hash_fields(self.fingerprint),
             "colours": self.colours,
             "words": self.words,
+            "mirrored_words": self.mirrored_words,
             "features": self.features,
         }
 
@@ -348,6 +352,7 @@ def banned_rehash() -> tuple[int, int]:
             and (
                 row.colours is None
                 or row.words is None
+                or row.mirrored_words is None
                 or row.features is None
                 or _features_stale(row.features)
             )

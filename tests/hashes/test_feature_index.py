@@ -1,20 +1,25 @@
 import dataclasses
+import random
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from hashes import feature_index
+from hashes.detect import probe
+from hashes.evaluation.edits import EDITS
 from hashes.feature_index import (
     INDEXED,
     MIN_VOTES,
     WORD_TABLES,
     FeatureIndex,
+    filed_words,
     indexed_words,
     words,
     words_from_bytes,
     words_to_bytes,
 )
+from hashes.loading import load_image
 from hashes.local import LocalFeatures, local_features, reference_local_features
 from tests.hashes.descriptors import flipped
 from tests.images import photo
@@ -69,8 +74,41 @@ def test_a_small_copy_is_nominated_by_its_coarser_scale(name: str) -> None:
     finer = dataclasses.replace(local_features(banned), scales=())
     for features, nominated in ((both, True), (finer, False)):
         index = FeatureIndex()
-        index.add_many([(7, indexed_words(features))])
+        index.add_many([(7, indexed_words(features), None)])
         assert ((7, 0) in _nominated(index, [upload], 1)) is nominated
+
+
+def test_a_mirrored_copy_votes_for_the_picture_s_mirrored_words() -> None:
+    features = reference_local_features(photo("astronaut"))
+    data = EDITS["mirror_crop"].apply(photo("astronaut"), random.Random(2), [])
+    item = probe(load_image(data).frames[0].convert("RGB"))
+    filed = FeatureIndex()
+    filed.add_many([(7, *filed_words(features))])
+    assert filed.mirrors_all
+    assert (7, 1) in _nominated(filed, [item.features()], 2)
+    # Filed without them (stored before they were), only the upload mirrored finds it; its
+    # votes for the mirrored words of a picture are votes for the picture as it is.
+    older = FeatureIndex()
+    older.add_many([(7, indexed_words(features), None)])
+    assert not older.mirrors_all
+    assert (7, 1) not in _nominated(older, [item.features()], 2)
+    both = [item.features(), item.features(mirrored=True)]
+    assert (7, 1) in _nominated(older, both, 2)
+    assert (7, 0) in _nominated(filed, [item.features(mirrored=True)], 2)
+
+
+def test_whether_every_picture_is_filed_mirrored_follows_adds_and_removes() -> None:
+    rng = np.random.default_rng(7)
+    own, mirrored = (words(rng.integers(0, 256, (40, 32), dtype=np.uint8)) for _ in range(2))
+    index = FeatureIndex()
+    index.add_many([(1, own, None), (2, own, mirrored)])
+    assert not index.mirrors_all
+    index.remove(1)
+    assert index.mirrors_all
+    index.add_many([(2, own, None)])  # filed anew, without
+    assert not index.mirrors_all
+    index.add_many([(2, own, mirrored)])
+    assert index.mirrors_all
 
 
 def _nominated(
@@ -97,7 +135,7 @@ def test_the_picture_a_region_shows_is_nominated_and_noise_nominates_nothing() -
     rng = np.random.default_rng(2)
     pictures = {key: rng.integers(0, 256, (120, 32), dtype=np.uint8) for key in range(50)}
     index = FeatureIndex()
-    index.add_many((key, words(descriptors)) for key, descriptors in pictures.items())
+    index.add_many((key, words(descriptors), None) for key, descriptors in pictures.items())
 
     # Its descriptors lie in the top-left quarter: it wins there, over the whole, and in
     # the centre, which takes a quarter of that quarter; not in the other quarters.
@@ -120,7 +158,7 @@ def test_a_word_many_pictures_share_does_not_vote() -> None:
     common = rng.integers(0, 256, (1, 32), dtype=np.uint8).repeat(MIN_VOTES * 2, axis=0)
     index = FeatureIndex()
     # Every picture holds the same flat-patch descriptor, more often than a copy's votes.
-    index.add_many((key, words(common)) for key in range(feature_index._COMMON + 1))
+    index.add_many((key, words(common), None) for key in range(feature_index._COMMON + 1))
     upload = LocalFeatures(np.full((len(common), 2), 10, np.float32), common, (100, 100))
     assert index.nominate([upload], 5) == []
 
@@ -131,7 +169,7 @@ def test_a_word_the_upload_repeats_votes_once() -> None:
     # A picture holding the corner of a pattern once, among its own corners.
     held = np.concatenate([pattern, rng.integers(0, 256, (40, 32), dtype=np.uint8)])
     index = FeatureIndex()
-    index.add_many([(1, words(held))])
+    index.add_many([(1, words(held), None)])
     # An upload of that pattern repeated: all its corners' descriptors alike.
     repeats = pattern.repeat(MIN_VOTES * 4, axis=0)
     upload = LocalFeatures(rng.uniform(0, 100, (len(repeats), 2)).astype(np.float32),
@@ -150,19 +188,25 @@ def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
     monkeypatch.setattr(feature_index, "_DEAD", 5)
     rng = np.random.default_rng(4)
     pictures = {key: rng.integers(0, 256, (40, 32), dtype=np.uint8) for key in range(200)}
+    # Every other picture with the words of it mirrored as well.
+    turned = {key: rng.integers(0, 256, (40, 32), dtype=np.uint8) for key in range(0, 200, 2)}
+
+    def filed(key: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+        return key, words(pictures[key]), words(turned[key]) if key in turned else None
+
     live = FeatureIndex()
-    live.add_many((key, words(pictures[key])) for key in range(100))
+    live.add_many(filed(key) for key in range(100))
     for key in range(100, 200):
-        live.add_many([(key, words(pictures[key]))])
+        live.add_many([filed(key)])
         if key % 3 == 0:
             live.remove(key - 90)
     for key in range(40, 60):  # refiled under other words
         pictures[key] = rng.integers(0, 256, (40, 32), dtype=np.uint8)
-        live.add_many([(key, words(pictures[key]))])
+        live.add_many([filed(key)])
     live.remove(12345)  # not held: ignored
-    held = {key: value for key, value in pictures.items() if key in live}
+    held = [key for key in pictures if key in live]
     built = FeatureIndex()
-    built.add_many((key, words(value)) for key, value in held.items())
+    built.add_many(filed(key) for key in held)
 
     # 33 removed (12, 15 ... 108), of which 6 (42 ... 57) filed again.
     assert len(live) == len(built) == len(held) == 200 - 33 + 6
@@ -171,6 +215,11 @@ def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
         nominated = _nominated(live, [upload], 3)
         assert nominated == _nominated(built, [upload], 3)
         assert ((key, 0) in nominated) is (key in held)
+        if key in turned:
+            upload = _random_upload(turned, key, rng)
+            nominated = _nominated(live, [upload], 3)
+            assert nominated == _nominated(built, [upload], 3)
+            assert ((key, 1) in nominated) is (key in held)
 
 
 def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,8 +229,8 @@ def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.Mo
     vocabulary = rng.integers(0, 256, (3000, 32), dtype=np.uint8)
     pictures = {key: vocabulary[rng.integers(0, 3000, 60)] for key in range(100)}
     index = FeatureIndex()
-    index.add_many((key, words(pictures[key])) for key in range(80))
-    index.add_many((key, words(pictures[key])) for key in range(80, 100))
+    index.add_many((key, words(pictures[key]), None) for key in range(80))
+    index.add_many((key, words(pictures[key]), None) for key in range(80, 100))
     # All in one corner, whose region then ranks as the whole does.
     upload = LocalFeatures(
         np.full((400, 2), 90, np.float32), vocabulary[rng.integers(0, 3000, 400)], (100, 100)

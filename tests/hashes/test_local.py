@@ -95,7 +95,8 @@ def test_a_small_banned_picture_has_one_scale() -> None:
 
 def test_an_upload_s_mirrored_features_are_those_of_the_mirrored_picture() -> None:
     upload = photo("chelsea")
-    as_is, mirrored = upload_features(upload, 1500, 1024, 512)
+    as_is, mirror = upload_features(upload, 1500, 1024, 512)
+    mirrored = mirror()
     assert (as_is.descriptors == local_features(upload, 1500, 1024, colour=True).descriptors).all()
     found = local_features(upload.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 1500, 1024)
     # The same corners, mirrored, with descriptors as a search of the mirrored copy gives.
@@ -113,6 +114,25 @@ def test_an_upload_s_mirrored_features_are_those_of_the_mirrored_picture() -> No
     assert (mirrored.pixels == as_is.pixels[:, ::-1]).all()
     banned = reference_local_features(upload.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
     assert verify(banned, mirrored) is not None and verify(banned, as_is) is None
+
+
+def test_a_banned_picture_s_mirrored_features_are_those_of_it_mirrored() -> None:
+    picture = photo("astronaut")
+    features = reference_local_features(picture)
+    mirrored = features.mirrored
+    assert mirrored is not None and mirrored.mirrored is None
+    assert mirrored.scales == features.scales and mirrored.size == features.size
+    # Each scale's corners, mirrored, with the descriptors a search of the mirrored
+    # picture gives them.
+    width = features.size[0]
+    assert np.abs(mirrored.points[:, 0] - (width - 1 - features.points[:, 0])).max() < 2
+    found = reference_local_features(picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+    close = [pair for pair in matcher.match(mirrored.descriptors, found.descriptors)
+             if pair.distance <= 30]  # fmt: skip
+    assert len(close) >= 0.8 * len(found.points)
+    # Not stored: only their words are.
+    assert LocalFeatures.from_bytes(features.to_bytes()).mirrored is None
 
 
 def test_a_photo_of_a_screen_is_laid_over_by_a_homography() -> None:

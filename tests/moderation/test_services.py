@@ -2,6 +2,7 @@ import dataclasses
 import errno
 import io
 import os
+import random
 import shutil
 import stat
 import threading
@@ -14,11 +15,12 @@ from django.utils import timezone
 from PIL import Image, ImageOps
 
 from hashes.algorithms import fingerprint_frames
+from hashes.evaluation.edits import EDITS
 from hashes.feature_index import words_from_bytes
 from hashes.loading import load_image
 from hashes.local import LocalFeatures
 from moderation import files, selectors, services
-from moderation.blocklist import current_blocklist
+from moderation.blocklist import build_blocklist, current_blocklist
 from moderation.models import AuditEvent, BannedFingerprint, Match, Transition, Upload
 from moderation.services import uploads
 from tests.images import encode, photo
@@ -802,6 +804,35 @@ def test_rehash_adds_the_second_stage_to_bans_made_without_it(media: Path) -> No
     assert row.features and row.colours and row.words
     cropped = photo("astronaut").crop((80, 0, 512, 512))
     assert drop(media, "crop.jpg", encode(cropped, "JPEG")).state == State.QUARANTINED
+
+
+def test_rehash_adds_mirrored_words_to_bans_stored_without_them(
+    media: Path,
+    settings,  # noqa: ANN001
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Neither colours nor near hashes nominate: only the words can.
+    settings.HASHGUARD_DETECT = {"colour_candidates": 0, "near_pdq": 0, "near_phash": 0}
+    rows = services.banned_add_image(data=encoded("astronaut"))
+    assert words_from_bytes(rows[0].mirrored_words) is not None
+    assert build_blocklist().detector.mirrors_all
+    BannedFingerprint.objects.update(mirrored_words=None)
+    services.blocklist_bump()
+    # Until then the upload mirrored finds a mirrored crop, as before they were stored,
+    # and the build says so.
+    assert not build_blocklist().detector.mirrors_all
+    assert "`manage.py rehash` adds them" in caplog.text
+    mirrored_crop = EDITS["mirror_crop"].apply(photo("astronaut"), random.Random(2), [])
+    upload = drop(media, "before.jpg", mirrored_crop)
+    assert upload.state == State.QUARANTINED
+    assert Match.objects.get(upload=upload).stage == "local features"
+    assert services.banned_rehash() == (1, 0)
+    assert words_from_bytes(BannedFingerprint.objects.get().mirrored_words) is not None
+    assert build_blocklist().detector.mirrors_all
+    upload = drop(media, "after.jpg", mirrored_crop)
+    assert upload.state == State.QUARANTINED
+    assert Match.objects.get(upload=upload).stage == "local features"
+    assert services.banned_rehash() == (0, 0)
 
 
 def test_rehash_adds_the_grey_copy_to_features_stored_without_it() -> None:
