@@ -6,14 +6,16 @@ Part 1 times what a worker does per image against a blocklist of --blocklist ent
 stages (decode, fingerprints, turns, views, candidates from the index of local features,
 ORB verification), beside the same with colour candidates as well (the default before
 they were left out), the hash stage alone and the classic tutorial's cost (decode +
-dHash only), in the same run; with --hash-only N, both stages again once N hash-only bans
-(an imported list's) are added. Each image is timed --rounds times, the approaches taken
-in turn image by image, and its fastest time counts: the machine's speed drifts and
-stalls, and so the ratios hold. OpenCV and BLAS keep to one process's share of the cores,
-as in a worker of --concurrency processes. Part 2 starts a real watcher and worker (the
-embedded default, or PostgreSQL + Redis when --redis and DATABASE_URL are given), drops
-images into the media directory one at a time and then all at once, and reports how long
-each took to be decided. Figures only; nothing is asserted.
+dHash only), and the same with the pictures' mirrored words left out (the upload mirrored
+voting as well, as before they were filed), in the same run; with --hash-only N, both
+stages again, both ways, once N hash-only bans (an imported list's) are added. Each image
+is timed --rounds times, the approaches taken in turn image by image, and its fastest time
+counts: the machine's speed drifts and stalls, and so the ratios hold. OpenCV and BLAS
+keep to one process's share of the cores, as in a worker of --concurrency processes.
+Part 2 starts a real watcher and worker (the embedded default, or PostgreSQL + Redis when
+--redis and DATABASE_URL are given), drops images into the media directory one at a time
+and then all at once, and reports how long each took to be decided. Figures only; nothing
+is asserted.
 """
 
 import argparse
@@ -72,11 +74,17 @@ def main() -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def blocklist(blobs: list[bytes], size: int) -> tuple["Matcher", "Detector", "Detector"]:
-    """A whole-picture matcher and two detectors of ``size`` random banned fingerprints,
-    with colours, the words of random local features and, to verify against, the real
-    features of ``blobs`` (the second stage's cost depends on them): one with the
-    default settings, one with colour candidates as well."""
+def blocklist(
+    blobs: list[bytes], size: int
+) -> tuple["Matcher", "Detector", "Detector", "Detector"]:
+    """A whole-picture matcher and three detectors of ``size`` random banned fingerprints,
+    with colours, the words of random local features (as they are and mirrored) and, to
+    verify against, the real features of ``blobs`` (the second stage's cost depends on
+    them): one with the default settings, one of the pictures without their mirrored
+    words (the upload mirrored votes as well, as before they were filed), one with colour
+    candidates as well."""
+    import dataclasses
+
     import numpy as np
 
     from hashes.algorithms import Fingerprint
@@ -116,7 +124,12 @@ def blocklist(blobs: list[bytes], size: int) -> tuple["Matcher", "Detector", "De
     by_colour.add_all(pictures)
     detector = Detector(rule, None, load)
     detector.add_all(pictures)
-    return matcher, detector, by_colour
+    unmirrored = Detector(rule, None, load)
+    unmirrored.add_all(
+        (key, dataclasses.replace(picture, mirrored_words=None))
+        for key, picture in pictures.items()
+    )
+    return matcher, detector, unmirrored, by_colour
 
 
 def hash_only_rows(count: int, batch: int = 1_000_000) -> Iterable["HashRows"]:
@@ -158,7 +171,7 @@ def per_image(
     from hashes.loading import load_image
 
     blobs = [path.read_bytes() for path in images]
-    matcher, detector, by_colour = blocklist(blobs, blocklist_size)
+    matcher, detector, unmirrored, by_colour = blocklist(blobs, blocklist_size)
 
     def classic(data: bytes) -> None:
         with Image.open(io.BytesIO(data)) as image:
@@ -174,6 +187,9 @@ def per_image(
     def colour_candidates(data: bytes) -> None:
         by_colour.detect(probes(load_image(data)))
 
+    def upload_mirrored(data: bytes) -> None:
+        unmirrored.detect(probes(load_image(data)))
+
     restore = use_threads(processes)
     try:
         timings = _fastest(
@@ -183,12 +199,21 @@ def per_image(
                 "classic dHash only": classic,
                 "hashes only": hash_stage_only,
                 "before: colours too": colour_candidates,
+                "before: upload mirrored": upload_mirrored,
                 "now: both stages": both_stages,
             },
         )
         if hash_only:
             detector.add_hash_rows(hash_only_rows(hash_only))
-            timings |= _fastest(blobs, rounds, {f"+{hash_only:,} hash-only": both_stages})
+            unmirrored.add_hash_rows(hash_only_rows(hash_only))
+            timings |= _fastest(
+                blobs,
+                rounds,
+                {
+                    f"+{hash_only:,}, before": upload_mirrored,
+                    f"+{hash_only:,} hash-only": both_stages,
+                },
+            )
     finally:
         restore()
     print(
@@ -197,14 +222,19 @@ def per_image(
         f"{processes} worker processes' share of the cores each):"
     )
     for name, seconds in timings.items():
-        print(f"  {name:<20} {seconds * 1000:8.1f} ms/image  {1 / seconds:7.1f} images/s")
+        print(f"  {name:<24} {seconds * 1000:8.1f} ms/image  {1 / seconds:7.1f} images/s")
     now = timings["now: both stages"]
     print(
         f"  the worker now costs {now / timings['classic dHash only']:.1f}x the classic "
         f"dHash per image, {now / timings['hashes only']:.2f}x the hash stage alone (turns, "
-        f"views, candidates, ORB verification), and {now / timings['before: colours too']:.2f}x "
-        "the same with colour candidates as well"
+        f"views, candidates, ORB verification), {now / timings['before: colours too']:.2f}x "
+        f"the same with colour candidates as well, and "
+        f"{now / timings['before: upload mirrored']:.2f}x the same with the pictures' "
+        "mirrored words left out (the upload mirrored voting as well)"
     )
+    if hash_only:
+        with_all = timings[f"+{hash_only:,} hash-only"] / timings[f"+{hash_only:,}, before"]
+        print(f"  with the hash-only bans as well, {with_all:.2f}x the upload mirrored voting")
 
 
 def _fastest(
