@@ -220,11 +220,11 @@ class Probe:
     def features(self, view: View | None = None, *, mirrored: bool = False) -> LocalFeatures:
         """The local features of the frame, or of it mirrored, or of a view of it."""
         name = view.name if view else _MIRRORED if mirrored else ""
-        if "" not in self._features:
+        if view is None and "" not in self._features:
             self._features[""], self._mirror = upload_features(
                 self.grey, QUERY_FEATURES, QUERY_FEATURE_SIDE, QUERY_PIXELS_SIDE, self.work
             )
-        if name not in self._features and view is None:
+        if name not in self._features and view is None:  # mirrored, made once
             self._features[name] = self._mirror()
         if name not in self._features and view is not None:
             picture = cut(self.grey, view)
