@@ -328,6 +328,27 @@ def test_tables_stay_exact_when_one_chunk_value_holds_more_rows_than_16_bits_cou
         assert index.query(to_hex(query, 64), 3) == brute_force(entries, query, 3)
 
 
+def test_codes_held_by_many_keys_are_found_for_each_live_key() -> None:
+    """A 64-bit code found in the chunk that holds codes, not rows, is found back by its
+    code: every live key holding it must come back, and no removed one."""
+    rng = random.Random(12)
+    shared = clustered_codes(rng, 64, 3000)
+    entries = {key: rng.choice(shared) for key in range(40_000)}
+    index = HammingIndex(64)
+    index.add_many(list(entries), [to_hex(code, 64) for code in entries.values()])
+    assert index.tabled == 40_000
+    for key in rng.sample(list(entries), 2000):
+        index.remove(key)
+        del entries[key]
+    queries = [near(rng, code, 64, rng.randrange(11)) for code in rng.sample(shared, 30)]
+    together = index.search_many([to_hex(query, 64) for query in queries], 10)
+    for query, (keys, _, distances) in zip(queries, together, strict=True):
+        expected = brute_force(entries, query, 10)
+        assert expected  # the same codes are held by several keys each
+        found = zip(keys.tolist(), distances.tolist(), strict=True)
+        assert sorted(found, key=lambda pair: pair[::-1]) == expected
+
+
 @pytest.mark.parametrize(("gap", "kind"), [(3, np.uint8), (300, np.uint16), (70_000, np.uint32)])
 def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
     gap: int, kind: type
