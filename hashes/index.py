@@ -452,7 +452,7 @@ class _Scratch:
         )
         for word in range(1, query.shape[0]):
             np.bitwise_xor(codes[:, word], query[word], out=xor)
-            distances += np.bitwise_count(xor, out=bits)
+            np.add(distances, np.bitwise_count(xor, out=bits), out=distances)
         return distances
 
 
