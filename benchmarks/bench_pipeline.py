@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hashes.detect import Detector, HashRows
-    from hashes.matching import Matcher
+    from hashes.detect import BannedPicture, Detector, HashRows
+    from hashes.matching import Matcher, MatchRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,49 +77,18 @@ def main() -> None:
 def blocklist(
     blobs: list[bytes], size: int
 ) -> tuple["Matcher", "Detector", "Detector", "Detector"]:
-    """A whole-picture matcher and three detectors of ``size`` random banned fingerprints,
-    with colours, the words of random local features (as they are and mirrored) and, to
-    verify against, the real features of ``blobs`` (the second stage's cost depends on
-    them): one with the default settings, one of the pictures without their mirrored
-    words (the upload mirrored votes as well, as before they were filed), one with colour
-    candidates as well."""
+    """A whole-picture matcher and three detectors of ``banned``'s pictures: one with the
+    default settings, one of the pictures without their mirrored words (the upload
+    mirrored votes as well, as before they were filed), one with colour candidates as
+    well."""
     import dataclasses
 
-    import numpy as np
+    from hashes.detect import DetectConfig, Detector
+    from hashes.matching import Matcher
 
-    from hashes.algorithms import Fingerprint
-    from hashes.detect import BannedPicture, DetectConfig, Detector, reference_features
-    from hashes.feature_index import INDEXED, words
-    from hashes.loading import load_image
-    from hashes.matching import DEFAULT_RULE_CONFIG, Matcher, MatchRule
-
-    rule = MatchRule.from_config(DEFAULT_RULE_CONFIG)
-    rng = random.Random(1)
-    features = [reference_features(load_image(data, full_size=True).frames[0]) for data in blobs]
-    colours = np.random.default_rng(1).random((size, 64)).astype(np.float32) ** 4
-    colours /= np.linalg.norm(colours, axis=1, keepdims=True)
-    descriptors = np.random.default_rng(2)
+    rule, pictures, load = banned(blobs, size)
     matcher = Matcher(rule)
-    pictures = {}
-    for key in range(size):
-        fingerprint = Fingerprint(
-            hashes={
-                "phash": f"{rng.getrandbits(64):016x}",
-                "dhash": f"{rng.getrandbits(64):016x}",
-                "pdq": f"{rng.getrandbits(256):064x}",
-            },
-            pdq_quality=100,
-        )
-        matcher.add(key, fingerprint)
-        own, mirrored = (
-            words(descriptors.integers(0, 256, (2 * INDEXED, 32), dtype=np.uint8)) for _ in range(2)
-        )
-        signature = colours[key].astype(np.float16)
-        pictures[key] = BannedPicture(fingerprint, signature, words=own, mirrored_words=mirrored)
-
-    def load(keys: Iterable[int]) -> dict:
-        return {key: features[key % len(features)][0] for key in keys}
-
+    matcher.add_many([(key, picture.fingerprint) for key, picture in pictures.items()])
     by_colour = Detector(rule, DetectConfig(colour_candidates=4), load)
     by_colour.add_all(pictures)
     detector = Detector(rule, None, load)
@@ -130,6 +99,48 @@ def blocklist(
         for key, picture in pictures.items()
     )
     return matcher, detector, unmirrored, by_colour
+
+
+def banned(
+    blobs: list[bytes], size: int
+) -> tuple["MatchRule", dict[int, "BannedPicture"], Callable[[Iterable[int]], dict]]:
+    """The default rule, ``size`` random banned pictures (fingerprints, colours, the words
+    of random local features as they are and mirrored) and what loads the features to
+    verify against: the real features of ``blobs``, as the second stage's cost depends
+    on them."""
+    import numpy as np
+
+    from hashes.algorithms import Fingerprint
+    from hashes.detect import BannedPicture, reference_features
+    from hashes.feature_index import INDEXED, words
+    from hashes.loading import load_image
+    from hashes.matching import DEFAULT_RULE_CONFIG, MatchRule
+
+    rng = random.Random(1)
+    features = [reference_features(load_image(data, full_size=True).frames[0]) for data in blobs]
+    colours = np.random.default_rng(1).random((size, 64)).astype(np.float32) ** 4
+    colours /= np.linalg.norm(colours, axis=1, keepdims=True)
+    descriptors = np.random.default_rng(2)
+    pictures = {}
+    for key in range(size):
+        fingerprint = Fingerprint(
+            hashes={
+                "phash": f"{rng.getrandbits(64):016x}",
+                "dhash": f"{rng.getrandbits(64):016x}",
+                "pdq": f"{rng.getrandbits(256):064x}",
+            },
+            pdq_quality=100,
+        )
+        own, mirrored = (
+            words(descriptors.integers(0, 256, (2 * INDEXED, 32), dtype=np.uint8)) for _ in range(2)
+        )
+        signature = colours[key].astype(np.float16)
+        pictures[key] = BannedPicture(fingerprint, signature, words=own, mirrored_words=mirrored)
+
+    def load(keys: Iterable[int]) -> dict:
+        return {key: features[key % len(features)][0] for key in keys}
+
+    return MatchRule.from_config(DEFAULT_RULE_CONFIG), pictures, load
 
 
 def hash_only_rows(count: int, batch: int = 1_000_000) -> Iterable["HashRows"]:
