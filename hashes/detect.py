@@ -68,6 +68,7 @@ from hashes.matching import (
     SharedSearch,
     is_low_detail,
     low_detail_rows,
+    search_radii,
     tags,
 )
 from hashes.views import WORK_SIDE, View, area, colour_copy, cut, iou, views, working_copy
@@ -478,7 +479,7 @@ class Detector:
         self._files: dict[str, list[int]] = {}
         # Fuzzy pictures' fingerprints are in the store; those matched only as files
         # (no hashes, or too plain) here.
-        self._store = FingerprintStore()
+        self._store = FingerprintStore(search_radii(rule))
         self._plain: dict[int, Fingerprint] = {}
         self._allow: set[int] = set()
         self._digests: dict[int, tuple[str, str]] = {}

@@ -41,6 +41,11 @@ _PIECE = _BLOCK * 4096
 # cache from one query to the next (100k codes, an upload's near-miss queries: PDQ 1.6 ms
 # a code at a time over all of them, 1.2 ms in blocks; 64-bit 0.29 ms, 0.26).
 _SCAN_WORDS = 1 << 16
+# A chunk in which a search finds this many rows a query keeps its codes in its run, to
+# read in order, in place of its row numbers (see _Tables): 5 more bytes a row, worth it
+# for pHash at radius 10 at 10M (7.4k rows a query there; eight queries 0.80-0.82x), not
+# for dHash at 4 (106; 1.3-1.4x).
+_HELD = 1024
 _NONE = np.zeros(0, dtype=np.int64)
 
 
@@ -53,12 +58,16 @@ class HammingIndex:
     indexes them. Keys are found by bisecting the packed rows (and through a dict for
     those added since), not through a dict of every key, which would cost more than the
     codes themselves at millions.
+
+    ``radius``: the one most searches will use, if known; the chunk tables are laid out
+    for it (see _Tables), and searches at any other are as exact.
     """
 
-    def __init__(self, bits: int) -> None:
+    def __init__(self, bits: int, radius: int | None = None) -> None:
         if bits <= 0 or bits % 64:
             raise ValueError(f"bits must be a positive multiple of 64, not {bits}")
         self.bits = bits
+        self.radius = radius
         self._codes = np.zeros((_INITIAL_CAPACITY, bits // 64), dtype=np.uint64)
         # Keys and tags are held in the narrow types while they fit (the database's ids
         # and a few groups do), and widened the first time one does not.
@@ -193,10 +202,7 @@ class HammingIndex:
         plan = tables.plan(radius) if tables is not None else None
         if tables is None or plan is None:
             return self._scans(queries, radius, 0)
-        which, rows = tables.candidates(queries, plan)
-        distances = pair_bits(self._codes, rows, queries, which)
-        hit = np.flatnonzero(distances <= radius)
-        which, rows, distances = which[hit], rows[hit], distances[hit]
+        which, rows, distances = tables.near(self._codes, queries, plan, radius)
         if self._dead:  # only the few near rows are looked up
             live = self._live[rows]
             which, rows, distances = which[live], rows[live], distances[live]
@@ -311,7 +317,9 @@ class HammingIndex:
         self._live[:count] = True
         self._count, self._dead, self._indexed = count, 0, count
         self._recent = {}
-        self._tables = _Tables(self._codes[:count], self.bits) if count >= _MIN_TABLES else None
+        self._tables = (
+            _Tables(self._codes[:count], self.bits, self.radius) if count >= _MIN_TABLES else None
+        )
 
     def _reserve(self, rows: int) -> None:
         capacity = self._keys.shape[0]
@@ -463,9 +471,15 @@ class _Tables:
 
     Both are held narrow, since together they cost more than the codes: row numbers in
     three bytes while there are at most 2**24 rows, and each offset as an 8-bit step from
-    the first of its block of _BLOCK slots (16 or 32-bit where a block holds more rows)."""
+    the first of its block of _BLOCK slots (16 or 32-bit where a block holds more rows).
 
-    def __init__(self, codes: np.ndarray, bits: int) -> None:
+    Codes of one word searched mostly at a radius that finds many rows in one chunk past
+    the first keep that chunk's run as the codes themselves (``held``), not their rows:
+    a search reads them in order rather than each row's code at random (pHash at radius
+    10 at 10M: 7.4k of its 12.9k rows a query). The few within reach are found back by
+    their code through the first chunk."""
+
+    def __init__(self, codes: np.ndarray, bits: int, radius: int | None = None) -> None:
         count = codes.shape[0]
         # Chunks as wide as the count of codes is in bits (one to two slots for each code):
         # wider ones are looked up in many more slots, narrower ones hold more codes per
@@ -478,7 +492,14 @@ class _Tables:
         self.starts = [sum(self.widths[:index]) for index in range(chunks)]
         self.bits = bits
         self.count = count
-        self.order = _RowNumbers(chunks * count, count)
+        self.coded = _held_chunk(self.widths, count, radius) if codes.shape[1] == 1 else None
+        # Positions in one order of all chunks: the held chunk's run last, after the row
+        # numbers of the others.
+        places = [index for index in range(chunks) if index != self.coded]
+        places += [] if self.coded is None else [self.coded]
+        self.held_from = (chunks - 1) * count if self.coded is not None else chunks * count
+        self.order = _RowNumbers(self.held_from, count)
+        self.held = np.empty(count if self.coded is not None else 0, dtype=np.uint64)
         wide = np.uint32 if chunks * count < 1 << 32 else np.int64
         rows = np.arange(count, dtype=np.uint64)
 
@@ -493,8 +514,13 @@ class _Tables:
             offset[0] = 0
             np.cumsum(np.bincount(values, minlength=slots), out=offset[1 : slots + 1])
             offset[slots + 1 :] = offset[slots]
-            np.add(offset, index * count, out=offset)
-            self.order.put(index * count, _by_value(values, rows))
+            first = places.index(index) * count
+            np.add(offset, first, out=offset)
+            ordered = _by_value(values, rows)
+            if index == self.coded:
+                np.take(codes[:, 0], ordered.view(np.int64), out=self.held, mode="clip")
+            else:
+                self.order.put(first, ordered)
             return offset
 
         with ThreadPoolExecutor(_BUILDERS) as builders:
@@ -504,7 +530,7 @@ class _Tables:
         self._plans: dict[int, _Plan | None] = {}
 
     def nbytes(self) -> int:
-        return self.order.nbytes() + self.offsets.nbytes()
+        return self.order.nbytes() + self.offsets.nbytes() + self.held.nbytes
 
     def plan(self, radius: int) -> "_Plan | None":
         """What a query at ``radius`` looks up, or None when scanning every code is cheaper."""
@@ -512,9 +538,12 @@ class _Tables:
             self._plans[radius] = _Plan.make(self, radius)
         return self._plans[radius]
 
-    def candidates(self, queries: np.ndarray, plan: "_Plan") -> tuple[np.ndarray, np.ndarray]:
-        """(which query, row) for the rows sharing a chunk value with a query within the
-        plan's flips (some more than once)."""
+    def near(
+        self, codes: np.ndarray, queries: np.ndarray, plan: "_Plan", radius: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(which query, row, distance) for the rows of ``codes`` within ``radius`` of a
+        query among those sharing a chunk value with it within the plan's flips (some
+        more than once)."""
         chunks = np.stack(
             [
                 _chunk(queries, start, width)
@@ -522,20 +551,55 @@ class _Tables:
             ],
             axis=1,
         )
-        slots = (plan.slot_base + (chunks[:, plan.chunk] ^ plan.flips)).reshape(-1)
+        slots = plan.slot_base + (chunks[:, plan.chunk] ^ plan.flips)
+        positions, which = self._positions(slots[:, ~plan.held])
+        rows = self.order[positions]
+        distances = pair_bits(codes, rows, queries, which)
+        hit = np.flatnonzero(distances <= radius)
+        found = [(which[hit], rows[hit], distances[hit])]
+        if plan.held.any():
+            positions, which = self._positions(slots[:, plan.held])
+            code = np.take(self.held, positions - self.held_from)
+            apart = np.bitwise_count(code ^ np.take(queries[:, 0], which))
+            hit = np.flatnonzero(apart <= radius)
+            # Each code once a query: every row holding it is found back for each.
+            hit = hit[np.lexsort((code[hit], which[hit]))]
+            kept = np.ones(len(hit), dtype=bool)
+            kept[1:] = (which[hit[1:]] != which[hit[:-1]]) | (code[hit[1:]] != code[hit[:-1]])
+            hit = hit[kept]
+            found.append(self._rows_of(codes, code[hit], which[hit], apart[hit]))
+        which, rows, distances = (np.concatenate(column) for column in zip(*found, strict=True))
+        return which, rows, distances
+
+    def _rows_of(
+        self, codes: np.ndarray, found: np.ndarray, which: np.ndarray, apart: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(which, row, distance) for every row holding each of the codes ``found`` of the
+        held chunk (one word each), looked up by its first chunk's value."""
+        values = _chunk(found[:, None], self.starts[0], self.widths[0])
+        positions, owner = self._positions((self.offset_base[0] + values)[:, None])
+        rows = self.order[positions]
+        same = np.flatnonzero(np.take(codes[:, 0], rows) == found[owner])
+        owner = owner[same]
+        return which[owner], rows[same], apart[owner].astype(np.int64)
+
+    def _positions(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every position in the order of the rows in these slots (a row of them for each
+        of some queries), and which row of slots each is of."""
         # Where each slot's rows begin and end, looked up together: each end is mostly in
         # the cache line of its beginning (at 10M, 0.6 of the time of two lookups).
-        bounds = self.offsets[np.concatenate([slots, slots + 1])]
-        begins = bounds[: len(slots)]
-        lengths = bounds[len(slots) :] - begins
+        flat = slots.reshape(-1)
+        bounds = self.offsets[np.concatenate([flat, flat + 1])]
+        begins = bounds[: len(flat)]
+        lengths = bounds[len(flat) :] - begins
         total = int(lengths.sum())
         # Every position of every range, without a Python loop: each range's first
         # position, repeated over its length, plus how far into it each one is.
         ends = np.cumsum(lengths)
         positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
         # A query's slots are side by side, and so are their rows.
-        which = np.repeat(np.arange(len(queries)), lengths.reshape(len(queries), -1).sum(axis=1))
-        return which, self.order[positions]
+        which = np.repeat(np.arange(len(slots)), lengths.reshape(slots.shape).sum(axis=1))
+        return positions, which
 
 
 class _RowNumbers:
@@ -602,31 +666,61 @@ class _Plan:
         self.chunk = chunk
         self.flips = flips
         self.slot_base = np.asarray(tables.offset_base, dtype=np.int64)[chunk]
+        self.held = chunk == tables.coded  # the slots of the chunk that holds codes
 
     @classmethod
     def make(cls, tables: _Tables, radius: int) -> "_Plan | None":
-        chunks = len(tables.widths)
-        spread, extra = divmod(radius, chunks)
-        reaches = [
-            (index, width, min(spread if index <= extra else spread - 1, width))
-            for index, width in enumerate(tables.widths)
-        ]
-        reaches = [(index, width, reach) for index, width, reach in reaches if reach >= 0]
-        expected = sum(
-            sum(math.comb(width, flips) for flips in range(reach + 1))
-            * (1 + tables.count / (1 << width))
-            for _, width, reach in reaches
-        )
-        # A slot looked up or a row checked at random costs about twenty times a row read
-        # in order (31 and 108 ns beside 1.5 and 6, 64 and 256-bit codes, 100k of them):
-        # past a twentieth of the rows, reading every one is cheaper.
-        if expected * 20 > tables.count:
+        reaches = _reaches(tables.widths, radius)
+        if not _tabled(tables.widths, tables.count, radius):
             return None
         masks = [_masks(width, reach) for _, width, reach in reaches]
         chunk = [
             np.full(len(mask), index) for (index, _, _), mask in zip(reaches, masks, strict=True)
         ]
         return cls(np.concatenate(chunk), np.concatenate(masks), tables)
+
+
+def _held_chunk(widths: list[int], count: int, radius: int | None) -> int | None:
+    """The chunk of one-word codes whose run holds the codes rather than their rows: the
+    one past the first (which finds rows back) in which a search at ``radius`` finds the
+    most, where that is at least _HELD rows a query, read at random otherwise."""
+    if radius is None or len(widths) < 2 or not _tabled(widths, count, radius):
+        return None
+    found = {
+        index: _found(width, reach, count)[1] for index, width, reach in _reaches(widths, radius)
+    }
+    found.pop(0, None)
+    heaviest = max(found, key=lambda index: found[index], default=None)
+    return heaviest if heaviest is not None and found[heaviest] >= _HELD else None
+
+
+def _reaches(widths: list[int], radius: int) -> list[tuple[int, int, int]]:
+    """(chunk, width, flips) for each chunk a search at ``radius`` looks up: a code within
+    it has at least one chunk within that many flips of the query's."""
+    spread, extra = divmod(radius, len(widths))
+    reaches = [
+        (index, width, min(spread if index <= extra else spread - 1, width))
+        for index, width in enumerate(widths)
+    ]
+    return [(index, width, reach) for index, width, reach in reaches if reach >= 0]
+
+
+def _found(width: int, reach: int, count: int) -> tuple[int, float]:
+    """The slots a query looks up in a chunk ``width`` bits wide within ``reach`` flips,
+    and the rows it finds there, of ``count`` random codes."""
+    slots = sum(math.comb(width, flips) for flips in range(reach + 1))
+    return slots, slots * count / (1 << width)
+
+
+def _tabled(widths: list[int], count: int, radius: int) -> bool:
+    """Whether a search at ``radius`` is cheaper through the chunk tables than by reading
+    every code. A slot looked up or a row checked at random costs about twenty times a
+    row read in order (31 and 108 ns beside 1.5 and 6, 64 and 256-bit codes, 100k of
+    them): past a twentieth of the rows, reading every one is cheaper."""
+    looked_up = sum(
+        sum(_found(width, reach, count)) for _, width, reach in _reaches(widths, radius)
+    )
+    return looked_up * 20 <= count
 
 
 @cache

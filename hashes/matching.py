@@ -174,8 +174,13 @@ class FingerprintStore:
     different rules share one store, each seeing the fingerprints of its own group.
     """
 
-    def __init__(self) -> None:
-        self._indexes = {name: HammingIndex(spec.bits) for name, spec in ALGORITHMS.items()}
+    def __init__(self, radii: Mapping[str, int] | None = None) -> None:
+        """``radii``: how far each algorithm's index will mostly be searched (its matchers'
+        ``radii``), for its tables' layout."""
+        self._indexes = {
+            name: HammingIndex(spec.bits, (radii or {}).get(name))
+            for name, spec in ALGORITHMS.items()
+        }
         self._count = 0
 
     def __len__(self) -> int:
@@ -298,6 +303,29 @@ class SharedSearch:
         self._found.update(((name, code), item) for code, item in zip(codes, found, strict=True))
 
 
+def search_radii(rule: MatchRule) -> dict[str, int]:
+    """The radius each algorithm's index is searched at for ``rule``.
+
+    A group matches only when every hash in it is within its limit, so its candidates are
+    found by searching for one of them: the one searched most cheaply, the nearest as a
+    share of its bits, unless another group's search already reaches as far in one of them
+    (pHash at 10 finds every match of pHash 10 and dHash 6: dHash need then be searched
+    only as far as its own group, 4). Each algorithm is searched at the largest limit of
+    the groups searched by it.
+    """
+
+    def share(limits: dict[str, int], name: str) -> float:
+        return limits[name] / ALGORITHMS[name].bits
+
+    chosen = [min(limits, key=lambda name: share(limits, name)) for limits in rule.groups]
+    for index, limits in enumerate(rule.groups):
+        reach = _reach(rule.groups, chosen, leaving_out=index)
+        covered = [name for name in limits if reach.get(name, -1) >= limits[name]]
+        if covered:
+            chosen[index] = min(covered, key=lambda name: share(limits, name))
+    return _reach(rule.groups, chosen)
+
+
 def _reach(
     groups: tuple[dict[str, int], ...], chosen: list[str], leaving_out: int = -1
 ) -> dict[str, int]:
@@ -342,24 +370,8 @@ class Matcher:
         self, rule: MatchRule, store: FingerprintStore | None = None, group: int = 0
     ) -> None:
         self.rule = rule
-
-        # A group matches only when every hash in it is within its limit, so its candidates
-        # are found by searching for one of them: the one searched most cheaply, the
-        # nearest as a share of its bits, unless another group's search already reaches
-        # as far in one of them (pHash at 10 finds every match of pHash 10 and dHash 6:
-        # dHash need then be searched only as far as its own group, 4). Each algorithm is
-        # searched at the largest limit of the groups searched by it.
-        def share(limits: dict[str, int], name: str) -> float:
-            return limits[name] / ALGORITHMS[name].bits
-
-        chosen = [min(limits, key=lambda name: share(limits, name)) for limits in rule.groups]
-        for index, limits in enumerate(rule.groups):
-            reach = _reach(rule.groups, chosen, leaving_out=index)
-            covered = [name for name in limits if reach.get(name, -1) >= limits[name]]
-            if covered:
-                chosen[index] = min(covered, key=lambda name: share(limits, name))
-        self._radius = _reach(rule.groups, chosen)
-        self._store = store if store is not None else FingerprintStore()
+        self._radius = search_radii(rule)
+        self._store = store if store is not None else FingerprintStore(self._radius)
         self.group = group
 
     def __len__(self) -> int:

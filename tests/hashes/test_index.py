@@ -3,15 +3,18 @@ import random
 import numpy as np
 import pytest
 
+import hashes.index as index_module
 from hashes.index import (
     HammingIndex,
     _by_value,
+    _held_chunk,
     _Offsets,
     _RowNumbers,
     decode,
     decode_joined,
     pair_bits,
 )
+from hashes.matching import FingerprintStore, MatchRule, search_radii
 
 
 def random_code(rng: random.Random, bits: int) -> int:
@@ -222,16 +225,30 @@ def _brute_force_radii(
     }
 
 
-@pytest.mark.parametrize(("bits", "radius"), [(64, 10), (256, 31)])
-def test_chunk_tables_find_exactly_what_brute_force_finds(bits: int, radius: int) -> None:
+@pytest.fixture
+def held_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables of one-word codes keep a chunk's codes in its run whatever their size (at
+    the sizes of a test a search finds too few rows in a chunk to be worth it)."""
+    monkeypatch.setattr(index_module, "_HELD", 0)
+
+
+@pytest.mark.parametrize(
+    ("bits", "radius", "layout"), [(64, 10, None), (64, 10, 10), (64, 10, 4), (256, 31, 31)]
+)
+def test_chunk_tables_find_exactly_what_brute_force_finds(
+    bits: int, radius: int, layout: int | None, held_codes: None
+) -> None:
     """Past a few tens of thousands of codes the index searches chunk tables; through
     adds after the build, removals, replacements and rebuilds it must still find every
-    code a full comparison finds, and nothing else."""
+    code a full comparison finds, and nothing else: at any radius, whatever radius the
+    tables were laid out for (``layout``: one-word codes keep a chunk's codes in its run
+    for it)."""
     rng = random.Random(bits * 31)
     entries = dict(enumerate(clustered_codes(rng, bits, 40_000)))
-    index = HammingIndex(bits)
+    index = HammingIndex(bits, layout)
     index.add_many(list(entries), [to_hex(code, bits) for code in entries.values()])
     assert index.tabled == 40_000
+    assert (index._tables.coded is not None) == (bits == 64 and layout is not None)
     radii = (0, 3, radius, bits // 4 + 8)
 
     def check() -> None:
@@ -317,26 +334,37 @@ def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
     assert 1 not in index and index.get(2) == (f"{2:016x}", 0)
 
 
-def test_tables_stay_exact_when_one_chunk_value_holds_more_rows_than_16_bits_count() -> None:
+def test_a_code_every_key_holds_is_found_once_for_each(held_codes: None) -> None:
+    index = HammingIndex(64, 10)
+    index.add_many(list(range(40_000)), ["0f" * 8] * 40_000)
+    assert index._tables.coded is not None
+    keys, _, distances = index.search("0f" * 7 + "0e", 10)
+    assert sorted(keys.tolist()) == list(range(40_000)) and set(distances.tolist()) == {1}
+
+
+@pytest.mark.parametrize("layout", [None, 3])
+def test_tables_stay_exact_when_one_chunk_value_holds_more_rows_than_16_bits_count(
+    layout: int | None, held_codes: None
+) -> None:
     rng = random.Random(11)
     # 70,000 codes sharing their first 32 bits: one slot of the first chunk holds them all.
     entries = {key: rng.getrandbits(32) for key in range(70_000)}
-    index = HammingIndex(64)
+    index = HammingIndex(64, layout)
     index.add_many(list(entries), [to_hex(code, 64) for code in entries.values()])
     assert index.tabled == 70_000
     for query in [*rng.sample(list(entries.values()), 5), rng.getrandbits(64)]:
         assert index.query(to_hex(query, 64), 3) == brute_force(entries, query, 3)
 
 
-def test_codes_held_by_many_keys_are_found_for_each_live_key() -> None:
+def test_codes_held_by_many_keys_are_found_for_each_live_key(held_codes: None) -> None:
     """A 64-bit code found in the chunk that holds codes, not rows, is found back by its
     code: every live key holding it must come back, and no removed one."""
     rng = random.Random(12)
     shared = clustered_codes(rng, 64, 3000)
     entries = {key: rng.choice(shared) for key in range(40_000)}
-    index = HammingIndex(64)
+    index = HammingIndex(64, 10)
     index.add_many(list(entries), [to_hex(code, 64) for code in entries.values()])
-    assert index.tabled == 40_000
+    assert index.tabled == 40_000 and index._tables.coded is not None
     for key in rng.sample(list(entries), 2000):
         index.remove(key)
         del entries[key]
@@ -347,6 +375,18 @@ def test_codes_held_by_many_keys_are_found_for_each_live_key() -> None:
         assert expected  # the same codes are held by several keys each
         found = zip(keys.tolist(), distances.tolist(), strict=True)
         assert sorted(found, key=lambda pair: pair[::-1]) == expected
+
+
+def test_a_chunk_keeps_its_codes_where_the_radius_searched_reads_many_rows_in_it() -> None:
+    # 10M one-word codes in chunks of 22, 21 and 21 bits: at radius 10 a query finds
+    # about 7.4k rows in the second; at radius 4, about 100. Codes of several words never.
+    assert _held_chunk([22, 21, 21], 10_000_000, 10) == 1
+    assert _held_chunk([22, 21, 21], 10_000_000, 4) is None
+    assert _held_chunk([22, 21, 21], 10_000_000, None) is None
+    assert _held_chunk([16, 16, 16, 16], 100_000, 10) is None
+    assert search_radii(MatchRule()) == {"pdq": 31, "phash": 10, "dhash": 4}
+    store = FingerprintStore(search_radii(MatchRule()))
+    assert store._indexes["phash"].radius == 10 and store._indexes["pdq"].radius == 31
 
 
 @pytest.mark.parametrize(("gap", "kind"), [(3, np.uint8), (300, np.uint16), (70_000, np.uint32)])
