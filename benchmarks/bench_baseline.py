@@ -27,12 +27,11 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks.bench_pipeline import ROOT, banned, hash_only_rows
+from benchmarks.bench_pipeline import ROOT, banned, fastest, hash_only_rows
 
 BASELINE = "4b4809e"  # the commit before the issue's work, whose figures it gives
 BASELINE_MS = 176  # its cost per image in the issue, and the target's
@@ -76,7 +75,7 @@ def main() -> None:
 
     restore = use_threads(args.concurrency)
     try:
-        timings = _fastest(blobs, args.rounds, {args.rev: before, "this tree": now})
+        timings = fastest(blobs, args.rounds, {args.rev: before, "this tree": now}, by_round=True)
         print(
             f"Per image, {len(blobs)} images from {images[0].parent}, {args.blocklist:,} "
             f"image-backed bans each (each image's fastest of {args.rounds} rounds, "
@@ -91,7 +90,8 @@ def main() -> None:
                 f"{time.perf_counter() - started:.1f} s; again:"
             )
             name = f"this tree, +{args.hash_only:,} hash-only"
-            _report(_fastest(blobs, args.rounds, {args.rev: before, name: now}), args.rev, name)
+            ways = {args.rev: before, name: now}
+            _report(fastest(blobs, args.rounds, ways, by_round=True), args.rev, name)
     finally:
         restore()
     print(
@@ -148,21 +148,6 @@ def _baseline_detector(base: ModuleType, blobs: list[bytes], size: int) -> Any:
     )
     detector.add_all(pictures)
     return detector
-
-
-def _fastest(
-    blobs: list[bytes], rounds: int, ways: dict[str, Callable[[bytes], None]]
-) -> dict[str, float]:
-    """Each way's mean over the images of each image's fastest time in ``rounds`` rounds,
-    the ways taken in turn round by round."""
-    fastest = {name: [float("inf")] * len(blobs) for name in ways}
-    for _ in range(rounds):
-        for name, work in ways.items():
-            for index, data in enumerate(blobs):
-                start = time.perf_counter()
-                work(data)
-                fastest[name][index] = min(fastest[name][index], time.perf_counter() - start)
-    return {name: sum(times) / len(times) for name, times in fastest.items()}
 
 
 def _report(timings: dict[str, float], baseline: str, name: str) -> None:

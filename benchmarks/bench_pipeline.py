@@ -203,7 +203,7 @@ def per_image(
 
     restore = use_threads(processes)
     try:
-        timings = _fastest(
+        timings = fastest(
             blobs,
             rounds,
             {
@@ -217,7 +217,7 @@ def per_image(
         if hash_only:
             detector.add_hash_rows(hash_only_rows(hash_only))
             unmirrored.add_hash_rows(hash_only_rows(hash_only))
-            timings |= _fastest(
+            timings |= fastest(
                 blobs,
                 rounds,
                 {
@@ -248,19 +248,27 @@ def per_image(
         print(f"  with the hash-only bans as well, {with_all:.2f}x the upload mirrored voting")
 
 
-def _fastest(
-    blobs: list[bytes], rounds: int, ways: dict[str, Callable[[bytes], None]]
+def fastest(
+    blobs: list[bytes],
+    rounds: int,
+    ways: dict[str, Callable[[bytes], None]],
+    *,
+    by_round: bool = False,
 ) -> dict[str, float]:
     """Each way's mean over the images of each image's fastest time in ``rounds`` rounds,
-    the ways taken in turn image by image."""
-    fastest = {name: [float("inf")] * len(blobs) for name in ways}
+    the ways taken in turn image by image, or with ``by_round`` round by round (each way
+    over all the images before the next)."""
+    if by_round:
+        turns = [(name, index) for name in ways for index in range(len(blobs))]
+    else:
+        turns = [(name, index) for index in range(len(blobs)) for name in ways]
+    times = {name: [float("inf")] * len(blobs) for name in ways}
     for _ in range(rounds):
-        for index, data in enumerate(blobs):
-            for name, work in ways.items():
-                start = time.perf_counter()
-                work(data)
-                fastest[name][index] = min(fastest[name][index], time.perf_counter() - start)
-    return {name: sum(times) / len(times) for name, times in fastest.items()}
+        for name, index in turns:
+            start = time.perf_counter()
+            ways[name](blobs[index])
+            times[name][index] = min(times[name][index], time.perf_counter() - start)
+    return {name: sum(each) / len(each) for name, each in times.items()}
 
 
 def end_to_end(images: list[Path], data_dir: Path, args: argparse.Namespace) -> None:
