@@ -506,9 +506,9 @@ class _Tables:
         def index_chunk(index: int) -> np.ndarray:
             start, width = self.starts[index], self.widths[index]
             values = _chunk(codes, start, width)
-            # Positions in the whole order, so that offsets only grow from chunk to chunk;
-            # padded with the chunk's end to whole blocks, so that each chunk's offsets
-            # are blocks of their own (see _Offsets).
+            # Positions in the whole order, so that one array of offsets serves every
+            # chunk; padded with the chunk's end to whole blocks, so that each chunk's
+            # offsets are blocks of their own, non-decreasing (see _Offsets).
             slots = 1 << width
             offset = np.empty(-(-(slots + 1) // _BLOCK) * _BLOCK, dtype=wide)
             offset[0] = 0
@@ -629,10 +629,10 @@ class _RowNumbers:
 
 
 class _Offsets:
-    """Non-decreasing positions, each held as a step from the one at the start of its
-    block of _BLOCK, in the narrowest of 8, 16 and 32 bits that every block's steps fit.
-    Given in pieces of whole blocks (a chunk's each), read as one: joined, the pieces of
-    a 10M PDQ index would cost 700 MB more while it is built."""
+    """Positions, non-decreasing within each piece, each held as a step from the one at
+    the start of its block of _BLOCK, in the narrowest of 8, 16 and 32 bits that every
+    block's steps fit. Given in pieces of whole blocks (a chunk's each), read as one:
+    joined, the pieces of a 10M PDQ index would cost 700 MB more while it is built."""
 
     def __init__(self, pieces: list[np.ndarray]) -> None:
         self._base = np.concatenate([piece[::_BLOCK] for piece in pieces]).astype(np.int64)
