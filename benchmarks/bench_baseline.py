@@ -55,11 +55,12 @@ def main() -> None:
     from hashes.detect import Detector, probes, use_threads
     from hashes.loading import load_image
 
-    with tempfile.TemporaryDirectory(prefix="hashguard-baseline-") as folder:
-        base = _baseline_package(args.rev, Path(folder))
-        started = time.perf_counter()
-        baseline = _baseline_detector(base, blobs, args.blocklist)
-        print(f"{args.rev}'s blocklist built in {time.perf_counter() - started:.1f} s")
+    # Kept until the run ends (then removed), as a module may be imported late.
+    folder = tempfile.TemporaryDirectory(prefix="hashguard-baseline-")
+    base = _baseline_package(args.rev, Path(folder.name))
+    started = time.perf_counter()
+    baseline = _baseline_detector(base, blobs, args.blocklist)
+    print(f"{args.rev}'s blocklist built in {time.perf_counter() - started:.1f} s")
     started = time.perf_counter()
     rule, pictures, load = banned(blobs, args.blocklist)
     detector = Detector(rule, None, load)
