@@ -44,6 +44,11 @@ _COMMON_SHARE = 8192
 # Entries added since the last merge, searched apart until there are this many, or a
 # sixteenth of the main run: a merge rewrites the main run.
 _RECENT = 1 << 16
+# A table's directory (see _Table) has a slot for every word once that costs no more than
+# the byte it spares each entry (from 2**26 entries a table; 100k pictures file 76M).
+# Short of that it has at most one slot for 64 entries, a sixteenth of their bytes, and
+# at least 2**this.
+_MIN_DIRECTORY = WORD_BITS - 8
 # Removed pictures whose entries are kept (not voting) until there are this many, or an
 # eighth of the pictures held.
 _DEAD = 1024
@@ -105,6 +110,13 @@ def words_from_bytes(data: bytes | memoryview) -> np.ndarray | None:
 Run = tuple[np.ndarray, np.ndarray]  # words and their slots
 
 
+def _directory_bits(entries: int) -> int:
+    """The bits of a word a table's directory holds a slot for, at ``entries`` entries."""
+    if entries * np.dtype(np.uint8).itemsize >= (1 << WORD_BITS) * np.dtype(np.uint32).itemsize:
+        return WORD_BITS
+    return max(_MIN_DIRECTORY, (entries // 64).bit_length() - 1)
+
+
 def _entries(ordered: Sequence[Run], new: Run | None = None) -> np.ndarray:
     """Runs of entries, those ``ordered`` already in order and a ``new`` one in any, as
     one run of 64-bit integers, word above slot, in order: by word, and a word's by slot,
@@ -130,20 +142,25 @@ def _entries(ordered: Sequence[Run], new: Run | None = None) -> np.ndarray:
 
 
 class _Table:
-    """One table's entries, sorted by word, in two runs: the main one packed (the words'
-    top bits are their place in an array of bucket offsets, and only their last byte is
-    kept with each entry: 5 bytes an entry, not 8), and a small one of those added since
-    the last merge, kept whole."""
+    """One table's entries, sorted by word, in two runs: the main one packed, and a small
+    one of those added since the last merge, kept whole.
+
+    In the main run, a word's top ``bits`` bits are its place in a directory of offsets
+    (``starts``), and only the rest of it (``tails``, a byte) is kept with each entry,
+    found by a binary search of its bucket. The directory has a slot for every word once
+    it costs no more than the tails it replaces (``_directory_bits``): a word's entries
+    are then where its slot says, with nothing to search."""
 
     def __init__(self) -> None:
-        self.starts = np.zeros((1 << (WORD_BITS - 8)) + 1, np.uint32)
+        self.bits = _MIN_DIRECTORY
+        self.starts = np.zeros((1 << self.bits) + 1, np.uint32)
         self.tails = np.zeros(0, np.uint8)
         self.slots = np.zeros(0, np.uint32)
         self.recent_words = np.zeros(0, np.uint32)
         self.recent_slots = np.zeros(0, np.uint32)
 
     def __len__(self) -> int:
-        return len(self.tails) + len(self.recent_words)
+        return len(self.slots) + len(self.recent_words)
 
     @property
     def nbytes(self) -> int:
@@ -155,15 +172,16 @@ class _Table:
         self.recent_slots = entries.astype(np.uint32)  # the low 32 bits
         entries >>= np.uint64(32)
         self.recent_words = entries.astype(np.uint32)
-        if len(self.recent_words) > max(_RECENT, len(self.tails) // 16):
+        if len(self.recent_words) > max(_RECENT, len(self.slots) // 16):
             self.merge()
 
     def merge(self, live: np.ndarray | None = None) -> None:
         """Fold the recent run into the main one, and drop the entries of pictures not
         ``live`` (by picture: two slots each, see FeatureIndex)."""
         buckets = np.arange(len(self.starts) - 1, dtype=np.uint32)
-        held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(8)
-        held |= self.tails
+        held = np.repeat(buckets, np.diff(self.starts)) << np.uint32(WORD_BITS - self.bits)
+        if len(self.tails):
+            held |= self.tails
         entries = _entries([(held, self.slots), (self.recent_words, self.recent_slots)])
         del held
         slots = entries.astype(np.uint32)  # the low 32 bits
@@ -171,24 +189,36 @@ class _Table:
             kept = live[slots >> 1]
             entries, slots = entries[kept], slots[kept]
         entries >>= np.uint64(32)
-        self.tails = entries.astype(np.uint8)  # the words' last bytes
-        entries >>= np.uint64(8)
-        counts = np.bincount(entries.view(np.int64), minlength=len(self.starts) - 1)
-        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.uint32)
+        self.bits = _directory_bits(len(entries))
+        tail_bits = WORD_BITS - self.bits
+        self.tails = (
+            (entries & np.uint64((1 << tail_bits) - 1)).astype(np.uint8)
+            if tail_bits
+            else np.zeros(0, np.uint8)
+        )
+        entries >>= np.uint64(tail_bits)
+        counts = np.bincount(entries.view(np.int64), minlength=1 << self.bits)
+        self.starts = np.empty(len(counts) + 1, np.uint32)
+        self.starts[0] = 0
+        np.cumsum(counts, dtype=np.uint32, out=self.starts[1:])
         self.slots = slots
         self.recent_words = np.zeros(0, np.uint32)
         self.recent_slots = np.zeros(0, np.uint32)
 
     def _main_runs(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Where each query word's entries start in the main run, and how many there
-        are: its bucket, then a binary search of the bucket's last bytes for the first
-        entry at its last byte and the first past it, for all the query words at once."""
-        buckets = query >> np.uint32(8)
-        tails = (query & np.uint32(0xFF)).astype(np.int16)
-        low = np.tile(self.starts[buckets].astype(np.int64), 2)
-        high = np.tile(self.starts[buckets + 1].astype(np.int64), 2)
-        # The first entry not below the last byte, then the first entry above it.
-        bounds = self._bound(low, high, np.concatenate([tails, tails + 1]))
+        are: its slot of the directory, then, while the directory holds buckets of
+        words, a binary search of the bucket's tails for the first entry at the word's
+        tail and the first past it, for all the query words at once."""
+        tail_bits = WORD_BITS - self.bits
+        buckets = query >> np.uint32(tail_bits)
+        low = self.starts[buckets].astype(np.int64)
+        high = self.starts[buckets + 1].astype(np.int64)
+        if not tail_bits:
+            return low, high - low
+        tails = (query & np.uint32((1 << tail_bits) - 1)).astype(np.int16)
+        # The first entry not below the tail, then the first entry above it.
+        bounds = self._bound(np.tile(low, 2), np.tile(high, 2), np.concatenate([tails, tails + 1]))
         first, last = np.split(bounds, 2)
         return first, last - first
 

@@ -180,9 +180,15 @@ def test_a_word_the_upload_repeats_votes_once() -> None:
     assert _nominated(index, [copy], 5) == [(1, 0)]
 
 
+# A directory of buckets of words, searched, and one of every word (see _directory_bits).
+DIRECTORIES = (16, 20, 24)
+
+
+@pytest.mark.parametrize("bits", DIRECTORIES)
 def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, bits: int
 ) -> None:
+    monkeypatch.setattr(feature_index, "_directory_bits", lambda entries: bits)
     # Small enough that the recent run is merged, and removed entries dropped, often.
     monkeypatch.setattr(feature_index, "_RECENT", 500)
     monkeypatch.setattr(feature_index, "_DEAD", 5)
@@ -222,7 +228,11 @@ def test_adds_and_removes_in_place_nominate_as_a_build_of_the_same_pictures(
             assert ((key, 1) in nominated) is (key in held)
 
 
-def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bits", DIRECTORIES)
+def test_votes_are_those_a_comparison_of_every_word_gives(
+    monkeypatch: pytest.MonkeyPatch, bits: int
+) -> None:
+    monkeypatch.setattr(feature_index, "_directory_bits", lambda entries: bits)
     monkeypatch.setattr(feature_index, "_RECENT", 2000)  # part packed, part recent
     rng = np.random.default_rng(5)
     # Few distinct words, so that many entries share each and every search path is taken.
@@ -255,3 +265,17 @@ def test_votes_are_those_a_comparison_of_every_word_gives(monkeypatch: pytest.Mo
 
     assert len(expected) > 20
     assert found == expected
+
+
+def test_a_directory_of_every_word_costs_no_more_than_the_tails_it_spares() -> None:
+    directory = {
+        entries: feature_index._directory_bits(entries) for entries in range(0, 1 << 30, 997_001)
+    }
+    for entries, bits in directory.items():
+        slots = 4 << bits  # bytes, as tails are a byte an entry
+        if bits == feature_index.WORD_BITS:
+            assert slots <= entries
+        else:
+            assert slots <= max(entries // 16, 4 << 16)
+    assert directory[75_000_000 // 997_001 * 997_001] == feature_index.WORD_BITS  # 100k bans
+    assert set(directory.values()) == {16, 17, 18, 19, 24}
