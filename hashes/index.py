@@ -17,6 +17,7 @@ ones are masked out, until enough of either makes a rebuild worth it.
 import math
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +34,7 @@ _MAX_CHUNK_BITS = 24
 # Chunks indexed at once, in threads: numpy sorts without holding the GIL (two of 10M
 # values: 0.55 of the time of one after the other), and each costs its temporaries.
 _BUILDERS = 2
-# Offsets are held as 8-bit steps within blocks of 2**_BLOCK_BITS slots (see _Offsets).
+# Offsets and keys are held as 8-bit steps within blocks of 2**_BLOCK_BITS (see _Ascending).
 _BLOCK_BITS = 6
 _BLOCK = 1 << _BLOCK_BITS
 _PIECE = _BLOCK * 4096
@@ -46,6 +47,8 @@ _SCAN_WORDS = 1 << 16
 # for pHash at radius 10 at 10M (7.4k rows a query there; eight queries 0.80-0.82x), not
 # for dHash at 4 (106; 1.3-1.4x).
 _HELD = 1024
+# Values ``_Ascending.find`` looks for at once: each gathers the values of its block.
+_FOUND_AT_ONCE = 1 << 16
 _NONE = np.zeros(0, dtype=np.int64)
 
 
@@ -57,7 +60,8 @@ class HammingIndex:
     row; removing marks the row dead; rebuilding packs the live rows in key order and
     indexes them. Keys are found by bisecting the packed rows (and through a dict for
     those added since), not through a dict of every key, which would cost more than the
-    codes themselves at millions.
+    codes themselves at millions; and the packed rows' keys, in order, are held as steps
+    (see _Ascending): a byte a key where they are about as dense as a database's ids.
 
     ``radius``: the one most searches will use, if known; the chunk tables are laid out
     for it (see _Tables), and searches at any other are as exact.
@@ -69,9 +73,11 @@ class HammingIndex:
         self.bits = bits
         self.radius = radius
         self._codes = np.zeros((_INITIAL_CAPACITY, bits // 64), dtype=np.uint64)
-        # Keys and tags are held in the narrow types while they fit (the database's ids
-        # and a few groups do), and widened the first time one does not.
-        self._keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int32)
+        # The keys of the packed rows, and of those added since (``row - _indexed``).
+        self._packed_keys = _Ascending([])
+        self._added_keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
+        # Tags are held in the narrow type while they fit (a few groups do), and widened
+        # the first time one does not.
         self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint8)
         self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
         self._count = 0  # rows in use, dead ones included
@@ -95,9 +101,9 @@ class HammingIndex:
 
     def nbytes(self) -> int:
         """Memory held by the arrays (not the dict of keys added since the last build)."""
-        arrays = (self._codes, self._keys, self._tags, self._live)
+        arrays = (self._codes, self._added_keys, self._tags, self._live)
         tables = self._tables.nbytes() if self._tables else 0
-        return sum(array.nbytes for array in arrays) + tables
+        return sum(array.nbytes for array in arrays) + self._packed_keys.nbytes() + tables
 
     def add(self, key: int, code_hex: str, tag: int = 0) -> None:
         """Store ``code_hex`` under ``key``, replacing any code the key already has."""
@@ -124,7 +130,6 @@ class HammingIndex:
         last = order[np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))]
         if not self._count and len(last) >= _MIN_TABLES:
             # A build: packed in key order at once, not appended to be packed again.
-            self._keys = _holding(self._keys, key_array)
             self._tags = _holding(self._tags, tag_array)
             self._pack(rows, key_array, tag_array, last)
             return
@@ -132,12 +137,11 @@ class HammingIndex:
             keep = np.sort(last)
             key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
-        self._keys = _holding(self._keys, key_array)
         self._tags = _holding(self._tags, tag_array)
         start, end = self._count, self._count + len(key_array)
         self._reserve(end)
         self._codes[start:end] = rows
-        self._keys[start:end] = key_array
+        self._added_keys[start - self._indexed : end - self._indexed] = key_array
         self._tags[start:end] = tag_array
         self._live[start:end] = True
         self._count = end
@@ -175,7 +179,8 @@ class HammingIndex:
         # Each query's results, as runs of the results ordered by query.
         order = np.argsort(which, kind="stable")
         runs = np.split(order, np.cumsum(np.bincount(which, minlength=len(queries)))[:-1])
-        return [(self._keys[rows[run]], self._tags[rows[run]], distances[run]) for run in runs]
+        keys = self._keys(rows)
+        return [(keys[run], self._tags[rows[run]], distances[run]) for run in runs]
 
     def get(self, key: int) -> tuple[str, int] | None:
         """The code (hex) and tag stored under ``key``, or None."""
@@ -187,7 +192,7 @@ class HammingIndex:
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
         _, rows, distances = self._scans(self.decode([code_hex]), max_distance, 0)
-        keys = self._keys[rows]
+        keys = self._keys(rows)
         order = np.lexsort((keys, distances))
         return list(zip(keys[order].tolist(), distances[order].tolist(), strict=True))
 
@@ -256,18 +261,27 @@ class HammingIndex:
 
     # -- keeping rows --------------------------------------------------------------------
 
+    def _keys(self, rows: np.ndarray) -> np.ndarray:
+        """The key of each row."""
+        keys = np.empty(len(rows), dtype=np.int64)
+        packed = rows < self._indexed
+        keys[packed] = self._packed_keys[rows[packed]]
+        added = ~packed
+        keys[added] = self._added_keys[rows[added] - self._indexed]
+        return keys
+
     def _row(self, key: int) -> int | None:
         row = self._recent.get(key)
-        if row is not None:
+        if row is not None or not _fits(np.dtype(np.int64), key):
             return row
-        packed = self._keys[: self._indexed]
-        if not _fits(packed.dtype, key):
-            return None
-        # Searched in the keys' own type: another would copy all of them to compare.
-        row = int(np.searchsorted(packed, packed.dtype.type(key)))
-        if row < self._indexed and packed[row] == key and self._live[row]:
-            return row
-        return None
+        row = self._packed_keys.find_one(key, self._indexed)
+        return row if row >= 0 and self._live[row] else None
+
+    def _packed_rows(self, keys: np.ndarray) -> np.ndarray:
+        """The live packed rows of these keys (each key's, where it has one)."""
+        rows = self._packed_keys.find(keys, self._indexed)
+        rows = rows[rows >= 0]
+        return rows[self._live[rows]]
 
     def _forget(self, keys: np.ndarray) -> None:
         """Mark the rows of these keys dead, wherever they are."""
@@ -278,13 +292,7 @@ class HammingIndex:
                 self._dead += 1
         if not self._indexed:
             return
-        packed = self._keys[: self._indexed]
-        info = np.iinfo(packed.dtype)
-        keys = keys[(keys >= info.min) & (keys <= info.max)].astype(packed.dtype)
-        rows = np.searchsorted(packed, keys)
-        inside = rows < self._indexed
-        rows = rows[inside][packed[rows[inside]] == keys[inside]]
-        rows = rows[self._live[rows]]
+        rows = self._packed_rows(keys)
         self._live[rows] = False
         self._dead += len(rows)
 
@@ -297,9 +305,8 @@ class HammingIndex:
     def _rebuild(self) -> None:
         """Pack the live rows to the front in key order, and index the chunks again."""
         live = np.flatnonzero(self._live[: self._count])
-        self._pack(
-            self._codes, self._keys, self._tags, live[np.argsort(self._keys[live], kind="stable")]
-        )
+        keys = self._keys(np.arange(self._count))
+        self._pack(self._codes, keys, self._tags, live[np.argsort(keys[live], kind="stable")])
 
     def _pack(
         self, codes: np.ndarray, keys: np.ndarray, tags: np.ndarray, rows: np.ndarray
@@ -311,7 +318,8 @@ class HammingIndex:
         # Room for the adds before the next rebuild, so the arrays need not grow meanwhile.
         capacity = count + max(_MIN_REBUILD, count // 64) + 1
         self._codes = _gathered(codes, rows, capacity)
-        self._keys = _gathered(keys, rows, capacity, self._keys.dtype)
+        self._packed_keys = _Ascending([_whole_blocks(keys[rows])])
+        self._added_keys = np.zeros(capacity - count, dtype=np.int64)
         self._tags = _gathered(tags, rows, capacity, self._tags.dtype)
         self._live = np.zeros(capacity, dtype=bool)
         self._live[:count] = True
@@ -322,13 +330,15 @@ class HammingIndex:
         )
 
     def _reserve(self, rows: int) -> None:
-        capacity = self._keys.shape[0]
+        capacity = self._codes.shape[0]
         if rows <= capacity:
             return
         while capacity < rows:
             capacity *= 2
         self._codes = _resized(self._codes[: self._count], capacity)
-        self._keys = _resized(self._keys[: self._count], capacity)
+        self._added_keys = _resized(
+            self._added_keys[: self._count - self._indexed], capacity - self._indexed
+        )
         self._tags = _resized(self._tags[: self._count], capacity)
         self._live = _resized(self._live[: self._count], capacity)
 
@@ -383,9 +393,8 @@ def _holding(array: np.ndarray, values: np.ndarray) -> np.ndarray:
     raise ValueError(f"{low}..{high} do not fit in {array.dtype} or wider")
 
 
-# Keys start in 32 bits, tags in 8.
+# Tags start in 8 bits.
 _WIDER = {
-    np.dtype(np.int32): (np.dtype(np.int64),),
     np.dtype(np.uint8): (np.dtype(np.uint16), np.dtype(np.uint32)),
     np.dtype(np.uint16): (np.dtype(np.uint32),),
 }
@@ -467,7 +476,7 @@ class _Scratch:
 class _Tables:
     """The chunk tables over a fixed set of rows: for each chunk, the rows ordered by the
     chunk's value (``order``, one run per chunk) and where each value's rows start in it
-    (``offsets``, one slot per value of each chunk).
+    (``offsets``, one slot per value of each chunk, see _Ascending).
 
     Both are held narrow, since together they cost more than the codes: row numbers in
     three bytes while there are at most 2**24 rows, and each offset as an 8-bit step from
@@ -508,7 +517,7 @@ class _Tables:
             values = _chunk(codes, start, width)
             # Positions in the whole order, so that one array of offsets serves every
             # chunk; padded with the chunk's end to whole blocks, so that each chunk's
-            # offsets are blocks of their own, non-decreasing (see _Offsets).
+            # offsets are blocks of their own, non-decreasing (see _Ascending).
             slots = 1 << width
             offset = np.empty(-(-(slots + 1) // _BLOCK) * _BLOCK, dtype=wide)
             offset[0] = 0
@@ -526,7 +535,7 @@ class _Tables:
         with ThreadPoolExecutor(_BUILDERS) as builders:
             offsets = list(builders.map(index_chunk, range(chunks)))
         self.offset_base = [sum(map(len, offsets[:index])) for index in range(chunks)]
-        self.offsets = _Offsets(offsets)
+        self.offsets = _Ascending(offsets)
         self._plans: dict[int, _Plan | None] = {}
 
     def nbytes(self) -> int:
@@ -628,20 +637,31 @@ class _RowNumbers:
         return numbers
 
 
-class _Offsets:
-    """Positions, non-decreasing within each piece, each held as a step from the one at
-    the start of its block of _BLOCK, in the narrowest of 8, 16 and 32 bits that every
-    block's steps fit. Given in pieces of whole blocks (a chunk's each), read as one:
-    joined, the pieces of a 10M PDQ index would cost 700 MB more while it is built."""
+class _Ascending:
+    """Integers, non-decreasing within each piece (positions, keys), each held as a step
+    from the one at the start of its block of _BLOCK, in the narrowest of 8, 16, 32 and 64
+    bits that every block's steps fit. Given in pieces of whole blocks (a chunk's offsets
+    each), read as one: joined, the pieces of a 10M PDQ index's offsets would cost 700 MB
+    more while it is built."""
 
     def __init__(self, pieces: list[np.ndarray]) -> None:
-        self._base = np.concatenate([piece[::_BLOCK] for piece in pieces]).astype(np.int64)
+        self._base = np.concatenate([piece[::_BLOCK] for piece in pieces] or [_NONE]).astype(
+            np.int64
+        )
         largest = max(
-            int((piece[_BLOCK - 1 :: _BLOCK] - piece[::_BLOCK]).max()) for piece in pieces
+            (
+                int((piece[_BLOCK - 1 :: _BLOCK] - piece[::_BLOCK]).max())
+                for piece in pieces
+                if len(piece)
+            ),
+            default=0,
         )
         steps = next(
-            kind for kind in (np.uint8, np.uint16, np.uint32) if largest <= np.iinfo(kind).max
+            kind
+            for kind in (np.uint8, np.uint16, np.uint32, np.int64)
+            if largest <= np.iinfo(kind).max
         )
+        self._steps: np.ndarray[Any, np.dtype[np.integer[Any]]]
         self._steps = np.empty(sum(map(len, pieces)), steps)
         at = 0
         for piece in pieces:
@@ -656,6 +676,50 @@ class _Offsets:
 
     def __getitem__(self, slots: np.ndarray) -> np.ndarray:
         return self._base[slots >> _BLOCK_BITS] + self._steps[slots]
+
+    def find(self, values: np.ndarray, count: int) -> np.ndarray:
+        """Where each of ``values`` is among the first ``count`` (one piece, each value
+        once), or -1: its block by the bases, then its place among the block's values."""
+        found = np.full(len(values), -1, dtype=np.int64)
+        if not len(self._steps):
+            return found
+        if len(values) == 1:  # a key added or removed: without arrays made for it
+            found[0] = self.find_one(int(values[0]), count)
+            return found
+        blocks = self._steps.reshape(-1, _BLOCK)
+        for start in range(0, len(values), _FOUND_AT_ONCE):
+            wanted = values[start : start + _FOUND_AT_ONCE]
+            block = np.searchsorted(self._base, wanted, side="right") - 1
+            block[block < 0] = 0  # below every value: not in the first block either
+            held = self._base[block, None] + blocks[block]
+            place = np.minimum((held < wanted[:, None]).sum(axis=1), _BLOCK - 1)
+            row = (block << _BLOCK_BITS) + place
+            hit = (held[np.arange(len(wanted)), place] == wanted) & (row < count)
+            found[start : start + len(wanted)][hit] = row[hit]
+        return found
+
+    def find_one(self, value: int, count: int) -> int:
+        """``find`` for one value."""
+        if not len(self._steps):
+            return -1
+        block = int(np.searchsorted(self._base, value, side="right")) - 1
+        if block < 0:
+            return -1
+        held = self._steps[block << _BLOCK_BITS : (block + 1) << _BLOCK_BITS]
+        step = value - int(self._base[block])
+        if step > np.iinfo(held.dtype).max:
+            return -1
+        place = int(np.searchsorted(held, held.dtype.type(step)))
+        row = (block << _BLOCK_BITS) + place
+        return row if place < _BLOCK and row < count and held[place] == step else -1
+
+
+def _whole_blocks(values: np.ndarray) -> np.ndarray:
+    """Non-decreasing ``values`` as int64, the last repeated up to a whole block."""
+    padded = np.empty(-(-len(values) // _BLOCK) * _BLOCK, dtype=np.int64)
+    padded[: len(values)] = values
+    padded[len(values) :] = values[-1] if len(values) else 0
+    return padded
 
 
 class _Plan:

@@ -6,9 +6,9 @@ import pytest
 import hashes.index as index_module
 from hashes.index import (
     HammingIndex,
+    _Ascending,
     _by_value,
     _held_chunk,
-    _Offsets,
     _RowNumbers,
     decode,
     decode_joined,
@@ -300,7 +300,7 @@ def test_keys_and_tags_too_large_for_the_narrow_types_are_kept_whole() -> None:
     narrow = index.nbytes()
     big_key, big_tag = 2**40 + 3, 2**20 + 5
     index.add(big_key, "0f" * 8, big_tag)
-    assert index.nbytes() > narrow  # widened, in place of holding every key in 64 bits
+    assert index.nbytes() > narrow  # the tags widened
     index.add(-(2**35), "f0" * 8, 1)
     assert index.get(big_key) == ("0f" * 8, big_tag)
     assert index.get(1) == ("00" * 8, 7)
@@ -332,6 +332,29 @@ def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
     assert 1 in index and len(index) == 5000
     index.remove(1)
     assert 1 not in index and index.get(2) == (f"{2:016x}", 0)
+    assert 2**64 not in index and -(2**64) not in index
+
+
+@pytest.mark.parametrize(
+    ("gap", "steps"), [(3, np.uint8), (900, np.uint16), (2**20, np.uint32), (2**40, np.int64)]
+)
+def test_packed_keys_are_held_in_the_narrowest_steps_that_fit(gap: int, steps: type) -> None:
+    rng = np.random.default_rng(gap)
+    keys = -(2**50) + np.cumsum(rng.integers(1, gap, 6000))
+    index = HammingIndex(64)
+    index.add_many(keys.tolist(), [f"{key % 2**64:016x}" for key in keys.tolist()])
+    assert index._indexed == 6000 and index._packed_keys._steps.dtype == steps
+    assert all(index.get(key) == (f"{key % 2**64:016x}", 0) for key in keys.tolist())
+    # Keys between, before and after those held are not.
+    others = {int(key) + 1 for key in keys} | {int(keys[0]) - 1, int(keys[-1]) + 1}
+    assert not any(key in index for key in others - set(keys.tolist()))
+    for key in keys[::7].tolist():
+        index.remove(key)
+    assert sorted(key for key in keys.tolist() if key in index) == sorted(
+        set(keys.tolist()) - set(keys[::7].tolist())
+    )
+    code = f"{int(keys[1]) % 2**64:016x}"
+    assert index.query(code, 0) == [(int(keys[1]), 0)]
 
 
 def test_a_code_every_key_holds_is_found_once_for_each(held_codes: None) -> None:
@@ -395,9 +418,25 @@ def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
 ) -> None:
     positions = np.concatenate([[0], np.cumsum(np.random.default_rng(1).integers(0, gap, 1023))])
     # In pieces of whole blocks, as the chunks give them, read back as one.
-    offsets = _Offsets([positions[:320], positions[320:]])
+    offsets = _Ascending([positions[:320], positions[320:]])
     assert offsets._steps.dtype == kind
     assert offsets[np.arange(1024)].tolist() == positions.tolist()
+
+
+def test_ascending_values_are_found_where_they_are_and_others_not() -> None:
+    values = np.cumsum(np.random.default_rng(2).integers(1, 5, 1000))
+    padded = np.concatenate([values, np.full(24, values[-1])])  # to whole blocks
+    held = _Ascending([padded])
+    wanted = np.arange(-3, int(values[-1]) + 4)
+    found = held.find(wanted, len(values))
+    where = {int(value): place for place, value in enumerate(values)}
+    assert found.tolist() == [where.get(int(value), -1) for value in wanted]
+    # One at a time, as a key added or removed is looked for, the same.
+    assert [int(held.find(wanted[at : at + 1], len(values))[0]) for at in range(len(wanted))] == (
+        found.tolist()
+    )
+    assert held.find(wanted, 0).tolist() == [-1] * len(wanted)
+    assert _Ascending([]).find(wanted, 0).tolist() == [-1] * len(wanted)
 
 
 @pytest.mark.parametrize("width", [5, 8, 16, 17, 24])
