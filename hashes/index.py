@@ -79,7 +79,7 @@ class HammingIndex:
         # Tags are held in the narrow type while they fit (a few groups do), and widened
         # the first time one does not.
         self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint8)
-        self._live = np.zeros(_INITIAL_CAPACITY, dtype=bool)
+        self._live = _Flags(_INITIAL_CAPACITY)
         self._count = 0  # rows in use, dead ones included
         self._dead = 0
         # Rows before _indexed are in key order, so that a key is found by bisection;
@@ -101,9 +101,10 @@ class HammingIndex:
 
     def nbytes(self) -> int:
         """Memory held by the arrays (not the dict of keys added since the last build)."""
-        arrays = (self._codes, self._added_keys, self._tags, self._live)
+        arrays = (self._codes, self._added_keys, self._tags)
         tables = self._tables.nbytes() if self._tables else 0
-        return sum(array.nbytes for array in arrays) + self._packed_keys.nbytes() + tables
+        held = self._packed_keys.nbytes() + self._live.nbytes() + tables
+        return sum(array.nbytes for array in arrays) + held
 
     def add(self, key: int, code_hex: str, tag: int = 0) -> None:
         """Store ``code_hex`` under ``key``, replacing any code the key already has."""
@@ -143,7 +144,7 @@ class HammingIndex:
         self._codes[start:end] = rows
         self._added_keys[start - self._indexed : end - self._indexed] = key_array
         self._tags[start:end] = tag_array
-        self._live[start:end] = True
+        self._live.put(np.arange(start, end), True)
         self._count = end
         if self._rebuild_due():
             self._rebuild()
@@ -242,7 +243,7 @@ class HammingIndex:
         scratch = _Scratch(min(step, self._count - start))
         for begin in range(start, self._count, step):
             end = min(begin + step, self._count)
-            live = self._live[begin:end]
+            live = self._live.span(begin, end)
             block: list[np.ndarray] = []
             for number, (query, complement) in enumerate(zip(queries, complements, strict=True)):
                 if complement is not None:
@@ -275,7 +276,7 @@ class HammingIndex:
         if row is not None or not _fits(np.dtype(np.int64), key):
             return row
         row = self._packed_keys.find_one(key, self._indexed)
-        return row if row >= 0 and self._live[row] else None
+        return row if row >= 0 and self._live.is_set(row) else None
 
     def _packed_rows(self, keys: np.ndarray) -> np.ndarray:
         """The live packed rows of these keys (each key's, where it has one)."""
@@ -288,12 +289,12 @@ class HammingIndex:
         for key in keys.tolist() if self._recent else ():
             row = self._recent.pop(key, None)
             if row is not None:
-                self._live[row] = False
+                self._live.put(np.asarray([row]), False)
                 self._dead += 1
         if not self._indexed:
             return
         rows = self._packed_rows(keys)
-        self._live[rows] = False
+        self._live.put(rows, False)
         self._dead += len(rows)
 
     def _rebuild_due(self) -> bool:
@@ -304,7 +305,7 @@ class HammingIndex:
 
     def _rebuild(self) -> None:
         """Pack the live rows to the front in key order, and index the chunks again."""
-        live = np.flatnonzero(self._live[: self._count])
+        live = np.flatnonzero(self._live.span(0, self._count))
         keys = self._keys(np.arange(self._count))
         self._pack(self._codes, keys, self._tags, live[np.argsort(keys[live], kind="stable")])
 
@@ -321,8 +322,7 @@ class HammingIndex:
         self._packed_keys = _Ascending([_whole_blocks(keys[rows])])
         self._added_keys = np.zeros(capacity - count, dtype=np.int64)
         self._tags = _gathered(tags, rows, capacity, self._tags.dtype)
-        self._live = np.zeros(capacity, dtype=bool)
-        self._live[:count] = True
+        self._live = _Flags(capacity, count)
         self._count, self._dead, self._indexed = count, 0, count
         self._recent = {}
         self._tables = (
@@ -340,7 +340,7 @@ class HammingIndex:
             self._added_keys[: self._count - self._indexed], capacity - self._indexed
         )
         self._tags = _resized(self._tags[: self._count], capacity)
-        self._live = _resized(self._live[: self._count], capacity)
+        self._live = self._live.grown(capacity)
 
     def decode(self, codes: list[str]) -> np.ndarray:
         """Hex codes as rows of 64-bit words; ValueError names a malformed one."""
@@ -449,6 +449,45 @@ def row_bits(words: np.ndarray) -> np.ndarray:
     for column in range(1, counts.shape[1]):
         total += counts[:, column]
     return total
+
+
+class _Flags:
+    """A flag a row (whether it is live), eight to a byte (10M rows: 1.25 MB, not 10)."""
+
+    def __init__(self, capacity: int, count: int = 0) -> None:
+        """Flags for ``capacity`` rows, the first ``count`` set."""
+        self._bytes = np.zeros(-(-capacity // 8), dtype=np.uint8)
+        self._bytes[: count // 8] = 0xFF
+        if count % 8:
+            self._bytes[count // 8] = (1 << count % 8) - 1
+
+    def nbytes(self) -> int:
+        return self._bytes.nbytes
+
+    def grown(self, capacity: int) -> "_Flags":
+        grown = _Flags(capacity)
+        grown._bytes[: len(self._bytes)] = self._bytes
+        return grown
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """Whether each of ``rows`` is set."""
+        return (np.right_shift(self._bytes[rows >> 3], rows & 7) & 1).astype(bool)
+
+    def is_set(self, row: int) -> bool:
+        return bool(self._bytes[row >> 3] >> (row & 7) & 1)
+
+    def span(self, begin: int, end: int) -> np.ndarray:
+        """Whether each row from ``begin`` to ``end`` is set."""
+        flags = np.unpackbits(self._bytes[begin >> 3 : -(-end // 8)], bitorder="little")
+        return flags[begin & 7 : (begin & 7) + end - begin].view(bool)
+
+    def put(self, rows: np.ndarray, value: bool) -> None:
+        """Set (``value`` true) or clear the flags of ``rows``."""
+        masks = np.left_shift(1, rows & 7).astype(np.uint8)
+        if value:
+            np.bitwise_or.at(self._bytes, rows >> 3, masks)
+        else:
+            np.bitwise_and.at(self._bytes, rows >> 3, ~masks)
 
 
 class _Scratch:

@@ -8,6 +8,7 @@ from hashes.index import (
     HammingIndex,
     _Ascending,
     _by_value,
+    _Flags,
     _held_chunk,
     _RowNumbers,
     decode,
@@ -467,3 +468,23 @@ def test_pair_bits_counts_the_bits_each_pair_of_rows_differs_in(words: int) -> N
     ]
     assert pair_bits(left, left_rows, right, right_rows).tolist() == expected
     assert len(pair_bits(left, left_rows[:0], right, right_rows[:0])) == 0
+
+
+def test_flags_eight_to_a_byte_are_read_and_set_as_a_bool_a_row_would_be() -> None:
+    rng = np.random.default_rng(3)
+    flags, expected = _Flags(37, 13), np.zeros(37, dtype=bool)
+    expected[:13] = True
+    for step in range(200):
+        rows = rng.integers(0, len(expected), rng.integers(0, 6))  # repeats among them
+        value = bool(rng.integers(0, 2))
+        flags.put(rows, value)
+        expected[rows] = value
+        if step in (50, 120):
+            flags, expected = flags.grown(len(expected) + 30), np.append(expected, [False] * 30)
+        begin = int(rng.integers(0, len(expected)))
+        end = int(rng.integers(begin, len(expected) + 1))
+        assert flags.span(begin, end).tolist() == expected[begin:end].tolist()
+        every = np.arange(len(expected))
+        assert flags[every].tolist() == expected.tolist()
+        assert [flags.is_set(row) for row in range(len(expected))] == expected.tolist()
+    assert flags.nbytes() == -(-len(expected) // 8)  # 97 rows: 13 bytes
