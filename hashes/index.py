@@ -313,7 +313,7 @@ class HammingIndex:
         self, codes: np.ndarray, keys: np.ndarray, tags: np.ndarray, rows: np.ndarray
     ) -> None:
         """Hold ``rows`` of these arrays (in key order, each key once) at the front of new
-        ones, as the keys' and tags' types are now, and index them."""
+        ones (the tags in their type as it is now), and index them."""
         count = len(rows)
         self._tables = None  # freed before the new ones are made
         # Room for the adds before the next rebuild, so the arrays need not grow meanwhile.
