@@ -286,11 +286,10 @@ class HammingIndex:
 
     def _forget(self, keys: np.ndarray) -> None:
         """Mark the rows of these keys dead, wherever they are."""
-        for key in keys.tolist() if self._recent else ():
-            row = self._recent.pop(key, None)
-            if row is not None:
-                self._live.put(np.asarray([row]), False)
-                self._dead += 1
+        recent = [self._recent.pop(key, None) for key in (keys.tolist() if self._recent else ())]
+        rows_added = np.asarray([row for row in recent if row is not None], dtype=np.int64)
+        self._live.put(rows_added, False)
+        self._dead += len(rows_added)
         if not self._indexed:
             return
         rows = self._packed_rows(keys)
