@@ -34,10 +34,11 @@ _MAX_CHUNK_BITS = 24
 # Chunks indexed at once, in threads: numpy sorts without holding the GIL (two of 10M
 # values: 0.55 of the time of one after the other), and each costs its temporaries.
 _BUILDERS = 2
-# Offsets and keys are held as 8-bit steps within blocks of 2**_BLOCK_BITS (see _Ascending).
+# Offsets and keys are held as steps within blocks of 2**_BLOCK_BITS (see _Ascending).
 _BLOCK_BITS = 6
 _BLOCK = 1 << _BLOCK_BITS
 _PIECE = _BLOCK * 4096
+_STEPS = (np.uint8, np.uint16, np.uint32, np.int64)
 # A scan compares the queries with this many words of codes at a time, which stay in the
 # cache from one query to the next (100k codes, an upload's near-miss queries: PDQ 1.6 ms
 # a code at a time over all of them, 1.2 ms in blocks; 64-bit 0.29 ms, 0.26).
@@ -518,7 +519,7 @@ class _Tables:
 
     Both are held narrow, since together they cost more than the codes: row numbers in
     three bytes while there are at most 2**24 rows, and each offset as an 8-bit step from
-    the first of its block of _BLOCK slots (16 or 32-bit where a block holds more rows).
+    the first of its block of _BLOCK slots (wider where most blocks hold more rows).
 
     Codes of one word searched mostly at a radius that finds many rows in one chunk past
     the first keep that chunk's run as the codes themselves (``held``), not their rows:
@@ -677,43 +678,60 @@ class _RowNumbers:
 
 class _Ascending:
     """Integers, non-decreasing within each piece (positions, keys), each held as a step
-    from the one at the start of its block of _BLOCK, in the narrowest of 8, 16, 32 and 64
-    bits that every block's steps fit. Given in pieces of whole blocks (a chunk's offsets
-    each), read as one: joined, the pieces of a 10M PDQ index's offsets would cost 700 MB
-    more while it is built."""
+    from the one at the start of its block of _BLOCK, in 8, 16, 32 or 64 bits: whichever
+    costs least once the blocks whose steps do not fit it hold their values whole, apart
+    (``_wide``). One gap in the keys (an index's first key, ids later) or one chunk value
+    held by hundreds of codes then costs its own block, not a wider step for every value.
+    Given in pieces of whole blocks (a chunk's offsets each), read as one: joined, the
+    pieces of a 10M PDQ index's offsets would cost 700 MB more while it is built."""
 
     def __init__(self, pieces: list[np.ndarray]) -> None:
         self._base = np.concatenate([piece[::_BLOCK] for piece in pieces] or [_NONE]).astype(
             np.int64
         )
-        largest = max(
-            (
-                int((piece[_BLOCK - 1 :: _BLOCK] - piece[::_BLOCK]).max())
-                for piece in pieces
-                if len(piece)
-            ),
-            default=0,
+        spans = np.concatenate(
+            [piece[_BLOCK - 1 :: _BLOCK] - piece[::_BLOCK] for piece in pieces] or [_NONE]
         )
-        steps = next(
-            kind
-            for kind in (np.uint8, np.uint16, np.uint32, np.int64)
-            if largest <= np.iinfo(kind).max
-        )
+        size = sum(map(len, pieces))
+
+        def cost(kind: tuple[np.dtype, int]) -> int:
+            steps, largest = kind
+            return size * steps.itemsize + int((spans > largest).sum()) * _BLOCK * 8
+
+        kinds = [(np.dtype(kind), int(np.iinfo(kind).max)) for kind in _STEPS]
+        steps, largest = min(kinds, key=cost)
+        wide = np.flatnonzero(spans > largest)
         self._steps: np.ndarray[Any, np.dtype[np.integer[Any]]]
-        self._steps = np.empty(sum(map(len, pieces)), steps)
+        self._steps = np.empty(size, steps)
+        self._wide_blocks = _Flags(len(spans))
+        self._wide_blocks.put(wide, True)
+        self._wide_at = wide  # the wide blocks, ascending
+        self._wide = np.empty((len(wide), _BLOCK), dtype=np.int64)
         at = 0
         for piece in pieces:
             for start in range(0, len(piece), _PIECE):  # rather than temporaries of every slot
                 part = piece[start : start + _PIECE]
                 first = np.repeat(part[::_BLOCK], _BLOCK)
                 np.subtract(part, first, out=self._steps[at : at + len(part)], casting="unsafe")
+                blocks = at >> _BLOCK_BITS, (at + len(part)) >> _BLOCK_BITS
+                held = np.searchsorted(wide, blocks)
+                if held[1] > held[0]:
+                    local = wide[held[0] : held[1]] - blocks[0]
+                    self._wide[held[0] : held[1]] = part.reshape(-1, _BLOCK)[local]
                 at += len(part)
+        self._steps.reshape(-1, _BLOCK)[wide] = 0  # their wrapped steps are never read
 
     def nbytes(self) -> int:
-        return self._base.nbytes + self._steps.nbytes
+        held = (self._base, self._steps, self._wide_at, self._wide)
+        return sum(array.nbytes for array in held) + self._wide_blocks.nbytes()
 
     def __getitem__(self, slots: np.ndarray) -> np.ndarray:
-        return self._base[slots >> _BLOCK_BITS] + self._steps[slots]
+        values = self._base[slots >> _BLOCK_BITS] + self._steps[slots]
+        if len(self._wide):
+            wide = np.flatnonzero(self._wide_blocks[slots >> _BLOCK_BITS])
+            held = np.searchsorted(self._wide_at, slots[wide] >> _BLOCK_BITS)
+            values[wide] = self._wide[held, slots[wide] & (_BLOCK - 1)]
+        return values
 
     def find(self, values: np.ndarray, count: int) -> np.ndarray:
         """Where each of ``values`` is among the first ``count`` (one piece, each value
@@ -730,6 +748,9 @@ class _Ascending:
             block = np.searchsorted(self._base, wanted, side="right") - 1
             block[block < 0] = 0  # below every value: not in the first block either
             held = self._base[block, None] + blocks[block]
+            if len(self._wide):
+                wide = np.flatnonzero(self._wide_blocks[block])
+                held[wide] = self._wide[np.searchsorted(self._wide_at, block[wide])]
             place = np.minimum((held < wanted[:, None]).sum(axis=1), _BLOCK - 1)
             row = (block << _BLOCK_BITS) + place
             hit = (held[np.arange(len(wanted)), place] == wanted) & (row < count)
@@ -743,10 +764,14 @@ class _Ascending:
         block = int(np.searchsorted(self._base, value, side="right")) - 1
         if block < 0:
             return -1
-        held = self._steps[block << _BLOCK_BITS : (block + 1) << _BLOCK_BITS]
-        step = value - int(self._base[block])
-        if step > np.iinfo(held.dtype).max:
-            return -1
+        if self._wide_blocks.is_set(block):
+            held = self._wide[int(np.searchsorted(self._wide_at, block))]
+            step = value
+        else:
+            held = self._steps[block << _BLOCK_BITS : (block + 1) << _BLOCK_BITS]
+            step = value - int(self._base[block])
+            if step > np.iinfo(held.dtype).max:
+                return -1
         place = int(np.searchsorted(held, held.dtype.type(step)))
         row = (block << _BLOCK_BITS) + place
         return row if place < _BLOCK and row < count and held[place] == step else -1

@@ -337,11 +337,20 @@ def test_removing_a_key_wider_than_the_held_ones_leaves_the_others() -> None:
 
 
 @pytest.mark.parametrize(
-    ("gap", "steps"), [(3, np.uint8), (900, np.uint16), (2**20, np.uint32), (2**40, np.int64)]
+    ("gap", "jump", "steps"),
+    [
+        (3, 0, np.uint8),
+        (900, 0, np.uint16),
+        (2**20, 0, np.uint32),
+        (2**40, 0, np.int64),
+        (3, 2**40, np.uint8),  # one gap: its block holds its keys whole
+    ],
 )
-def test_packed_keys_are_held_in_the_narrowest_steps_that_fit(gap: int, steps: type) -> None:
+def test_packed_keys_are_held_in_the_narrowest_steps_that_fit(
+    gap: int, jump: int, steps: type
+) -> None:
     rng = np.random.default_rng(gap)
-    keys = -(2**50) + np.cumsum(rng.integers(1, gap, 6000))
+    keys = -(2**50) + np.cumsum(rng.integers(1, gap, 6000)) + np.repeat([0, jump], 3000)
     index = HammingIndex(64)
     index.add_many(keys.tolist(), [f"{key % 2**64:016x}" for key in keys.tolist()])
     assert index._indexed == 6000 and index._packed_keys._steps.dtype == steps
@@ -422,6 +431,27 @@ def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
     offsets = _Ascending([positions[:320], positions[320:]])
     assert offsets._steps.dtype == kind
     assert offsets[np.arange(1024)].tolist() == positions.tolist()
+
+
+def test_blocks_whose_steps_do_not_fit_hold_their_values_apart() -> None:
+    """Dense keys but for gaps (an index's first keys, then ids millions on), and dense
+    offsets but for one value held by a thousand rows: byte steps, the odd blocks whole."""
+    dense = np.arange(10_000_000, 10_000_000 + 1277, dtype=np.int64)
+    keys = np.concatenate([[2, 9], dense, [2**40]])
+    crowded = np.cumsum(np.random.default_rng(4).integers(0, 3, 1280))
+    crowded[700:] += 1000
+    for values in (keys, crowded):
+        held = _Ascending([values[:640], values[640:]])
+        assert held._steps.dtype == np.uint8 and 1 <= len(held._wide) <= 2
+        assert held[np.arange(1280)].tolist() == values.tolist()
+        assert held[np.asarray([1279, 0, 700, 5])].tolist() == values[[1279, 0, 700, 5]].tolist()
+    held = _Ascending([keys])
+    wanted = np.concatenate([keys, keys + 1, [0, 1, 3, 2**40 - 1, 2**41, 10_000_000 - 1]])
+    where = {int(value): place for place, value in enumerate(keys)}
+    expected = [where.get(int(value), -1) for value in wanted]
+    assert held.find(wanted, len(keys)).tolist() == expected
+    assert [held.find_one(int(value), len(keys)) for value in wanted] == expected
+    assert held.nbytes() < keys.nbytes // 3
 
 
 def test_ascending_values_are_found_where_they_are_and_others_not() -> None:
