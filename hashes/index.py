@@ -77,9 +77,11 @@ class HammingIndex:
         # The keys of the packed rows, and of those added since (``row - _indexed``).
         self._packed_keys = _Ascending([])
         self._added_keys = np.zeros(_INITIAL_CAPACITY, dtype=np.int64)
-        # Tags are held in the narrow type while they fit (a few groups do), and widened
-        # the first time one does not.
-        self._tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint8)
+        # The tags of the packed rows, as runs where they come in runs (see _Runs), and of
+        # those added since. Held in the narrow type while they fit (a few groups do), and
+        # widened the first time one does not.
+        self._packed_tags: np.ndarray | _Runs = np.zeros(0, dtype=np.uint8)
+        self._added_tags = np.zeros(_INITIAL_CAPACITY, dtype=np.uint8)
         self._live = _Flags(_INITIAL_CAPACITY)
         self._count = 0  # rows in use, dead ones included
         self._dead = 0
@@ -102,7 +104,7 @@ class HammingIndex:
 
     def nbytes(self) -> int:
         """Memory held by the arrays (not the dict of keys added since the last build)."""
-        arrays = (self._codes, self._added_keys, self._tags)
+        arrays = (self._codes, self._added_keys, self._packed_tags, self._added_tags)
         tables = self._tables.nbytes() if self._tables else 0
         held = self._packed_keys.nbytes() + self._live.nbytes() + tables
         return sum(array.nbytes for array in arrays) + held
@@ -132,19 +134,18 @@ class HammingIndex:
         last = order[np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))]
         if not self._count and len(last) >= _MIN_TABLES:
             # A build: packed in key order at once, not appended to be packed again.
-            self._tags = _holding(self._tags, tag_array)
             self._pack(rows, key_array, tag_array, last)
             return
         if len(last) < len(key_array):
             keep = np.sort(last)
             key_array, rows, tag_array = key_array[keep], rows[keep], tag_array[keep]
         self._forget(key_array)
-        self._tags = _holding(self._tags, tag_array)
+        self._added_tags = _holding(self._added_tags, tag_array)
         start, end = self._count, self._count + len(key_array)
         self._reserve(end)
         self._codes[start:end] = rows
         self._added_keys[start - self._indexed : end - self._indexed] = key_array
-        self._tags[start:end] = tag_array
+        self._added_tags[start - self._indexed : end - self._indexed] = tag_array
         self._live.put(np.arange(start, end), True)
         self._count = end
         if self._rebuild_due():
@@ -181,15 +182,15 @@ class HammingIndex:
         # Each query's results, as runs of the results ordered by query.
         order = np.argsort(which, kind="stable")
         runs = np.split(order, np.cumsum(np.bincount(which, minlength=len(queries)))[:-1])
-        keys = self._keys(rows)
-        return [(keys[run], self._tags[rows[run]], distances[run]) for run in runs]
+        keys, tags = self._keys(rows), self._tags(rows)
+        return [(keys[run], tags[run], distances[run]) for run in runs]
 
     def get(self, key: int) -> tuple[str, int] | None:
         """The code (hex) and tag stored under ``key``, or None."""
         row = self._row(key)
         if row is None:
             return None
-        return encode(self._codes[row]), int(self._tags[row])
+        return encode(self._codes[row]), int(self._tags(np.asarray([row]))[0])
 
     def scan(self, code_hex: str, max_distance: int) -> list[tuple[int, int]]:
         """``query`` by comparing every code: the reference the tables must agree with."""
@@ -272,6 +273,15 @@ class HammingIndex:
         keys[added] = self._added_keys[rows[added] - self._indexed]
         return keys
 
+    def _tags(self, rows: np.ndarray) -> np.ndarray:
+        """The tag of each row."""
+        tags = np.empty(len(rows), dtype=np.int64)
+        packed = rows < self._indexed
+        tags[packed] = self._packed_tags[rows[packed]]
+        added = ~packed
+        tags[added] = self._added_tags[rows[added] - self._indexed]
+        return tags
+
     def _row(self, key: int) -> int | None:
         row = self._recent.get(key)
         if row is not None or not _fits(np.dtype(np.int64), key):
@@ -306,14 +316,16 @@ class HammingIndex:
     def _rebuild(self) -> None:
         """Pack the live rows to the front in key order, and index the chunks again."""
         live = np.flatnonzero(self._live.span(0, self._count))
-        keys = self._keys(np.arange(self._count))
-        self._pack(self._codes, keys, self._tags, live[np.argsort(keys[live], kind="stable")])
+        every = np.arange(self._count)
+        keys = self._keys(every)
+        ordered = live[np.argsort(keys[live], kind="stable")]
+        self._pack(self._codes, keys, self._tags(every), ordered)
 
     def _pack(
         self, codes: np.ndarray, keys: np.ndarray, tags: np.ndarray, rows: np.ndarray
     ) -> None:
         """Hold ``rows`` of these arrays (in key order, each key once) at the front of new
-        ones (the tags in their type as it is now), and index them."""
+        ones, and index them."""
         count = len(rows)
         self._tables = None  # freed before the new ones are made
         # Room for the adds before the next rebuild, so the arrays need not grow meanwhile.
@@ -321,7 +333,8 @@ class HammingIndex:
         self._codes = _gathered(codes, rows, capacity)
         self._packed_keys = _Ascending([_whole_blocks(keys[rows])])
         self._added_keys = np.zeros(capacity - count, dtype=np.int64)
-        self._tags = _gathered(tags, rows, capacity, self._tags.dtype)
+        self._packed_tags = _tags_held(tags[rows])
+        self._added_tags = np.zeros(capacity - count, dtype=self._added_tags.dtype)
         self._live = _Flags(capacity, count)
         self._count, self._dead, self._indexed = count, 0, count
         self._recent = {}
@@ -339,7 +352,9 @@ class HammingIndex:
         self._added_keys = _resized(
             self._added_keys[: self._count - self._indexed], capacity - self._indexed
         )
-        self._tags = _resized(self._tags[: self._count], capacity)
+        self._added_tags = _resized(
+            self._added_tags[: self._count - self._indexed], capacity - self._indexed
+        )
         self._live = self._live.grown(capacity)
 
     def decode(self, codes: list[str]) -> np.ndarray:
@@ -391,6 +406,16 @@ def _holding(array: np.ndarray, values: np.ndarray) -> np.ndarray:
         if _fits(wide, low) and _fits(wide, high):
             return array if wide == array.dtype else array.astype(wide)
     raise ValueError(f"{low}..{high} do not fit in {array.dtype} or wider")
+
+
+def _tags_held(tags: np.ndarray) -> "np.ndarray | _Runs":
+    """Tags in the narrowest type that holds them, from 8 bits, as runs where those cost
+    less (see _Runs)."""
+    narrow = tags.astype(_holding(np.zeros(0, dtype=np.uint8), tags).dtype, copy=False)
+    changes = np.not_equal(narrow[1:], narrow[:-1])
+    if (np.count_nonzero(changes) + 1) * (8 + narrow.itemsize) >= narrow.nbytes:
+        return narrow
+    return _Runs(narrow, np.flatnonzero(np.concatenate([[True], changes])))
 
 
 # Tags start in 8 bits.
@@ -488,6 +513,23 @@ class _Flags:
             np.bitwise_or.at(self._bytes, rows >> 3, masks)
         else:
             np.bitwise_and.at(self._bytes, rows >> 3, ~masks)
+
+
+class _Runs:
+    """A value a row, held as runs of equal values: the row each run starts at, and its
+    value. An index's tags come so: one group for all the bans of a list imported at once,
+    and no PDQ quality in the pHash and dHash indexes (see FingerprintStore)."""
+
+    def __init__(self, values: np.ndarray, starts: np.ndarray) -> None:
+        self._starts = starts
+        self._values = values[starts]
+
+    @property
+    def nbytes(self) -> int:
+        return self._starts.nbytes + self._values.nbytes
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        return self._values[np.searchsorted(self._starts, rows, side="right") - 1]
 
 
 class _Scratch:

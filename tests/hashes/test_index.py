@@ -11,6 +11,7 @@ from hashes.index import (
     _Flags,
     _held_chunk,
     _RowNumbers,
+    _Runs,
     decode,
     decode_joined,
     pair_bits,
@@ -431,6 +432,36 @@ def test_offsets_are_held_in_the_narrowest_steps_that_fit_and_read_back_whole(
     offsets = _Ascending([positions[:320], positions[320:]])
     assert offsets._steps.dtype == kind
     assert offsets[np.arange(1024)].tolist() == positions.tolist()
+
+
+@pytest.mark.parametrize("in_runs", [True, False])
+def test_tags_come_back_as_given_whether_held_as_runs_or_one_a_row(in_runs: bool) -> None:
+    """Tags in runs (a group for each imported list) are held as runs, others one a row;
+    either way each key's tag comes back, through adds (some replacing packed keys, with
+    tags wider than a byte), removes and the rebuilds they cause."""
+    rng = random.Random(6)
+    keys = list(range(0, 80_000, 2))
+    tags = [(key // 30_000 if in_runs else rng.randrange(101)) for key in keys]
+    entries = {key: (rng.getrandbits(64), tag) for key, tag in zip(keys, tags, strict=True)}
+    index = HammingIndex(64)
+    index.add_many(keys, [to_hex(code, 64) for code, _ in entries.values()], tags)
+    held = index._packed_tags
+    assert isinstance(held, _Runs) if in_runs else held.dtype == np.uint8
+    assert held.nbytes < (100 if in_runs else 50_000)
+    for round in range(1, 4):
+        added = rng.sample(range(100_000), 3000)
+        for key in added:
+            entries[key] = (rng.getrandbits(64), 1000 * round)
+        index.add_many(added, [to_hex(entries[key][0], 64) for key in added], [1000 * round] * 3000)
+        for key in rng.sample(sorted(entries), 2000):
+            index.remove(key)
+            del entries[key]
+        for key, (code, tag) in entries.items():
+            assert index.get(key) == (to_hex(code, 64), tag)
+    sample = rng.sample(sorted(entries), 200)
+    found = index.search_many([to_hex(entries[key][0], 64) for key in sample], 0)
+    for key, (keys_found, tags_found, _) in zip(sample, found, strict=True):
+        assert tags_found[keys_found == key].tolist() == [entries[key][1]]
 
 
 def test_blocks_whose_steps_do_not_fit_hold_their_values_apart() -> None:

@@ -279,6 +279,32 @@ def test_from_config_rejects_bad_settings_with_a_clear_message(config, message):
         MatchRule.from_config(config)
 
 
+def test_only_the_pdq_index_holds_the_pdq_quality() -> None:
+    """The quality rates the PDQ hash: the pHash and dHash indexes hold the group alone,
+    as runs, and a fingerprint still comes back with its quality."""
+    rng = random.Random(8)
+    stored = {
+        key: Fingerprint(
+            hashes={
+                "phash": f"{rng.getrandbits(64):016x}",
+                "dhash": f"{rng.getrandbits(64):016x}",
+                "pdq": f"{rng.getrandbits(256):064x}",
+            },
+            pdq_quality=rng.randrange(101),
+        )
+        for key in range(40_000)
+    }
+    store = FingerprintStore()
+    store.extend((key, value, 1 + key // 20_000) for key, value in stored.items())
+    indexes = store._indexes
+    assert indexes["phash"]._packed_tags.nbytes < 100 and indexes["dhash"]._packed_tags.nbytes < 100
+    assert indexes["pdq"]._packed_tags.nbytes >= 40_000
+    for key in rng.sample(sorted(stored), 500):
+        assert store.get(key) == (stored[key], 1 + key // 20_000)
+    [(keys, groups, _)] = store.search("phash", [stored[25_000].hashes["phash"]], 0)
+    assert (keys.tolist(), groups.tolist()) == ([25_000], [2])
+
+
 def test_a_store_gives_back_each_fingerprint_and_group_as_stored(monkeypatch) -> None:
     """Packed into arrays in batches (small ones here, to cross their edges), every
     fingerprint comes back whole: its hashes, missing ones missing, and its PDQ quality,
