@@ -266,6 +266,8 @@ class HammingIndex:
 
     def _keys(self, rows: np.ndarray) -> np.ndarray:
         """The key of each row."""
+        if self._indexed == self._count:  # none added since the last build
+            return self._packed_keys[rows]
         keys = np.empty(len(rows), dtype=np.int64)
         packed = rows < self._indexed
         keys[packed] = self._packed_keys[rows[packed]]
@@ -275,6 +277,8 @@ class HammingIndex:
 
     def _tags(self, rows: np.ndarray) -> np.ndarray:
         """The tag of each row."""
+        if self._indexed == self._count:
+            return self._packed_tags[rows]
         tags = np.empty(len(rows), dtype=np.int64)
         packed = rows < self._indexed
         tags[packed] = self._packed_tags[rows[packed]]
@@ -657,7 +661,8 @@ class _Tables:
             kept = np.ones(len(hit), dtype=bool)
             kept[1:] = (which[hit[1:]] != which[hit[:-1]]) | (code[hit[1:]] != code[hit[:-1]])
             hit = hit[kept]
-            found.append(self._rows_of(codes, code[hit], which[hit], apart[hit]))
+            if len(hit):  # most queries find none
+                found.append(self._rows_of(codes, code[hit], which[hit], apart[hit]))
         which, rows, distances = (np.concatenate(column) for column in zip(*found, strict=True))
         return which, rows, distances
 
