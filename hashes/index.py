@@ -266,25 +266,25 @@ class HammingIndex:
 
     def _keys(self, rows: np.ndarray) -> np.ndarray:
         """The key of each row."""
-        if self._indexed == self._count:  # none added since the last build
-            return self._packed_keys[rows]
-        keys = np.empty(len(rows), dtype=np.int64)
-        packed = rows < self._indexed
-        keys[packed] = self._packed_keys[rows[packed]]
-        added = ~packed
-        keys[added] = self._added_keys[rows[added] - self._indexed]
-        return keys
+        return self._by_row(rows, self._packed_keys, self._added_keys)
 
     def _tags(self, rows: np.ndarray) -> np.ndarray:
         """The tag of each row."""
-        if self._indexed == self._count:
-            return self._packed_tags[rows]
-        tags = np.empty(len(rows), dtype=np.int64)
-        packed = rows < self._indexed
-        tags[packed] = self._packed_tags[rows[packed]]
-        added = ~packed
-        tags[added] = self._added_tags[rows[added] - self._indexed]
-        return tags
+        return self._by_row(rows, self._packed_tags, self._added_tags)
+
+    def _by_row(
+        self, rows: np.ndarray, packed: "np.ndarray | _Ascending | _Runs", added: np.ndarray
+    ) -> np.ndarray:
+        """Each row's value: a packed row's from ``packed``, one added since the last
+        build from ``added``."""
+        if self._indexed == self._count:  # none added since
+            return packed[rows]
+        values = np.empty(len(rows), dtype=np.int64)
+        before = rows < self._indexed
+        values[before] = packed[rows[before]]
+        since = ~before
+        values[since] = added[rows[since] - self._indexed]
+        return values
 
     def _row(self, key: int) -> int | None:
         row = self._recent.get(key)
