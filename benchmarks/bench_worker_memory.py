@@ -28,7 +28,7 @@ KINDS = ("pdq", "phash", "dhash")
 
 
 def _memory(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MB."""
+    """(RSS, PSS) in MB as /proc counts them (2**20 bytes)."""
     found = {}
     with open(f"/proc/{pid}/smaps_rollup") as rollup:
         for line in rollup:
@@ -98,7 +98,8 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
     parts = ", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in figures)
     label = "built before the fork" if preload else "built by each process"
     return (
-        f"  {label:<22}: machine spends {total_pss:6.0f} MB (sum of PSS); RSS summed "
+        f"  {label:<22}: machine spends {total_pss:6.0f} MB (sum of PSS; "
+        f"{total_pss * 2**20 / 1e9:.2f} GB in powers of ten); RSS summed "
         f"{total_rss:6.0f} MB; main, pool, pool RSS/PSS {parts}; ready in {ready:.0f} s; "
         f"{builds} build(s) held"
     )
