@@ -529,7 +529,7 @@ class _Runs:
         self._values = values[starts]
 
     @property
-    def nbytes(self) -> int:
+    def nbytes(self) -> int:  # a property, as an array's: it stands where one would
         return self._starts.nbytes + self._values.nbytes
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
