@@ -179,6 +179,8 @@ class HammingIndex:
             return []
         queries = self.decode(codes_hex)
         which, rows, distances = self._search(queries, max_distance)
+        if len(queries) == 1:
+            return [(self._keys(rows), self._tags(rows), distances)]
         # Each query's results, as runs of the results ordered by query.
         order = np.argsort(which, kind="stable")
         runs = np.split(order, np.cumsum(np.bincount(which, minlength=len(queries)))[:-1])
@@ -214,10 +216,9 @@ class HammingIndex:
         if self._dead:  # only the few near rows are looked up
             live = self._live[rows]
             which, rows, distances = which[live], rows[live], distances[live]
-        # A code near a query in several chunks is found once per chunk.
-        pairs, first = np.unique(which * self._count + rows, return_index=True)
-        which, rows = np.divmod(pairs, self._count)
-        distances = distances[first]
+        if len(rows) > 1:  # a code near a query in several chunks is found in each
+            once = _one_of_each(which * self._count + rows)
+            which, rows, distances = which[once], rows[once], distances[once]
         if self._indexed == self._count:
             return which, rows, distances
         # Rows added since the tables were built are compared one by one.
@@ -460,6 +461,17 @@ def distinct(values: np.ndarray) -> np.ndarray:
     return ordered[kept]
 
 
+def _one_of_each(values: np.ndarray) -> np.ndarray:
+    """A place of each distinct value, in no particular order: ``np.unique``'s
+    ``return_index`` for the few rows a query finds, at a fraction of its cost there."""
+    order = np.argsort(values)
+    ordered = values[order]
+    kept = np.empty(len(order), dtype=bool)
+    kept[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=kept[1:])
+    return order[kept]
+
+
 def pair_bits(
     left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray
 ) -> np.ndarray:
@@ -467,7 +479,13 @@ def pair_bits(
     ``right[right_rows[i]]``. Rows are gathered by ``take``: indexing a 2-D array with them
     costs up to four times as much (numpy 2.4, 100,000 random rows of four words of ten
     million: 6.65 ms, by take 1.65)."""
-    return row_bits(np.take(left, left_rows, axis=0) ^ np.take(right, right_rows, axis=0))
+    return row_bits(np.take(left, left_rows, axis=0) ^ _each(right, right_rows))
+
+
+def _each(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``values[rows]``; where there is only one, itself, for the operation to broadcast
+    (one query's rows need no copy of it each)."""
+    return values[:1] if len(values) == 1 else np.take(values, rows, axis=0)
 
 
 def row_bits(words: np.ndarray) -> np.ndarray:
@@ -584,6 +602,12 @@ class _Tables:
         base, wider = divmod(bits, chunks)
         self.widths = [base + 1] * wider + [base] * (chunks - wider)
         self.starts = [sum(self.widths[:index]) for index in range(chunks)]
+        # Where each chunk is, for ``values``: its word, the next word (its own in the
+        # last), how far into its word it starts, and how wide it is.
+        self._word = np.asarray(self.starts) // 64
+        self._next = np.minimum(self._word + 1, bits // 64 - 1)
+        self._shift = (np.asarray(self.starts) % 64).astype(np.uint64)
+        self._width = np.asarray(self.widths, dtype=np.uint64)
         self.bits = bits
         self.count = count
         self.coded = _held_chunk(self.widths, count, radius) if codes.shape[1] == 1 else None
@@ -638,33 +662,33 @@ class _Tables:
         """(which query, row, distance) for the rows of ``codes`` within ``radius`` of a
         query among those sharing a chunk value with it within the plan's flips (some
         more than once)."""
-        chunks = np.stack(
-            [
-                _chunk(queries, start, width)
-                for start, width in zip(self.starts, self.widths, strict=True)
-            ],
-            axis=1,
-        )
-        slots = plan.slot_base + (chunks[:, plan.chunk] ^ plan.flips)
-        positions, which = self._positions(slots[:, ~plan.held])
+        values = self.values(queries)
+        positions, which = self._positions(plan.slots(values, plan.numbered))
         rows = self.order[positions]
         distances = pair_bits(codes, rows, queries, which)
         hit = np.flatnonzero(distances <= radius)
         found = [(which[hit], rows[hit], distances[hit])]
-        if plan.held.any():
-            positions, which = self._positions(slots[:, plan.held])
+        if plan.held is not None:
+            positions, which = self._positions(plan.slots(values, plan.held))
             code = np.take(self.held, positions - self.held_from)
-            apart = np.bitwise_count(code ^ np.take(queries[:, 0], which))
+            apart = np.bitwise_count(code ^ _each(queries[:, 0], which))
             hit = np.flatnonzero(apart <= radius)
-            # Each code once a query: every row holding it is found back for each.
-            hit = hit[np.lexsort((code[hit], which[hit]))]
-            kept = np.ones(len(hit), dtype=bool)
-            kept[1:] = (which[hit[1:]] != which[hit[:-1]]) | (code[hit[1:]] != code[hit[:-1]])
-            hit = hit[kept]
             if len(hit):  # most queries find none
+                # Each code once a query: every row holding it is found back for each.
+                hit = hit[np.lexsort((code[hit], which[hit]))]
+                kept = np.ones(len(hit), dtype=bool)
+                kept[1:] = (which[hit[1:]] != which[hit[:-1]]) | (code[hit[1:]] != code[hit[:-1]])
+                hit = hit[kept]
                 found.append(self._rows_of(codes, code[hit], which[hit], apart[hit]))
+        if len(found) == 1:
+            return found[0]
         which, rows, distances = (np.concatenate(column) for column in zip(*found, strict=True))
         return which, rows, distances
+
+    def values(self, queries: np.ndarray) -> np.ndarray:
+        """Each query's value in each chunk, a row of them a query: ``_chunk`` of every
+        chunk at once, in a few operations however many chunks there are."""
+        return _top_bits(queries, self._word, self._next, self._shift, self._width)
 
     def _rows_of(
         self, codes: np.ndarray, found: np.ndarray, which: np.ndarray, apart: np.ndarray
@@ -687,14 +711,17 @@ class _Tables:
         bounds = self.offsets[np.concatenate([flat, flat + 1])]
         begins = bounds[: len(flat)]
         lengths = bounds[len(flat) :] - begins
-        total = int(lengths.sum())
+        ends = np.cumsum(lengths)
+        total = int(ends[-1]) if len(ends) else 0
         # Every position of every range, without a Python loop: each range's first
         # position, repeated over its length, plus how far into it each one is.
-        ends = np.cumsum(lengths)
-        positions = np.repeat(begins - ends + lengths, lengths) + np.arange(total)
+        positions = np.repeat(begins - ends + lengths, lengths)
+        positions += np.arange(total)
+        if len(slots) == 1:
+            return positions, np.zeros(total, dtype=np.int64)
         # A query's slots are side by side, and so are their rows.
-        which = np.repeat(np.arange(len(slots)), lengths.reshape(slots.shape).sum(axis=1))
-        return positions, which
+        counts = np.diff(ends[slots.shape[1] - 1 :: slots.shape[1]], prepend=0)
+        return positions, np.repeat(np.arange(len(slots)), counts)
 
 
 class _RowNumbers:
@@ -834,13 +861,29 @@ def _whole_blocks(values: np.ndarray) -> np.ndarray:
 
 class _Plan:
     """For one radius: each slot to look up, as the chunk it belongs to, the bits flipped
-    in the query's chunk value, and where that chunk's offsets and order begin."""
+    in the query's chunk value, and where that chunk's offsets begin; in two lists, the
+    slots of chunks whose runs hold row numbers (``numbered``) and those of the chunk whose
+    run holds codes (``held``, None where none does)."""
 
     def __init__(self, chunk: np.ndarray, flips: np.ndarray, tables: _Tables) -> None:
-        self.chunk = chunk
-        self.flips = flips
-        self.slot_base = np.asarray(tables.offset_base, dtype=np.int64)[chunk]
-        self.held = chunk == tables.coded  # the slots of the chunk that holds codes
+        base = np.asarray(tables.offset_base, dtype=np.int64)
+        held = chunk == tables.coded
+
+        def part(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            return chunk[kept], base[chunk[kept]], flips[kept]
+
+        self.numbered = part(~held)
+        self.held = part(held) if held.any() else None
+
+    @staticmethod
+    def slots(values: np.ndarray, part: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """The slots of one list for each query (a row of them a query), from the queries'
+        chunk values (see _Tables.values)."""
+        chunk, base, flips = part
+        slots = values[:, chunk]
+        slots ^= flips
+        slots += base
+        return slots
 
     @classmethod
     def make(cls, tables: _Tables, radius: int) -> "_Plan | None":
@@ -934,14 +977,17 @@ def _chunk(codes: np.ndarray, start: int, width: int) -> np.ndarray:
     """Bits ``start`` to ``start + width`` (from the most significant bit of the first
     word) of each row, as integers: worked out in the one array returned, since at
     millions of rows each temporary costs more than the arithmetic."""
-    word, offset = divmod(start, 64)
-    if offset + width <= 64:
-        values = codes[:, word] >> np.uint64(64 - offset - width)
-        values &= np.uint64((1 << width) - 1)
-    else:
-        high = 64 - offset
-        low = width - high
-        values = codes[:, word] & np.uint64((1 << high) - 1)
-        values <<= np.uint64(low)
-        values |= codes[:, word + 1] >> np.uint64(64 - low)
-    return values.view(np.int64)
+    word, shift = divmod(start, 64)
+    following = word + 1 if shift + width > 64 else None
+    return _top_bits(codes, word, following, np.uint64(shift), np.uint64(width))
+
+
+def _top_bits(codes: np.ndarray, word: Any, following: Any, shift: Any, width: Any) -> np.ndarray:
+    """``width`` bits of each row from ``shift`` bits into its ``word``, running on into
+    word ``following`` (None: they do not), as integers: the top bits of the 64 from
+    there. For one chunk, or for several at once as arrays (a column of values each)."""
+    top = codes[:, word] << shift
+    if following is not None:  # numpy shifts by 64 give 0: a shift of 0 takes nothing
+        top |= codes[:, following] >> (64 - shift)
+    top >>= 64 - width
+    return top.view(np.int64)

@@ -8,6 +8,7 @@ from hashes.index import (
     HammingIndex,
     _Ascending,
     _by_value,
+    _chunk,
     _Flags,
     _held_chunk,
     _RowNumbers,
@@ -506,6 +507,33 @@ def test_chunk_values_are_ordered_by_value_whatever_their_width(width: int) -> N
     values = np.random.default_rng(width).integers(0, 1 << width, 20_000)
     order = _by_value(values.copy(), np.arange(len(values), dtype=np.uint64))
     assert order.tolist() == np.argsort(values, kind="stable").tolist()  # ties by row
+
+
+@pytest.mark.parametrize("chunk_bits", [13, 15])
+def test_chunk_values_of_queries_are_read_across_word_boundaries(
+    chunk_bits: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query's chunk values, read for every chunk at once, are each chunk's bits, where
+    a chunk straddles two words too (capped at 13 bits, 256-bit codes are cut in 13s and 12s);
+    and a search through such tables finds what the full comparison does."""
+    monkeypatch.setattr(index_module, "_MAX_CHUNK_BITS", chunk_bits)
+    rng = np.random.default_rng(chunk_bits)
+    codes = rng.integers(0, 2**64, (40_000, 4), dtype=np.uint64)
+    index = HammingIndex(256, 31)
+    index.add_arrays(np.arange(len(codes)), codes, np.zeros(len(codes), dtype=np.uint32))
+    tables = index._tables
+    assert tables is not None
+    assert any(start // 64 != (start + width - 1) // 64 for start, width in _spans(tables))
+    queries = codes[rng.integers(0, len(codes), 20)] ^ (np.uint64(1) << np.uint64(chunk_bits))
+    values = tables.values(queries)
+    for column, (start, width) in enumerate(_spans(tables)):
+        assert values[:, column].tolist() == _chunk(queries, start, width).tolist()
+    for code in (index_module.encode(row) for row in queries):
+        assert index.query(code, 31) == index.scan(code, 31) != []
+
+
+def _spans(tables: "index_module._Tables") -> list[tuple[int, int]]:
+    return list(zip(tables.starts, tables.widths, strict=True))
 
 
 def test_row_numbers_take_four_bytes_past_two_to_the_24() -> None:
