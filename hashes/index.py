@@ -455,21 +455,22 @@ def distinct(values: np.ndarray) -> np.ndarray:
     """The distinct values of a 1-D array, in order: ``np.unique`` by a sort, which for
     the few thousand of a query costs a third of numpy's own (hashing) way."""
     ordered = np.sort(values)
-    kept = np.empty(len(ordered), dtype=bool)
-    kept[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=kept[1:])
-    return ordered[kept]
+    return ordered[_run_starts(ordered)]
 
 
 def _one_of_each(values: np.ndarray) -> np.ndarray:
-    """A place of each distinct value, in no particular order: ``np.unique``'s
+    """A place of each distinct value, in the values' order: ``np.unique``'s
     ``return_index`` for the few rows a query finds, at a fraction of its cost there."""
     order = np.argsort(values)
-    ordered = values[order]
-    kept = np.empty(len(order), dtype=bool)
-    kept[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=kept[1:])
-    return order[kept]
+    return order[_run_starts(values[order])]
+
+
+def _run_starts(ordered: np.ndarray) -> np.ndarray:
+    """Whether each of ``ordered`` (sorted) starts a run of equal values."""
+    starts = np.empty(len(ordered), dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    return starts
 
 
 def pair_bits(

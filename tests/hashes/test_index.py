@@ -514,8 +514,9 @@ def test_chunk_values_of_queries_are_read_across_word_boundaries(
     chunk_bits: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A query's chunk values, read for every chunk at once, are each chunk's bits, where
-    a chunk straddles two words too (capped at 13 bits, 256-bit codes are cut in 13s and 12s);
-    and a search through such tables finds what the full comparison does."""
+    a chunk straddles two words too (capped at 13 bits, 256-bit codes are cut in 13s and
+    12s; at 15, in 15s and 14s); and a search through such tables finds what the full
+    comparison does, for codes so far from their stored ones that few chunks find them."""
     monkeypatch.setattr(index_module, "_MAX_CHUNK_BITS", chunk_bits)
     rng = np.random.default_rng(chunk_bits)
     codes = rng.integers(0, 2**64, (40_000, 4), dtype=np.uint64)
@@ -524,10 +525,16 @@ def test_chunk_values_of_queries_are_read_across_word_boundaries(
     tables = index._tables
     assert tables is not None
     assert any(start // 64 != (start + width - 1) // 64 for start, width in _spans(tables))
-    queries = codes[rng.integers(0, len(codes), 20)] ^ (np.uint64(1) << np.uint64(chunk_bits))
+    queries = codes[rng.integers(0, len(codes), 20)]
+    for query in queries:  # 25 to 31 bits from its stored code
+        for position in rng.choice(256, rng.integers(25, 32), replace=False):
+            query[position // 64] ^= np.uint64(1) << np.uint64(position % 64)
     values = tables.values(queries)
+    whole = [int(index_module.encode(row), 16) for row in queries]
     for column, (start, width) in enumerate(_spans(tables)):
-        assert values[:, column].tolist() == _chunk(queries, start, width).tolist()
+        expected = [code >> (256 - start - width) & ((1 << width) - 1) for code in whole]
+        assert values[:, column].tolist() == expected
+        assert _chunk(queries, start, width).tolist() == expected
     for code in (index_module.encode(row) for row in queries):
         assert index.query(code, 31) == index.scan(code, 31) != []
 
