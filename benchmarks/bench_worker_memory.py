@@ -43,7 +43,9 @@ def _children(pid: int) -> list[int]:
         return [int(child) for child in listed.read().split()]
 
 
-def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | None) -> str:
+def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | None) -> list[str]:
+    from moderation import services
+    from moderation.blocklist import current_version
     from moderation.models import BlocklistLoad, Upload
     from tests.moderation.processes import Stack, database_url, wait_for
 
@@ -66,11 +68,14 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
         pool = _children(worker.popen.pid)
         dropped = 0
 
-        def both_hold_it() -> bool:
+        def all_hold(version: str) -> bool:
+            """Whether both pool processes hold ``version``; if not, one more file."""
             nonlocal dropped
             processes = {
                 int(name.rsplit(":", 1)[1])
-                for name in BlocklistLoad.objects.values_list("process", flat=True)
+                for name in BlocklistLoad.objects.filter(version=version).values_list(
+                    "process", flat=True
+                )
             }
             if set(pool) <= processes:
                 return True
@@ -79,29 +84,46 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
             dropped += 1
             return False
 
-        wait_for(both_hold_it, timeout=3600, what="both pool processes to check a file")
+        def settled() -> bool:
+            busy = [Upload.State.PENDING, Upload.State.PROCESSING]
+            return not Upload.objects.filter(state__in=busy).exists()
+
         wait_for(
-            lambda: (
-                not Upload.objects.filter(
-                    state__in=[Upload.State.PENDING, Upload.State.PROCESSING]
-                ).exists()
-            ),
-            timeout=600,
-            what="the files dropped to be decided",
+            lambda: all_hold(current_version()),
+            timeout=3600,
+            what="both pool processes to check a file",
         )
+        wait_for(settled, timeout=600, what="the files dropped to be decided")
         figures = [_memory(pid) for pid in (worker.popen.pid, *pool)]
         builds = len(set(BlocklistLoad.objects.values_list("built_at", flat=True)))
+        label = "built before the fork" if preload else "built by each process"
+        lines = [_line(label, figures, f"ready in {ready:.0f} s; {builds} build(s) held")]
+        if preload:
+            # An import, however small, is a wide change: every process builds again.
+            services.bank_import(lines=["pdq " + "ab" * 32], bank="bench", fmt="hma")
+            started = time.perf_counter()
+            wait_for(
+                lambda: all_hold(current_version()),
+                timeout=3600,
+                what="both pool processes to build again",
+            )
+            wait_for(settled, timeout=600, what="the files dropped to be decided")
+            rebuilt = time.perf_counter() - started
+            figures = [_memory(pid) for pid in (worker.popen.pid, *pool)]
+            lines.append(_line("after an import", figures, f"rebuilt in {rebuilt:.0f} s"))
     finally:
         stack.stop()
+    return lines
+
+
+def _line(label: str, figures: list[tuple[float, float]], more: str) -> str:
     total_rss = sum(rss for rss, _ in figures)
     total_pss = sum(pss for _, pss in figures)
     parts = ", ".join(f"{rss:.0f}/{pss:.0f}" for rss, pss in figures)
-    label = "built before the fork" if preload else "built by each process"
     return (
         f"  {label:<22}: machine spends {total_pss:6.0f} MB (sum of PSS; "
         f"{total_pss * 2**20 / 1e9:.2f} GB in powers of ten); RSS summed "
-        f"{total_rss:6.0f} MB; main, pool, pool RSS/PSS {parts}; ready in {ready:.0f} s; "
-        f"{builds} build(s) held"
+        f"{total_rss:6.0f} MB; main, pool, pool RSS/PSS {parts}; {more}"
     )
 
 
@@ -171,7 +193,8 @@ def main() -> None:
         connection.close()
         print("A worker with 2 pool processes, each holding the blocklist:")
         for preload in (True, False):
-            print(_measure(data_dir, images, preload, args.redis), flush=True)
+            for line in _measure(data_dir, images, preload, args.redis):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":
