@@ -15,7 +15,7 @@ from typing import TypeVar
 import numpy as np
 from django.contrib.auth.models import User
 from django.db import connection, models, transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS
@@ -23,9 +23,9 @@ from hashes.hashlists import FORMATS, Entry, Problem, detect_format, read, write
 from hashes.index import decode_joined
 from hashes.matching import low_detail_rows
 from moderation import files, metrics
-from moderation.blocklist import match_rule
+from moderation.blocklist import FOLLOW_LIMIT, match_rule
 from moderation.models import AuditEvent, Bank, BannedFingerprint, Category, ImportJob
-from moderation.services.bans import blocklist_bump
+from moderation.services.bans import blocklist_bump, blocklist_changed
 from moderation.services.common import audit
 from moderation.services.retro import retro_check_start
 
@@ -194,6 +194,11 @@ def _import_into(
     started = timezone.now()
     report = ImportReport(bank=target.name, format=chosen)
     seen = _Keys()
+    # The bank's rows past this id are the ones this import writes (one import into a
+    # bank at a time); with the ones it deletes, they are its changes to the blocklist.
+    written_after = BannedFingerprint.objects.aggregate(newest=Max("id"))["newest"] or 0
+    deleted: list[int] = []
+    followed = False
     try:
         parsed = read(itertools.chain(head, stream), chosen)
         for batch in _batched(parsed, BATCH):
@@ -204,7 +209,7 @@ def _import_into(
                 else:
                     entries.append(item)
             with transaction.atomic():
-                _import_batch(target, entries, report, seen, was_empty)
+                _import_batch(target, entries, report, seen, was_empty, deleted)
             if progress:
                 progress(len(batch))
         if replace and (report.bad_lines or not len(seen)):
@@ -214,9 +219,11 @@ def _import_into(
             )
         elif replace:
             with transaction.atomic():
-                report.removed += _remove_all_but(target, seen)
+                report.removed += _remove_all_but(target, seen, deleted)
+        followed = _changes_followed(target, written_after, deleted)
     finally:
-        blocklist_bump()
+        if not followed:  # too many changes to follow, or an import cut short
+            blocklist_bump()
     if connection.vendor == "postgresql" and report.added + report.removed >= _ANALYZE_AFTER:
         # Fresh statistics now rather than at autovacuum's leisure: without them the next
         # import's lookups are planned for the table as it was, many times slower.
@@ -230,6 +237,21 @@ def _import_into(
         metrics.IMPORTED.inc(getattr(report, result), bank=report.bank, result=result)
     metrics.flush()  # a command's process may end before a flushing thread would run
     return report
+
+
+def _changes_followed(bank: Bank, written_after: int, deleted: list[int]) -> bool:
+    """Tell every process of an import's rows added and deleted, to apply in place as it
+    does a single ban's, where they are fewer than it follows (FOLLOW_LIMIT): a list's
+    daily additions then cost no process a build of the whole blocklist. False where they
+    are more: each builds again."""
+    if len(deleted) >= FOLLOW_LIMIT:
+        return False
+    written = BannedFingerprint.objects.filter(bank=bank, pk__gt=written_after)
+    added = list(written.values_list("pk", flat=True)[:FOLLOW_LIMIT])
+    if len(added) + len(deleted) >= FOLLOW_LIMIT:
+        return False
+    blocklist_changed(added=added, removed=deleted)
+    return True
 
 
 def _head(stream: Iterator[str]) -> list[str]:
@@ -252,9 +274,11 @@ def _import_batch(
     report: ImportReport,
     seen: "_Keys",
     was_empty: bool,
+    deleted: list[int],
 ) -> None:
     """Write one batch. ``seen`` holds the keys the bank holds from this import so far
-    (written or found there); only the others, and deletions, are looked up."""
+    (written or found there); only the others, and deletions, are looked up. The rows
+    deleted are noted in ``deleted``."""
     before = seen.holding([entry.key for entry in entries])
     existing = _existing(
         bank, [e for e in entries if e.deleted or (not was_empty and e.key not in before)]
@@ -271,6 +295,7 @@ def _import_batch(
             ids = existing.pop(key, [])
             if ids:
                 report.removed += BannedFingerprint.objects.filter(pk__in=ids).delete()[0]
+                _note_deleted(deleted, ids)
             new.pop(key, None)
             added.discard(key)
             removed.add(key)
@@ -401,8 +426,9 @@ def entry_fields(bank: Bank, entry: Entry, now: datetime) -> dict[str, object]:
     }
 
 
-def _remove_all_but(bank: Bank, kept: "_Keys") -> int:
-    """Delete the bank's fingerprints whose hashes are none of ``kept``."""
+def _remove_all_but(bank: Bank, kept: "_Keys", deleted: list[int]) -> int:
+    """Delete the bank's fingerprints whose hashes are none of ``kept`` (noted in
+    ``deleted``)."""
     stale: list[int] = []
     kinds = ("pdq", "phash", "dhash", "md5", "sha256")
     rows = BannedFingerprint.objects.filter(bank=bank).values_list("pk", *kinds)
@@ -416,7 +442,14 @@ def _remove_all_but(bank: Bank, kept: "_Keys") -> int:
     removed = 0
     for start in range(0, len(stale), BATCH):
         removed += BannedFingerprint.objects.filter(pk__in=stale[start : start + BATCH]).delete()[0]
+    _note_deleted(deleted, stale)
     return removed
+
+
+def _note_deleted(deleted: list[int], ids: list[int]) -> None:
+    """Add ``ids`` to an import's ``deleted``, up to FOLLOW_LIMIT of them: past it, every
+    process builds again anyway, and a list replacing millions need not keep them all."""
+    deleted.extend(ids[: max(0, FOLLOW_LIMIT - len(deleted))])
 
 
 def _batched(items: Iterator[T], size: int) -> Iterator[list[T]]:

@@ -1,6 +1,8 @@
 """Every process's blocklist follows bans added and removed in place; wider changes make
 it build again."""
 
+import hashlib
+
 import pytest
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
@@ -41,6 +43,34 @@ def test_a_bank_switched_off_builds_again() -> None:
     bank = Bank.objects.get(name="partner")
     services.bank_set_enabled(bank_ids=[bank.pk], enabled=False, actor=None)
     assert current_blocklist() is not before and finds(PDQ) == []
+
+
+def test_an_import_of_a_few_changes_is_followed_in_place_and_a_wider_one_builds_again(
+    monkeypatch,
+) -> None:
+    """A list's additions, its rows marked deleted and what --replace removes reach every
+    process as changes to apply, as a single ban's do, while they are fewer than a process
+    follows; more, and each builds its blocklist again."""
+    from moderation import blocklist
+
+    services.bank_import(lines=[f"pdq {OTHER}\n"], bank="partner")
+    before = current_blocklist()
+    third = hashlib.sha256(b"third").hexdigest()
+    services.bank_import(lines=[f"pdq {PDQ}\n", f"pdq {third}\n"], bank="partner")
+    assert current_blocklist() is before
+    assert finds(PDQ) and finds(third) and finds(OTHER)
+
+    services.bank_import(lines=["algorithm,hash,deleted", f"pdq,{third},yes"], bank="partner")
+    services.bank_import(lines=[f"pdq {PDQ}\n"], bank="partner", replace=True)
+    assert current_blocklist() is before
+    assert finds(PDQ) and finds(third) == [] and finds(OTHER) == []
+
+    monkeypatch.setattr(blocklist, "FOLLOW_LIMIT", 3)
+    monkeypatch.setattr(services.banks, "FOLLOW_LIMIT", 3)
+    wide = [hashlib.sha256(bytes([n])).hexdigest() for n in range(3)]
+    services.bank_import(lines=[f"pdq {code}\n" for code in wide], bank="partner")
+    after = current_blocklist()
+    assert after is not before and all(finds(code) for code in wide) and finds(PDQ)
 
 
 def test_a_feed_that_went_back_builds_again() -> None:
