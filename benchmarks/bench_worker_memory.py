@@ -11,7 +11,9 @@ minutes where importing tens of millions of lines takes hours; elsewhere the lis
 imported); starts a real watcher and Celery worker (prefork, 2 processes); drops images
 until both pool processes have checked one (and so hold the blocklist); then reads each
 process's resident (RSS) and proportional (PSS: shared pages split between the processes
-sharing them) memory from /proc. The sum of PSS is what the machine spends.
+sharing them) memory from /proc. The sum of PSS is what the machine spends. With the
+blocklist built before the fork, it then makes a wide change (a bank made), after which
+each pool process builds its own, and reads the machine again.
 """
 
 import argparse
