@@ -417,10 +417,10 @@ def _tags_held(tags: np.ndarray) -> "np.ndarray | _Runs":
     """Tags in the narrowest type that holds them, from 8 bits, as runs where those cost
     less (see _Runs)."""
     narrow = tags.astype(_holding(np.zeros(0, dtype=np.uint8), tags).dtype, copy=False)
-    changes = np.not_equal(narrow[1:], narrow[:-1])
-    if (np.count_nonzero(changes) + 1) * (8 + narrow.itemsize) >= narrow.nbytes:
+    starts = np.flatnonzero(_run_starts(narrow))
+    if len(starts) * (8 + narrow.itemsize) >= narrow.nbytes:
         return narrow
-    return _Runs(narrow, np.flatnonzero(np.concatenate([[True], changes])))
+    return _Runs(narrow, starts)
 
 
 # Tags start in 8 bits.

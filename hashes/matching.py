@@ -158,7 +158,7 @@ def _within(bits: int) -> tuple[float, ...]:
 
 
 _QUALITY_BITS = 8  # a tag holds the PDQ quality + 1 (0: none) below its group
-_GROUP_ONLY = ~np.uint32((1 << _QUALITY_BITS) - 1)
+_QUALITY = (1 << _QUALITY_BITS) - 1
 _BATCH = 50_000
 T = TypeVar("T")
 # A search's keys, their groups and their distances.
@@ -234,7 +234,7 @@ class FingerprintStore:
             if held:
                 keys, codes, tags = (np.concatenate(column) for column in zip(*held, strict=True))
                 if name != "pdq":
-                    tags &= _GROUP_ONLY  # the quality rates the PDQ hash alone
+                    tags &= ~np.uint32(_QUALITY)  # the quality rates the PDQ hash alone
                 self._indexes[name].add_arrays(keys, codes, tags)
         self._count += count
 
@@ -257,7 +257,7 @@ class FingerprintStore:
                 hashes[name], tag = found
                 group = tag >> _QUALITY_BITS
                 if name == "pdq":
-                    quality = tag & ((1 << _QUALITY_BITS) - 1)
+                    quality = tag & _QUALITY
         if not hashes:
             return None
         fingerprint = Fingerprint(hashes=hashes, pdq_quality=quality - 1 if quality else None)
