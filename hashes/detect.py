@@ -475,7 +475,7 @@ class Detector:
                 veto=1.0,
             )
         )
-        self._load_features = load_features
+        self.load_features = load_features
         self._files: dict[str, list[int]] = {}
         # Fuzzy pictures' fingerprints are in the store; those matched only as files
         # (no hashes, or too plain) here.
@@ -489,6 +489,11 @@ class Detector:
     def __len__(self) -> int:
         """The pictures matched fuzzily (not only as files)."""
         return len(self._store)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (``hashes.snapshot``) without ``load_features``, which belongs to the
+        process: the loading one gives its own."""
+        return {**self.__dict__, "load_features": None}
 
     def _matchers_for(
         self, limits: Limits, *, tighten: bool = False
@@ -694,7 +699,7 @@ class Detector:
         # The second stage costs far more, and one proof is enough to quarantine; an exact
         # copy does not stand in for it, since a moderator may let that one pass.
         only_known_good = all(key in self._allow for key in hashed)
-        if only_known_good and self.config.local_features and self._load_features and probes:
+        if only_known_good and self.config.local_features and self.load_features and probes:
             proof = self._local_stage(probes[0])
             if proof is not None:
                 hashed[proof.key] = proof
@@ -747,7 +752,7 @@ class Detector:
         candidates = self._candidates(item)
         if not candidates:
             return None
-        stored = self._load_features(list(candidates))  # type: ignore[misc]
+        stored = self.load_features(list(candidates))  # type: ignore[misc]
         agreeing = self.config.pixel_agreement
         for key, candidate in candidates.items():
             banned = stored.get(key)

@@ -13,17 +13,23 @@ a small cache that lives as long as this version of the blocklist.
 
 import ctypes
 import ctypes.util
+import fcntl
+import functools
 import gc
+import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 from django.conf import settings
@@ -31,6 +37,8 @@ from django.db import DatabaseError, connections, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+import hashes
+from hashes import snapshot
 from hashes.algorithms import Fingerprint
 from hashes.detect import (
     COLOUR_BINS,
@@ -105,6 +113,13 @@ class Blocklist:
     # Held while the detector is changed in place, and while it is searched: a process
     # may search in one thread while another follows changes.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Saved (``hashes.snapshot``) without the lock, which belongs to the process."""
+        return {name: value for name, value in self.__dict__.items() if name != "lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
     def verdict(self, found: Mapping[int, Detection]) -> Verdict:
         """Act as the matching banks say: matches a known-good picture accounts for do not
@@ -334,6 +349,157 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
     return True
 
 
+# -- one copy a machine ----------------------------------------------------------------
+#
+# A process that builds the blocklist saves it in DATA_DIR/blocklists, and every process
+# on the machine maps that file (hashes.snapshot): its arrays, nearly all of its memory,
+# are then one copy in the page cache, shared by every worker and web process however
+# many there are, and a process started later (a pool process replaced, a web process
+# added) maps it in milliseconds. One process builds at a time (a file lock), so that
+# after a wide change the others wait for its file rather than each build its own. The
+# newest file is the machine's; those it replaces are removed as it is written, and live
+# on only for the processes that still map them.
+
+_SNAPSHOT_SUFFIX = ".blocklist"
+
+
+def _snapshots() -> Path:
+    return Path(settings.DATA_DIR) / "blocklists"
+
+
+@functools.cache
+def _code_digest() -> str:
+    """The code that builds and reads a blocklist: a file saved by other code is not
+    loaded."""
+    digest = hashlib.sha256(f"{sys.version} numpy {np.__version__}".encode())
+    sources = sorted(Path(hashes.__file__).parent.glob("*.py"))
+    for source in [*sources, Path(__file__)]:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def _snapshot_kind() -> str:
+    """What a saved blocklist must have been built with to be used here: this code, this
+    rule and this detection's settings."""
+    digest = hashlib.sha256(_code_digest().encode())
+    digest.update(repr((match_rule(), detect_config())).encode())
+    return digest.hexdigest()[:16]
+
+
+def _snapshot_name(blocklist: Blocklist) -> str:
+    return f"{blocklist.version}.{blocklist.seq}.{_snapshot_kind()}{_SNAPSHOT_SUFFIX}"
+
+
+def _newest_snapshot() -> Path | None:
+    found = []
+    for path in _snapshots().glob(f"*{_SNAPSHOT_SUFFIX}"):
+        try:
+            found.append((path.stat().st_mtime_ns, path))
+        except FileNotFoundError:
+            continue  # replaced meanwhile
+    return max(found)[1] if found else None
+
+
+def _mapped(version: str, last_change: int) -> Blocklist | None:
+    """The machine's saved blocklist, when it is of ``version`` and of this code and
+    settings, mapped and brought up to ``last_change``; else None."""
+    path = _newest_snapshot()
+    if path is None:
+        return None
+    saved_version, _, rest = path.name.partition(".")
+    if saved_version != version or rest.partition(".")[2] != _snapshot_kind() + _SNAPSHOT_SUFFIX:
+        return None
+    try:
+        loaded = snapshot.load(path)
+    except FileNotFoundError:
+        return None  # replaced since it was listed: the process that did so built anew
+    except (OSError, snapshot.SnapshotError) as exc:
+        logger.warning("could not map the saved blocklist %s, building it again: %s", path, exc)
+        return None
+    if not isinstance(loaded, Blocklist):
+        logger.warning("%s holds no blocklist, building it again", path)
+        return None
+    loaded.detector.load_features = _FeatureCache().load
+    if not _follow(loaded, last_change):
+        return None
+    logger.info("mapped the machine's blocklist %s", path.name)
+    return loaded
+
+
+def _saved(built: Blocklist) -> Blocklist:
+    """``built``, saved for the machine's other processes, and mapped from its file; or
+    ``built`` itself when it cannot be saved (each process then holds its own copy)."""
+    path = _snapshots() / _snapshot_name(built)
+    try:
+        snapshot.save(built, path)
+        for other in _snapshots().glob(f"*{_SNAPSHOT_SUFFIX}"):
+            if other != path:
+                other.unlink(missing_ok=True)
+        loaded = snapshot.load(path)
+    except (OSError, snapshot.SnapshotError) as exc:
+        logger.warning(
+            "could not save the blocklist for this machine's processes to share (each "
+            "builds its own copy): %s",
+            exc,
+        )
+        return built
+    assert isinstance(loaded, Blocklist)
+    loaded.detector.load_features = built.detector.load_features
+    return loaded
+
+
+_building_lock: int | None = None  # the descriptor of the machine's build lock, while held
+
+
+@contextmanager
+def _building() -> Iterator[None]:
+    """Held while this process builds: the machine's other processes wait for it."""
+    global _building_lock
+    _snapshots().mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(_snapshots() / "build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        _building_lock = descriptor
+        yield
+    finally:
+        _building_lock = None
+        os.close(descriptor)
+
+
+def _forget_inherited_lock() -> None:
+    """A process forked while its parent builds shares the lock's descriptor, which would
+    keep the lock held until both closed it: the child closes its copy."""
+    global _building_lock
+    if _building_lock is not None:
+        os.close(_building_lock)
+        _building_lock = None
+
+
+os.register_at_fork(after_in_child=_forget_inherited_lock)
+
+
+def _machine_blocklist(version: str, last_change: int) -> Blocklist:
+    """The blocklist of ``version`` as of ``last_change``: mapped from the machine's saved
+    one, or built (by one process at a time) and saved."""
+    found = _mapped(version, last_change)
+    if found is not None:
+        return found
+    with _building():
+        found = _mapped(version, last_change)  # saved by another while this one waited
+        if found is not None:
+            return found
+        started = time.monotonic()
+        shared = _saved(build_blocklist())
+        logger.info(
+            "built the blocklist of version %s (%d fingerprints) in %.1f s",
+            shared.version,
+            len(shared.detector),
+            time.monotonic() - started,
+        )
+    _release_freed_memory()  # the copy built, which the file stands for now
+    return shared
+
+
 _lock = threading.Lock()
 _current: Blocklist | None = None
 _recorded_at = 0.0
@@ -344,8 +510,8 @@ FOLLOWED_RECORD_SECONDS = 2.0
 
 
 def current_blocklist() -> Blocklist:
-    """This process's blocklist, brought up to date: the changes since applied, or built
-    again after a wide change."""
+    """This process's blocklist, brought up to date: the changes since applied, or, after
+    a wide change, the machine's new one mapped (or built and saved)."""
     global _current
     version, last_change = current_state()
     with _lock:
@@ -353,7 +519,8 @@ def current_blocklist() -> Blocklist:
         followed = held is not None and held.version == version and held.seq != last_change
         rebuilt = held is None or held.version != version or not _follow(held, last_change)
         if rebuilt:
-            _current = build_blocklist()
+            held = _current = None  # not held while another is made
+            _current = _machine_blocklist(version, last_change)
         current = _current
         assert current is not None
     _record(current, rebuilt, followed)
@@ -361,23 +528,23 @@ def current_blocklist() -> Blocklist:
 
 
 def preload() -> None:
-    """Build this process's blocklist now, in a worker's main process before its pool
-    processes fork: they inherit it, and share its memory until they change it (which
-    following a few changes hardly does; a wide change builds a copy of their own).
+    """Make sure the machine's blocklist is saved, in a worker's main process before its
+    pool processes fork: built, unless a file of the current version is there already
+    (an earlier run's, another process's). Each pool process maps it at its first check;
+    this process, which checks no files, keeps no copy that a wide change would leave
+    behind. A database that cannot be read is logged: the pool processes then build it.
 
-    It is not recorded for /metrics, since this process checks no files: the processes
-    that inherit it record it at their first check. The objects made so far are frozen,
-    so that the collector in the forked processes does not write to the shared pages. A
-    database that cannot be read is logged: each process then builds its own.
+    The objects made so far are frozen, so that the collector in the forked processes
+    does not write to the pages they share.
     """
-    global _current
     try:
         with _lock:
-            _current = build_blocklist()
+            _machine_blocklist(*current_state())
     except DatabaseError as exc:
         logger.warning("could not build the blocklist before forking: %s", exc)
     finally:
         connections.close_all()
+    gc.collect()  # the file's mapping goes with the last of the copy loaded from it
     gc.freeze()
 
 

@@ -2,6 +2,8 @@
 it build again."""
 
 import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -106,33 +108,111 @@ def test_a_hash_added_to_a_review_bank_is_followed_with_its_action() -> None:
     assert current_blocklist() is before and row.pk in before.review
 
 
-@pytest.mark.django_db(transaction=True)
-def test_processes_forked_after_a_preload_use_its_blocklist_without_building() -> None:
-    """A worker's main process builds the blocklist before its pool processes fork; they
-    check files with that copy (sharing its memory) and follow changes made since."""
-    import gc
+def _in_child(check: Callable[[], bool]) -> int:
+    """Fork, run ``check`` in the child, which may not build a blocklist; its exit code:
+    0 when it held, 3 when not, 1 on an error."""
     import os
+
+    from moderation import blocklist
+
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+
+            def refuse() -> None:
+                raise AssertionError("built a blocklist")
+
+            blocklist.build_blocklist = refuse  # type: ignore[assignment]
+            code = 0 if check() else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _maps(path: Path) -> bool:
+    """Whether this process maps the file at ``path``."""
+    with open("/proc/self/maps") as maps:
+        return any(line.rstrip().endswith(str(path)) for line in maps)
+
+
+def _saved() -> list[Path]:
+    from moderation.blocklist import _snapshots
+
+    return sorted(_snapshots().glob("*.blocklist"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_processes_forked_after_a_preload_map_the_blocklist_it_saved() -> None:
+    """A worker's main process saves the machine's blocklist before its pool processes
+    fork, and keeps no copy; they map that file without building, and follow the changes
+    made since."""
+    import gc
 
     from moderation import blocklist
 
     row = services.banned_add_hashes(hashes={"pdq": PDQ})
     try:
         blocklist.preload()
-        held = blocklist.held_blocklist()
-        assert held is not None and held.version == blocklist.current_version()
+        [saved] = _saved()
+        assert not _maps(saved)
+        assert blocklist.current_version() in saved.name
         added = services.banned_add_hashes(hashes={"pdq": OTHER})
-        pid = os.fork()
-        if pid == 0:  # the pool process
-            code = 1
-            try:
-                same = current_blocklist() is held
-                code = 0 if same and finds(PDQ) == [row.pk] and finds(OTHER) == [added.pk] else 3
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+
+        def maps_and_follows() -> bool:
+            return finds(PDQ) == [row.pk] and finds(OTHER) == [added.pk] and _maps(saved)
+
+        assert _in_child(maps_and_follows) == 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_after_a_wide_change_one_process_builds_and_the_others_map_its_file(tmp_path) -> None:
+    """Processes that see a wide change together wait for the one building, and map the
+    file it saves: one build, one copy of the arrays on the machine."""
+    import os
+
+    from django.db import connections
+
+    from moderation import blocklist
+
+    services.bank_import(lines=[f"pdq {OTHER}\n"], bank="partner")
+    first = current_blocklist()
+    [before] = _saved()
+    services.bank_import(lines=[f"pdq {PDQ}\n"], bank="other")
+    services.blocklist_bump()  # a wide change, as a rehash makes
+    built = tmp_path / "built"
+    real_build = blocklist.build_blocklist
+
+    def counted() -> blocklist.Blocklist:
+        with open(built, "a") as out:
+            out.write(f"{os.getpid()}\n")
+        return real_build()
+
+    blocklist.build_blocklist = counted  # type: ignore[assignment]
+    connections.close_all()  # each child opens its own
+    try:
+        children = []
+        for _ in range(3):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    held = current_blocklist()
+                    code = 0 if finds(PDQ) and finds(OTHER) and _maps(_saved()[0]) else 3
+                    code = code if held is not first else 4
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    finally:
+        blocklist.build_blocklist = real_build  # type: ignore[assignment]
+    assert codes == [0, 0, 0]
+    assert len(built.read_text().split()) == 1
+    [after] = _saved()
+    assert after != before and blocklist.current_version() in after.name
 
 
 def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:

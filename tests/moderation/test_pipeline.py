@@ -337,6 +337,63 @@ def test_chaos_killing_the_worker_during_a_burst_loses_nothing(stack: Stack) -> 
     assert sum(1 for _ in (media / "burst").iterdir()) == 500 - len(banned)
 
 
+def _pool(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
+def _blocklists_mapped(pid: int) -> set[str]:
+    """The saved blocklists process ``pid`` maps."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return {line.split()[-1] for line in maps if line.rstrip().endswith(".blocklist")}
+
+
+def test_a_worker_holds_one_copy_of_the_blocklist_through_a_wide_change(stack: Stack) -> None:
+    """The worker's main process saves the machine's blocklist before its pool forks and
+    keeps no copy; both pool processes map that file. After a wide change one pool
+    process builds the new version and the other maps the file it saves."""
+    from moderation.blocklist import current_version
+    from moderation.models import BlocklistLoad
+
+    services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
+    worker = stack.worker(concurrency=2)
+    stack.watcher()
+    pool = _pool(worker.popen.pid)
+    assert len(pool) == 2
+    rng = random.Random(9)
+    dropped = 0
+
+    def both_hold(version: str) -> bool:
+        """Whether both pool processes hold ``version``; if not, one more file."""
+        nonlocal dropped
+        loads = BlocklistLoad.objects.filter(version=version).values_list("process", flat=True)
+        if set(pool) <= {int(name.rsplit(":", 1)[1]) for name in loads}:
+            return True
+        image = Image.frombytes("RGB", (40, 40), rng.randbytes(40 * 40 * 3))
+        image.save(stack.data_dir / "media" / f"clean-{dropped}.jpg", "JPEG")
+        dropped += 1
+        return False
+
+    def saved() -> list[str]:
+        return sorted(str(path) for path in (stack.data_dir / "blocklists").glob("*.blocklist"))
+
+    wait_for(lambda: both_hold(current_version()), what="both pool processes to check a file")
+    [first] = saved()
+    assert _blocklists_mapped(worker.popen.pid) == set()
+    assert all(_blocklists_mapped(pid) == {first} for pid in pool)
+
+    services.blocklist_bump()  # a wide change, as a rehash makes
+    wait_for(lambda: both_hold(current_version()), what="both pool processes to switch")
+    [second] = saved()
+    assert second != first and current_version() in second
+    assert all(_blocklists_mapped(pid) == {second} for pid in pool)
+    assert worker.log().count("built the blocklist") == 2, worker.log()  # start, the change
+
+    copy = encode(photo("astronaut").resize((300, 300)), "JPEG", quality=85)
+    (stack.data_dir / "media" / "copy.jpg").write_bytes(copy)
+    assert wait_decided("copy.jpg")["copy.jpg"].state == Upload.State.QUARANTINED
+
+
 def banned_gif_frame_shown_long(banned: Image.Image) -> bytes:
     """100 frames: frame 1 is the banned picture, shown for 60 s; the others 20 ms each."""
     rng = random.Random(3)
