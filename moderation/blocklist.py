@@ -3,8 +3,9 @@
 Before every image a process reads the blocklist version and the changes since it last
 looked. A ban added, deactivated or deleted is a change (BlocklistChange), applied to the
 detector in place: every worker uses it from its next file on, without a rebuild. Wider
-changes (a bank enabled or changed, an import, a rehash) give a new version, and the
-detector is built again from every row.
+changes (a bank enabled or changed, a wide import, a rehash) give a new version, and the
+detector is built again from every row: by one process of the machine, which saves it to
+a file that every process maps (see "one copy a machine" below).
 
 The detector keeps hashes and colour signatures in memory; the ORB features of the few
 candidates the second stage verifies are read from the database when needed, and kept in
@@ -110,6 +111,10 @@ class Blocklist:
     # the feed is still the one followed.
     seq: int = 0
     seq_change: tuple[int, str] | None = None
+    # The newest change in the machine's file it is mapped from (None: a copy of its own),
+    # and how many changes it has applied in place since: each costs pages of its own.
+    saved_seq: int | None = None
+    followed: int = 0
     # Held while the detector is changed in place, and while it is searched: a process
     # may search in one thread while another follows changes.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -346,6 +351,7 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
         if changes:
             newest = changes[-1]
             blocklist.seq, blocklist.seq_change = newest[0], (newest[1], newest[2])
+        blocklist.followed += len(changes)
     return True
 
 
@@ -369,12 +375,12 @@ def _snapshots() -> Path:
 
 @functools.cache
 def _code_digest() -> str:
-    """The code that builds and reads a blocklist: a file saved by other code is not
-    loaded."""
+    """The code that builds and reads a blocklist (hashes, and this app's modules, its
+    models among them): a file saved by other code is not loaded."""
     digest = hashlib.sha256(f"{sys.version} numpy {np.__version__}".encode())
-    sources = sorted(Path(hashes.__file__).parent.glob("*.py"))
-    for source in [*sources, Path(__file__)]:
-        digest.update(source.read_bytes())
+    for package in (Path(hashes.__file__).parent, Path(__file__).parent):
+        for source in sorted(package.glob("*.py")):
+            digest.update(source.read_bytes())
     return digest.hexdigest()
 
 
@@ -390,64 +396,74 @@ def _snapshot_name(blocklist: Blocklist) -> str:
     return f"{blocklist.version}.{blocklist.seq}.{_snapshot_kind()}{_SNAPSHOT_SUFFIX}"
 
 
-def _newest_snapshot() -> Path | None:
+def _newest_snapshot() -> tuple[Path, str, int] | None:
+    """The machine's newest saved blocklist of this code and settings: its file, version
+    and newest change."""
     found = []
-    for path in _snapshots().glob(f"*{_SNAPSHOT_SUFFIX}"):
+    for path in _snapshots().glob(f"*.{_snapshot_kind()}{_SNAPSHOT_SUFFIX}"):
+        version, seq = path.name.split(".")[:2]
+        if not seq.isdigit():
+            continue
         try:
-            found.append((path.stat().st_mtime_ns, path))
+            found.append((path.stat().st_mtime_ns, path, version, int(seq)))
         except FileNotFoundError:
             continue  # replaced meanwhile
-    return max(found)[1] if found else None
+    return max(found)[1:] if found else None
 
 
-def _mapped(version: str, last_change: int) -> Blocklist | None:
-    """The machine's saved blocklist, when it is of ``version`` and of this code and
-    settings, mapped and brought up to ``last_change``; else None."""
-    path = _newest_snapshot()
-    if path is None:
+def _load(path: Path) -> Blocklist:
+    loaded = snapshot.load(path)
+    if not isinstance(loaded, Blocklist):
+        raise snapshot.SnapshotError(f"{path} holds no blocklist")
+    loaded.detector.load_features = _FeatureCache().load
+    loaded.saved_seq, loaded.followed = loaded.seq, 0
+    return loaded
+
+
+def _mapped() -> Blocklist | None:
+    """The machine's saved blocklist, when it is of the current version, mapped and
+    brought up to date; else None."""
+    newest = _newest_snapshot()
+    if newest is None:
         return None
-    saved_version, _, rest = path.name.partition(".")
-    if saved_version != version or rest.partition(".")[2] != _snapshot_kind() + _SNAPSHOT_SUFFIX:
-        return None
+    path = newest[0]
     try:
-        loaded = snapshot.load(path)
+        loaded = _load(path)
     except FileNotFoundError:
         return None  # replaced since it was listed: the process that did so built anew
     except (OSError, snapshot.SnapshotError) as exc:
         logger.warning("could not map the saved blocklist %s, building it again: %s", path, exc)
         return None
-    if not isinstance(loaded, Blocklist):
-        logger.warning("%s holds no blocklist, building it again", path)
-        return None
-    loaded.detector.load_features = _FeatureCache().load
-    if not _follow(loaded, last_change):
+    # Read after the file: a file saved after the caller read the state is not taken for
+    # a feed gone back.
+    version, last_change = current_state()
+    if loaded.version != version or not _follow(loaded, last_change):
         return None
     logger.info("mapped the machine's blocklist %s", path.name)
     return loaded
 
 
-def _saved(built: Blocklist) -> Blocklist:
-    """``built``, saved for the machine's other processes, and mapped from its file; or
-    ``built`` itself when it cannot be saved (each process then holds its own copy)."""
-    path = _snapshots() / _snapshot_name(built)
+def _saved(blocklist: Blocklist) -> Blocklist:
+    """``blocklist``, saved for the machine's processes, and mapped from its file; or
+    ``blocklist`` itself when it cannot be saved (each process then holds its own).
+    Called holding the build lock: every other file there is a replaced one, or one cut
+    short by a process killed while it wrote, and goes."""
+    path = _snapshots() / _snapshot_name(blocklist)
     try:
-        snapshot.save(built, path)
-        for other in _snapshots().glob(f"*{_SNAPSHOT_SUFFIX}"):
-            if other != path:
+        snapshot.save(blocklist, path)
+        for other in _snapshots().iterdir():
+            if other.name not in (path.name, _LOCK_NAME):
                 other.unlink(missing_ok=True)
-        loaded = snapshot.load(path)
-    except (OSError, snapshot.SnapshotError) as exc:
-        logger.warning(
-            "could not save the blocklist for this machine's processes to share (each "
-            "builds its own copy): %s",
-            exc,
+        return _load(path)
+    except Exception:  # whatever it was, matching goes on with this process's own copy
+        logger.exception(
+            "could not save the blocklist for this machine's processes to share; each "
+            "builds its own copy"
         )
-        return built
-    assert isinstance(loaded, Blocklist)
-    loaded.detector.load_features = built.detector.load_features
-    return loaded
+        return blocklist
 
 
+_LOCK_NAME = "build.lock"
 _building_lock: int | None = None  # the descriptor of the machine's build lock, while held
 
 
@@ -455,8 +471,13 @@ _building_lock: int | None = None  # the descriptor of the machine's build lock,
 def _building() -> Iterator[None]:
     """Held while this process builds: the machine's other processes wait for it."""
     global _building_lock
-    _snapshots().mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(_snapshots() / "build.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _snapshots().mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(_snapshots() / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        logger.warning("building without the machine's build lock: %s", exc)
+        yield
+        return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         _building_lock = descriptor
@@ -478,14 +499,14 @@ def _forget_inherited_lock() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_lock)
 
 
-def _machine_blocklist(version: str, last_change: int) -> Blocklist:
-    """The blocklist of ``version`` as of ``last_change``: mapped from the machine's saved
-    one, or built (by one process at a time) and saved."""
-    found = _mapped(version, last_change)
+def _machine_blocklist() -> Blocklist:
+    """The current blocklist: mapped from the machine's saved one, or built (by one
+    process at a time) and saved."""
+    found = _mapped()
     if found is not None:
         return found
     with _building():
-        found = _mapped(version, last_change)  # saved by another while this one waited
+        found = _mapped()  # saved by another while this one waited
         if found is not None:
             return found
         started = time.monotonic()
@@ -498,6 +519,30 @@ def _machine_blocklist(version: str, last_change: int) -> Blocklist:
         )
     _release_freed_memory()  # the copy built, which the file stands for now
     return shared
+
+
+def _rebased(held: Blocklist) -> Blocklist:
+    """``held``, which has followed FOLLOW_LIMIT changes since its file was saved, mapped
+    from a newer file: another process's, or its own saved now. Changes applied in place
+    cost each process pages of its own, and, past a share of an index (1/64 of its codes
+    added), a private copy of that index rebuilt."""
+    with _building():
+        newest = _newest_snapshot()
+        newer = (
+            newest is not None and newest[1] == held.version and newest[2] > (held.saved_seq or 0)
+        )
+        found = _mapped() if newer else None
+        if found is not None:
+            return found
+        started = time.monotonic()
+        with held.lock:  # no change is applied while it is saved
+            shared = _saved(held)
+        logger.info(
+            "saved the blocklist again, %d changes on, in %.1f s",
+            held.followed,
+            time.monotonic() - started,
+        )
+        return shared
 
 
 _lock = threading.Lock()
@@ -520,7 +565,9 @@ def current_blocklist() -> Blocklist:
         rebuilt = held is None or held.version != version or not _follow(held, last_change)
         if rebuilt:
             held = _current = None  # not held while another is made
-            _current = _machine_blocklist(version, last_change)
+            _current = _machine_blocklist()
+        elif held is not None and held.saved_seq is not None and held.followed >= FOLLOW_LIMIT:
+            _current = _rebased(held)
         current = _current
         assert current is not None
     _record(current, rebuilt, followed)
@@ -539,7 +586,7 @@ def preload() -> None:
     """
     try:
         with _lock:
-            _machine_blocklist(*current_state())
+            _machine_blocklist()
     except DatabaseError as exc:
         logger.warning("could not build the blocklist before forking: %s", exc)
     finally:

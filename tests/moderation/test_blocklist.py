@@ -329,3 +329,58 @@ def test_postgresql_reads_hash_rows_whole_as_a_cursor_reads_them_row_by_row(
         list(hash_rows.joined_rows(hash_only))
     with pytest.raises(ValueError, match="'zzzzzzzzzzzzzzzz'"):
         list(hash_rows.fetched_rows(hash_only))
+
+
+def test_a_process_far_past_its_file_saves_a_newer_one_that_the_others_map(monkeypatch) -> None:
+    """Changes applied in place cost each process memory of its own: once one has followed
+    FOLLOW_LIMIT of them since its file, it saves the machine a newer file and maps it; a
+    process that gets there after it maps that file rather than save another."""
+    from hashes import snapshot
+    from moderation import blocklist
+
+    monkeypatch.setattr(blocklist, "FOLLOW_LIMIT", 3)
+    services.banned_add_hashes(hashes={"pdq": OTHER})
+    mine = current_blocklist()
+    theirs = blocklist._machine_blocklist()  # another process's, mapped from the same file
+    [old] = _saved()
+    assert theirs is not mine and theirs.saved_seq == mine.saved_seq == mine.seq
+    saves = []
+    real_save = snapshot.save
+    monkeypatch.setattr(snapshot, "save", lambda *args: saves.append(real_save(*args)))
+
+    def in_turn() -> tuple[blocklist.Blocklist, blocklist.Blocklist]:
+        """Each process's check, mine first."""
+        nonlocal mine, theirs
+        mine = current_blocklist()
+        monkeypatch.setattr(blocklist, "_current", theirs)
+        theirs = current_blocklist()
+        monkeypatch.setattr(blocklist, "_current", mine)
+        return mine, theirs
+
+    codes = [hashlib.sha256(bytes([n])).hexdigest() for n in range(3)]
+    for code in codes[:2]:
+        services.banned_add_hashes(hashes={"pdq": code})
+        assert in_turn() == (mine, theirs) and mine.followed == theirs.followed
+    assert saves == [] and _saved() == [old]
+    services.banned_add_hashes(hashes={"pdq": codes[2]})
+    in_turn()
+    [new] = _saved()
+    assert len(saves) == 1 and new != old and _maps(new)
+    assert mine.saved_seq == theirs.saved_seq == mine.seq == theirs.seq
+    assert mine.followed == theirs.followed == 0
+    assert all(finds(code) for code in [OTHER, *codes])
+
+
+def test_a_blocklist_that_cannot_be_saved_is_held_by_the_process_itself(
+    settings, tmp_path, caplog
+) -> None:
+    """A data folder that cannot hold the file (here a file stands in its place) costs
+    memory, not matching: the process builds and keeps its own copy, and says why."""
+    settings.DATA_DIR = tmp_path / "not-a-folder"
+    settings.DATA_DIR.write_text("")
+    row = services.banned_add_hashes(hashes={"pdq": PDQ})
+    held = current_blocklist()
+    assert held.saved_seq is None and finds(PDQ) == [row.pk]
+    assert "could not save the blocklist" in caplog.text
+    added = services.banned_add_hashes(hashes={"pdq": OTHER})
+    assert current_blocklist() is held and finds(OTHER) == [added.pk]
