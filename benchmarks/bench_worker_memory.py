@@ -1,25 +1,31 @@
 """Memory of a whole worker (its main process and 2 pool processes) holding a large
-blocklist, with the blocklist built once before the pool forks (the default) beside each
-pool process building its own (HASHGUARD_PRELOAD_BLOCKLIST=false), in the same run.
+blocklist, before and after a wide change: this code beside the code of ``--baseline`` (a
+git revision; by default the last before the machine's processes shared one saved
+blocklist, where after a wide change each pool process built a copy of its own while the
+main process kept the first), in the same run, on the same database.
 
     DATABASE_URL=postgres://... .venv/bin/python -m benchmarks.bench_worker_memory \
-        [--bans 1000000] [--redis URL] [--images DIR]
+        [--bans 1000000] [--redis URL] [--images DIR] [--baseline REV]
 
 Bans --bans random hashes, a third each PDQ, pHash and dHash, in a throwaway database
 (on PostgreSQL one imported row of each kind is copied with other hashes by one INSERT,
 minutes where importing tens of millions of lines takes hours; elsewhere the list is
-imported); starts a real watcher and Celery worker (prefork, 2 processes); drops images
-until both pool processes have checked one (and so hold the blocklist); then reads each
-process's resident (RSS) and proportional (PSS: shared pages split between the processes
-sharing them) memory from /proc. The sum of PSS is what the machine spends. With the
-blocklist built before the fork, it then makes a wide change (a bank made), after which
-each pool process builds its own, and reads the machine again.
+imported). For each code: starts a real watcher and Celery worker (prefork, 2 processes,
+the blocklist preloaded); drops images until both pool processes have checked one (and
+so hold the blocklist); reads each process's resident (RSS) and proportional (PSS: shared
+pages, a mapped file's included, split between the processes sharing them) memory from
+/proc. The sum of PSS is what the machine spends. Then makes a wide change (a bank made),
+waits until both pool processes hold the new blocklist, and reads the machine again. For
+this code, last, restarts the worker: it maps the saved blocklist rather than build it.
 """
 
 import argparse
 import hashlib
 import random
 import shutil
+import subprocess
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +33,8 @@ from benchmarks.database import throwaway_database
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("pdq", "phash", "dhash")
+# The last commit whose pool processes each built their own blocklist after a wide change.
+BASELINE = "6ab68d9"
 
 
 def _memory(pid: int) -> tuple[float, float]:
@@ -45,18 +53,24 @@ def _children(pid: int) -> list[int]:
         return [int(child) for child in listed.read().split()]
 
 
-def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | None) -> list[str]:
+def _measure(
+    data_dir: Path, images: list[Path], code: Path, name: str, redis: str | None
+) -> list[str]:
+    """The machine's memory with the worker of the code in ``code`` holding the blocklist,
+    then after a wide change (and, for this code, the time a restarted worker takes to be
+    ready)."""
     from moderation import services
     from moderation.blocklist import current_version
     from moderation.models import Bank, BlocklistLoad, Upload
     from tests.moderation.processes import Stack, database_url, wait_for
 
     BlocklistLoad.objects.all().delete()
+    shutil.rmtree(data_dir / "blocklists", ignore_errors=True)
     stack = Stack(
         data_dir,
+        root=code,
         database_url=database_url(),
         broker_url=redis or "filesystem://",
-        HASHGUARD_PRELOAD_BLOCKLIST="true" if preload else "false",
         HASHGUARD_LOG_LEVEL="INFO",
     )
     media = data_dir / "media"
@@ -67,22 +81,21 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
         worker = stack.worker(concurrency=2, timeout=3600)
         ready = time.perf_counter() - started
         stack.watcher()
-        pool = _children(worker.popen.pid)
         dropped = 0
 
         def all_hold(version: str) -> bool:
             """Whether both pool processes hold ``version``; if not, one more file."""
             nonlocal dropped
             processes = {
-                int(name.rsplit(":", 1)[1])
-                for name in BlocklistLoad.objects.filter(version=version).values_list(
+                int(process.rsplit(":", 1)[1])
+                for process in BlocklistLoad.objects.filter(version=version).values_list(
                     "process", flat=True
                 )
             }
-            if set(pool) <= processes:
+            if set(_children(worker.popen.pid)) <= processes:
                 return True
             path = images[dropped % len(images)]
-            shutil.copy(path, media / f"{'on' if preload else 'off'}-{dropped}{path.suffix}")
+            shutil.copy(path, media / f"{name}-{dropped}{path.suffix}")
             dropped += 1
             return False
 
@@ -90,33 +103,44 @@ def _measure(data_dir: Path, images: list[Path], preload: bool, redis: str | Non
             busy = [Upload.State.PENDING, Upload.State.PROCESSING]
             return not Upload.objects.filter(state__in=busy).exists()
 
-        wait_for(
-            lambda: all_hold(current_version()),
-            timeout=3600,
-            what="both pool processes to check a file",
-        )
-        wait_for(settled, timeout=600, what="the files dropped to be decided")
-        figures = [_memory(pid) for pid in (worker.popen.pid, *pool)]
-        builds = len(set(BlocklistLoad.objects.values_list("built_at", flat=True)))
-        label = "built before the fork" if preload else "built by each process"
-        lines = [_line(label, figures, f"ready in {ready:.0f} s; {builds} build(s) held")]
-        if preload:
-            # A wide change (a bank made or changed, a wide import, a rehash): every
-            # process builds its blocklist again.
-            services.bank_save(bank=Bank(name="another"), changed=None, actor=None)
-            started = time.perf_counter()
+        def machine() -> list[tuple[float, float]]:
             wait_for(
                 lambda: all_hold(current_version()),
                 timeout=3600,
-                what="both pool processes to build again",
+                what="both pool processes to hold the blocklist",
             )
             wait_for(settled, timeout=600, what="the files dropped to be decided")
-            rebuilt = time.perf_counter() - started
-            figures = [_memory(pid) for pid in (worker.popen.pid, *pool)]
-            lines.append(_line("after a wide change", figures, f"rebuilt in {rebuilt:.0f} s"))
+            return [_memory(pid) for pid in (worker.popen.pid, *_children(worker.popen.pid))]
+
+        lines = [f"{name}:", _line("at start", machine(), f"ready in {ready:.0f} s")]
+        # A wide change (a bank made or changed, a wide import, a rehash): the blocklist
+        # is built again.
+        services.bank_save(bank=Bank(name=f"another-{'now' if code == ROOT else 'before'}"), changed=None, actor=None)
+        started = time.perf_counter()
+        figures = machine()
+        rebuilt = time.perf_counter() - started
+        lines.append(_line("after a wide change", figures, f"both switched in {rebuilt:.0f} s"))
+        if code == ROOT:
+            worker.stop()
+            stack.processes.remove(worker)
+            started = time.perf_counter()
+            worker = stack.worker(concurrency=2, timeout=3600)
+            lines.append(f"  restarted: ready in {time.perf_counter() - started:.1f} s")
     finally:
         stack.stop()
     return lines
+
+
+def _checkout(rev: str, folder: Path) -> Path:
+    """The code of ``rev``, taken from git into ``folder``."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], capture_output=True)
+    if archive.returncode:
+        raise SystemExit(f"git archive {rev} failed: {archive.stderr.decode().strip()}")
+    tar = folder / "code.tar"
+    tar.write_bytes(archive.stdout)
+    with tarfile.open(tar) as opened:
+        opened.extractall(folder / "code", filter="data")
+    return folder / "code"
 
 
 def _line(label: str, figures: list[tuple[float, float]], more: str) -> str:
@@ -172,6 +196,7 @@ def main() -> None:
     parser.add_argument("--bans", type=int, default=1_000_000)
     parser.add_argument("--redis", help="a Redis URL for the broker (default: file broker)")
     parser.add_argument("--images", type=Path, default=ROOT / "tests" / "fixtures")
+    parser.add_argument("--baseline", default=BASELINE, help=f"a git revision (default {BASELINE})")
     args = parser.parse_args()
     images = sorted(
         path for path in args.images.rglob("*") if path.suffix.lower() in {".jpg", ".png"}
@@ -195,9 +220,11 @@ def main() -> None:
         print(f"{args.bans:,} bans written in {time.perf_counter() - started:.0f} s")
         connection.close()
         print("A worker with 2 pool processes, each holding the blocklist:")
-        for preload in (True, False):
-            for line in _measure(data_dir, images, preload, args.redis):
-                print(line, flush=True)
+        with tempfile.TemporaryDirectory(prefix="hashguard-baseline-") as folder:
+            baseline = _checkout(args.baseline, Path(folder))
+            for code, name in ((baseline, args.baseline), (ROOT, "this code")):
+                for line in _measure(data_dir, images, code, name, args.redis):
+                    print(line, flush=True)
 
 
 if __name__ == "__main__":

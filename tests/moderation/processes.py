@@ -39,13 +39,15 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 60, what: str 
 class Process:
     """A child process whose output goes to a log file that tests can read and show."""
 
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, command: list[str], env: dict[str, str], log_dir: Path, cwd: Path = ROOT
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 -- closed in stop()
         self.popen = subprocess.Popen(
             command,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -78,8 +80,18 @@ class Process:
 class Stack:
     """The processes of one deployment sharing a data directory, database and broker."""
 
-    def __init__(self, data_dir: Path, *, database_url: str, broker_url: str, **extra: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        database_url: str,
+        broker_url: str,
+        root: Path = ROOT,
+        **extra: str,
+    ) -> None:
+        """``root``: the code the processes run (a benchmark's baseline: an older commit's)."""
         self.data_dir = data_dir
+        self.root = root
         self.env = {
             **os.environ,
             "HASHGUARD_DATA_DIR": str(data_dir),
@@ -94,14 +106,14 @@ class Stack:
         self.processes: list[Process] = []
 
     def start(self, name: str, *args: str) -> Process:
-        process = Process(name, [sys.executable, *args], self.env, self.data_dir)
+        process = Process(name, [sys.executable, *args], self.env, self.data_dir, self.root)
         self.processes.append(process)
         return process
 
     def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "manage.py", *args],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             timeout=timeout,
             capture_output=True,
@@ -114,7 +126,7 @@ class Stack:
         fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
         process = subprocess.Popen(
             [sys.executable, "manage.py", *args],
-            cwd=ROOT,
+            cwd=self.root,
             env=self.env,
             stdout=terminal,
             stderr=terminal,
