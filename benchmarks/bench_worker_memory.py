@@ -115,7 +115,11 @@ def _measure(
         lines = [f"{name}:", _line("at start", machine(), f"ready in {ready:.0f} s")]
         # A wide change (a bank made or changed, a wide import, a rehash): the blocklist
         # is built again.
-        services.bank_save(bank=Bank(name=f"another-{'now' if code == ROOT else 'before'}"), changed=None, actor=None)
+        services.bank_save(
+            bank=Bank(name=f"another-{'now' if code == ROOT else 'before'}"),
+            changed=None,
+            actor=None,
+        )
         started = time.perf_counter()
         figures = machine()
         rebuilt = time.perf_counter() - started

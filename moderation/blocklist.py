@@ -15,7 +15,6 @@ a small cache that lives as long as this version of the blocklist.
 import ctypes
 import ctypes.util
 import fcntl
-import functools
 import gc
 import hashlib
 import logging
@@ -91,6 +90,45 @@ class _FeatureCache:
         return {key: value for key, value in found.items() if value is not None}
 
 
+class _Keys:
+    """A set of keys, held as the sorted array it was built as (shared when the blocklist
+    is mapped) and the keys added and removed since, in sets of the process's own: a
+    review bank of millions of hashes costs 8 bytes a key on the machine, not a Python set
+    (60 bytes a key) in every process."""
+
+    def __init__(self, keys: Iterable[int] = ()) -> None:
+        self._held = np.unique(np.fromiter(keys, dtype=np.int64))
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
+
+    def _holds(self, key: int) -> bool:
+        at = int(np.searchsorted(self._held, key))
+        return at < len(self._held) and int(self._held[at]) == key
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, int):
+            return False
+        return key in self._added or (key not in self._removed and self._holds(key))
+
+    def __len__(self) -> int:
+        return len(self._held) - len(self._removed) + len(self._added)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from (key for key in self._held.tolist() if key not in self._removed)
+        yield from self._added
+
+    def add(self, key: int) -> None:
+        if self._holds(key):
+            self._removed.discard(key)
+        else:
+            self._added.add(key)
+
+    def discard(self, key: int) -> None:
+        self._added.discard(key)
+        if self._holds(key):
+            self._removed.add(key)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the banks say of an upload's detections."""
@@ -105,7 +143,7 @@ class Blocklist:
     version: str
     detector: Detector
     # The fingerprints of banks whose action is review: a match leaves the file in place.
-    review: set[int] = field(default_factory=set)
+    review: _Keys = field(default_factory=_Keys)
     built_at: float = field(default_factory=time.time)
     # The newest change applied (a BlocklistChange id), and its key and op, to tell that
     # the feed is still the one followed.
@@ -287,7 +325,9 @@ def _build() -> Blocklist:
             "stored): their mirrored copies are found through each upload mirrored, which "
             "costs about 4 ms more an upload. `manage.py rehash` adds them."
         )
-    return Blocklist(version, detector, review, seq=last_change, seq_change=_change_at(last_change))
+    return Blocklist(
+        version, detector, _Keys(review), seq=last_change, seq_change=_change_at(last_change)
+    )
 
 
 def _hash_rows(
@@ -347,7 +387,8 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
             blocklist.detector.remove(key)
             blocklist.review.discard(key)
         blocklist.detector.add_all(pictures)
-        blocklist.review |= review
+        for key in review:
+            blocklist.review.add(key)
         if changes:
             newest = changes[-1]
             blocklist.seq, blocklist.seq_change = newest[0], (newest[1], newest[2])
@@ -370,10 +411,11 @@ _SNAPSHOT_SUFFIX = ".blocklist"
 
 
 def _snapshots() -> Path:
-    return Path(settings.DATA_DIR) / "blocklists"
+    """This machine's folder: a data folder shared by several machines (over NFS, say)
+    still gives each its own files, which no other machine removes while it maps them."""
+    return Path(settings.DATA_DIR) / "blocklists" / socket.gethostname()
 
 
-@functools.cache
 def _code_digest() -> str:
     """The code that builds and reads a blocklist (hashes, and this app's modules, its
     models among them): a file saved by other code is not loaded."""
@@ -384,10 +426,14 @@ def _code_digest() -> str:
     return digest.hexdigest()
 
 
+# Read as the process starts: code replaced on disk while it runs is not its code.
+_CODE_DIGEST = _code_digest()
+
+
 def _snapshot_kind() -> str:
     """What a saved blocklist must have been built with to be used here: this code, this
     rule and this detection's settings."""
-    digest = hashlib.sha256(_code_digest().encode())
+    digest = hashlib.sha256(_CODE_DIGEST.encode())
     digest.update(repr((match_rule(), detect_config())).encode())
     return digest.hexdigest()[:16]
 
@@ -431,8 +477,8 @@ def _mapped() -> Blocklist | None:
         loaded = _load(path)
     except FileNotFoundError:
         return None  # replaced since it was listed: the process that did so built anew
-    except (OSError, snapshot.SnapshotError) as exc:
-        logger.warning("could not map the saved blocklist %s, building it again: %s", path, exc)
+    except Exception:  # whatever is wrong with the file, a build replaces it
+        logger.exception("could not map the saved blocklist %s, building it again", path)
         return None
     # Read after the file: a file saved after the caller read the state is not taken for
     # a feed gone back.
@@ -478,9 +524,16 @@ def _building() -> Iterator[None]:
         logger.warning("building without the machine's build lock: %s", exc)
         yield
         return
+    _building_lock = descriptor  # from now: a child forked while this waits closes it
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        _building_lock = descriptor
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            logger.warning("building without the machine's build lock: %s", exc)
+        else:
+            # Files are written holding the lock: one part-written now is a dead writer's.
+            for part in _snapshots().glob(".*.part"):
+                part.unlink(missing_ok=True)
         yield
     finally:
         _building_lock = None
@@ -527,6 +580,8 @@ def _rebased(held: Blocklist) -> Blocklist:
     cost each process pages of its own, and, past a share of an index (1/64 of its codes
     added), a private copy of that index rebuilt."""
     with _building():
+        if current_state()[0] != held.version:
+            return held  # a wide change meanwhile: the next check builds anew
         newest = _newest_snapshot()
         newer = (
             newest is not None and newest[1] == held.version and newest[2] > (held.saved_seq or 0)
@@ -537,6 +592,9 @@ def _rebased(held: Blocklist) -> Blocklist:
         started = time.monotonic()
         with held.lock:  # no change is applied while it is saved
             shared = _saved(held)
+        if shared is held:  # not saved: it goes on as this process's own copy
+            held.saved_seq = None
+            return held
         logger.info(
             "saved the blocklist again, %d changes on, in %.1f s",
             held.followed,

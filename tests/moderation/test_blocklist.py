@@ -254,7 +254,7 @@ def test_a_build_reads_hash_lists_as_columns_to_the_same_blocklist() -> None:
     keys = list(BannedFingerprint.objects.values_list("pk", flat=True))
     assert len(keys) == 67 and image.pk in keys
     assert len(columns.detector) == len(one_by_one)
-    assert columns.review == {key for key, _, action in read if action == Bank.Act.REVIEW}
+    assert set(columns.review) == {key for key, _, action in read if action == Bank.Act.REVIEW}
     assert len(columns.review) == 20
     for key in keys:
         fingerprint = one_by_one.fingerprint(key)
@@ -384,3 +384,80 @@ def test_a_blocklist_that_cannot_be_saved_is_held_by_the_process_itself(
     assert "could not save the blocklist" in caplog.text
     added = services.banned_add_hashes(hashes={"pdq": OTHER})
     assert current_blocklist() is held and finds(OTHER) == [added.pk]
+
+
+def test_a_rebase_that_cannot_save_is_not_tried_again_at_every_check(monkeypatch) -> None:
+    """A full disk: the process keeps what it holds as its own copy, and does not write the
+    whole blocklist again at each of its next checks."""
+    from hashes import snapshot
+    from moderation import blocklist
+
+    monkeypatch.setattr(blocklist, "FOLLOW_LIMIT", 3)
+    services.banned_add_hashes(hashes={"pdq": OTHER})
+    held = current_blocklist()
+    [saved] = _saved()
+    tries = []
+
+    def full(*args: object) -> None:
+        tries.append(args)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(snapshot, "save", full)
+    codes = [hashlib.sha256(bytes([n])).hexdigest() for n in range(5)]
+    for code in codes:
+        services.banned_add_hashes(hashes={"pdq": code})
+        assert current_blocklist() is held
+    assert len(tries) == 1 and held.saved_seq is None and _saved() == [saved]
+    assert all(finds(code) for code in codes)
+
+
+def test_a_rebase_after_a_wide_change_leaves_the_file_to_the_build(monkeypatch) -> None:
+    """A process that reaches its limit just as the version changes does not save its
+    stale blocklist over the new version's file: the next check builds."""
+    from moderation import blocklist
+
+    monkeypatch.setattr(blocklist, "FOLLOW_LIMIT", 1)
+    services.banned_add_hashes(hashes={"pdq": OTHER})
+    held = current_blocklist()
+    [saved] = _saved()
+    services.banned_add_hashes(hashes={"pdq": PDQ})
+    services.blocklist_bump()
+    assert blocklist._rebased(held) is held and _saved() == [saved]
+    assert current_blocklist() is not held and finds(PDQ)
+
+
+def test_a_file_that_cannot_be_read_back_is_built_again(monkeypatch, caplog) -> None:
+    """Whatever fails in loading the machine's file (here a class it names is gone), the
+    process builds, and its file replaces the one that failed."""
+    from hashes import snapshot
+    from moderation import blocklist
+
+    row = services.banned_add_hashes(hashes={"pdq": PDQ})
+    current_blocklist()
+    [saved] = _saved()
+    services.blocklist_bump()
+
+    def gone(path: Path) -> object:
+        raise AttributeError("Can't get attribute 'Detector' on <module 'hashes.detect'>")
+
+    monkeypatch.setattr(snapshot, "load", gone)
+    monkeypatch.setattr(blocklist, "_current", None)
+    held = current_blocklist()
+    assert held.saved_seq is None and finds(PDQ) == [row.pk]  # its own copy, not mapped
+    assert "could not map the saved blocklist" in caplog.text
+    [replaced] = _saved()
+    assert replaced != saved
+
+
+def test_review_keys_are_held_as_an_array_with_changes_of_its_own() -> None:
+    from moderation.blocklist import _Keys
+
+    keys = _Keys([5, 3, 9])
+    keys.add(4)
+    keys.discard(9)
+    keys.discard(4)
+    keys.add(7)
+    keys.discard(3)
+    keys.add(3)
+    assert [key for key in (3, 4, 5, 7, 9, 11) if key in keys] == [3, 5, 7]
+    assert sorted(keys) == [3, 5, 7] and len(keys) == 3 and "5" not in keys

@@ -375,7 +375,7 @@ def test_a_worker_holds_one_copy_of_the_blocklist_through_a_wide_change(stack: S
         return False
 
     def saved() -> list[str]:
-        return sorted(str(path) for path in (stack.data_dir / "blocklists").glob("*.blocklist"))
+        return sorted(str(path) for path in (stack.data_dir / "blocklists").rglob("*.blocklist"))
 
     wait_for(lambda: both_hold(current_version()), what="both pool processes to check a file")
     [first] = saved()
