@@ -461,3 +461,19 @@ def test_review_keys_are_held_as_an_array_with_changes_of_its_own() -> None:
     keys.add(3)
     assert [key for key in (3, 4, 5, 7, 9, 11) if key in keys] == [3, 5, 7]
     assert sorted(keys) == [3, 5, 7] and len(keys) == 3 and "5" not in keys
+
+
+def test_a_file_saved_under_other_settings_is_not_mapped(settings, monkeypatch) -> None:
+    """The rule and detection settings are part of what a file is: a process whose
+    settings differ builds its own rather than use one built for others."""
+    from moderation import blocklist
+
+    services.banned_add_hashes(hashes={"pdq": PDQ})
+    first = current_blocklist()
+    [saved] = _saved()
+    settings.HASHGUARD_DETECT = {"colour_candidates": 3}
+    monkeypatch.setattr(blocklist, "_current", None)
+    held = current_blocklist()
+    assert held.detector.config.colour_candidates == 3 != first.detector.config.colour_candidates
+    [other] = _saved()
+    assert other != saved and finds(PDQ)
