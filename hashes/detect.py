@@ -476,13 +476,12 @@ class Detector:
             )
         )
         self.load_features = load_features
-        self._files: dict[str, list[int]] = {}
+        self._files = _Files()
         # Fuzzy pictures' fingerprints are in the store; those matched only as files
         # (no hashes, or too plain) here.
         self._store = FingerprintStore(search_radii(rule))
         self._plain: dict[int, Fingerprint] = {}
         self._allow: set[int] = set()
-        self._digests: dict[int, tuple[str, str]] = {}
         self._colours = _ColourTable()
         self._feature_index = FeatureIndex()
 
@@ -542,15 +541,17 @@ class Detector:
 
         def fuzzy() -> Iterator[tuple[int, Fingerprint, int]]:
             for key, picture in items:
-                if not building and (key in self._plain or key in self._store):
+                if not building and (
+                    key in self._plain or key in self._store or key in self._files
+                ):
                     self.remove(key)
                 if picture.allow:
                     self._allow.add(key)
-                if picture.sha256 or picture.md5:
-                    self._digests[key] = (picture.sha256, picture.md5)
-                for digest in (picture.sha256, picture.md5):
-                    if digest:
-                        self._files.setdefault(digest, []).append(key)
+                digests = tuple(digest for digest in (picture.sha256, picture.md5) if digest)
+                if digests:
+                    self._files.add(key, digests)
+                    if not picture.fingerprint.hashes:
+                        continue  # a file's digests alone: held by them
                 if not picture.fingerprint.hashes or is_low_detail(
                     picture.fingerprint, self.rule.pdq_min_quality
                 ):
@@ -572,6 +573,8 @@ class Detector:
                 yield key, picture.fingerprint, whole.group
 
         self._store.extend(fuzzy())
+        if building:
+            self._files.pack()
         self._near.add_many(near)
         if colours:
             self._colours.extend(keys, np.stack(colours).astype(np.float32))
@@ -607,16 +610,10 @@ class Detector:
 
     def remove(self, key: int) -> None:
         """Unban one picture, wherever it is held; a key not held is ignored."""
-        held = self._plain.pop(key, None) is not None
-        if not (self._store.remove(key) or held):
+        held = [self._plain.pop(key, None) is not None, self._files.remove(key)]
+        if not (self._store.remove(key) or any(held)):
             return
         self._allow.discard(key)
-        for digest in self._digests.pop(key, ("", "")):
-            holders = self._files.get(digest)
-            if holders and key in holders:
-                holders.remove(key)
-                if not holders:
-                    del self._files[digest]
         self._near.remove(key)
         self._colours.remove(key)
         self._feature_index.remove(key)
@@ -627,11 +624,13 @@ class Detector:
         if plain is not None:
             return plain
         found = self._store.get(key)
-        return found[0] if found is not None else None
+        if found is not None:
+            return found[0]
+        return Fingerprint({}) if key in self._files else None
 
     def is_empty(self) -> bool:
         """Whether it holds no picture at all, fuzzy or as a file."""
-        return not self._plain and not len(self._store)
+        return not self._plain and not len(self._store) and not len(self._files)
 
     @property
     def mirrors_all(self) -> bool:
@@ -642,12 +641,12 @@ class Detector:
 
     def bans_file(self, *digests: str) -> bool:
         """Whether a file with this sha256 (or MD5) is banned as it is (and not allowed)."""
-        keys = {key for digest in digests if digest for key in self._files.get(digest, [])}
+        keys = {key for digest in digests if digest for key in self._files.keys(digest)}
         return bool(keys) and not keys & self._allow
 
     def files(self, digest: str) -> list[int]:
         """The keys banned (or allowed) as files with this sha256 or MD5."""
-        return list(self._files.get(digest, ()))
+        return self._files.keys(digest)
 
     def lookup(self, fingerprint: Fingerprint) -> list[Match]:
         """The pictures a bare fingerprint matches as it is (no turns, views or local
@@ -688,7 +687,7 @@ class Detector:
         do not count), the local-feature stage."""
         found: dict[int, Detection] = {}
         for rule, digest in (("sha256", sha256), ("md5", md5)):
-            for key in self._files.get(digest, []) if digest else []:
+            for key in self._files.keys(digest) if digest else []:
                 banned = self.fingerprint(key)
                 distances = probes[0].fingerprint.distance(banned) if probes and banned else {}
                 found.setdefault(key, Detection(key, Stage.EXACT, rule, distances, "the same file"))
@@ -949,6 +948,75 @@ def _overlapping(
         if best >= 1 / 3:
             scored.append((-best, view))
     return [view for _, view in sorted(scored, key=lambda pair: pair[0])]
+
+
+class _Files:
+    """Banned files by SHA-256 or MD5 (hex): the keys of each digest. Those a build adds
+    are packed into arrays, about 80 bytes a digest, which a mapped blocklist shares with
+    every process (as dicts they cost about 1.1 kB a ban in each); those added since are
+    held in dicts, and those removed since are masked."""
+
+    def __init__(self) -> None:
+        self._digests = np.zeros(0, dtype="S64")  # packed, in order
+        self._keys = np.zeros(0, dtype=np.int64)  # each packed digest's key
+        self._held = np.zeros(0, dtype=np.int64)  # the packed keys, in order, once each
+        self._removed: set[int] = set()
+        self._added: dict[str, list[int]] = {}
+        self._added_keys: dict[int, tuple[str, ...]] = {}
+
+    def __len__(self) -> int:
+        """The keys held."""
+        return len(self._held) - len(self._removed) + len(self._added_keys)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._added_keys or (key not in self._removed and self._packs(key))
+
+    def _packs(self, key: int) -> bool:
+        at = int(np.searchsorted(self._held, key))
+        return at < len(self._held) and int(self._held[at]) == key
+
+    def add(self, key: int, digests: tuple[str, ...]) -> None:
+        """File ``key`` under its digests; the key must not be held."""
+        self._added_keys[key] = digests
+        for digest in digests:
+            self._added.setdefault(digest, []).append(key)
+
+    def remove(self, key: int) -> bool:
+        """Forget ``key``; whether it was held."""
+        digests = self._added_keys.pop(key, None)
+        for digest in digests or ():
+            holders = self._added[digest]
+            holders.remove(key)
+            if not holders:
+                del self._added[digest]
+        packed = key not in self._removed and self._packs(key)
+        if packed:
+            self._removed.add(key)
+        return digests is not None or packed
+
+    def keys(self, digest: str) -> list[int]:
+        """The keys filed under ``digest``."""
+        added = self._added.get(digest, [])
+        wanted = digest.encode()
+        if not len(self._digests) or len(wanted) > self._digests.dtype.itemsize:
+            return list(added)
+        start = int(np.searchsorted(self._digests, wanted, side="left"))
+        end = int(np.searchsorted(self._digests, wanted, side="right"))
+        packed = [key for key in self._keys[start:end].tolist() if key not in self._removed]
+        return packed + added
+
+    def pack(self) -> None:
+        """Move the keys added into the arrays (a build, once it has added them all)."""
+        if not self._added:
+            return
+        kept = ~np.isin(self._keys, np.fromiter(self._removed, np.int64, len(self._removed)))
+        pairs = [(digest.encode(), key) for digest, keys in self._added.items() for key in keys]
+        digests = np.concatenate([self._digests[kept], np.array([d for d, _ in pairs], "S64")])
+        keys = np.concatenate([self._keys[kept], np.array([k for _, k in pairs], np.int64)])
+        order = np.argsort(digests, kind="stable")
+        self._digests, self._keys = digests[order], keys[order]
+        self._held = np.unique(keys)
+        self._removed, self._added, self._added_keys = set(), {}, {}
 
 
 class _ColourTable:

@@ -768,3 +768,43 @@ def test_a_view_is_hashed_near_the_full_resolution_hash_of_the_picture_it_shows(
         [seen] = [hashes for view, hashes in item.regions if view.name == "trim_caption"]
         distances.append(seen.distance(ban[0][1])["pdq"])
     assert statistics.median(distances) <= 8, distances
+
+
+def test_files_banned_by_digest_are_packed_by_a_build_and_followed_after(tmp_path) -> None:
+    """A build's digests are packed into arrays (shared when the detector is mapped from a
+    file); digests added and removed since are found or gone as the packed ones are."""
+    from hashes import snapshot
+
+    def md5(n: int) -> str:
+        return hashlib.md5(str(n).encode()).hexdigest()
+
+    def sha(n: int) -> str:
+        return hashlib.sha256(str(n).encode()).hexdigest()
+
+    built = Detector(MatchRule.from_config(DEFAULT_RULE_CONFIG))
+    built.add_all(
+        {
+            1: BannedPicture(Fingerprint({}), md5=md5(1)),
+            2: BannedPicture(Fingerprint({}), sha256=sha(2), md5=md5(2)),
+            3: BannedPicture(Fingerprint({}), md5=md5(1)),  # the same list entry, twice
+            4: BannedPicture(Fingerprint({}), sha256=sha(4), allow=True),
+        }
+    )
+    snapshot.save(built, tmp_path / "detector")
+    detector = snapshot.load(tmp_path / "detector")
+    assert isinstance(detector, Detector) and not detector.is_empty()
+    assert sorted(detector.files(md5(1))) == [1, 3] and detector.files(sha(2)) == [2]
+    assert detector.bans_file(sha(2)) and detector.bans_file("", md5(2))
+    assert not detector.bans_file(sha(4)) and not detector.bans_file(md5(9))
+    assert detector.fingerprint(2) == Fingerprint({}) and detector.fingerprint(9) is None
+
+    detector.remove(1)
+    detector.add_all({5: BannedPicture(Fingerprint({}), md5=md5(1))})
+    detector.add_all({2: BannedPicture(Fingerprint({}), sha256=sha(7))})  # replaced
+    assert sorted(detector.files(md5(1))) == [3, 5]
+    assert detector.files(sha(2)) == [] and detector.files(md5(2)) == []
+    assert detector.files(sha(7)) == [2] and detector.fingerprint(1) is None
+    for key in (2, 3, 4, 5):
+        detector.remove(key)
+    assert detector.is_empty() and detector.files(md5(1)) == []
+    assert sorted(built.files(md5(1))) == [1, 3]  # the saved one is as it was
