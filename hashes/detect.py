@@ -950,6 +950,45 @@ def _overlapping(
     return [view for _, view in sorted(scored, key=lambda pair: pair[0])]
 
 
+class KeySet:
+    """A set of keys, held as the sorted array it was made of (shared when a blocklist is
+    mapped from a file, as the rest of its arrays) and the keys added and removed since,
+    in small sets of the process's own: millions of keys cost 8 bytes each on the
+    machine, not a Python set (60 bytes a key) in every process."""
+
+    def __init__(self, keys: Iterable[int] = ()) -> None:
+        self._held = np.unique(np.fromiter(keys, dtype=np.int64))
+        self._added: set[int] = set()
+        self._removed: set[int] = set()
+
+    def _holds(self, key: int) -> bool:
+        at = int(np.searchsorted(self._held, key))
+        return at < len(self._held) and int(self._held[at]) == key
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, int):
+            return False
+        return key in self._added or (key not in self._removed and self._holds(key))
+
+    def __len__(self) -> int:
+        return len(self._held) - len(self._removed) + len(self._added)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from (key for key in self._held.tolist() if key not in self._removed)
+        yield from self._added
+
+    def add(self, key: int) -> None:
+        if self._holds(key):
+            self._removed.discard(key)
+        else:
+            self._added.add(key)
+
+    def discard(self, key: int) -> None:
+        self._added.discard(key)
+        if self._holds(key):
+            self._removed.add(key)
+
+
 class _Files:
     """Banned files by SHA-256 or MD5 (hex): the keys of each digest. Those a build adds
     are packed into arrays, about 80 bytes a digest, which a mapped blocklist shares with
@@ -959,21 +998,16 @@ class _Files:
     def __init__(self) -> None:
         self._digests = np.zeros(0, dtype="S64")  # packed, in order
         self._keys = np.zeros(0, dtype=np.int64)  # each packed digest's key
-        self._held = np.zeros(0, dtype=np.int64)  # the packed keys, in order, once each
-        self._removed: set[int] = set()
+        self._packed = KeySet()  # the packed keys still held
         self._added: dict[str, list[int]] = {}
         self._added_keys: dict[int, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         """The keys held."""
-        return len(self._held) - len(self._removed) + len(self._added_keys)
+        return len(self._packed) + len(self._added_keys)
 
     def __contains__(self, key: int) -> bool:
-        return key in self._added_keys or (key not in self._removed and self._packs(key))
-
-    def _packs(self, key: int) -> bool:
-        at = int(np.searchsorted(self._held, key))
-        return at < len(self._held) and int(self._held[at]) == key
+        return key in self._added_keys or key in self._packed
 
     def add(self, key: int, digests: tuple[str, ...]) -> None:
         """File ``key`` under its digests; the key must not be held."""
@@ -989,9 +1023,8 @@ class _Files:
             holders.remove(key)
             if not holders:
                 del self._added[digest]
-        packed = key not in self._removed and self._packs(key)
-        if packed:
-            self._removed.add(key)
+        packed = key in self._packed
+        self._packed.discard(key)
         return digests is not None or packed
 
     def keys(self, digest: str) -> list[int]:
@@ -1002,21 +1035,21 @@ class _Files:
             return list(added)
         start = int(np.searchsorted(self._digests, wanted, side="left"))
         end = int(np.searchsorted(self._digests, wanted, side="right"))
-        packed = [key for key in self._keys[start:end].tolist() if key not in self._removed]
+        packed = [key for key in self._keys[start:end].tolist() if key in self._packed]
         return packed + added
 
     def pack(self) -> None:
         """Move the keys added into the arrays (a build, once it has added them all)."""
         if not self._added:
             return
-        kept = ~np.isin(self._keys, np.fromiter(self._removed, np.int64, len(self._removed)))
+        kept = np.fromiter((key in self._packed for key in self._keys.tolist()), bool)
         pairs = [(digest.encode(), key) for digest, keys in self._added.items() for key in keys]
         digests = np.concatenate([self._digests[kept], np.array([d for d, _ in pairs], "S64")])
         keys = np.concatenate([self._keys[kept], np.array([k for _, k in pairs], np.int64)])
         order = np.argsort(digests, kind="stable")
         self._digests, self._keys = digests[order], keys[order]
-        self._held = np.unique(keys)
-        self._removed, self._added, self._added_keys = set(), {}, {}
+        self._packed = KeySet(keys.tolist())
+        self._added, self._added_keys = {}, {}
 
 
 class _ColourTable:

@@ -48,6 +48,7 @@ from hashes.detect import (
     Detection,
     Detector,
     HashRows,
+    KeySet,
 )
 from hashes.feature_index import words_from_bytes
 from hashes.local import LocalFeatures
@@ -90,45 +91,6 @@ class _FeatureCache:
         return {key: value for key, value in found.items() if value is not None}
 
 
-class _Keys:
-    """A set of keys, held as the sorted array it was built as (shared when the blocklist
-    is mapped) and the keys added and removed since, in sets of the process's own: a
-    review bank of millions of hashes costs 8 bytes a key on the machine, not a Python set
-    (60 bytes a key) in every process."""
-
-    def __init__(self, keys: Iterable[int] = ()) -> None:
-        self._held = np.unique(np.fromiter(keys, dtype=np.int64))
-        self._added: set[int] = set()
-        self._removed: set[int] = set()
-
-    def _holds(self, key: int) -> bool:
-        at = int(np.searchsorted(self._held, key))
-        return at < len(self._held) and int(self._held[at]) == key
-
-    def __contains__(self, key: object) -> bool:
-        if not isinstance(key, int):
-            return False
-        return key in self._added or (key not in self._removed and self._holds(key))
-
-    def __len__(self) -> int:
-        return len(self._held) - len(self._removed) + len(self._added)
-
-    def __iter__(self) -> Iterator[int]:
-        yield from (key for key in self._held.tolist() if key not in self._removed)
-        yield from self._added
-
-    def add(self, key: int) -> None:
-        if self._holds(key):
-            self._removed.discard(key)
-        else:
-            self._added.add(key)
-
-    def discard(self, key: int) -> None:
-        self._added.discard(key)
-        if self._holds(key):
-            self._removed.add(key)
-
-
 @dataclass(frozen=True)
 class Verdict:
     """What the banks say of an upload's detections."""
@@ -143,7 +105,7 @@ class Blocklist:
     version: str
     detector: Detector
     # The fingerprints of banks whose action is review: a match leaves the file in place.
-    review: _Keys = field(default_factory=_Keys)
+    review: KeySet = field(default_factory=KeySet)
     built_at: float = field(default_factory=time.time)
     # The newest change applied (a BlocklistChange id), and its key and op, to tell that
     # the feed is still the one followed.
@@ -332,7 +294,7 @@ def _build() -> Blocklist:
             "costs about 4 ms more an upload. `manage.py rehash` adds them."
         )
     return Blocklist(
-        version, detector, _Keys(review), seq=last_change, seq_change=_change_at(last_change)
+        version, detector, KeySet(review), seq=last_change, seq_change=_change_at(last_change)
     )
 
 
@@ -404,11 +366,11 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
 
 # -- one copy a machine ----------------------------------------------------------------
 #
-# A process that builds the blocklist saves it in DATA_DIR/blocklists, and every process
-# on the machine maps that file (hashes.snapshot): its arrays, nearly all of its memory,
-# are then one copy in the page cache, shared by every worker and web process however
-# many there are, and a process started later (a pool process replaced, a web process
-# added) maps it in milliseconds. One process builds at a time (a file lock), so that
+# A process that builds the blocklist saves it in DATA_DIR/blocklists/<host>, and every
+# process on the machine maps that file (hashes.snapshot): its arrays, nearly all of its
+# memory, are then one copy in the page cache, shared by every worker and web process
+# however many there are, and a process started later (a pool process replaced, a web
+# process added) maps it in milliseconds. One process builds at a time (a file lock), so that
 # after a wide change the others wait for its file rather than each build its own. The
 # newest file is the machine's; those it replaces are removed as it is written, and live
 # on only for the processes that still map them.

@@ -14,6 +14,7 @@ from hashes.detect import (
     DetectConfig,
     Detector,
     HashRows,
+    KeySet,
     Stage,
     probes,
     reference_features,
@@ -808,3 +809,15 @@ def test_files_banned_by_digest_are_packed_by_a_build_and_followed_after(tmp_pat
         detector.remove(key)
     assert detector.is_empty() and detector.files(md5(1)) == []
     assert sorted(built.files(md5(1))) == [1, 3]  # the saved one is as it was
+
+
+def test_a_key_set_is_an_array_with_changes_of_its_own() -> None:
+    keys = KeySet([5, 3, 9])
+    keys.add(4)
+    keys.discard(9)
+    keys.discard(4)
+    keys.add(7)
+    keys.discard(3)
+    keys.add(3)
+    assert [key for key in (3, 4, 5, 7, 9, 11) if key in keys] == [3, 5, 7]
+    assert sorted(keys) == [3, 5, 7] and len(keys) == 3 and "5" not in keys

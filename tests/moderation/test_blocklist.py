@@ -449,20 +449,6 @@ def test_a_file_that_cannot_be_read_back_is_built_again(monkeypatch, caplog) -> 
     assert replaced != saved
 
 
-def test_review_keys_are_held_as_an_array_with_changes_of_its_own() -> None:
-    from moderation.blocklist import _Keys
-
-    keys = _Keys([5, 3, 9])
-    keys.add(4)
-    keys.discard(9)
-    keys.discard(4)
-    keys.add(7)
-    keys.discard(3)
-    keys.add(3)
-    assert [key for key in (3, 4, 5, 7, 9, 11) if key in keys] == [3, 5, 7]
-    assert sorted(keys) == [3, 5, 7] and len(keys) == 3 and "5" not in keys
-
-
 def test_a_file_saved_under_other_settings_is_not_mapped(settings, monkeypatch) -> None:
     """The rule and detection settings are part of what a file is: a process whose
     settings differ builds its own rather than use one built for others."""
