@@ -107,10 +107,11 @@ class Blocklist:
     # The fingerprints of banks whose action is review: a match leaves the file in place.
     review: KeySet = field(default_factory=KeySet)
     built_at: float = field(default_factory=time.time)
-    # The newest change applied (a BlocklistChange id), and its key and op, to tell that
-    # the feed is still the one followed.
+    # The newest change applied (a BlocklistChange id), and its key, op and time, to tell
+    # that the feed is still the one followed: a database restored from a backup gives
+    # the same ids to other changes, which may even be of the same key.
     seq: int = 0
-    seq_change: tuple[int, str] | None = None
+    seq_change: tuple[int, str, datetime] | None = None
     # The newest change in the machine's file it is mapped from (None: a copy of its own),
     # and how many changes it has applied in place since: each costs pages of its own.
     saved_seq: int | None = None
@@ -309,10 +310,13 @@ def _hash_rows(
         yield batch
 
 
-def _change_at(change_id: int) -> tuple[int, str] | None:
-    row = BlocklistChange.objects.filter(pk=change_id).values_list("fingerprint_id", "op")
+_CHANGE_FIELDS = ("fingerprint_id", "op", "created_at")
+
+
+def _change_at(change_id: int) -> tuple[int, str, datetime] | None:
+    row = BlocklistChange.objects.filter(pk=change_id).values_list(*_CHANGE_FIELDS)
     found = row.first()
-    return (found[0], found[1]) if found else None
+    return (found[0], found[1], found[2]) if found else None
 
 
 # More changes than this at once are read as a rebuild.
@@ -331,7 +335,7 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
     changes = list(
         BlocklistChange.objects.filter(id__gte=blocklist.seq, id__lte=last_change)
         .order_by("id")
-        .values_list("id", "fingerprint_id", "op")[: FOLLOW_LIMIT + 1]
+        .values_list("id", *_CHANGE_FIELDS)[: FOLLOW_LIMIT + 1]
     )
     if blocklist.seq:
         # The change it followed last must still be there, as it was.
@@ -340,7 +344,7 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
         changes = changes[1:]
     if len(changes) >= FOLLOW_LIMIT:
         return False
-    keys = {key for _, key, _ in changes}
+    keys = {key for _, key, _, _ in changes}
     rows = BannedFingerprint.objects.filter(
         pk__in=keys, active=True, bank__enabled=True
     ).values_list(*_ROW_FIELDS)
@@ -359,7 +363,7 @@ def _follow(blocklist: Blocklist, last_change: int) -> bool:
             blocklist.review.add(key)
         if changes:
             newest = changes[-1]
-            blocklist.seq, blocklist.seq_change = newest[0], (newest[1], newest[2])
+            blocklist.seq, blocklist.seq_change = newest[0], (newest[1], newest[2], newest[3])
         blocklist.followed += len(changes)
     return True
 

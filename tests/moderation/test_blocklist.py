@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from hashes.algorithms import ALGORITHMS, Fingerprint
 from moderation import services
@@ -86,7 +87,15 @@ def test_a_feed_that_went_back_builds_again() -> None:
     assert after is not before and finds(PDQ)
 
     BlocklistVersion.objects.update(last_change=after.seq - 1)
-    assert current_blocklist() is not after
+    again = current_blocklist()
+    assert again is not after
+
+    # The same id, key and op, but not the same change: a later one.
+    services.banned_add_hashes(hashes={"pdq": OTHER})
+    held = current_blocklist()
+    BlocklistChange.objects.filter(pk=held.seq).update(created_at=timezone.now())
+    services.banned_add_hashes(hashes={"pdq": "3c" * 32})
+    assert current_blocklist() is not held
 
 
 def test_a_burst_of_changes_builds_again(monkeypatch) -> None:
