@@ -10,6 +10,14 @@ os.environ.setdefault("HASHGUARD_DATA_DIR", tempfile.mkdtemp(prefix="hashguard-t
 os.environ.setdefault("CELERY_BROKER_URL", "memory://")
 
 
+@pytest.fixture(autouse=True)
+def session_data_dir(settings) -> None:
+    """The test session's data folder in this process too: pytest-django reads the
+    settings before this file sets the environment, which the processes tests start
+    read."""
+    settings.DATA_DIR = Path(os.environ["HASHGUARD_DATA_DIR"])
+
+
 @pytest.fixture
 def stores(settings, tmp_path: Path) -> Path:
     """Media, quarantine and reference directories of this test's own, created."""
