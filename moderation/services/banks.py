@@ -100,11 +100,24 @@ def bank_save(*, bank: Bank, changed: list[str] | None, actor: User | None) -> B
                 actor=actor,
                 detail=f"bank {bank.name}: {', '.join(changed)} changed; now {_settings(bank)}",
             )
-        blocklist_bump()
+        _bans_changed([bank])
         if changed and {"action", "pdq_limit", "phash_limit", "dhash_limit"} & set(changed):
             # What it matches, or how it acts, changed: its bans look back again.
             retro_check_start(bank=bank, since=bank.created_at)
     return bank
+
+
+def _bans_changed(banks: list[Bank]) -> None:
+    """Tell every process that these banks' settings changed (switched on or off, their
+    action or limits): their bans are applied again in place, as a single ban's changes
+    are, while they are fewer than a process follows (FOLLOW_LIMIT); more, and each
+    builds again. A bank with no bans yet changes nothing."""
+    active = BannedFingerprint.objects.filter(bank__in=[bank.pk for bank in banks], active=True)
+    keys = list(active.values_list("pk", flat=True)[:FOLLOW_LIMIT])
+    if len(keys) >= FOLLOW_LIMIT:
+        blocklist_bump()
+    elif keys:
+        blocklist_changed(added=keys)
 
 
 def _settings(bank: Bank) -> str:
@@ -124,8 +137,7 @@ def bank_set_enabled(*, bank_ids: Iterable[int], enabled: bool, actor: User | No
                 actor=actor,
                 detail=f"bank {bank.name}",
             )
-        if changed:
-            blocklist_bump()
+        _bans_changed(changed)
         if enabled:
             for bank in changed:  # its bans are new to every upload recorded meanwhile
                 retro_check_start(bank=bank, since=bank.created_at)

@@ -39,11 +39,38 @@ def test_a_ban_added_or_removed_is_followed_in_place() -> None:
     assert current_blocklist() is before
 
 
-def test_a_bank_switched_off_builds_again() -> None:
-    services.bank_import(lines=[f"pdq {PDQ}\n"], bank="partner")
+def test_a_banks_change_is_followed_in_place_and_a_large_banks_builds_again(
+    monkeypatch,
+) -> None:
+    """Switched off and on, made a review bank, given a tighter limit: a bank's bans are
+    applied again in place, while they are fewer than a process follows. A bank made
+    changes nothing; a larger bank's change builds again."""
+    from moderation import blocklist
+
+    services.bank_import(lines=[f"pdq {PDQ}\n", f"pdq {OTHER}\n"], bank="partner")
     before = current_blocklist()
-    assert finds(PDQ)
     bank = Bank.objects.get(name="partner")
+    services.bank_set_enabled(bank_ids=[bank.pk], enabled=False, actor=None)
+    assert finds(PDQ) == [] and finds(OTHER) == [] and current_blocklist() is before
+    services.bank_set_enabled(bank_ids=[bank.pk], enabled=True, actor=None)
+    [key] = finds(PDQ)
+    assert key not in before.review
+
+    bank.refresh_from_db()
+    bank.action = Bank.Act.REVIEW
+    services.bank_save(bank=bank, changed=["action"], actor=None)
+    assert key in current_blocklist().review and current_blocklist() is before
+    near = f"{int(PDQ, 16) ^ 0b11111:064x}"  # 5 bits off
+    assert finds(near) == [key]
+    bank.pdq_limit = 2
+    services.bank_save(bank=bank, changed=["pdq_limit"], actor=None)
+    assert finds(near) == [] and finds(PDQ) == [key] and current_blocklist() is before
+
+    state = blocklist.current_state()
+    services.bank_save(bank=Bank(name="empty"), changed=None, actor=None)
+    assert blocklist.current_state() == state
+
+    monkeypatch.setattr(services.banks, "FOLLOW_LIMIT", 2)
     services.bank_set_enabled(bank_ids=[bank.pk], enabled=False, actor=None)
     assert current_blocklist() is not before and finds(PDQ) == []
 
