@@ -48,11 +48,6 @@ def _memory(pid: int) -> tuple[float, float]:
     return found["Rss"], found["Pss"]
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as listed:
-        return [int(child) for child in listed.read().split()]
-
-
 def _measure(
     data_dir: Path, images: list[Path], code: Path, name: str, redis: str | None
 ) -> list[str]:
@@ -62,7 +57,7 @@ def _measure(
     from moderation import services
     from moderation.blocklist import current_version
     from moderation.models import BlocklistLoad, Upload
-    from tests.moderation.processes import Stack, database_url, wait_for
+    from tests.moderation.processes import Stack, children, database_url, wait_for
 
     BlocklistLoad.objects.all().delete()
     shutil.rmtree(data_dir / "blocklists", ignore_errors=True)
@@ -92,7 +87,7 @@ def _measure(
                     "process", flat=True
                 )
             }
-            if set(_children(worker.popen.pid)) <= processes:
+            if set(children(worker.popen.pid)) <= processes:
                 return True
             path = images[dropped % len(images)]
             shutil.copy(path, media / f"{name}-{dropped}{path.suffix}")
@@ -110,7 +105,7 @@ def _measure(
                 what="both pool processes to hold the blocklist",
             )
             wait_for(settled, timeout=600, what="the files dropped to be decided")
-            return [_memory(pid) for pid in (worker.popen.pid, *_children(worker.popen.pid))]
+            return [_memory(pid) for pid in (worker.popen.pid, *children(worker.popen.pid))]
 
         lines = [f"{name}:", _line("at start", machine(), f"ready in {ready:.0f} s")]
         # A wide change (a rehash, a wide import, a change to a bank of 5,000 bans or

@@ -113,11 +113,8 @@ def _bans_changed(banks: list[Bank]) -> None:
     are, while they are fewer than a process follows (FOLLOW_LIMIT); more, and each
     builds again. A bank with no bans yet changes nothing."""
     active = BannedFingerprint.objects.filter(bank__in=[bank.pk for bank in banks], active=True)
-    keys = list(active.values_list("pk", flat=True)[:FOLLOW_LIMIT])
-    if len(keys) >= FOLLOW_LIMIT:
+    if not _followed(list(active.values_list("pk", flat=True)[:FOLLOW_LIMIT]), []):
         blocklist_bump()
-    elif keys:
-        blocklist_changed(added=keys)
 
 
 def _settings(bank: Bank) -> str:
@@ -259,10 +256,17 @@ def _changes_followed(bank: Bank, written_after: int, deleted: list[int]) -> boo
     if len(deleted) >= FOLLOW_LIMIT:
         return False
     written = BannedFingerprint.objects.filter(bank=bank, pk__gt=written_after)
-    added = list(written.values_list("pk", flat=True)[:FOLLOW_LIMIT])
-    if len(added) + len(deleted) >= FOLLOW_LIMIT:
+    return _followed(list(written.values_list("pk", flat=True)[:FOLLOW_LIMIT]), deleted)
+
+
+def _followed(added: list[int], removed: list[int]) -> bool:
+    """Tell every process of these bans added (or changed) and removed, to apply in place,
+    where they are fewer than it follows (FOLLOW_LIMIT); False where they are more (the
+    caller makes each build again)."""
+    if len(added) + len(removed) >= FOLLOW_LIMIT:
         return False
-    blocklist_changed(added=added, removed=deleted)
+    if added or removed:
+        blocklist_changed(added=added, removed=removed)
     return True
 
 

@@ -36,6 +36,12 @@ def wait_for(predicate: Callable[[], object], *, timeout: float = 60, what: str 
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
 
 
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started: a Celery worker's pool."""
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        return [int(child) for child in listed.read().split()]
+
+
 class Process:
     """A child process whose output goes to a log file that tests can read and show."""
 

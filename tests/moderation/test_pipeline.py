@@ -22,7 +22,7 @@ from moderation import liveness, selectors, services
 from moderation.models import AuditEvent, Upload
 from tests.images import encode, photo
 from tests.moderation.conftest import REDIS_URL
-from tests.moderation.processes import Stack, database_url, wait_for
+from tests.moderation.processes import Stack, children, database_url, wait_for
 from tests.moderation.support import PDQ
 
 pytestmark = pytest.mark.pipeline
@@ -337,11 +337,6 @@ def test_chaos_killing_the_worker_during_a_burst_loses_nothing(stack: Stack) -> 
     assert sum(1 for _ in (media / "burst").iterdir()) == 500 - len(banned)
 
 
-def _pool(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as listed:
-        return [int(child) for child in listed.read().split()]
-
-
 def _blocklists_mapped(pid: int) -> set[str]:
     """The saved blocklists process ``pid`` maps."""
     with open(f"/proc/{pid}/maps") as maps:
@@ -358,7 +353,7 @@ def test_a_worker_holds_one_copy_of_the_blocklist_through_a_wide_change(stack: S
     services.banned_add_image(data=encode(photo("astronaut"), "JPEG"), category="nudity")
     worker = stack.worker(concurrency=2)
     stack.watcher()
-    pool = _pool(worker.popen.pid)
+    pool = children(worker.popen.pid)
     assert len(pool) == 2
     rng = random.Random(9)
     dropped = 0
